@@ -1,0 +1,247 @@
+"""Bundle writer and reader: files in a run folder, their digests, and the seal.
+
+The writer makes every write either atomic (temp file + rename) or an append
+with a single write() call, redacts secrets from everything textual, and keeps
+the digest of each file it wrote so that sealing never re-reads them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from provenance import formats
+from provenance.hashing import hash_files, sha256_bytes
+from provenance.redact import Redactor
+
+
+class BundleError(RuntimeError):
+    """A bundle is unusable as asked (exists, unsafe path, ...); the message names the path."""
+
+
+def safe_relpath(rel: str) -> str:
+    """Validate a bundle-relative posix path: no absolute paths, no '..', no empty parts."""
+    p = PurePosixPath(rel)
+    if not rel or p.is_absolute() or any(part in ("..", "", ".") for part in p.parts) or "\\" in rel:
+        raise BundleError(f"path {rel!r} escapes the bundle or is malformed")
+    return p.as_posix()
+
+
+def list_files(root: Path) -> list[str]:
+    """Every regular file under root as a sorted relative posix path.
+
+    Symlinks are refused (a bundle never contains them) with an error naming them.
+    """
+    out: list[str] = []
+    root = Path(root)
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for d in dirnames:
+            if (Path(dirpath) / d).is_symlink():
+                raise BundleError(f"{(Path(dirpath) / d).relative_to(root).as_posix()}: symlinks are not allowed")
+        for f in filenames:
+            p = Path(dirpath) / f
+            rel = p.relative_to(root).as_posix()
+            if p.is_symlink():
+                raise BundleError(f"{rel}: symlinks are not allowed in a bundle")
+            if not p.is_file():
+                raise BundleError(f"{rel}: not a regular file")
+            out.append(rel)
+    return sorted(out, key=formats.resource_sort_key)
+
+
+def sealable_files(root: Path) -> list[str]:
+    """Files a seal covers: all but the manifest, the lock and leftovers of atomic writes."""
+    return [f for f in list_files(root)
+            if f not in formats.UNSEALED and not any(formats.is_temp_name(p) for p in PurePosixPath(f).parts)]
+
+
+class AppendLog:
+    """An append-only file with a running digest (no re-read at seal time)."""
+
+    def __init__(self, path: Path, redactor: Redactor | None = None) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._redactor = redactor
+        self._lock = threading.Lock()
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        existing = path.read_bytes() if path.stat().st_size else b""
+        self._hash = hashlib.sha256(existing)
+        self._size = len(existing)
+
+    def write(self, data: bytes) -> None:
+        if self._redactor is not None:
+            data = self._redactor.bytes(data)
+        with self._lock:
+            if self._fd < 0:
+                return
+            view = memoryview(data)
+            while view:
+                n = os.write(self._fd, view)
+                self._hash.update(view[:n])
+                self._size += n
+                view = view[n:]
+
+    def write_line(self, obj: Any) -> None:
+        line = formats.dumps_line(obj)
+        if self._redactor is not None:
+            line = self._redactor.text(line)
+        self.write(line.encode())
+
+    def digest(self) -> tuple[int, str]:
+        with self._lock:
+            return self._size, self._hash.copy().hexdigest()
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.fsync(self._fd)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+
+class BundleWriter:
+    """Writes files into one run folder and remembers their digests."""
+
+    def __init__(self, root: Path, redactor: Redactor | None = None) -> None:
+        self.root = Path(root)
+        self.redactor = redactor or Redactor()
+        self._digests: dict[str, tuple[int, int, str]] = {}  # rel -> (size, mtime_ns, hex)
+        self._logs: dict[str, AppendLog] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def create(cls, root: Path, redactor: Redactor | None = None) -> BundleWriter:
+        """Make a new run folder; an existing one is never reused or overwritten."""
+        root = Path(root)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            root.mkdir()
+        except FileExistsError:
+            raise BundleError(f"{root}: a run folder with this id already exists; refusing to overwrite it") from None
+        return cls(root, redactor)
+
+    def path(self, rel: str) -> Path:
+        return self.root / safe_relpath(rel)
+
+    def _remember(self, rel: str, hexd: str) -> None:
+        st = self.path(rel).stat()
+        with self._lock:
+            self._digests[rel] = (st.st_size, st.st_mtime_ns, hexd)
+
+    def write_bytes(self, rel: str, data: bytes, redact: bool = False) -> str:
+        if redact:
+            data = self.redactor.bytes(data)
+        formats.atomic_write_bytes(self.path(rel), data)
+        hexd = sha256_bytes(data)
+        self._remember(rel, hexd)
+        return hexd
+
+    def write_json(self, rel: str, obj: Any) -> str:
+        return self.write_bytes(rel, formats.dumps(self.redactor.obj(obj)).encode())
+
+    def copy_file(self, src: Path, rel: str, hexd: str | None = None) -> str:
+        """Copy src into the bundle atomically; trust hexd when the caller hashed src already."""
+        dest = self.path(rel)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+        if hexd is None:
+            hexd = hash_files([dest])[dest]
+        self._remember(rel, hexd)
+        return hexd
+
+    def record_digest(self, rel: str, hexd: str) -> None:
+        """A file written by someone else (e.g. a checkpoint) was hashed: remember it."""
+        self._remember(rel, hexd)
+
+    def log(self, rel: str) -> AppendLog:
+        with self._lock:
+            if rel not in self._logs:
+                self._logs[rel] = AppendLog(self.path(rel), self.redactor)
+            return self._logs[rel]
+
+    def raw_log(self, rel: str) -> AppendLog:
+        """An append log whose bytes are not redacted (binary data such as the data order)."""
+        with self._lock:
+            if rel not in self._logs:
+                self._logs[rel] = AppendLog(self.path(rel), None)
+            return self._logs[rel]
+
+    def known_digests(self) -> dict[str, tuple[int, int, str]]:
+        with self._lock:
+            out = dict(self._digests)
+        for rel, lg in list(self._logs.items()):
+            size, hexd = lg.digest()
+            st = lg.path.stat()
+            out[rel] = (size, st.st_mtime_ns, hexd)
+        return out
+
+    def close_logs(self) -> None:
+        for lg in list(self._logs.values()):
+            lg.flush()
+        # keep the logs' digests, then close them
+        with self._lock:
+            logs, self._logs = self._logs, {}
+        for rel, lg in logs.items():
+            size, hexd = lg.digest()
+            lg.close()
+            st = lg.path.stat()
+            if st.st_size == size:
+                with self._lock:
+                    self._digests[rel] = (size, st.st_mtime_ns, hexd)
+
+    def seal(self, progress: Callable[[int], None] | None = None) -> str:
+        return seal_folder(self.root, self.known_digests(), progress)
+
+
+def clean_temp_files(root: Path) -> list[str]:
+    """Remove leftovers of interrupted atomic writes; return their names."""
+    removed = []
+    for dirpath, dirs, files in os.walk(root):
+        for d in [d for d in dirs if formats.is_temp_name(d)]:
+            shutil.rmtree(Path(dirpath) / d)
+            dirs.remove(d)
+            removed.append((Path(dirpath) / d).relative_to(root).as_posix())
+        for f in files:
+            if formats.is_temp_name(f):
+                p = Path(dirpath) / f
+                p.unlink()
+                removed.append(p.relative_to(root).as_posix())
+    return removed
+
+
+def seal_folder(root: Path, known: dict[str, tuple[int, int, str]] | None = None,
+                progress: Callable[[int], None] | None = None) -> str:
+    """Write manifest.json over every other file of the folder; return the root digest.
+
+    Files whose (size, mtime) match a known digest are not read again.
+    """
+    root = Path(root)
+    known = known or {}
+    names = sealable_files(root)
+    digests: dict[str, str] = {}
+    to_hash: list[str] = []
+    for rel in names:
+        k = known.get(rel)
+        st = (root / rel).stat()
+        if k is not None and k[0] == st.st_size and k[1] == st.st_mtime_ns:
+            digests[rel] = k[2]
+        else:
+            to_hash.append(rel)
+    if to_hash:
+        hashed = hash_files([root / r for r in to_hash], progress=progress)
+        for r in to_hash:
+            digests[r] = hashed[root / r]
+    statement = formats.oms_statement(root.name, digests)
+    formats.atomic_write_json(root / formats.MANIFEST, statement)
+    return statement["subject"][0]["digest"]["sha256"]

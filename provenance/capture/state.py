@@ -1,0 +1,145 @@
+"""Seeds, RNG states and training-state checkpoints in safetensors (never pickle).
+
+A checkpoint file holds tensors under three prefixes:
+  model.<name>            the model's state_dict
+  optim.<i>.<key>         optimizer per-parameter state tensors (i = parameter index)
+  rng.<source>            RNG states as uint8/int64 tensors
+and string metadata (safetensors header): step, tokens_seen, the optimizer's
+param_groups and scalar state as JSON, the python RNG state as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, safe_open, save_file
+
+CHECKPOINT_FORMAT = "fullyopen.checkpoint/v1"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def apply_determinism(threads: int | None, deterministic: bool) -> dict[str, Any]:
+    """Fix thread counts and deterministic algorithms; return the settings now in force."""
+    if threads:
+        torch.set_num_threads(threads)
+        try:
+            torch.set_num_interop_threads(1)
+        except RuntimeError:
+            pass  # can only be set once per process, before parallel work starts
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    import torch.utils.deterministic as tdet
+
+    return {
+        "num_threads": torch.get_num_threads(),
+        "num_interop_threads": torch.get_num_interop_threads(),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "fill_uninitialized_memory": bool(tdet.fill_uninitialized_memory),
+        "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+        "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+    }
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All RNG states as tensors plus JSON metadata."""
+    tensors: dict[str, torch.Tensor] = {"rng.torch_cpu": torch.get_rng_state().clone()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.torch_cuda.{i}"] = s.clone()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors["rng.numpy_keys"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
+    py = random.getstate()
+    meta = {
+        "rng.python": json.dumps([py[0], list(py[1]), py[2]]),
+        "rng.numpy": json.dumps({"kind": kind, "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}),
+    }
+    return tensors, meta
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    torch.set_rng_state(tensors["rng.torch_cpu"])
+    cuda = sorted(k for k in tensors if k.startswith("rng.torch_cuda."))
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
+    version, state, gauss = json.loads(meta["rng.python"])
+    random.setstate((version, tuple(state), gauss))
+    npm = json.loads(meta["rng.numpy"])
+    keys = tensors["rng.numpy_keys"].numpy().astype(np.uint32)
+    np.random.set_state((npm["kind"], keys, npm["pos"], npm["has_gauss"], npm["cached"]))
+
+
+def save_checkpoint(path: str | os.PathLike[str], step: int, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer | None = None, tokens_seen: int = 0,
+                    extra: dict[str, Any] | None = None) -> None:
+    """Write the full training state to `path` (the caller makes it atomic)."""
+    tensors: dict[str, torch.Tensor] = {}
+    for k, v in model.state_dict().items():
+        tensors[f"model.{k}"] = v.detach().contiguous()
+    meta: dict[str, str] = {"format": CHECKPOINT_FORMAT, "step": str(step), "tokens_seen": str(tokens_seen),
+                            "extra": json.dumps(extra or {}, sort_keys=True)}
+    if optimizer is not None:
+        sd = optimizer.state_dict()
+        scalars: dict[str, dict[str, Any]] = {}
+        for idx, st in sd["state"].items():
+            for key, val in st.items():
+                if torch.is_tensor(val) and val.dim() > 0:
+                    tensors[f"optim.{idx}.{key}"] = val.detach().contiguous()
+                else:
+                    scalars.setdefault(str(idx), {})[key] = float(val.item() if torch.is_tensor(val) else val)
+        meta["optim.param_groups"] = json.dumps(sd["param_groups"], sort_keys=True)
+        meta["optim.scalars"] = json.dumps(scalars, sort_keys=True)
+    rng_t, rng_m = rng_state()
+    tensors.update(rng_t)
+    meta.update(rng_m)
+    # tied weights share storage: store each storage once
+    seen: dict[int, str] = {}
+    for k in list(tensors):
+        ptr = tensors[k].data_ptr()
+        if k.startswith("model.") and ptr in seen and tensors[k].shape == tensors[seen[ptr]].shape:
+            tensors[k] = tensors[k].clone()
+        seen.setdefault(ptr, k)
+    save_file(tensors, str(path), metadata=meta)
+
+
+def read_checkpoint_meta(path: str | os.PathLike[str]) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def load_checkpoint(path: str | os.PathLike[str], model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer | None = None, restore_rng: bool = True) -> dict[str, Any]:
+    """Restore model, optimizer and RNG states; return {step, tokens_seen, extra}."""
+    path = Path(path)
+    tensors = load_file(str(path))
+    meta = read_checkpoint_meta(path)
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path.name}: not a {CHECKPOINT_FORMAT} checkpoint")
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    if optimizer is not None and "optim.param_groups" in meta:
+        state: dict[int, dict[str, Any]] = {}
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, idx, key = k.split(".", 2)
+                state.setdefault(int(idx), {})[key] = v
+        for idx, sc in json.loads(meta["optim.scalars"]).items():
+            for key, val in sc.items():
+                state.setdefault(int(idx), {})[key] = torch.tensor(val, dtype=torch.float32)
+        optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["optim.param_groups"])})
+    if restore_rng:
+        set_rng_state(tensors, meta)
+    return {"step": int(meta["step"]), "tokens_seen": int(meta["tokens_seen"]), "extra": json.loads(meta["extra"])}

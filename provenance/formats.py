@@ -1,0 +1,349 @@
+"""File formats of a run bundle: the only module that knows layouts and schema versions.
+
+Everything here is pure encoding and decoding (plus atomic file writes);
+the logic that decides *what* to write lives in higher layers.
+See docs/bundle-format.md for the prose version of this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from provenance.hashing import ALGORITHM, root_digest
+
+BUNDLE_SCHEMA = "fullyopen.bundle/v1"
+DATA_MANIFEST_SCHEMA = "fullyopen.data-manifest/v1"
+ORDER_SCHEMA = "fullyopen.data-order/v1"
+CHECKPOINT_INDEX_SCHEMA = "fullyopen.checkpoint-index/v1"
+NOTE_SCHEMA = "fullyopen.note/v1"
+
+# --- the layout of runs/<run_id>/ -------------------------------------------------------
+RUN_JSON = "run.json"  # identity, status, times, exit status, seeds, threads
+CONFIG_JSON = "config.json"  # resolved config, its digest, the command line
+CODE_JSON = "code/code.json"  # git facts and the per-file digests of the snapshot
+CODE_DIFF = "code/diff.patch"  # uncommitted changes, untracked files included
+CODE_SNAPSHOT = "code/source.tar"  # the source that ran (deterministic tar)
+ENV_JSON = "env/environment.json"
+DATA_DIR = "data"  # data/<dataset>/manifest.json and data/<dataset>/files/...
+ORDER_DIR = "order"  # order/rank<R>.json, .ids.u32, .steps.bin
+METRICS = "logs/metrics.jsonl"
+EVALS = "logs/eval.jsonl"
+EVENTS = "logs/events.jsonl"  # lifecycle events and contained observer failures
+STDOUT = "logs/stdout.log"
+STDERR = "logs/stderr.log"
+NOTES = "notes.jsonl"
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_INDEX = "checkpoints/index.json"
+MODEL_DIR = "model"  # save_pretrained form of the final model, with its tokenizer
+MANIFEST = "manifest.json"  # the seal: OMS in-toto statement over every other file
+LOCK = ".lock"  # held by the live writer; never part of the bundle
+
+# files that are never part of the sealed resources
+UNSEALED = frozenset({MANIFEST, LOCK})
+
+STATUSES = ("running", "completed", "failed", "interrupted")
+
+# notes
+NOTE_CATEGORIES = (
+    "hyperparameter",
+    "data",
+    "restart",
+    "incident",
+    "evaluation",
+    "release",
+    "code",
+    "other",
+)
+
+# --- small helpers ---------------------------------------------------------------------
+
+
+def utc_now() -> str:
+    """UTC ISO-8601 timestamp with microseconds and a Z suffix."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def dumps(obj: Any) -> str:
+    """Canonical JSON: sorted keys, UTF-8, no NaN surprises hidden."""
+    return json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+
+
+def dumps_line(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
+def digest_str(hex_digest: str, algorithm: str = ALGORITHM) -> str:
+    """A digest that names its algorithm: 'sha256:<hex>'."""
+    return f"{algorithm}:{hex_digest}"
+
+
+def parse_digest(value: str) -> tuple[str, str]:
+    algo, sep, hexd = value.partition(":")
+    if not sep or not algo or not hexd:
+        raise ValueError(f"digest {value!r} does not name its algorithm (expected 'sha256:<hex>')")
+    return algo, hexd
+
+
+def config_digest(config: dict[str, Any]) -> str:
+    """Digest of a resolved config: sha256 of its canonical compact JSON."""
+    canon = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return digest_str(hashlib.sha256(canon.encode()).hexdigest())
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write via a temp file in the same folder, fsync, then rename over the target."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    atomic_write_bytes(path, dumps(obj).encode())
+
+
+def is_temp_name(name: str) -> bool:
+    """Leftovers of an interrupted atomic write: never part of a bundle."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def append_line(path: str | os.PathLike[str], line: str) -> None:
+    """Append one line with a single O_APPEND write, under an exclusive lock.
+
+    Concurrent writers (several shells running `prov note`) never interleave
+    or lose lines; the line is on disk when this returns.
+    """
+    import fcntl
+
+    data = line.encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+MAX_JSON_BYTES = 64 << 20  # a bundle's JSON file larger than this is refused as hostile
+
+
+class FormatError(ValueError):
+    """A bundle file is malformed; the message names the file."""
+
+
+def read_json(path: str | os.PathLike[str], max_bytes: int = MAX_JSON_BYTES) -> Any:
+    path = Path(path)
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise FormatError(f"{path.name}: {size} bytes is larger than the {max_bytes}-byte limit for JSON")
+    try:
+        return json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FormatError(f"{path}: malformed JSON ({exc})") from None
+
+
+def read_jsonl(path: str | os.PathLike[str], max_bytes: int = MAX_JSON_BYTES) -> Iterator[dict[str, Any]]:
+    """Yield the records of a JSON-lines file; a torn last line (crash mid-append) is skipped."""
+    path = Path(path)
+    if not path.exists():
+        return
+    size = path.stat().st_size
+    if size > max_bytes * 16:
+        raise FormatError(f"{path.name}: {size} bytes is larger than the limit for a JSON-lines file")
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    for i, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            rec = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            if i == len(lines):  # unterminated last line: a crash mid-write
+                return
+            raise FormatError(f"{path.name}: line {i} is not valid JSON") from None
+        if not isinstance(rec, dict):
+            raise FormatError(f"{path.name}: line {i} is not a JSON object")
+        yield rec
+
+
+# --- data order ------------------------------------------------------------------------
+# Per rank: order/rank<R>.ids.u32 holds every sample id of every step as little-endian
+# uint32 (4 bytes a sample); order/rank<R>.steps.bin holds one 32-byte record a step:
+#   <u32 step><u32 n_samples><24 bytes: chain digest>
+# chain_k = sha256(b"fullyopen-order-v1" + chain_{k-1} + u32 step + u32 n + ids bytes)[:24]
+# with chain_{-1} = 24 zero bytes. Changing any step's batch changes every later digest.
+
+ORDER_STEP_RECORD = struct.Struct("<II24s")
+ORDER_CHAIN_SEED = bytes(24)
+_ORDER_DOMAIN = b"fullyopen-order-v1"
+
+
+def order_paths(rank: int) -> tuple[str, str, str]:
+    base = f"{ORDER_DIR}/rank{rank}"
+    return f"{base}.json", f"{base}.ids.u32", f"{base}.steps.bin"
+
+
+def encode_ids(sample_ids: Sequence[int]) -> bytes:
+    for s in sample_ids:
+        if not 0 <= int(s) < 2**32:
+            raise ValueError(f"sample id {s} does not fit in uint32")
+    return struct.pack(f"<{len(sample_ids)}I", *(int(s) for s in sample_ids))
+
+
+def batch_digest(sample_ids: Sequence[int]) -> str:
+    """sha256 of the batch's ids as little-endian uint32: what reproduce compares step by step."""
+    return digest_str(hashlib.sha256(encode_ids(sample_ids)).hexdigest())
+
+
+def chain_next(prev: bytes, step: int, ids_bytes: bytes) -> bytes:
+    n = len(ids_bytes) // 4
+    h = hashlib.sha256(_ORDER_DOMAIN)
+    h.update(prev)
+    h.update(struct.pack("<II", step, n))
+    h.update(ids_bytes)
+    return h.digest()[:24]
+
+
+@dataclass(frozen=True)
+class OrderStep:
+    step: int
+    sample_ids: tuple[int, ...]
+    chain: bytes
+
+
+def order_header(rank: int, world_size: int, sampler: dict[str, Any], dataset: str) -> dict[str, Any]:
+    return {
+        "schema": ORDER_SCHEMA,
+        "rank": rank,
+        "world_size": world_size,
+        "dataset": dataset,
+        "sampler": sampler,
+        "ids_dtype": "uint32-le",
+        "step_record": "<u32 step><u32 n_samples><24-byte chain digest>",
+        "chain": "sha256(b'fullyopen-order-v1' + prev + u32 step + u32 n + ids)[:24], prev0 = 24 zero bytes",
+    }
+
+
+def read_order(ids_path: Path, steps_path: Path) -> Iterator[OrderStep]:
+    """Decode one rank's order; a torn tail (crash mid-append) is ignored."""
+    ids_all = ids_path.read_bytes() if ids_path.exists() else b""
+    steps_raw = steps_path.read_bytes() if steps_path.exists() else b""
+    usable = len(steps_raw) - len(steps_raw) % ORDER_STEP_RECORD.size
+    offset = 0
+    for (step, n, chain) in ORDER_STEP_RECORD.iter_unpack(steps_raw[:usable]):
+        chunk = ids_all[offset : offset + 4 * n]
+        if len(chunk) != 4 * n:
+            return
+        offset += 4 * n
+        yield OrderStep(step, struct.unpack(f"<{n}I", chunk), chain)
+
+
+def verify_order_chain(steps: Iterable[OrderStep]) -> tuple[int, int] | None:
+    """None if the chain is intact, else (index, step) of the first broken link."""
+    prev = ORDER_CHAIN_SEED
+    for i, st in enumerate(steps):
+        expect = chain_next(prev, st.step, encode_ids(st.sample_ids))
+        if expect != st.chain:
+            return i, st.step
+        prev = st.chain
+    return None
+
+
+# --- the seal: OpenSSF model-signing (OMS) manifest, in-toto Statement v1 ----------------
+INTOTO_STATEMENT = "https://in-toto.io/Statement/v1"
+OMS_PREDICATE = "https://model_signing/signature/v1.0"
+
+
+def resource_sort_key(name: str) -> tuple[str, ...]:
+    """model-signing sorts resources as PurePosixPath, i.e. by path components."""
+    return tuple(name.split("/"))
+
+
+def oms_statement(subject_name: str, resources: dict[str, str]) -> dict[str, Any]:
+    """Build the OMS statement over {relative name: hex sha256}; names sorted.
+
+    The subject digest (the bundle's root digest) is sha256 over the raw
+    resource digests concatenated in name order, as model-signing computes it.
+    """
+    names = sorted(resources, key=resource_sort_key)
+    root = root_digest(resources[n] for n in names)
+    return {
+        "_type": INTOTO_STATEMENT,
+        "subject": [{"name": subject_name, "digest": {"sha256": root}}],
+        "predicateType": OMS_PREDICATE,
+        "predicate": {
+            "serialization": {
+                "method": "files",
+                "hash_type": ALGORITHM,
+                "allow_symlinks": False,
+                "ignore_paths": sorted(UNSEALED),
+            },
+            "resources": [{"name": n, "algorithm": ALGORITHM, "digest": resources[n]} for n in names],
+        },
+    }
+
+
+def parse_oms_statement(obj: Any) -> tuple[str, dict[str, str]]:
+    """Return (root hex digest, {name: hex digest}); FormatError names what is wrong."""
+    where = MANIFEST
+    if not isinstance(obj, dict) or obj.get("_type") != INTOTO_STATEMENT:
+        raise FormatError(f"{where}: not an in-toto Statement v1")
+    if obj.get("predicateType") != OMS_PREDICATE:
+        raise FormatError(f"{where}: predicateType is not {OMS_PREDICATE}")
+    subj = obj.get("subject")
+    if not isinstance(subj, list) or len(subj) != 1 or not isinstance(subj[0], dict):
+        raise FormatError(f"{where}: expected exactly one subject")
+    root = (subj[0].get("digest") or {}).get("sha256")
+    if not isinstance(root, str):
+        raise FormatError(f"{where}: subject has no sha256 digest")
+    res = (obj.get("predicate") or {}).get("resources")
+    if not isinstance(res, list):
+        raise FormatError(f"{where}: predicate.resources is missing")
+    out: dict[str, str] = {}
+    for i, r in enumerate(res):
+        if not isinstance(r, dict) or not isinstance(r.get("name"), str) or not isinstance(r.get("digest"), str):
+            raise FormatError(f"{where}: resource #{i} is malformed")
+        if r.get("algorithm") != ALGORITHM:
+            raise FormatError(f"{where}: resource {r['name']!r} uses algorithm {r.get('algorithm')!r}")
+        if r["name"] in out:
+            raise FormatError(f"{where}: resource {r['name']!r} is listed twice")
+        out[r["name"]] = r["digest"]
+    return root, out
+
+
+# --- checkpoint index ---------------------------------------------------------------------
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{CHECKPOINT_DIR}/step-{step:08d}.safetensors"
+
+
+def checkpoint_index(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"schema": CHECKPOINT_INDEX_SCHEMA, "checkpoints": sorted(entries, key=lambda e: e["step"])}

@@ -1,0 +1,72 @@
+"""The schema of a training config (configs/*.yaml). Every key is listed here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from provenance.config import path_field
+
+
+@dataclass
+class DataConfig:
+    name: str = "tiny-corpus"
+    generator_seed: int = 1234  # seed of training/corpus.py
+    n_stories: int = 12000
+    max_operand: int = 49
+    root: str = "data"  # generated files go to <root>/<name>-v<version>-seed<seed>/
+    manifest: str | None = path_field(None)  # committed manifest the data must match (data_manifests/...)
+    license: str = "CC0-1.0"
+    in_bundle: bool = True  # copy the data files into the bundle (small datasets)
+
+
+@dataclass
+class TokenizerConfig:
+    vocab_size: int = 1024
+    min_frequency: int = 2
+
+
+@dataclass
+class ModelConfig:
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 64
+    dropout: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 600
+    batch_size: int = 32
+    lr: float = 3e-3
+    min_lr: float = 3e-4
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    eval_every: int = 200
+    eval_batches: int = 8
+    arith_eval_size: int = 250
+    checkpoint_every: int = 200
+
+
+@dataclass
+class RunConfig:
+    name: str = "tiny-lm"
+    runs_dir: str = "runs"
+    seed: int = 1337
+    threads: int = 2  # torch intra-op threads; CPU runs are bitwise repeatable only at a fixed count
+    deterministic: bool = True
+    license: str = "Apache-2.0"  # license of the weights and code released with the run
+    # documents a run cannot produce by itself: file paths or URLs, checked for presence by audit
+    documents: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)

@@ -1,0 +1,149 @@
+"""Train the default open model: a small GPT-2 on the generated corpus, from scratch.
+
+    python -m training.train --config configs/tiny-lm.yaml [key=value ...]
+
+Reads top to bottom. The provenance lines are the ones that mention `run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from provenance import ConfigError, DataMismatch, start_run
+from provenance.config import load, to_dict
+from training.config import Config
+from training.data import (EOS, PAD, EpochSampler, collate, encode, load_arith_eval, load_hf_tokenizer,
+                           load_texts, prepare_corpus, train_tokenizer)
+
+
+def lr_at(step: int, cfg: Config) -> float:
+    """Linear warm-up, then cosine decay to min_lr at the last step."""
+    t = cfg.train
+    if step <= t.warmup_steps:
+        return t.lr * step / max(1, t.warmup_steps)
+    progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+    return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@torch.no_grad()
+def evaluate(model: Any, val: list[list[int]], arith: list[dict[str, str]], tokenizer: Any,
+             cfg: Config, pad_id: int, eos_id: int) -> dict[str, float]:
+    """Held-out loss and perplexity, and exact-match accuracy on held-out sums (greedy)."""
+    model.eval()
+    b = cfg.train.batch_size
+    losses = []
+    for i in range(cfg.train.eval_batches):
+        chunk = val[i * b:(i + 1) * b]
+        if chunk:
+            losses.append(model(**collate(chunk, pad_id)).loss.item())
+    by_len: dict[int, list[tuple[list[int], str]]] = {}
+    for ex in arith:
+        ids = tokenizer(ex["prompt"], add_special_tokens=False)["input_ids"]
+        by_len.setdefault(len(ids), []).append((ids, ex["answer"]))
+    correct = 0
+    for items in by_len.values():
+        x = torch.tensor([ids for ids, _ in items])
+        for _ in range(4):  # at most 3 digits and the end token
+            nxt = model(input_ids=x).logits[:, -1].argmax(-1, keepdim=True)
+            x = torch.cat([x, nxt], dim=1)
+        for row, (ids, answer) in zip(x.tolist(), items, strict=True):
+            gen = row[len(ids):]
+            gen = gen[:gen.index(eos_id)] if eos_id in gen else gen
+            correct += tokenizer.decode(gen).strip() == answer
+    model.train()
+    loss = sum(losses) / len(losses)
+    return {"val_loss": loss, "val_perplexity": math.exp(loss), "arith_exact_match": correct / max(1, len(arith))}
+
+
+def parse_args(argv: list[str] | None) -> tuple[Config, list[str]]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="configs/tiny-lm.yaml")
+    p.add_argument("overrides", nargs="*", help="key=value, e.g. train.steps=100")
+    args = p.parse_args(argv)
+    return load(Config, args.config, args.overrides), [args.config, *args.overrides]
+
+
+def train(cfg: Config, argv: list[str]) -> int:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    print("resolved config:\n" + yaml.safe_dump(to_dict(cfg), sort_keys=True), flush=True)
+    corpus = prepare_corpus(cfg.data)
+    tok_spec = train_tokenizer(corpus.root / "train.jsonl", cfg.tokenizer,
+                               corpus.root / f"tokenizer-bpe{cfg.tokenizer.vocab_size}")
+    tokenizer = load_hf_tokenizer(tok_spec.root)
+    pad_id, eos_id = tokenizer.convert_tokens_to_ids(PAD), tokenizer.convert_tokens_to_ids(EOS)
+    sampler = EpochSampler(sum(1 for _ in open(corpus.root / "train.jsonl")), cfg.train.batch_size, cfg.run.seed)
+
+    with start_run(to_dict(cfg), name=cfg.run.name, runs_dir=cfg.run.runs_dir, seed=cfg.run.seed,
+                   threads=cfg.run.threads, deterministic=cfg.run.deterministic, datasets=[corpus, tok_spec],
+                   argv=[sys.executable, "-m", "training.train", *argv], license=cfg.run.license,
+                   documents=cfg.run.documents, sampler=sampler.describe()) as run:
+        texts = load_texts(corpus)
+        train_ids = encode(tokenizer, texts["train"], cfg.model.block_size)
+        val_ids = encode(tokenizer, texts["validation"], cfg.model.block_size)
+        arith = load_arith_eval(corpus, cfg.train.arith_eval_size)
+
+        m = cfg.model
+        model = GPT2LMHeadModel(GPT2Config(
+            vocab_size=len(tokenizer), n_positions=m.block_size, n_embd=m.n_embd, n_layer=m.n_layer,
+            n_head=m.n_head, resid_pdrop=m.dropout, embd_pdrop=m.dropout, attn_pdrop=m.dropout,
+            bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=pad_id))
+        decay = [p for p in model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in model.parameters() if p.dim() < 2]
+        t = cfg.train
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}],
+                                      lr=t.lr, betas=(t.beta1, t.beta2), foreach=False)
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"model: {n_params:,} parameters; {len(train_ids):,} training samples", flush=True)
+
+        run.log_eval(0, **evaluate(model, val_ids, arith, tokenizer, cfg, pad_id, eos_id))
+        tokens_seen = 0
+        for step in range(1, t.steps + 1):
+            t0 = time.perf_counter()
+            batch_ids = sampler.batch(step)
+            run.record_batch(step, batch_ids)
+            lr = lr_at(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = collate([train_ids[i] for i in batch_ids], pad_id)
+            loss = model(**batch).loss
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip).item()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            n_tokens = int(batch["attention_mask"].sum())
+            tokens_seen += n_tokens
+            run.log(step, loss=loss.item(), lr=lr, grad_norm=grad_norm, tokens=n_tokens,
+                    tokens_seen=tokens_seen, step_time=time.perf_counter() - t0)
+            if step % t.eval_every == 0 or step == t.steps:
+                metrics = evaluate(model, val_ids, arith, tokenizer, cfg, pad_id, eos_id)
+                run.log_eval(step, **metrics)
+                print(f"step {step}: loss {loss.item():.4f} val_loss {metrics['val_loss']:.4f} "
+                      f"arith {metrics['arith_exact_match']:.3f}", flush=True)
+            if step % t.checkpoint_every == 0 or step == t.steps:
+                run.checkpoint(step, model, optimizer, tokens_seen=tokens_seen)
+        run.save_model(model, tokenizer)
+    print(f"run: {run.root}\nroot digest: sha256:{run.root_digest}", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg, args = parse_args(argv)
+        return train(cfg, args)
+    except (ConfigError, DataMismatch) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
