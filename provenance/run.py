@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +36,7 @@ from provenance.capture.env import capture_env
 from provenance.capture.state import apply_determinism, save_checkpoint, seed_everything
 from provenance.hashing import sha256_file
 from provenance.redact import Redactor
+from provenance.replay import STEPS_LOG, SUMMARY, Replay, StopRun, original_root_digest
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -135,6 +136,10 @@ class Run:
         self.callbacks = list(callbacks)
         self.capture_output = capture_output
         self.sampler = sampler or {}
+        self.replay = Replay.from_env(int(os.environ.get("RANK", "0")))
+        if self.replay is not None and reproduces is None:
+            reproduces = {"run_id": self.replay.original.name,
+                          "root_digest": original_root_digest(self.replay.original)}
         self.reproduces = reproduces
         self.rank = int(os.environ.get("RANK", "0"))
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -153,6 +158,7 @@ class Run:
         self._old_handlers: dict[int, Any] = {}
         self._run_info: dict[str, Any] = {}
         self._t0 = 0.0
+        self._replay_rec: dict[str, Any] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
     def __enter__(self) -> Run:
@@ -214,7 +220,7 @@ class Run:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> bool:
-        if exc is None:
+        if exc is None or isinstance(exc, StopRun):
             status, exit_status, error = "completed", 0, None
         elif isinstance(exc, KeyboardInterrupt):
             signum = exc.signum if isinstance(exc, RunInterrupted) else signal.SIGINT
@@ -226,7 +232,7 @@ class Run:
             error = {"type": type(exc).__name__, "message": str(exc),
                      "traceback": "".join(traceback.format_exception(exc_type, exc, tb))}
         self.finish(status, exit_status, error)
-        return False
+        return isinstance(exc, StopRun)  # a replay that checked what it was asked to ends cleanly
 
     def finish(self, status: str, exit_status: int, error: dict[str, Any] | None = None) -> str | None:
         """Record the end of the run and seal its bundle. Safe to call once."""
@@ -247,6 +253,8 @@ class Run:
             t.stop()
         self._tees.clear()
         w = self.writer
+        if self.replay is not None and self.rank == 0:
+            w.write_json(SUMMARY, self.replay.summary(self.reproduces.get("root_digest") if self.reproduces else None))
         if self.rank == 0:
             self._run_info.update({"status": status, "ended_at": formats.utc_now(), "exit_status": exit_status,
                                    "error": error, "duration_s": round(time.monotonic() - self._t0, 3),
@@ -301,6 +309,18 @@ class Run:
             except Exception as e:  # an observer never breaks the run: contain and record
                 self._event("observer_failed", observer=type(cb).__name__, hook=hook, error=repr(e))
 
+    def batch(self, step: int, compute: Callable[[int], list[int]]) -> list[int]:
+        """The sample ids of this step: computed by `compute(step)`, recorded, and returned.
+
+        In a reproduction the original's recorded ids are replayed (and compared
+        with what `compute` gives); past the last step asked for, StopRun ends the run.
+        """
+        ids = list(compute(step))
+        if self.replay is not None:
+            ids, self._replay_rec = self.replay.batch(step, ids)
+        self.record_batch(step, ids)
+        return ids
+
     def record_batch(self, step: int, sample_ids: Sequence[int]) -> str:
         """Record which samples formed this step's batch on this rank; returns the batch digest."""
         assert self.writer is not None
@@ -318,6 +338,10 @@ class Run:
         self._last_step = step
         if self.rank == 0:
             self.writer.log(formats.METRICS).write_line({"step": step, "time": formats.utc_now(), **clean})
+        if self.replay is not None:
+            rec = self.replay.log(step, clean, self._replay_rec or {"step": step})
+            self._replay_rec = None
+            self.writer.log(STEPS_LOG).write_line(rec)
         self._notify("on_log", step, clean)
 
     def log_eval(self, step: int, **metrics: Any) -> None:
@@ -354,6 +378,33 @@ class Run:
                                 "tokens_seen": tokens_seen, "time": formats.utc_now()})
             self.writer.write_json(formats.CHECKPOINT_INDEX, formats.checkpoint_index(self._index))
         self._event("checkpoint", step=step, path=rel, sha256=hexd)
+        if self.replay is not None:
+            rec = self.replay.checkpoint(step, hexd)
+            if rec is not None:
+                self.writer.log(STEPS_LOG).write_line(rec)
+
+    def restore(self, path: str | os.PathLike[str], model: Any, optimizer: Any = None) -> tuple[int, int]:
+        """Resume from a checkpoint: weights, optimizer and RNG states. Returns (step, tokens_seen).
+
+        When the checkpoint sits in a bundle, its sha256 is checked against that
+        bundle's checkpoint index first. The restart is recorded as a `restart` note.
+        """
+        from provenance.capture.state import load_checkpoint
+
+        path = Path(path)
+        hexd = sha256_file(path)
+        index_path = path.parent.parent / formats.CHECKPOINT_INDEX
+        if index_path.is_file():
+            entry = next((e for e in formats.read_json(index_path).get("checkpoints", [])
+                          if Path(e["path"]).name == path.name), None)
+            if entry is not None and entry["sha256"] != hexd:
+                raise ValueError(f"{path}: checkpoint does not match its index: expected sha256:{entry['sha256']}, "
+                                 f"found sha256:{hexd}")
+        state = load_checkpoint(path, model, optimizer)
+        self.note(f"restarted from checkpoint {path.name} at step {state['step']} (sha256:{hexd})",
+                  category="restart", step=state["step"], links=[str(path)])
+        self._event("restored", step=state["step"], checkpoint=str(path), sha256=hexd)
+        return state["step"], state["tokens_seen"]
 
     def save_model(self, model: Any, tokenizer: Any = None) -> str:
         """Save the final model in save_pretrained form (loadable by from_pretrained)."""

@@ -59,6 +59,7 @@ class RunConfig:
     threads: int = 2  # torch intra-op threads; CPU runs are bitwise repeatable only at a fixed count
     deterministic: bool = True
     license: str = "Apache-2.0"  # license of the weights and code released with the run
+    resume_from: str | None = path_field(None)  # a checkpoint (.safetensors) to continue from
     # documents a run cannot produce by itself: file paths or URLs, checked for presence by audit
     documents: dict[str, str] = field(default_factory=dict)
 

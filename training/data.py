@@ -103,7 +103,7 @@ def load_arith_eval(spec: DatasetSpec, limit: int) -> list[dict[str, str]]:
 def encode(tokenizer: Any, texts: list[str], block_size: int) -> list[list[int]]:
     eos = tokenizer.convert_tokens_to_ids(EOS)
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    return [(x + [eos])[:block_size] for x in ids]
+    return [[*x, eos][:block_size] for x in ids]
 
 
 @dataclass

@@ -11,7 +11,6 @@ import argparse
 import math
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,8 +19,18 @@ import yaml
 from provenance import ConfigError, DataMismatch, start_run
 from provenance.config import load, to_dict
 from training.config import Config
-from training.data import (EOS, PAD, EpochSampler, collate, encode, load_arith_eval, load_hf_tokenizer,
-                           load_texts, prepare_corpus, train_tokenizer)
+from training.data import (
+    EOS,
+    PAD,
+    EpochSampler,
+    collate,
+    encode,
+    load_arith_eval,
+    load_hf_tokenizer,
+    load_texts,
+    prepare_corpus,
+    train_tokenizer,
+)
 
 
 def lr_at(step: int, cfg: Config) -> float:
@@ -105,12 +114,14 @@ def train(cfg: Config, argv: list[str]) -> int:
         n_params = sum(p.numel() for p in model.parameters())
         print(f"model: {n_params:,} parameters; {len(train_ids):,} training samples", flush=True)
 
-        run.log_eval(0, **evaluate(model, val_ids, arith, tokenizer, cfg, pad_id, eos_id))
-        tokens_seen = 0
-        for step in range(1, t.steps + 1):
+        start_step, tokens_seen = 0, 0
+        if cfg.run.resume_from:
+            start_step, tokens_seen = run.restore(cfg.run.resume_from, model, optimizer)
+        else:
+            run.log_eval(0, **evaluate(model, val_ids, arith, tokenizer, cfg, pad_id, eos_id))
+        for step in range(start_step + 1, t.steps + 1):
             t0 = time.perf_counter()
-            batch_ids = sampler.batch(step)
-            run.record_batch(step, batch_ids)
+            batch_ids = run.batch(step, sampler.batch)
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr

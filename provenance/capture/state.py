@@ -4,8 +4,10 @@ A checkpoint file holds tensors under three prefixes:
   model.<name>            the model's state_dict
   optim.<i>.<key>         optimizer per-parameter state tensors (i = parameter index)
   rng.<source>            RNG states as uint8/int64 tensors
-and string metadata (safetensors header): step, tokens_seen, the optimizer's
-param_groups and scalar state as JSON, the python RNG state as JSON.
+and one string metadata entry, "fullyopen", holding canonical JSON: format, step,
+tokens_seen, the optimizer's param_groups and scalar state, the python and numpy
+RNG states. (One key, because safetensors writes several keys in random order,
+and a checkpoint's sha256 must be repeatable.)
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from safetensors.torch import load_file, safe_open, save_file
 
 CHECKPOINT_FORMAT = "fullyopen.checkpoint/v1"
+_META_KEY = "fullyopen"
 
 
 def seed_everything(seed: int) -> None:
@@ -113,12 +116,18 @@ def save_checkpoint(path: str | os.PathLike[str], step: int, model: torch.nn.Mod
         if k.startswith("model.") and ptr in seen and tensors[k].shape == tensors[seen[ptr]].shape:
             tensors[k] = tensors[k].clone()
         seen.setdefault(ptr, k)
-    save_file(tensors, str(path), metadata=meta)
+    save_file(tensors, str(path), metadata={_META_KEY: json.dumps(meta, sort_keys=True, separators=(",", ":"))})
 
 
 def read_checkpoint_meta(path: str | os.PathLike[str]) -> dict[str, str]:
     with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+        raw = (f.metadata() or {}).get(_META_KEY)
+    if raw is None:
+        raise ValueError(f"{Path(path).name}: not a {CHECKPOINT_FORMAT} checkpoint (no '{_META_KEY}' metadata)")
+    meta = json.loads(raw)
+    if not isinstance(meta, dict):
+        raise ValueError(f"{Path(path).name}: malformed checkpoint metadata")
+    return meta
 
 
 def load_checkpoint(path: str | os.PathLike[str], model: torch.nn.Module,

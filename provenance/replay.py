@@ -1,0 +1,149 @@
+"""Step-by-step comparison of a live run against a recorded bundle (the engine of `prov reproduce`).
+
+A run started with PROV_REPLAY=<original bundle> replays the original's data order
+and compares, as it goes, each step's batch (sample ids and batch digest), the
+loss (bitwise) and the sha256 of every checkpoint the original saved. What it
+finds is appended to reproduction/steps.jsonl and summed up in
+reproduction/summary.json inside the new bundle.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+from provenance import formats
+
+REPLAY_ENV = "PROV_REPLAY"  # path of the original bundle
+STOP_ENV = "PROV_REPLAY_STOP_AFTER"  # stop after this step (inclusive)
+STEPS_LOG = "reproduction/steps.jsonl"
+SUMMARY = "reproduction/summary.json"
+
+
+class StopRun(Exception):
+    """Raised by the run when a replay reached the last step it was asked to check."""
+
+
+def _float_bits(x: float) -> str:
+    return struct.pack(">d", x).hex()
+
+
+class Replay:
+    def __init__(self, original: str | os.PathLike[str], rank: int = 0, stop_after: int | None = None) -> None:
+        self.original = Path(original)
+        self.stop_after = stop_after
+        _, ids_rel, steps_rel = formats.order_paths(rank)
+        self.order = {s.step: s.sample_ids for s in
+                      formats.read_order(self.original / ids_rel, self.original / steps_rel)}
+        self.metrics = {int(m["step"]): m for m in formats.read_jsonl(self.original / formats.METRICS)}
+        index_path = self.original / formats.CHECKPOINT_INDEX
+        index = formats.read_json(index_path).get("checkpoints", []) if index_path.exists() else []
+        self.checkpoints = {int(e["step"]): e["sha256"] for e in index}
+        self.first_divergence: dict[str, Any] | None = None
+        self.divergences: dict[str, int] = {"order": 0, "loss": 0, "checkpoint": 0}
+        self.max_loss_diff = 0.0
+        self.steps_checked = 0
+        self.checkpoints_checked = 0
+        self.first_step: int | None = None
+        self.last_step: int | None = None
+
+    @classmethod
+    def from_env(cls, rank: int = 0) -> Replay | None:
+        path = os.environ.get(REPLAY_ENV)
+        if not path:
+            return None
+        stop = os.environ.get(STOP_ENV)
+        return cls(path, rank, int(stop) if stop else None)
+
+    def _diverged(self, kind: str, step: int, **detail: Any) -> None:
+        self.divergences[kind] += 1
+        if self.first_divergence is None:
+            self.first_divergence = {"step": step, "kind": kind, **detail}
+
+    def batch(self, step: int, computed: list[int]) -> tuple[list[int], dict[str, Any]]:
+        """The ids to train on (the recorded ones when known) and the comparison record."""
+        if self.stop_after is not None and step > self.stop_after:
+            raise StopRun(f"replay checked steps up to {self.stop_after}")
+        if self.first_step is None:
+            self.first_step = step
+        self.last_step = step
+        recorded = self.order.get(step)
+        rec: dict[str, Any] = {"step": step, "batch_digest": formats.batch_digest(computed)}
+        if recorded is None:
+            rec["order"] = "not recorded"
+            self._diverged("order", step, detail="the original recorded no batch for this step")
+            return computed, rec
+        recorded_list = list(recorded)
+        rec["recorded_batch_digest"] = formats.batch_digest(recorded_list)
+        if recorded_list == list(computed):
+            rec["order"] = "match"
+        else:
+            rec["order"] = "differs"
+            changed = [i for i, (a, b) in enumerate(zip(recorded_list, computed, strict=False)) if a != b]
+            first = changed[0] if changed else min(len(recorded_list), len(computed))
+            self._diverged("order", step, position=first,
+                           recorded_sample=recorded_list[first] if first < len(recorded_list) else None,
+                           computed_sample=computed[first] if first < len(computed) else None)
+        return recorded_list, rec
+
+    def log(self, step: int, metrics: dict[str, Any], rec: dict[str, Any]) -> dict[str, Any]:
+        self.steps_checked += 1
+        orig = self.metrics.get(step)
+        loss = metrics.get("loss")
+        if orig is None or "loss" not in orig or not isinstance(loss, float):
+            rec["loss"] = "not compared"
+            return rec
+        a, b = float(orig["loss"]), loss
+        rec.update({"loss_recorded": a, "loss": b})
+        if _float_bits(a) == _float_bits(b) or (math.isnan(a) and math.isnan(b)):
+            rec["loss_match"] = True
+        else:
+            diff = abs(a - b)
+            self.max_loss_diff = max(self.max_loss_diff, diff)
+            rec.update({"loss_match": False, "loss_abs_diff": diff})
+            self._diverged("loss", step, loss_recorded=a, loss=b, abs_diff=diff,
+                           order_matched=rec.get("order") == "match")
+        return rec
+
+    def checkpoint(self, step: int, hexd: str) -> dict[str, Any] | None:
+        expected = self.checkpoints.get(step)
+        if expected is None:
+            return None
+        self.checkpoints_checked += 1
+        match = expected == hexd
+        if not match:
+            self._diverged("checkpoint", step, expected=f"sha256:{expected}", actual=f"sha256:{hexd}")
+        return {"step": step, "checkpoint": formats.checkpoint_name(step), "sha256_recorded": expected,
+                "sha256": hexd, "checkpoint_match": match}
+
+    def summary(self, original_root_digest: str | None) -> dict[str, Any]:
+        expected_steps = [s for s in sorted(self.metrics)
+                          if (self.first_step is None or s >= self.first_step)
+                          and (self.last_step is None or s <= self.last_step)]
+        return {
+            "schema": "fullyopen.reproduction/v1",
+            "original": {"root_digest": original_root_digest, "run_id": self.original.name},
+            "steps_checked": self.steps_checked,
+            "first_step": self.first_step,
+            "last_step": self.last_step,
+            "steps_expected": len(expected_steps),
+            "checkpoints_checked": self.checkpoints_checked,
+            "divergences": self.divergences,
+            "first_divergence": self.first_divergence,
+            "max_loss_abs_diff": self.max_loss_diff,
+            "bitwise": self.first_divergence is None and self.steps_checked == len(expected_steps)
+                       and self.steps_checked > 0,
+        }
+
+
+def original_root_digest(original: Path) -> str | None:
+    m = original / formats.MANIFEST
+    if not m.exists():
+        return None
+    try:
+        return formats.parse_oms_statement(formats.read_json(m))[0]
+    except formats.FormatError:
+        return None
