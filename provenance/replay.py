@@ -50,6 +50,11 @@ class Replay:
         self.first_step: int | None = None
         self.last_step: int | None = None
 
+    def data_manifest(self, name: str) -> dict[str, Any] | None:
+        """The original's manifest of dataset `name` (None if it had no such dataset)."""
+        path = self.original / formats.DATA_DIR / name / "manifest.json"
+        return formats.read_json(path) if path.is_file() else None
+
     @classmethod
     def from_env(cls, rank: int = 0) -> Replay | None:
         path = os.environ.get(REPLAY_ENV)

@@ -165,6 +165,10 @@ class Run:
         redactor = Redactor()
         # capture before writing anything: a failure here is loud and leaves no folder behind
         code = capture_code(self.code_root)
+        if self.replay is not None:  # a reproduction checks its data against the original's manifests
+            for spec in self.datasets:
+                if spec.expected is None:
+                    spec.expected = self.replay.data_manifest(spec.name)
         manifests = [(spec, verified_manifest(spec)) for spec in self.datasets]
         seed_everything(self.seed)
         determinism = apply_determinism(self.threads, self.deterministic)
