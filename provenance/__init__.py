@@ -2,12 +2,29 @@
 
 Public API: `start_run` (a context manager around a training loop), `Callback`
 (lifecycle observer), `DatasetSpec` (what a script declares about its data).
+Imported lazily, so that light commands (`prov note`, `prov audit`) never load torch.
 """
 
-from provenance.capture.data import DataMismatch, DatasetSpec
-from provenance.config import ConfigError
-from provenance.run import Callback, Run, RunInterrupted, start_run
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Callback", "ConfigError", "DataMismatch", "DatasetSpec", "Run", "RunInterrupted", "start_run",
-           "__version__"]
+
+_EXPORTS = {
+    "start_run": "provenance.run",
+    "Run": "provenance.run",
+    "RunInterrupted": "provenance.run",
+    "Callback": "provenance.run",
+    "DatasetSpec": "provenance.capture.data",
+    "DataMismatch": "provenance.capture.data",
+    "ConfigError": "provenance.config",
+}
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'provenance' has no attribute {name!r}")

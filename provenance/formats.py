@@ -193,6 +193,17 @@ def read_jsonl(path: str | os.PathLike[str], max_bytes: int = MAX_JSON_BYTES) ->
         yield rec
 
 
+def note_record(text: str, category: str, author: str | None, links: Sequence[str], step: int | None) -> dict[str, Any]:
+    """A decision note; ValueError names what is wrong with it."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("note text must be a non-empty string")
+    if category not in NOTE_CATEGORIES:
+        raise ValueError(f"note category {category!r} is not one of {', '.join(NOTE_CATEGORIES)}")
+    return {"schema": NOTE_SCHEMA, "time": utc_now(), "step": step,
+            "author": author or os.environ.get("USER") or "unknown", "category": category,
+            "text": text, "links": list(links)}
+
+
 # --- data order ------------------------------------------------------------------------
 # Per rank: order/rank<R>.ids.u32 holds every sample id of every step as little-endian
 # uint32 (4 bytes a sample); order/rank<R>.steps.bin holds one 32-byte record a step:

@@ -426,19 +426,9 @@ class Run:
              links: Sequence[str] = (), step: int | None = None) -> dict[str, Any]:
         """Append a decision note (append-only; safe against concurrent writers)."""
         assert self.writer is not None
-        rec = make_note(text, category, author, links, self._last_step if step is None else step)
+        rec = formats.note_record(text, category, author, links, self._last_step if step is None else step)
         formats.append_line(self.writer.path(formats.NOTES), self.writer.redactor.text(formats.dumps_line(rec)))
         return rec
-
-
-def make_note(text: str, category: str, author: str | None, links: Sequence[str], step: int | None) -> dict[str, Any]:
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError("note text must be a non-empty string")
-    if category not in formats.NOTE_CATEGORIES:
-        raise ValueError(f"note category {category!r} is not one of {', '.join(formats.NOTE_CATEGORIES)}")
-    return {"schema": formats.NOTE_SCHEMA, "time": formats.utc_now(), "step": step,
-            "author": author or os.environ.get("USER") or "unknown", "category": category,
-            "text": text, "links": list(links)}
 
 
 def _plain(v: Any) -> Any:

@@ -10,7 +10,6 @@ from provenance import formats
 from provenance.bundle import BundleError, seal_folder
 from provenance.recover import seal_run
 from provenance.redact import Redactor
-from provenance.run import make_note
 
 
 def _run_dir(path: str) -> Path:
@@ -26,7 +25,7 @@ def cmd_note(args: argparse.Namespace) -> int:
         info = formats.read_json(root / formats.RUN_JSON)
         metrics = list(formats.read_jsonl(root / formats.METRICS)) if args.step is None else []
         step = args.step if args.step is not None else (metrics[-1]["step"] if metrics else None)
-        rec = make_note(args.text, args.category, args.author, args.link, step)
+        rec = formats.note_record(args.text, args.category, args.author, args.link, step)
     except (BundleError, ValueError, formats.FormatError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
