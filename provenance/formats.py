@@ -46,9 +46,11 @@ CHECKPOINT_INDEX = "checkpoints/index.json"
 MODEL_DIR = "model"  # save_pretrained form of the final model, with its tokenizer
 MANIFEST = "manifest.json"  # the seal: OMS in-toto statement over every other file
 LOCK = ".lock"  # held by the live writer; never part of the bundle
+SIGNATURE = "release/model.sig"  # model_signing signature over the sealed bundle (written after the seal)
+SIGSTORE_SIGNATURE = "release/model.sigstore.json"  # keyless Sigstore signature, when one is made
 
 # files that are never part of the sealed resources
-UNSEALED = frozenset({MANIFEST, LOCK})
+UNSEALED = frozenset({MANIFEST, LOCK, SIGNATURE, SIGSTORE_SIGNATURE})
 
 STATUSES = ("running", "completed", "failed", "interrupted")
 
@@ -358,3 +360,17 @@ def checkpoint_name(step: int) -> str:
 
 def checkpoint_index(entries: list[dict[str, Any]]) -> dict[str, Any]:
     return {"schema": CHECKPOINT_INDEX_SCHEMA, "checkpoints": sorted(entries, key=lambda e: e["step"])}
+
+
+# --- release (prov release): documents written into the bundle, then sealed and signed ----
+RELEASE_DIR = "release"
+RELEASE_JSON = "release/release.json"  # what was released, when, by which key, with which tools
+SIGNER_PUBLIC_KEY = "release/signer.pub.pem"  # public half of the key that made SIGNATURE
+SLSA_STATEMENT = "release/slsa-provenance.json"  # in-toto Statement, predicate SLSA provenance v1
+SLSA_ENVELOPE = "release/slsa-provenance.intoto.jsonl"  # the statement in a signed DSSE envelope
+OPENNESS_YAML = "release/openness.yaml"  # Model Openness Tool (MOT) model record
+REPORT_HTML = "release/report.html"  # self-contained report page
+MODEL_CARD = "model/README.md"  # Hugging Face model card
+CROISSANT_NAME = "croissant.json"  # data/<dataset>/croissant.json: Croissant 1.1 data card
+SLSA_PREDICATE = "https://slsa.dev/provenance/v1"
+DSSE_PAYLOAD_TYPE = "application/vnd.in-toto+json"
