@@ -1,0 +1,218 @@
+"""Declared outputs of a wrapped command: copied into the bundle, hashed, model files recognised.
+
+Model and checkpoint files are recognised by their bytes (magic numbers and headers),
+never by loading them: a pickle is named as such and never unpickled.
+
+    outputs/index.json             what was declared, and every file with size, sha256, format
+    outputs/<label>/<path>         the copied files (unless only hashed)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from provenance.bundle import BundleWriter
+from provenance.hashing import sha256_file
+from provenance.integrations.layout import OUTPUTS_DIR, OUTPUTS_INDEX, OUTPUTS_SCHEMA
+
+_MAX_SAFETENSORS_HEADER = 100 << 20  # the format's own limit
+_CHECKPOINT_HINTS = ("checkpoint", "ckpt", "optimizer", "step-", "step_", "global_step")
+_MODEL_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".onnx")
+
+
+def _safetensors(path: Path, head: bytes, size: int) -> dict[str, Any] | None:
+    if len(head) < 9:
+        return None
+    (n,) = struct.unpack("<Q", head[:8])
+    if not 2 <= n <= _MAX_SAFETENSORS_HEADER or n + 8 > size or head[8:9] != b"{":
+        return None
+    with open(path, "rb") as f:
+        f.seek(8)
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(header, dict):
+        return None
+    meta = header.pop("__metadata__", None)
+    n_params = 0
+    dtypes = set()
+    for t in header.values():
+        if not isinstance(t, dict) or "dtype" not in t or "shape" not in t:
+            return None
+        count = 1
+        for d in t["shape"]:
+            count *= int(d)
+        n_params += count
+        dtypes.add(str(t["dtype"]))
+    return {"format": "safetensors", "tensors": len(header), "parameters": n_params, "dtypes": sorted(dtypes),
+            "metadata_keys": sorted(meta) if isinstance(meta, dict) else []}
+
+
+def _zip(path: Path) -> dict[str, Any]:
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return {"format": "zip", "readable": False}
+    if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+        return {"format": "pytorch-zip", "contains_pickle": True, "unpickled": False, "entries": len(names),
+                "note": "torch.save archive; recognised by its zip layout, never loaded"}
+    return {"format": "zip", "entries": len(names)}
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    out = shift = 0
+    while i < len(buf):
+        b = buf[i]
+        out |= (b & 0x7F) << shift
+        i += 1
+        if not b & 0x80:
+            return out, i
+        shift += 7
+    raise ValueError("truncated varint")
+
+
+def sniff(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """Recognise a model or checkpoint file by its bytes; None when it is not one."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(64)
+    st = _safetensors(path, head, size)
+    if st is not None:
+        return st
+    if head[:4] == b"GGUF" and len(head) >= 24:
+        version, tensors, kvs = struct.unpack("<IQQ", head[4:24])
+        return {"format": "gguf", "version": version, "tensors": tensors, "metadata_entries": kvs}
+    if head[:4] == b"PK\x03\x04":
+        return _zip(path)
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return {"format": "pickle", "protocol": head[1], "unpickled": False,
+                "note": "legacy torch.save or plain pickle; recognised by its opcode, never loaded"}
+    if head[:6] == b"\x93NUMPY":
+        return {"format": "npy", "version": f"{head[6]}.{head[7]}"}
+    if head[:8] == b"\x89HDF\r\n\x1a\n":
+        return {"format": "hdf5"}
+    if path.suffix == ".onnx" and head[:1] == b"\x08":  # ModelProto field 1 (ir_version), varint
+        try:
+            ir_version, _ = _varint(head, 1)
+        except ValueError:
+            return None
+        return {"format": "onnx", "ir_version": ir_version}
+    return None
+
+
+def role(rel: str, fmt: dict[str, Any] | None) -> str | None:
+    """'checkpoint' or 'weights' for model files, None for other files."""
+    if fmt is None:
+        return None
+    if fmt["format"] in ("zip", "npy", "hdf5") and Path(rel).suffix not in _MODEL_SUFFIXES:
+        return None  # an archive or array that is not named as a model file
+    low = rel.lower()
+    return "checkpoint" if any(h in low for h in _CHECKPOINT_HINTS) else "weights"
+
+
+def _label(path: Path, taken: set[str]) -> str:
+    base = "".join(c if c.isalnum() or c in "-_." else "-" for c in path.name).strip(".") or "output"
+    if base == "index.json":
+        base = "index.json-output"
+    label, i = base, 2
+    while label in taken:
+        label, i = f"{base}-{i}", i + 1
+    taken.add(label)
+    return label
+
+
+def _walk(path: Path, exclude: Path | None) -> tuple[list[str], list[str]]:
+    """(regular files, skipped entries) under path, relative posix paths, sorted."""
+    if path.is_file() and not path.is_symlink():
+        return [path.name], []
+    files: list[str] = []
+    skipped: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(path):
+        d = Path(dirpath)
+        keep = []
+        for name in sorted(dirnames):
+            p = d / name
+            if p.is_symlink() or (exclude is not None and p.resolve() == exclude):
+                skipped.append(p.relative_to(path).as_posix())
+            else:
+                keep.append(name)
+        dirnames[:] = keep
+        for name in filenames:
+            p = d / name
+            rel = p.relative_to(path).as_posix()
+            if p.is_symlink() or not p.is_file():
+                skipped.append(rel)
+            else:
+                files.append(rel)
+    return sorted(files), sorted(skipped)
+
+
+def snapshot_stats(paths: list[Path]) -> dict[str, tuple[int, int]]:
+    """{absolute file path: (size, mtime_ns)} of what the outputs held before the command ran."""
+    out: dict[str, tuple[int, int]] = {}
+    for p in paths:
+        if not p.exists():
+            continue
+        files, _ = _walk(p, None)
+        base = p.parent if p.is_file() else p
+        for rel in files:
+            st = (base / rel).stat()
+            out[str(base / rel)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def collect_outputs(writer: BundleWriter, declared: list[str], cwd: Path, before: dict[str, tuple[int, int]],
+                    copy: bool = True) -> dict[str, Any]:
+    """Copy (or only hash) the declared outputs into the bundle; write and return outputs/index.json."""
+    taken: set[str] = set()
+    entries = []
+    exclude = writer.root.resolve()
+    for text in declared:
+        path = (cwd / text).resolve()
+        label = _label(path, taken)
+        entry: dict[str, Any] = {"declared": text, "label": label, "exists": path.exists(), "files": [],
+                                 "skipped": []}
+        if path.exists():
+            if exclude == path or exclude in path.parents:
+                entry["skipped"] = ["(inside the run's own bundle)"]
+                entries.append(entry)
+                continue
+            files, entry["skipped"] = _walk(path, exclude)
+            entry["kind"] = "file" if path.is_file() else "folder"
+            base = path.parent if path.is_file() else path
+            for rel in files:
+                src = base / rel
+                bundle_rel = f"{OUTPUTS_DIR}/{label}" + ("" if path.is_file() else f"/{rel}")
+                if copy:
+                    hexd = writer.copy_file(src, bundle_rel)
+                    fmt = sniff(writer.path(bundle_rel))
+                else:
+                    hexd = sha256_file(src)
+                    fmt = sniff(src)
+                st = src.stat()
+                prev = before.get(str(src))
+                change = "new" if prev is None else ("unchanged" if prev == (st.st_size, st.st_mtime_ns)
+                                                     else "modified")
+                item: dict[str, Any] = {"path": rel, "size": st.st_size, "sha256": hexd, "during_run": change}
+                if copy:
+                    item["bundle_path"] = bundle_rel
+                if fmt is not None:
+                    item["format"] = fmt
+                r = role(rel, fmt)
+                if r is not None:
+                    item["role"] = r
+                entry["files"].append(item)
+        entries.append(entry)
+    index = {"schema": OUTPUTS_SCHEMA, "copied": copy, "outputs": entries,
+             "model_files": [f"{e['label']}/{f['path']}" for e in entries for f in e["files"] if "role" in f]}
+    writer.write_json(OUTPUTS_INDEX, index)
+    return index
