@@ -1,0 +1,202 @@
+"""What the release documents say about a bundle, read once from the bundle's own files.
+
+Every reader here is forgiving: a missing or malformed file gives an empty value, so a
+document about a partial bundle still says what is known (and the audit says what is not).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from provenance import formats
+
+
+def is_release_file(rel: str) -> bool:
+    """A file `prov release` writes (documents and signatures), as opposed to what the run wrote."""
+    if rel.startswith(formats.RELEASE_DIR + "/") or rel == formats.MODEL_CARD:
+        return True
+    parts = rel.split("/")
+    return len(parts) == 3 and parts[0] == formats.DATA_DIR and parts[2] == formats.CROISSANT_NAME
+
+
+def _json(path: Path) -> Any:
+    try:
+        return formats.read_json(path)
+    except (OSError, formats.FormatError):
+        return None
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    try:
+        return list(formats.read_jsonl(path))
+    except (OSError, formats.FormatError):
+        return []
+
+
+def _dict(x: Any) -> dict[str, Any]:
+    return x if isinstance(x, dict) else {}
+
+
+def safetensors_parameters(path: Path) -> tuple[int, list[str]] | None:
+    """(number of parameters, dtypes) from a safetensors header, without loading tensors."""
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > 100 << 20:
+                return None
+            header = json.loads(f.read(n))
+    except (OSError, struct.error, ValueError):
+        return None
+    total, dtypes = 0, set()
+    for name, t in header.items():
+        if name == "__metadata__" or not isinstance(t, dict):
+            continue
+        total += math.prod(int(d) for d in t.get("shape", []))
+        dtypes.add(str(t.get("dtype")))
+    return total, sorted(dtypes)
+
+
+@dataclass
+class Facts:
+    root: Path
+    run: dict[str, Any]
+    config: dict[str, Any]  # config.json: {"config", "digest", "argv", ...}
+    code: dict[str, Any]
+    env: dict[str, Any]
+    manifests: dict[str, dict[str, Any]]  # dataset name -> data manifest
+    metrics: list[dict[str, Any]]
+    evals: list[dict[str, Any]]
+    notes: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+    checkpoints: list[dict[str, Any]]
+    model_config: dict[str, Any]
+    resources: dict[str, str]  # manifest.json: name -> hex sha256
+    root_digest: str | None
+    reproduction: dict[str, Any] | None  # reproduction/summary.json when this run is a reproduction
+    repro_steps: list[dict[str, Any]] = field(default_factory=list)
+    parameters: int | None = None
+    dtypes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, root: str | Path) -> Facts:
+        root = Path(root)
+        manifests: dict[str, dict[str, Any]] = {}
+        data_dir = root / formats.DATA_DIR
+        if data_dir.is_dir():
+            for d in sorted(data_dir.iterdir()):
+                m = _json(d / "manifest.json")
+                if isinstance(m, dict):
+                    manifests[d.name] = m
+        resources: dict[str, str] = {}
+        root_d: str | None = None
+        try:
+            root_d, resources = formats.parse_oms_statement(formats.read_json(root / formats.MANIFEST))
+        except (OSError, formats.FormatError):
+            pass
+        index = _dict(_json(root / formats.CHECKPOINT_INDEX))
+        ckpts = [e for e in index.get("checkpoints", []) if isinstance(e, dict)]
+        facts = cls(
+            root=root, run=_dict(_json(root / formats.RUN_JSON)), config=_dict(_json(root / formats.CONFIG_JSON)),
+            code=_dict(_json(root / formats.CODE_JSON)), env=_dict(_json(root / formats.ENV_JSON)),
+            manifests=manifests, metrics=_jsonl(root / formats.METRICS), evals=_jsonl(root / formats.EVALS),
+            notes=_jsonl(root / formats.NOTES), events=_jsonl(root / formats.EVENTS),
+            checkpoints=sorted(ckpts, key=lambda e: e.get("step", 0)),
+            model_config=_dict(_json(root / formats.MODEL_DIR / "config.json")), resources=resources,
+            root_digest=root_d, reproduction=_json(root / "reproduction" / "summary.json"),
+            repro_steps=_jsonl(root / "reproduction" / "steps.jsonl"),
+        )
+        weights = sorted((root / formats.MODEL_DIR).glob("*.safetensors"))
+        counted = [safetensors_parameters(w) for w in weights]
+        if weights and all(c is not None for c in counted):
+            facts.parameters = sum(c[0] for c in counted if c)
+            facts.dtypes = sorted({d for c in counted if c for d in c[1]})
+        return facts
+
+    # --- convenience ----------------------------------------------------------------------
+    @property
+    def run_id(self) -> str:
+        return str(self.run.get("run_id") or self.root.name)
+
+    @property
+    def name(self) -> str:
+        return str(self.run.get("name") or self.run_id)
+
+    @property
+    def license(self) -> str | None:
+        lic = self.run.get("license")
+        return lic if isinstance(lic, str) and lic.strip() else None
+
+    @property
+    def cfg(self) -> dict[str, Any]:
+        return _dict(self.config.get("config"))
+
+    @property
+    def argv(self) -> list[str]:
+        a = self.config.get("argv")
+        return [str(x) for x in a] if isinstance(a, list) else []
+
+    @property
+    def training_datasets(self) -> list[str]:
+        """Datasets whose samples the data order indexes (else those with samples, else all)."""
+        names = []
+        for p in sorted((self.root / formats.ORDER_DIR).glob("rank*.json")):
+            ds = _dict(_json(p)).get("dataset")
+            if isinstance(ds, str) and ds and ds not in names:
+                names.append(ds)
+        return names or [n for n, m in self.manifests.items() if m.get("samples")] or list(self.manifests)
+
+    @property
+    def content_root_digest(self) -> str | None:
+        """Root digest over the run's own files, release documents left out.
+
+        Before the first release this is the bundle's root digest; a release adds
+        documents but never changes it (the release re-seals over more files).
+        """
+        if not self.resources:
+            return None
+        from provenance.hashing import root_digest
+
+        names = sorted((n for n in self.resources if not is_release_file(n)), key=formats.resource_sort_key)
+        return root_digest(self.resources[n] for n in names)
+
+    @property
+    def tokens_seen(self) -> int | None:
+        for m in reversed(self.metrics):
+            if isinstance(m.get("tokens_seen"), int):
+                return int(m["tokens_seen"])
+        return None
+
+    @property
+    def last_step(self) -> int | None:
+        s = self.run.get("last_step")
+        if isinstance(s, int):
+            return s
+        return self.metrics[-1].get("step") if self.metrics else None
+
+    @property
+    def final_eval(self) -> dict[str, Any]:
+        return self.evals[-1] if self.evals else {}
+
+    def model_files(self) -> list[str]:
+        """The final model's files (the model card excluded), from the seal."""
+        prefix = formats.MODEL_DIR + "/"
+        return sorted(n for n in self.resources if n.startswith(prefix) and n != formats.MODEL_CARD)
+
+    def checkpoint_files(self) -> list[str]:
+        prefix = formats.CHECKPOINT_DIR + "/"
+        return sorted(n for n in self.resources if n.startswith(prefix) and n.endswith(".safetensors"))
+
+    def data_file(self, dataset: str, path: str) -> str:
+        return f"{formats.DATA_DIR}/{dataset}/files/{path}"
+
+    @property
+    def architecture(self) -> str:
+        arch = self.model_config.get("architectures")
+        if isinstance(arch, list) and arch:
+            return ", ".join(map(str, arch))
+        return str(self.model_config.get("model_type") or "unknown")

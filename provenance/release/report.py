@@ -1,0 +1,578 @@
+"""The release report: one self-contained HTML page (no network needed to view it).
+
+Plots are inline SVG drawn here in Python; the page's only script (inline) adds a
+hover read-out to the plots and marks the page rendered. A Content-Security-Policy
+forbids every fetch, so the page cannot load anything from anywhere.
+
+Sections: run summary, verdicts (audit, signature, reproduction), loss and learning-rate
+curves (an original and its reproduction overlaid when both exist), evaluation results,
+timeline of checkpoints and decision notes, data summary, environment.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from provenance import __version__, formats
+from provenance.release.facts import Facts
+
+PALETTE = ("#1f6feb", "#d1242f", "#1a7f37", "#9a6700", "#8250df", "#bf3989")
+NOTE_COLORS = {"hyperparameter": "#8250df", "data": "#1a7f37", "restart": "#d1242f", "incident": "#d1242f",
+               "evaluation": "#1f6feb", "release": "#9a6700", "code": "#57606a", "other": "#57606a"}
+
+
+def esc(v: Any) -> str:
+    return html.escape("—" if v is None else str(v), quote=True)
+
+
+def fmt(v: Any, digits: int = 6) -> str:
+    if isinstance(v, bool) or v is None:
+        return esc(v)
+    if isinstance(v, float):
+        if math.isnan(v) or math.isinf(v):
+            return esc(v)
+        return esc(f"{v:.{digits}g}")
+    if isinstance(v, int):
+        return esc(f"{v:,}")
+    return esc(v)
+
+
+# --- plots ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Series:
+    name: str
+    points: list[tuple[float, float]]
+    color: str = PALETTE[0]
+    dash: str | None = None
+    dots: bool = False
+
+
+@dataclass
+class Marker:
+    x: float
+    label: str
+    color: str = "#57606a"
+
+
+@dataclass
+class Chart:
+    id: str
+    title: str
+    x_label: str
+    y_label: str
+    series: list[Series]
+    markers: list[Marker] = field(default_factory=list)
+    log_y: bool = False
+    width: int = 760
+    height: int = 300
+
+
+def _finite(points: Sequence[tuple[Any, Any]], log: bool = False) -> list[tuple[float, float]]:
+    out = []
+    for x, y in points:
+        if isinstance(x, int | float) and isinstance(y, int | float) and not isinstance(y, bool):
+            fx, fy = float(x), float(y)
+            if math.isfinite(fx) and math.isfinite(fy) and (fy > 0 or not log):
+                out.append((fx, fy))
+    return out
+
+
+def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """About n round tick values covering [lo, hi]."""
+    if not math.isfinite(lo) or not math.isfinite(hi):
+        return []
+    if hi <= lo:
+        hi = lo + (abs(lo) or 1.0)
+    raw = (hi - lo) / max(1, n)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    start = math.ceil(lo / step - 1e-9) * step
+    ticks = []
+    t = start
+    while t <= hi + step * 1e-9 and len(ticks) < 50:
+        ticks.append(round(t, 12))
+        t += step
+    return ticks
+
+
+def _tick_label(v: float) -> str:
+    if v == 0:
+        return "0"
+    if abs(v) >= 1e5 or abs(v) < 1e-3:
+        return f"{v:.1e}"
+    return f"{v:.6g}"
+
+
+def render_chart(c: Chart) -> str:
+    """An SVG line chart (axes, ticks, grid, legend, vertical markers) with data for the hover script."""
+    ml, mr, mt, mb = 64, 16, 30, 44
+    w, h = c.width, c.height
+    pw, ph = w - ml - mr, h - mt - mb
+    series = [Series(s.name, _finite(s.points, c.log_y), s.color, s.dash, s.dots) for s in c.series]
+    series = [s for s in series if s.points]
+    parts = [f'<svg id="{esc(c.id)}" class="chart" role="img" aria-label="{esc(c.title)}" '
+             f'viewBox="0 0 {w} {h}" width="{w}" height="{h}" xmlns="http://www.w3.org/2000/svg"']
+    if not series:
+        parts.append(f'><title>{esc(c.title)}</title><text x="{w / 2}" y="{h / 2}" text-anchor="middle" '
+                     f'class="empty">{esc(c.title)}: no data</text></svg>')
+        return "".join(parts)
+    xs = [p[0] for s in series for p in s.points] + [m.x for m in c.markers]
+    ys = [p[1] for s in series for p in s.points]
+    x0, x1 = min(xs), max(xs)
+    if x1 == x0:
+        x1 = x0 + 1
+    if c.log_y:
+        y0, y1 = math.log10(min(ys)), math.log10(max(ys))
+    else:
+        y0, y1 = min(ys), max(ys)
+    if y1 == y0:
+        y0, y1 = y0 - (abs(y0) * 0.1 or 1), y1 + (abs(y1) * 0.1 or 1)
+    pad = (y1 - y0) * 0.05
+    y0, y1 = y0 - pad, y1 + pad
+    if not c.log_y and min(ys) >= 0 > y0:
+        y0 = 0.0
+
+    def sx(x: float) -> float:
+        return ml + (x - x0) / (x1 - x0) * pw
+
+    def sy(y: float) -> float:
+        v = math.log10(y) if c.log_y else y
+        return mt + (1 - (v - y0) / (y1 - y0)) * ph
+
+    meta = {"x0": x0, "x1": x1, "y0": y0, "y1": y1, "ml": ml, "mt": mt, "pw": pw, "ph": ph, "log": c.log_y,
+            "series": [{"name": s.name, "color": s.color, "points": s.points} for s in series]}
+    parts.append(f" data-chart='{esc(json.dumps(meta, separators=(',', ':')))}'>")
+    parts.append(f"<title>{esc(c.title)}</title>")
+    parts.append(f'<text class="ctitle" x="{ml}" y="18">{esc(c.title)}</text>')
+    # grid and ticks
+    for t in nice_ticks(x0, x1, 8):
+        if x0 <= t <= x1:
+            X = sx(t)
+            parts.append(f'<line class="grid" x1="{X:.1f}" y1="{mt}" x2="{X:.1f}" y2="{mt + ph}"/>'
+                         f'<text class="tick" x="{X:.1f}" y="{mt + ph + 16}" text-anchor="middle">'
+                         f"{esc(_tick_label(t))}</text>")
+    for t in nice_ticks(y0, y1, 5):
+        if y0 <= t <= y1:
+            Y = mt + (1 - (t - y0) / (y1 - y0)) * ph
+            label = _tick_label(10 ** t) if c.log_y else _tick_label(t)
+            parts.append(f'<line class="grid" x1="{ml}" y1="{Y:.1f}" x2="{ml + pw}" y2="{Y:.1f}"/>'
+                         f'<text class="tick" x="{ml - 6}" y="{Y + 4:.1f}" text-anchor="end">{esc(label)}</text>')
+    parts.append(f'<rect class="frame" x="{ml}" y="{mt}" width="{pw}" height="{ph}"/>')
+    parts.append(f'<text class="axis" x="{ml + pw / 2}" y="{h - 6}" text-anchor="middle">{esc(c.x_label)}</text>')
+    parts.append(f'<text class="axis" transform="translate(14,{mt + ph / 2}) rotate(-90)" text-anchor="middle">'
+                 f"{esc(c.y_label)}{' (log scale)' if c.log_y else ''}</text>")
+    for m in c.markers:
+        X = sx(m.x)
+        parts.append(f'<g class="marker"><line x1="{X:.1f}" y1="{mt}" x2="{X:.1f}" y2="{mt + ph}" '
+                     f'stroke="{esc(m.color)}" stroke-dasharray="3 3"/><title>{esc(m.label)}</title></g>')
+    for s in series:
+        d = " ".join(f"{'M' if i == 0 else 'L'}{sx(x):.2f},{sy(y):.2f}" for i, (x, y) in enumerate(s.points))
+        dash = f' stroke-dasharray="{esc(s.dash)}"' if s.dash else ""
+        parts.append(f'<path class="series" data-series="{esc(s.name)}" d="{d}" stroke="{esc(s.color)}"{dash}>'
+                     f"<title>{esc(s.name)}</title></path>")
+        if s.dots or len(s.points) <= 40:
+            parts += [f'<circle class="dot" cx="{sx(x):.2f}" cy="{sy(y):.2f}" r="2.5" fill="{esc(s.color)}">'
+                      f"<title>{esc(s.name)}: step {fmt(x)}, {fmt(y)}</title></circle>" for x, y in s.points]
+    # legend, above the plot on the right
+    widths = [34 + 7 * len(s.name) for s in series]
+    lx = max(ml + 160, ml + pw - sum(widths))
+    for s, sw in zip(series, widths):
+        dash = f' stroke-dasharray="{esc(s.dash)}"' if s.dash else ""
+        parts.append(f'<line x1="{lx}" y1="14" x2="{lx + 18}" y2="14" stroke="{esc(s.color)}" '
+                     f'stroke-width="2.5"{dash}/><text class="legend" x="{lx + 22}" y="18">{esc(s.name)}</text>')
+        lx += sw
+    parts.append(f'<line class="cursor" x1="0" y1="{mt}" x2="0" y2="{mt + ph}" visibility="hidden"/>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def render_timeline(f: Facts, tid: str = "timeline", width: int = 760) -> str:
+    """Steps from 0 to the last step: evaluations, checkpoints and decision notes on one axis."""
+    last = f.last_step or max([int(c.get("step", 0)) for c in f.checkpoints] + [0])
+    steps_notes = [n for n in f.notes if isinstance(n.get("step"), int)]
+    unplaced = [n for n in f.notes if not isinstance(n.get("step"), int)]
+    hi = max([last, 1] + [int(n["step"]) for n in steps_notes])
+    ml, mr = 64, 16
+    pw = width - ml - mr
+    h = 150
+
+    def sx(s: float) -> float:
+        return ml + s / hi * pw
+
+    p = [f'<svg id="{esc(tid)}" class="timeline" role="img" aria-label="Timeline" viewBox="0 0 {width} {h}" '
+         f'width="{width}" height="{h}" xmlns="http://www.w3.org/2000/svg"><title>Timeline of the run</title>']
+    lanes = (("evaluations", 34), ("checkpoints", 70), ("notes", 106))
+    for name, y in lanes:
+        p.append(f'<text class="lane" x="{ml - 6}" y="{y + 4}" text-anchor="end">{esc(name)}</text>'
+                 f'<line class="grid" x1="{ml}" y1="{y}" x2="{ml + pw}" y2="{y}"/>')
+    for t in nice_ticks(0, hi, 8):
+        if 0 <= t <= hi:
+            p.append(f'<text class="tick" x="{sx(t):.1f}" y="{h - 8}" text-anchor="middle">'
+                     f"{esc(_tick_label(t))}</text>")
+    for e in f.evals:
+        if isinstance(e.get("step"), int):
+            tip = ", ".join(f"{k} {fmt(v)}" for k, v in sorted(e.items()) if k not in ("step", "time"))
+            p.append(f'<circle class="ev" cx="{sx(e["step"]):.1f}" cy="34" r="4" fill="{PALETTE[0]}">'
+                     f"<title>evaluation at step {fmt(e['step'])}: {esc(tip)}</title></circle>")
+    for c in f.checkpoints:
+        s = c.get("step")
+        if isinstance(s, int):
+            x = sx(s)
+            p.append(f'<path class="ckpt" d="M{x:.1f},62 L{x + 8:.1f},70 L{x:.1f},78 L{x - 8:.1f},70 Z" '
+                     f'fill="{PALETTE[2]}"><title>checkpoint step {fmt(s)}: {esc(c.get("path"))} '
+                     f'sha256:{esc(c.get("sha256"))}</title></path>')
+    for i, n in enumerate(steps_notes):
+        color = NOTE_COLORS.get(str(n.get("category")), "#57606a")
+        x = sx(int(n["step"]))
+        p.append(f'<g class="note"><line x1="{x:.1f}" y1="26" x2="{x:.1f}" y2="{106}" stroke="{color}" '
+                 f'stroke-dasharray="2 3"/><circle cx="{x:.1f}" cy="106" r="6" fill="{color}"/>'
+                 f'<text class="notenum" x="{x:.1f}" y="110" text-anchor="middle">{i + 1}</text>'
+                 f"<title>note {i + 1} at step {fmt(n['step'])} [{esc(n.get('category'))}] {esc(n.get('author'))}: "
+                 f"{esc(n.get('text'))}</title></g>")
+    p.append("</svg>")
+    if unplaced:
+        p.append(f'<p class="muted">{len(unplaced)} note(s) without a step are listed below.</p>')
+    return "".join(p)
+
+
+# --- page ------------------------------------------------------------------------------------------
+
+
+CSS = """
+:root{--fg:#1f2328;--muted:#57606a;--line:#d0d7de;--bg:#ffffff;--soft:#f6f8fa;--ok:#1a7f37;--bad:#d1242f;
+--warn:#9a6700}
+*{box-sizing:border-box}
+body{margin:0;font:14px/1.5 -apple-system,BlinkMacSystemFont,"Segoe UI",Helvetica,Arial,sans-serif;color:var(--fg);
+background:var(--bg)}
+header{padding:20px 32px;border-bottom:1px solid var(--line);background:var(--soft)}
+header h1{margin:0 0 4px;font-size:22px}
+main{padding:8px 32px 40px;max-width:1100px}
+section{margin-top:26px}
+h2{font-size:17px;border-bottom:1px solid var(--line);padding-bottom:4px}
+table{border-collapse:collapse;margin:6px 0;font-size:13px}
+th,td{border:1px solid var(--line);padding:3px 8px;text-align:left;vertical-align:top}
+th{background:var(--soft);font-weight:600}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12px;word-break:break-all}
+.muted{color:var(--muted)}
+.badge{display:inline-block;padding:1px 8px;border-radius:10px;font-weight:600;font-size:12px;color:#fff}
+.pass{background:var(--ok)}.fail{background:var(--bad)}.warn{background:var(--warn)}.none{background:#8c959f}
+.cards{display:flex;flex-wrap:wrap;gap:12px}
+.card{border:1px solid var(--line);border-radius:6px;padding:10px 14px;min-width:220px;background:var(--bg)}
+.card h3{margin:0 0 6px;font-size:14px}
+svg.chart,svg.timeline{display:block;max-width:100%;height:auto;border:1px solid var(--line);border-radius:6px;
+background:#fff;margin:8px 0}
+svg .grid{stroke:#eaeef2;stroke-width:1}
+svg .frame{fill:none;stroke:#8c959f}
+svg .tick{font-size:11px;fill:var(--muted)}
+svg .axis,svg .lane{font-size:12px;fill:var(--fg)}
+svg .ctitle{font-size:13px;font-weight:600;fill:var(--fg)}
+svg .legend{font-size:12px;fill:var(--fg)}
+svg .series{fill:none;stroke-width:1.8}
+svg .cursor{stroke:#8c959f;stroke-width:1}
+svg .notenum{font-size:9px;fill:#fff;font-weight:700}
+svg .empty{font-size:14px;fill:var(--muted)}
+.readout{min-height:1.5em;font-size:12px;color:var(--muted);font-family:ui-monospace,monospace}
+details{margin:6px 0}
+"""
+
+SCRIPT = """
+(function(){
+  function fmt(v){return Math.abs(v)>=1e5||(Math.abs(v)<1e-3&&v!==0)?v.toExponential(4):(+v.toPrecision(6)).toString();}
+  document.querySelectorAll('svg.chart[data-chart]').forEach(function(svg){
+    var m = JSON.parse(svg.getAttribute('data-chart'));
+    var out = document.getElementById(svg.id + '-readout');
+    var cursor = svg.querySelector('.cursor');
+    svg.addEventListener('mousemove', function(ev){
+      var r = svg.getBoundingClientRect(), vb = svg.viewBox.baseVal;
+      var px = (ev.clientX - r.left) * vb.width / r.width;
+      var x = m.x0 + (px - m.ml) / m.pw * (m.x1 - m.x0);
+      if (px < m.ml || px > m.ml + m.pw) { cursor.setAttribute('visibility','hidden'); return; }
+      cursor.setAttribute('x1', px); cursor.setAttribute('x2', px); cursor.setAttribute('visibility','visible');
+      var parts = m.series.map(function(s){
+        var best = null;
+        s.points.forEach(function(p){ if (best === null || Math.abs(p[0]-x) < Math.abs(best[0]-x)) best = p; });
+        return best ? s.name + ': step ' + best[0] + ' = ' + fmt(best[1]) : '';
+      });
+      if (out) out.textContent = parts.join('   ');
+    });
+    svg.addEventListener('mouseleave', function(){ cursor.setAttribute('visibility','hidden'); });
+  });
+  document.body.setAttribute('data-rendered', 'true');
+})();
+"""
+
+CSP = ("default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:; "
+       "connect-src 'none'; form-action 'none'; base-uri 'none'")
+
+
+def _badge(status: Any, text: str | None = None) -> str:
+    s = {True: "pass", False: "fail", None: "none"}.get(status, str(status)) if isinstance(status, bool | None) \
+        else str(status)
+    cls = s if s in ("pass", "fail", "warn") else "none"
+    return f'<span class="badge {cls}">{esc((text or s).upper())}</span>'
+
+
+def _kv(rows: Sequence[tuple[str, str]]) -> str:
+    """A two-column table; values are already HTML."""
+    return "<table>" + "".join(f"<tr><th>{esc(k)}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], tid: str | None = None) -> str:
+    idattr = f' id="{esc(tid)}"' if tid else ""
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table{idattr}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _metric_points(records: list[dict[str, Any]], key: str) -> list[tuple[float, float]]:
+    return [(r["step"], r[key]) for r in records if isinstance(r.get("step"), int) and key in r]
+
+
+def _reproduction_series(f: Facts, repro: dict[str, Any] | None) -> tuple[list[Series], list[Series], str | None]:
+    """(loss series, lr series, caption) for the original and its reproduction, when one exists."""
+    loss = _metric_points(f.metrics, "loss")
+    lr = _metric_points(f.metrics, "lr")
+    if f.repro_steps:  # this run reproduces another: its steps log holds the original's recorded loss
+        recorded = [(s["step"], s["loss_recorded"]) for s in f.repro_steps
+                    if isinstance(s.get("step"), int) and isinstance(s.get("loss_recorded"), int | float)]
+        orig = (f.reproduction or {}).get("original") or {}
+        caption = f"this run reproduces {orig.get('run_id') or 'another run'}: its loss (solid) over the original's " \
+                  "recorded loss (dashed)"
+        return ([Series("reproduction (this run)", loss, PALETTE[0]),
+                 Series("original (recorded)", recorded, PALETTE[1], dash="6 4")],
+                [Series("learning rate", lr, PALETTE[0])], caption)
+    if repro is not None:
+        rl, rr = repro.get("loss") or [], repro.get("lr") or []
+        caption = f"original (solid) and its reproduction {repro.get('run_id')} (dashed)"
+        return ([Series("original (this run)", loss, PALETTE[0]), Series("reproduction", rl, PALETTE[1], dash="6 4")],
+                [Series("original", lr, PALETTE[0]), Series("reproduction", rr, PALETTE[1], dash="6 4")], caption)
+    return [Series("training loss", loss, PALETTE[0])], [Series("learning rate", lr, PALETTE[0])], None
+
+
+def load_reproduction(path: str | Path) -> dict[str, Any]:
+    """What the report shows of a reproduction bundle of this run: its curves and its verdict."""
+    p = Path(path)
+    metrics = []
+    try:
+        metrics = list(formats.read_jsonl(p / formats.METRICS))
+    except (OSError, formats.FormatError):
+        pass
+    summary = None
+    try:
+        summary = formats.read_json(p / "reproduction" / "summary.json")
+    except (OSError, formats.FormatError):
+        pass
+    run = {}
+    try:
+        run = formats.read_json(p / formats.RUN_JSON)
+    except (OSError, formats.FormatError):
+        pass
+    return {"run_id": run.get("run_id") or p.name, "loss": _metric_points(metrics, "loss"),
+            "lr": _metric_points(metrics, "lr"), "summary": summary if isinstance(summary, dict) else None}
+
+
+def reproduction_verdict(summary: dict[str, Any] | None) -> tuple[str, str]:
+    """(badge status, sentence) of a reproduction summary."""
+    if not summary:
+        return "none", "no reproduction"
+    div = summary.get("divergences") or {}
+    first = summary.get("first_divergence")
+    if summary.get("bitwise"):
+        return "pass", (f"bitwise identical: {summary.get('steps_checked')} steps (batches and losses) and "
+                        f"{summary.get('checkpoints_checked')} checkpoints match")
+    if first:
+        return "fail", (f"diverged first at step {first.get('step')} ({first.get('kind')}); divergences: "
+                        + ", ".join(f"{k} {v}" for k, v in sorted(div.items())))
+    return "warn", (f"{summary.get('steps_checked')} of {summary.get('steps_expected')} steps checked, "
+                    "no divergence seen")
+
+
+def build_report(f: Facts, release: dict[str, Any]) -> str:
+    """The HTML page. `release`: date, fingerprint, verify_command, audit (AuditReport.to_dict()),
+    reproduction (load_reproduction() or None), documents {label: path}."""
+    run = f.run
+    audit = release.get("audit") if isinstance(release.get("audit"), dict) else None
+    repro_link = release.get("reproduction")
+    loss_series, lr_series, caption = _reproduction_series(f, repro_link)
+    note_markers = [Marker(float(n["step"]), f"note [{n.get('category')}]: {n.get('text')}",
+                           NOTE_COLORS.get(str(n.get("category")), "#57606a"))
+                    for n in f.notes if isinstance(n.get("step"), int)]
+    losses = [p[1] for s in loss_series for p in _finite(s.points)]
+    log_loss = bool(losses) and min(losses) > 0 and max(losses) / min(losses) > 20
+    charts = [
+        render_chart(Chart("plot-loss", "Training loss", "step", "loss", loss_series, note_markers, log_y=log_loss)),
+        render_chart(Chart("plot-lr", "Learning rate", "step", "learning rate", lr_series, note_markers)),
+    ]
+    eval_keys = sorted({k for e in f.evals for k, v in e.items()
+                        if k not in ("step", "time") and isinstance(v, int | float) and not isinstance(v, bool)})
+    loss_like = [k for k in eval_keys if "loss" in k]
+    other = [k for k in eval_keys if k not in loss_like and "perplexity" not in k]
+    if loss_like:
+        charts.append(render_chart(Chart("plot-eval", "Evaluation loss", "step", "loss",
+                                         [Series(k, _metric_points(f.evals, k), PALETTE[i % 6], dots=True)
+                                          for i, k in enumerate(loss_like)])))
+    if other:
+        charts.append(render_chart(Chart("plot-eval-metrics", "Evaluation metrics", "step", "value",
+                                         [Series(k, _metric_points(f.evals, k), PALETTE[(i + 2) % 6], dots=True)
+                                          for i, k in enumerate(other)])))
+
+    out: list[str] = []
+    w = out.append
+    w("<!DOCTYPE html>")
+    w('<html lang="en"><head><meta charset="utf-8">')
+    w(f'<meta http-equiv="Content-Security-Policy" content="{esc(CSP)}">')
+    w('<meta name="viewport" content="width=device-width, initial-scale=1">')
+    w(f"<title>{esc(f.name)} — release report {esc(f.run_id)}</title>")
+    w(f"<style>{CSS}</style></head><body>")
+    w(f"<header><h1>{esc(f.name)}</h1><div class='muted'>Release report of run <code>{esc(f.run_id)}</code>, "
+      f"{esc(release.get('date'))} — generated by fullyopen {esc(__version__)} (<code>prov release</code>)</div>"
+      "</header><main>")
+
+    # summary
+    dur = run.get("duration_s")
+    w('<section id="summary"><h2>Run summary</h2>')
+    w(_kv([
+        ("Run", f"<code>{esc(f.run_id)}</code>"), ("Status", esc(run.get("status"))),
+        ("Started / ended", f"{esc(run.get('started_at'))} → {esc(run.get('ended_at'))}"),
+        ("Duration", f"{fmt(dur)} s" if isinstance(dur, int | float) else "—"),
+        ("Steps", fmt(f.last_step)), ("Tokens seen", fmt(f.tokens_seen)),
+        ("Model", f"{esc(f.architecture)}, {fmt(f.parameters)} parameters"),
+        ("License", esc(f.license or "not stated")),
+        ("Command", f"<code>{esc(' '.join(f.argv))}</code>"),
+        ("Code", f"<code>{esc(f.code.get('commit') or 'not in git')}</code>"
+                 + (" (uncommitted changes recorded)" if f.code.get("dirty") else "")),
+        ("Root digest (run files)", f"<code>sha256:{esc(f.content_root_digest)}</code>"),
+    ]))
+    w("</section>")
+
+    # verdicts
+    w('<section id="verdicts"><h2>Verdicts</h2><div class="cards">')
+    if audit:
+        integ = audit.get("integrity") or {}
+        op = audit.get("openness") or {}
+        w(f'<div class="card" id="verdict-audit"><h3>Audit {_badge(audit.get("verdict"))}</h3>'
+          f"<div>integrity: {_badge(bool(integ.get('ok')))} {fmt(integ.get('files'))} files</div>"
+          f"<div>consistency: {_badge(bool((audit.get('consistency') or {}).get('ok')))}</div>"
+          f"<div>MOF class: <b>{esc(op.get('highest_class') or 'none')}</b>; fully open: "
+          f"{esc('yes' if (op.get('fully_open') or {}).get('ok') else 'no')}</div>"
+          f"<div class='muted'>at release time, before the report was added</div></div>")
+    else:
+        w(f'<div class="card" id="verdict-audit"><h3>Audit {_badge(None)}</h3><div>not run</div></div>')
+    fp = release.get("fingerprint")
+    sig_badge = _badge("pass" if fp else None, "signed" if fp else "unsigned")
+    w(f'<div class="card" id="verdict-signature"><h3>Signature {sig_badge}</h3>'
+      + (f"<div>signed with key <code>{esc(fp)}</code></div><div class='muted'>verify: "
+         f"<code>{esc(release.get('verify_command'))}</code></div>" if fp else "<div>not signed</div>") + "</div>")
+    summary = f.reproduction if isinstance(f.reproduction, dict) else (repro_link or {}).get("summary")
+    status, sentence = reproduction_verdict(summary)
+    if summary is None and repro_link is not None:
+        sentence = (f"reproduction {repro_link.get('run_id')} is linked, but it records no verdict "
+                    "(reproduction/summary.json is missing)")
+    w(f'<div class="card" id="verdict-reproduction"><h3>Reproduction {_badge(status)}</h3><div>{esc(sentence)}</div>'
+      + (f"<div class='muted'>{esc(caption)}</div>" if caption else "") + "</div>")
+    w("</div>")
+    if audit:
+        checks = (audit.get("consistency") or {}).get("checks") or []
+        rows = [[f"<code>{esc(c.get('name'))}</code>", _badge(c.get("status")), esc(c.get("summary"))]
+                for c in checks if isinstance(c, dict)]
+        w("<details><summary>Audit checks</summary>" + _table(["check", "status", "summary"], rows, "audit-checks")
+          + "</details>")
+        fails = audit.get("failures") or []
+        if fails:
+            w("<details open><summary>Audit failures</summary><ul>"
+              + "".join(f"<li>{esc(x)}</li>" for x in fails) + "</ul></details>")
+    w("</section>")
+
+    # curves
+    w('<section id="curves"><h2>Training curves</h2>')
+    if caption:
+        w(f"<p class='muted'>{esc(caption)}</p>")
+    for chart in charts[:2]:
+        cid = chart.split('id="', 1)[1].split('"', 1)[0]
+        w(chart + f'<div class="readout" id="{esc(cid)}-readout"></div>')
+    if note_markers:
+        w("<p class='muted'>Dashed vertical lines are decision notes (hover for the text).</p>")
+    w("</section>")
+
+    # evaluation
+    w('<section id="evaluation"><h2>Evaluation results</h2>')
+    for chart in charts[2:]:
+        cid = chart.split('id="', 1)[1].split('"', 1)[0]
+        w(chart + f'<div class="readout" id="{esc(cid)}-readout"></div>')
+    if f.evals:
+        w(_table(["step", *eval_keys], [[fmt(e.get("step")), *(fmt(e.get(k)) for k in eval_keys)] for e in f.evals],
+                 "eval-table"))
+    else:
+        w("<p>No evaluation was logged.</p>")
+    w("</section>")
+
+    # timeline
+    w('<section id="timeline-section"><h2>Timeline: evaluations, checkpoints, decision notes</h2>')
+    w(render_timeline(f))
+    rows = [[fmt(c.get("step")), f"<code>{esc(c.get('path'))}</code>", fmt(c.get("tokens_seen")), fmt(c.get("size")),
+             f"<code>{esc(c.get('sha256'))}</code>", esc(c.get("time"))] for c in f.checkpoints]
+    w("<h3>Checkpoints</h3>" + (_table(["step", "file", "tokens seen", "bytes", "sha256", "time"], rows,
+                                       "checkpoint-table") if rows else "<p>No checkpoints.</p>"))
+    nrows = [[str(i + 1), fmt(n.get("step")), esc(n.get("category")), esc(n.get("author")), esc(n.get("time")),
+              esc(n.get("text"))] for i, n in enumerate(f.notes)]
+    w("<h3>Decision notes</h3>" + (_table(["#", "step", "category", "author", "time", "note"], nrows, "notes-table")
+                                   if nrows else f"<p>No decision notes (<code>{esc(formats.NOTES)}</code>).</p>"))
+    w("</section>")
+
+    # data
+    w('<section id="data"><h2>Data</h2>')
+    for name, m in f.manifests.items():
+        src = m.get("source") if isinstance(m.get("source"), dict) else {}
+        role = "training data" if name in f.training_datasets else "used by the run"
+        w(f"<h3>{esc(name)} <span class='muted'>({esc(role)}; source {esc(src.get('type'))}; license "
+          f"{esc(m.get('license') or 'not stated')})</span></h3>")
+        drows = [[f"<code>{esc(e.get('path'))}</code>", fmt(e.get("records")), fmt(e.get("size")),
+                  f"<code>{esc(e.get('sha256'))}</code>"] for e in m.get("files", []) if isinstance(e, dict)]
+        w(_table(["file", "records", "bytes", "sha256"], drows))
+    if not f.manifests:
+        w("<p>No data manifests.</p>")
+    w("</section>")
+
+    # environment
+    env = f.env
+    py = env.get("python") if isinstance(env.get("python"), dict) else {}
+    torch = env.get("torch") if isinstance(env.get("torch"), dict) else {}
+    hw = env.get("hardware") if isinstance(env.get("hardware"), dict) else {}
+    osd = env.get("os") if isinstance(env.get("os"), dict) else {}
+    pkgs = env.get("packages") if isinstance(env.get("packages"), dict) else {}
+    det = run.get("determinism") if isinstance(run.get("determinism"), dict) else {}
+    gpus = torch.get("gpus") if isinstance(torch.get("gpus"), list) else []
+    w('<section id="environment"><h2>Environment</h2>')
+    w(_kv([
+        ("Python", esc(f"{py.get('implementation', '')} {py.get('version', '')}".strip() or None)),
+        ("torch", esc(torch.get("version"))), ("OS", esc(osd.get("platform"))),
+        ("CPU", esc(f"{hw.get('cpu_model')} — {hw.get('cpu_count')} cores, {hw.get('cpu_affinity')} usable")),
+        ("Memory", f"{fmt(round(hw['ram_bytes'] / 2**30, 1))} GiB" if isinstance(hw.get("ram_bytes"), int) else "—"),
+        ("GPUs", esc(", ".join(str(g.get("name")) for g in gpus) if gpus else "none")),
+        ("Determinism", esc(", ".join(f"{k}={v}" for k, v in sorted(det.items())) or None)),
+        ("Seeds", esc(json.dumps(run.get("seeds"), sort_keys=True))),
+    ]))
+    key = ("torch", "transformers", "tokenizers", "safetensors", "accelerate", "datasets", "numpy", "model-signing")
+    w("<details><summary>" + esc(f"{len(pkgs)} installed packages") + "</summary>"
+      + _table(["package", "version"], [[("<b>" + esc(k) + "</b>") if k in key else esc(k), esc(v)]
+                                        for k, v in sorted(pkgs.items())]) + "</details>")
+    w("</section>")
+
+    # documents
+    docs = release.get("documents") or {}
+    if docs:
+        w('<section id="documents"><h2>Release documents</h2>'
+          + _kv([(k, f"<code>{esc(v)}</code>") for k, v in docs.items()]) + "</section>")
+    w("</main>")
+    w(f"<script>{SCRIPT}</script>")
+    w("</body></html>")
+    return "\n".join(out) + "\n"
