@@ -1,0 +1,107 @@
+"""`prov release` and `prov keygen`: sign a bundle and add its model card, data cards,
+SLSA provenance, openness record and report; make a release key."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from provenance import formats
+from provenance.release.signing import DEFAULT_KEY_DIR, SigningError, generate_key
+
+
+def _progress(enabled: bool) -> Any:
+    if not enabled:
+        return None
+    try:
+        from provenance.cli.audit import ProgressBar
+    except ImportError:  # pragma: no cover - the audit command is part of the package
+        return None
+    return ProgressBar()
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    from provenance.release import ReleaseError, release
+
+    if args.key is None and not args.sigstore:
+        print("warning: no --key and no --sigstore: the documents are written but the bundle is NOT signed "
+              "(make a key with `prov keygen`)", file=sys.stderr)
+    try:
+        r = release(args.run, key=args.key, out=args.output, sigstore=args.sigstore,
+                    reproduction=args.reproduction, producer=args.producer, contact=args.contact, force=args.force,
+                    progress=_progress(not args.no_progress and not args.json), identity_token=args.identity_token)
+    except (ReleaseError, SigningError, formats.FormatError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for w in r.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"bundle": str(r.bundle), "root_digest": r.root_digest,
+                          "content_root_digest": r.content_root_digest, "fingerprint": r.fingerprint,
+                          "signature": r.signature, "sigstore": r.sigstore, "documents": r.documents,
+                          "audit_ok": r.audit_ok}, sort_keys=True, indent=2))
+        return 0
+    print(f"released {r.bundle}")
+    print(f"  root digest          sha256:{r.root_digest}")
+    print(f"  run files (training) sha256:{r.content_root_digest}")
+    if r.fingerprint:
+        print(f"  signed by key        {r.fingerprint}")
+    if r.sigstore:
+        print(f"  sigstore identity    {r.sigstore.get('identity')}")
+    if not r.fingerprint and not r.sigstore:
+        print("  NOT SIGNED")
+    for label, rel in r.documents.items():
+        print(f"  {label:<38} {rel}")
+    if r.fingerprint:
+        print("verify with:")
+        print(f"  model_signing verify key {r.bundle} --public_key {r.bundle}/{formats.SIGNER_PUBLIC_KEY} "
+              f"--signature {r.bundle}/{formats.SIGNATURE}")
+        print(f"  prov audit {r.bundle}")
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    try:
+        priv, pub, fp = generate_key(args.output, force=args.force)
+    except (SigningError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"private key  {priv}  (mode 0600: keep it out of the repository and out of bundles)")
+    print(f"public key   {pub}")
+    print(f"fingerprint  {fp}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "release", help="sign a bundle; add model card, data cards, SLSA provenance, openness record, report",
+        description="Write the release documents into a sealed run bundle, re-seal it and sign it with "
+                    "model_signing (docs/release.md). The bundle is released in place unless -o is given.")
+    p.add_argument("run", help="a sealed run folder (runs/<run_id>)")
+    p.add_argument("--key", default=None, metavar="KEY",
+                   help=f"EC private key (PEM) to sign with; `prov keygen` makes one in {DEFAULT_KEY_DIR}. "
+                        "An encrypted key's password is read from $PROV_KEY_PASSWORD")
+    p.add_argument("-o", "--output", default=None, metavar="DIR",
+                   help="release a copy at DIR (or DIR/<run_id> when DIR is a folder); the original stays as it is")
+    p.add_argument("--sigstore", action="store_true",
+                   help="also sign keyless with Sigstore (needs network and an OIDC identity)")
+    p.add_argument("--identity-token", default=os.environ.get("SIGSTORE_ID_TOKEN"), metavar="TOKEN",
+                   help="OIDC token for --sigstore (default: $SIGSTORE_ID_TOKEN, else the browser flow)")
+    p.add_argument("--reproduction", default=None, metavar="DIR",
+                   help="a reproduction bundle of this run: its curves are overlaid in the report")
+    p.add_argument("--producer", default="", help="who releases the model (model card, data cards, openness record)")
+    p.add_argument("--contact", default="", help="contact for the openness record")
+    p.add_argument("--force", action="store_true",
+                   help="release even if consistency checks fail (never when files do not match the seal)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(func=cmd_release)
+
+    p = sub.add_parser("keygen", help="make an EC P-256 release key pair (private key mode 0600)")
+    p.add_argument("-o", "--output", default=DEFAULT_KEY_DIR, metavar="DIR",
+                   help=f"folder for release-key.pem and release-key.pub.pem (default: {DEFAULT_KEY_DIR})")
+    p.add_argument("--force", action="store_true", help="replace an existing key")
+    p.set_defaults(func=cmd_keygen)
