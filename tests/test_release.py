@@ -1,0 +1,457 @@
+"""Issue 7: `prov release` — signature, SLSA provenance, model card, data cards, openness record, report.
+
+One release of the tiny bundle (module fixture) serves the read-only tests; tests that
+change a bundle work on copies. Sigstore keyless signing needs network and an OIDC
+identity, so it is never exercised here.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from provenance import formats
+from provenance.release import ReleaseError, release
+from provenance.release.facts import Facts
+from provenance.release.signing import (
+    SigningError,
+    dsse_verify,
+    generate_key,
+    load_public_key,
+    verify_signature,
+)
+
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.filterwarnings("ignore:ConjunctiveGraph is deprecated:DeprecationWarning")
+
+
+def _tool(name: str) -> list[str]:
+    exe = BIN / name
+    if exe.exists():
+        return [str(exe)]
+    return [sys.executable, "-m", name.replace("-", "_")]
+
+
+def _sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def _flip_byte(p: Path, offset: int = -1) -> None:
+    data = bytearray(p.read_bytes())
+    data[offset] ^= 0x01
+    p.write_bytes(bytes(data))
+
+
+def _ms_verify(bundle: Path, pub: Path) -> subprocess.CompletedProcess[str]:
+    """The stock model_signing command, as the model card prints it (run from the bundle's parent)."""
+    return subprocess.run([*_tool("model_signing"), "verify", "key", bundle.name, "--public_key", str(pub),
+                           "--signature", f"{bundle.name}/{formats.SIGNATURE}"],
+                          cwd=bundle.parent, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    return generate_key(tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture(scope="module")
+def released(tiny_bundle: Path, keys: tuple[Path, Path, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A released copy of the tiny bundle. Read-only: copy it before changing it."""
+    dest = tmp_path_factory.mktemp("released") / tiny_bundle.name
+    shutil.copytree(tiny_bundle, dest)
+    with open(dest / formats.NOTES, "a") as f:  # a decision note, so that the timeline has one
+        f.write(formats.dumps_line(formats.note_record("lowered the learning rate after step 6", "hyperparameter",
+                                                       "tester", [], 6)))
+    from provenance.bundle import seal_folder
+
+    root = seal_folder(dest)
+    (dest.parent / "root-before-release").write_text(root)
+    release(dest, key=keys[0], producer="fullyopen tests")
+    return dest
+
+
+def _copy(src: Path, tmp_path: Path) -> Path:
+    dest = tmp_path / src.name
+    shutil.copytree(src, dest)
+    return dest
+
+
+# --- 1. the signature ----------------------------------------------------------------------------
+
+
+def test_model_signing_cli_verifies_and_rejects_one_changed_byte(released: Path, keys: tuple[Path, Path, str],
+                                                                  tmp_path: Path) -> None:
+    ok = _ms_verify(released, keys[1])
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "Verification succeeded" in ok.stdout
+    # the public key the bundle carries is the same key
+    assert (released / formats.SIGNER_PUBLIC_KEY).read_bytes() == keys[1].read_bytes()
+
+    bad = _copy(released, tmp_path / "weights")
+    _flip_byte(bad / "model/model.safetensors")
+    res = _ms_verify(bad, keys[1])
+    assert res.returncode != 0, "a changed byte in the weights was accepted"
+    assert "model/model.safetensors" in res.stdout + res.stderr  # model_signing names the file
+
+    # the same verification through the library: a release document, an added file
+    import model_signing
+
+    def lib_verify(bundle: Path) -> None:
+        model_signing.verifying.Config().use_elliptic_key_verifier(public_key=keys[1]).verify(
+            bundle, bundle / formats.SIGNATURE)
+
+    lib_verify(released)
+    report = _copy(released, tmp_path / "report")
+    _flip_byte(report / formats.REPORT_HTML, 100)
+    with pytest.raises(ValueError, match=r"release/report\.html"):
+        lib_verify(report)
+    (bad := _copy(released, tmp_path / "extra")).joinpath("smuggled.txt").write_text("not released\n")
+    with pytest.raises(ValueError, match=r"smuggled\.txt"):
+        lib_verify(bad)
+
+
+def test_signed_statement_is_the_seal(released: Path) -> None:
+    sig = json.loads((released / formats.SIGNATURE).read_text())
+    payload = json.loads(base64.b64decode(sig["dsseEnvelope"]["payload"]))
+    signed_root, signed = formats.parse_oms_statement(payload)
+    sealed_root, sealed = formats.parse_oms_statement(json.loads((released / formats.MANIFEST).read_text()))
+    assert signed == sealed and signed_root == sealed_root
+    assert not set(sealed) & formats.UNSEALED
+    for rel in (formats.MODEL_CARD, formats.SLSA_STATEMENT, formats.SLSA_ENVELOPE, formats.OPENNESS_YAML,
+                formats.REPORT_HTML, formats.RELEASE_JSON, formats.SIGNER_PUBLIC_KEY,
+                "data/tiny-corpus/croissant.json"):
+        assert rel in sealed, rel
+    # the run's own files keep their digests: their root is the training run's root digest
+    original_root = (released.parent / "root-before-release").read_text()
+    assert Facts.load(released).content_root_digest == original_root
+    rec = json.loads((released / formats.RELEASE_JSON).read_text())
+    assert rec["content_root_digest"] == original_root
+
+
+def test_verify_signature_for_audit(released: Path, keys: tuple[Path, Path, str], tmp_path: Path) -> None:
+    res = verify_signature(released)
+    assert res is not None and res["ok"], res
+    assert res["fingerprint"] == keys[2] and res["kind"] == "key" and res["key_source"] == "bundle"
+    assert res["root_digest"] == formats.parse_oms_statement(json.loads((released / formats.MANIFEST).read_text()))[0]
+    assert res["slsa"]["ok"] and res["error"] is None
+    assert verify_signature(released, public_key=keys[1])["trusted_key"] is True
+    assert verify_signature(released, rehash=True)["ok"]
+
+    # another key: refused, naming both fingerprints
+    _, other_pub, other_fp = generate_key(tmp_path / "other")
+    res = verify_signature(released, public_key=other_pub)
+    assert not res["ok"] and other_fp in res["error"]
+
+    # a byte changed: the full check (model_signing re-hashes the folder) names the file
+    bad = _copy(released, tmp_path / "bad")
+    _flip_byte(bad / "logs/metrics.jsonl")
+    res = verify_signature(bad, rehash=True)
+    assert not res["ok"] and "logs/metrics.jsonl" in res["error"]
+
+    # re-sealed after a change: the seal no longer matches what was signed
+    from provenance.bundle import seal_folder
+
+    seal_folder(bad)
+    res = verify_signature(bad)
+    assert not res["ok"] and "logs/metrics.jsonl" in res["error"]
+
+    unsigned = _copy(released, tmp_path / "unsigned")
+    (unsigned / formats.SIGNATURE).unlink()
+    assert verify_signature(unsigned) is None
+
+
+# --- 2. SLSA provenance --------------------------------------------------------------------------
+
+
+def test_slsa_lists_every_checkpoint_and_is_signed(released: Path, keys: tuple[Path, Path, str]) -> None:
+    st = json.loads((released / formats.SLSA_STATEMENT).read_text())
+    assert st["_type"] == "https://in-toto.io/Statement/v1"
+    assert st["predicateType"] == "https://slsa.dev/provenance/v1"
+    subjects = {s["name"]: s["digest"]["sha256"] for s in st["subject"]}
+    ckpts = sorted((released / formats.CHECKPOINT_DIR).glob("*.safetensors"))
+    assert len(ckpts) >= 2
+    index = json.loads((released / formats.CHECKPOINT_INDEX).read_text())["checkpoints"]
+    for p in ckpts:
+        rel = p.relative_to(released).as_posix()
+        assert subjects[rel] == _sha(p) == next(e["sha256"] for e in index if e["path"] == rel)
+    for p in (released / formats.MODEL_DIR).iterdir():
+        rel = p.relative_to(released).as_posix()
+        if rel != formats.MODEL_CARD:
+            assert subjects[rel] == _sha(p)
+
+    bd = st["predicate"]["buildDefinition"]
+    cfg = json.loads((released / formats.CONFIG_JSON).read_text())
+    assert bd["externalParameters"]["config"] == cfg["config"]
+    assert bd["externalParameters"]["command"] == cfg["argv"]
+    run = json.loads((released / formats.RUN_JSON).read_text())
+    assert bd["internalParameters"]["determinism"] == run["determinism"]
+    deps = bd["resolvedDependencies"]
+    code = json.loads((released / formats.CODE_JSON).read_text())
+    if code.get("commit"):
+        assert {"gitCommit": code["commit"]} in [d.get("digest") for d in deps]
+    if "requirements.lock" in code["files"]:
+        lock = next(d for d in deps if d.get("name") == "requirements.lock")
+        assert "sha256:" + lock["digest"]["sha256"] == code["files"]["requirements.lock"]
+    for name in ("tiny-corpus", "tokenizer"):
+        manifest = json.loads((released / "data" / name / "manifest.json").read_text())
+        for e in manifest["files"]:
+            dep = next(d for d in deps if d.get("name") == f"{name}/{e['path']}")
+            assert dep["digest"]["sha256"] == e["sha256"]
+    assert any(d.get("uri", "").startswith("pkg:pypi/torch@") for d in deps)
+    rd = st["predicate"]["runDetails"]
+    assert rd["builder"]["id"].startswith("urn:fullyopen:builder:prov@")
+    assert rd["metadata"] == {"invocationId": run["run_id"], "startedOn": run["started_at"],
+                              "finishedOn": run["ended_at"]}
+
+    env = json.loads((released / formats.SLSA_ENVELOPE).read_text().strip())
+    ptype, payload = dsse_verify(env, load_public_key(keys[1]))
+    assert ptype == "application/vnd.in-toto+json" and json.loads(payload) == st
+    env["payload"] = base64.b64encode(payload.replace(b"checkpoints", b"checkpoint_")).decode()
+    with pytest.raises(SigningError):
+        dsse_verify(env, load_public_key(keys[1]))
+
+
+# --- 3. model card ----------------------------------------------------------------------------------
+
+
+def test_model_card_metadata_parses(released: Path, keys: tuple[Path, Path, str]) -> None:
+    from huggingface_hub import ModelCard
+
+    text = (released / formats.MODEL_CARD).read_text()
+    assert text.startswith("---\n")
+    meta = yaml.safe_load(text.split("---\n", 2)[1])
+    assert meta["license"] == "apache-2.0" and meta["datasets"] == ["tiny-corpus"]
+    assert {"loss", "perplexity", "exact_match"} <= set(meta["metrics"])
+    card = ModelCard.load(released / formats.MODEL_CARD)  # the Hub's own parser of card metadata
+    assert card.data.license == "apache-2.0"
+    final = [json.loads(x) for x in (released / formats.EVALS).read_text().splitlines()][-1]
+    results = {(r.metric_type, r.dataset_split): r.metric_value for r in card.data.eval_results}
+    assert results[("loss", "validation")] == final["val_loss"]
+    assert results[("exact_match", "evaluation")] == final["arith_exact_match"]
+    f = Facts.load(released)
+    body = card.text
+    assert f"{f.parameters:,}" in body and f.parameters and f.parameters > 1000
+    assert f"sha256:{f.content_root_digest}" in body
+    assert keys[2] in body
+    assert f"model_signing verify key {released.name} --public_key {released.name}/{formats.SIGNER_PUBLIC_KEY} " \
+           f"--signature {released.name}/{formats.SIGNATURE}" in body
+    assert f"prov audit {released.name}" in body and f"prov reproduce {released.name}" in body
+    assert "lowered the learning rate after step 6" in body  # the decision note
+    for e in json.loads((released / "data/tiny-corpus/manifest.json").read_text())["files"]:
+        assert e["sha256"] in body
+
+
+# --- 4. data cards ------------------------------------------------------------------------------------
+
+
+def test_croissant_cards_validate(released: Path) -> None:
+    import mlcroissant as mlc
+
+    from provenance.release.croissant import validate
+
+    # the command line on the training data's card, the same validation in-process on every card
+    res = subprocess.run([*_tool("mlcroissant"), "validate", "--jsonld",
+                          str(released / "data/tiny-corpus" / formats.CROISSANT_NAME)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    for name in ("tiny-corpus", "tokenizer"):
+        path = released / "data" / name / formats.CROISSANT_NAME
+        errors, _warnings = validate(path)
+        assert errors == []
+        card = json.loads(path.read_text())
+        assert card["conformsTo"] == "http://mlcommons.org/croissant/1.1"
+        manifest = json.loads((released / "data" / name / "manifest.json").read_text())
+        shas = {d["name"]: d["sha256"] for d in card["distribution"]}
+        assert shas == {e["path"]: e["sha256"] for e in manifest["files"]}
+        assert card["license"].endswith(f"{manifest['license']}.html")
+        assert "rai:dataCollection" in card and "rai:dataUseCases" in card
+
+    # the Python API loads the records straight from the bundle, offline
+    ds = mlc.Dataset(jsonld=str(released / "data/tiny-corpus" / formats.CROISSANT_NAME))
+    manifest = json.loads((released / "data/tiny-corpus/manifest.json").read_text())
+    n_train = next(e["records"] for e in manifest["files"] if e["path"] == "train.jsonl")
+    records = list(ds.records("train"))
+    assert len(records) == n_train
+    first = json.loads((released / "data/tiny-corpus/files/train.jsonl").read_text().splitlines()[0])
+    assert records[0]["train/text"].decode() == first["text"]
+
+
+# --- 5. openness record -------------------------------------------------------------------------------
+
+
+def test_openness_record_follows_the_mot_schema(released: Path) -> None:
+    from provenance.audit import audit
+    from provenance.release.mot import MOT_COMPONENTS
+
+    rec = yaml.safe_load((released / formats.OPENNESS_YAML).read_text())
+    assert rec["framework"] == {"name": "Model Openness Framework", "version": "1.0", "date": "2024-12-15"}
+    rel = rec["release"]
+    for key in ("name", "version", "date", "license", "type", "architecture", "origin", "producer", "contact",
+                "components"):
+        assert key in rel, key
+    assert rel["architecture"] == "transformer decoder" and rel["type"] == "language"
+    assert rel["license"]["distribution"]["name"] == "Apache-2.0" and rel["license"]["data"]["name"] == "CC0-1.0"
+    names = {n for n, _ in MOT_COMPONENTS.values()}
+    report = audit(released)
+    found = {MOT_COMPONENTS[c.id][0]: c for c in report.openness.components if c.found}
+    assert {c["name"] for c in rel["components"]} == set(found)
+    for c in rel["components"]:
+        assert c["name"] in names and c["description"]
+        for part in c["component_path"].split(", "):
+            assert (released / part).exists(), part
+        if found[c["name"]].license:
+            assert c["license"] == found[c["name"]].license
+    assert "Model card" in found and "Data card" in found
+
+
+# --- 6. report ----------------------------------------------------------------------------------------
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def test_report_is_self_contained(released: Path) -> None:
+    import re
+
+    html = (released / formats.REPORT_HTML).read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html, re.IGNORECASE)
+    assert "@import" not in html and "url(" not in html
+    assert 'http-equiv="Content-Security-Policy" content="default-src &#x27;none&#x27;;' in html
+    for needle in ('id="plot-loss"', 'id="plot-lr"', 'id="plot-eval"', 'id="timeline"', 'id="checkpoint-table"',
+                   'id="eval-table"', 'id="notes-table"', 'id="verdict-audit"', "lowered the learning rate"):
+        assert needle in html, needle
+
+
+@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (CI installs it: .ci/run)")
+def test_report_renders_in_headless_chromium(released: Path, tmp_path: Path) -> None:
+    page = (released / formats.REPORT_HTML).resolve().as_uri()
+    base = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+            "--disable-extensions", "--host-resolver-rules=MAP * ~NOTFOUND", f"--user-data-dir={tmp_path / 'profile'}",
+            "--enable-logging=stderr", "--v=0"]
+    res = subprocess.run([*base, "--dump-dom", page], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    dom = res.stdout
+    assert 'data-rendered="true"' in dom  # the page's script ran to its end
+    for plot in ("plot-loss", "plot-lr", "plot-eval", "timeline"):
+        assert f'id="{plot}"' in dom, plot
+    assert dom.count('class="series"') >= 3 and 'class="ckpt"' in dom and 'class="note"' in dom
+    console = [ln for ln in res.stderr.splitlines() if ":CONSOLE" in ln or "Uncaught" in ln]
+    assert not console, console  # no console errors (nor any console output)
+
+    shot = tmp_path / "report.png"
+    res = subprocess.run([*base, "--hide-scrollbars", "--window-size=1200,2400", f"--screenshot={shot}", page],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and shot.stat().st_size > 20_000
+    assert not [ln for ln in res.stderr.splitlines() if ":CONSOLE" in ln]
+
+
+def test_report_overlays_a_reproduction(released: Path, tiny_bundle: Path) -> None:
+    from provenance.release import report
+
+    repro = report.load_reproduction(tiny_bundle)  # the same curves stand in for a reproduction
+    html = report.build_report(Facts.load(released), {"date": "2026-01-01", "reproduction": repro})
+    loss_svg = html.split('id="plot-loss"', 1)[1].split("</svg>", 1)[0]
+    assert 'data-series="original (this run)"' in loss_svg and 'data-series="reproduction"' in loss_svg
+    lr_svg = html.split('id="plot-lr"', 1)[1].split("</svg>", 1)[0]
+    assert lr_svg.count('class="series"') == 2
+
+
+def test_nice_ticks_and_empty_chart() -> None:
+    from provenance.release.report import Chart, Series, nice_ticks, render_chart
+
+    assert nice_ticks(0, 10, 5) == [0, 2, 4, 6, 8, 10]
+    assert nice_ticks(0.0003, 0.003, 5)[0] >= 0.0003
+    svg = render_chart(Chart("x", "Nothing", "step", "y", [Series("s", [(1, float("nan"))])]))
+    assert "no data" in svg and svg.startswith('<svg id="x"')
+
+
+# --- 7. the command, copies, refusals, keys ----------------------------------------------------------
+
+
+def test_release_to_another_folder_leaves_the_original(bundle_copy: Path, keys: tuple[Path, Path, str],
+                                                        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from provenance.cli import main
+
+    before = {p.relative_to(bundle_copy).as_posix(): _sha(p) for p in bundle_copy.rglob("*") if p.is_file()}
+    out = tmp_path / "releases"
+    out.mkdir()
+    assert main(["release", str(bundle_copy), "--key", str(keys[0]), "-o", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    dest = out / bundle_copy.name
+    assert f"released {dest}" in printed and keys[2] in printed
+    after = {p.relative_to(bundle_copy).as_posix(): _sha(p) for p in bundle_copy.rglob("*") if p.is_file()}
+    assert after == before
+    assert _ms_verify(dest, keys[1]).returncode == 0
+    # a second release to the same place is refused rather than overwriting
+    assert main(["release", str(bundle_copy), "--key", str(keys[0]), "-o", str(out), "--no-progress"]) == 2
+
+
+def test_release_refuses_a_bundle_that_does_not_match_its_seal(bundle_copy: Path, keys: tuple[Path, Path, str]) -> None:
+    _flip_byte(bundle_copy / "model/model.safetensors")
+    with pytest.raises(ReleaseError, match=r"model/model\.safetensors"):
+        release(bundle_copy, key=keys[0])
+    assert not (bundle_copy / formats.RELEASE_DIR).exists() and not (bundle_copy / formats.MODEL_CARD).exists()
+
+
+def test_unsigned_release_and_rerelease(bundle_copy: Path, keys: tuple[Path, Path, str]) -> None:
+    r = release(bundle_copy)
+    assert r.fingerprint is None and r.signature is None
+    assert verify_signature(bundle_copy) is None
+    assert not (bundle_copy / formats.SLSA_ENVELOPE).exists() and (bundle_copy / formats.SLSA_STATEMENT).exists()
+    # released again, now signed: same run files, new documents, a signature that verifies
+    r2 = release(bundle_copy, key=keys[0])
+    assert r2.content_root_digest == r.content_root_digest
+    res = verify_signature(bundle_copy, rehash=True)
+    assert res is not None and res["ok"], res
+
+
+def test_keygen_writes_a_private_key_only_its_owner_can_read(tmp_path: Path) -> None:
+    from provenance.cli import main
+
+    assert main(["keygen", "-o", str(tmp_path / "k")]) == 0
+    priv = tmp_path / "k" / "release-key.pem"
+    assert stat.S_IMODE(priv.stat().st_mode) == 0o600
+    assert b"BEGIN PRIVATE KEY" in priv.read_bytes()
+    assert b"BEGIN PUBLIC KEY" in (tmp_path / "k" / "release-key.pub.pem").read_bytes()
+    first = priv.read_bytes()
+    assert main(["keygen", "-o", str(tmp_path / "k")]) == 2  # never overwrites a key
+    assert priv.read_bytes() == first
+
+
+def test_release_rejects_a_key_that_is_not_ec(bundle_copy: Path, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    p = tmp_path / "ed.pem"
+    p.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()))
+    with pytest.raises(SigningError, match="not an elliptic-curve key"):
+        release(bundle_copy, key=p)
+    assert not (bundle_copy / formats.RELEASE_DIR).exists()
+
+
+def test_release_refuses_a_running_run(bundle_copy: Path) -> None:
+    info = json.loads((bundle_copy / formats.RUN_JSON).read_text())
+    info["status"] = "running"
+    (bundle_copy / formats.RUN_JSON).write_text(json.dumps(info))
+    with pytest.raises(ReleaseError, match="running"):
+        release(bundle_copy)
+
+
+@pytest.mark.skipif(os.environ.get("PROV_TEST_SIGSTORE") != "1", reason="Sigstore needs network and an identity")
+def test_sigstore_keyless(bundle_copy: Path) -> None:  # pragma: no cover - never run offline
+    r = release(bundle_copy, sigstore=True, identity_token=os.environ.get("SIGSTORE_ID_TOKEN"))
+    assert r.sigstore and (bundle_copy / formats.SIGSTORE_SIGNATURE).is_file()
