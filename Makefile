@@ -47,3 +47,17 @@ lock: install
 
 clean-runs:
 	rm -rf runs
+
+# Release the newest run (latest started_at in $(RUNS_DIR)/*/run.json): model card, data cards, SLSA provenance,
+# openness record, report, signature. The key lives outside the repository and is made on first use.
+RELEASE_KEY_DIR ?= $(HOME)/.config/fullyopen
+RELEASE_KEY ?= $(RELEASE_KEY_DIR)/release-key.pem
+RELEASE_ARGS ?=
+RUNS_DIR ?= runs
+.PHONY: release
+release: install
+	@test -f "$(RELEASE_KEY)" || $(PY) -m provenance.cli keygen -o "$(dir $(RELEASE_KEY))"
+	@run=$$($(PY) -c 'import json, pathlib; r = sorted((json.loads(p.read_text()).get("started_at") or "", str(p.parent)) for p in pathlib.Path("$(RUNS_DIR)").glob("*/run.json")); print(r[-1][1] if r else "")'); \
+	if [ -z "$$run" ]; then echo "make release: no run in $(RUNS_DIR)/ (run 'make train' first)" >&2; exit 2; fi; \
+	echo "releasing $$run"; \
+	$(PY) -m provenance.cli release "$$run" --key "$(RELEASE_KEY)" $(RELEASE_ARGS)
