@@ -7,11 +7,13 @@ the digest of each file it wrote so that sealing never re-reads them.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -48,6 +50,8 @@ def list_files(root: Path) -> list[str]:
             rel = p.relative_to(root).as_posix()
             if p.is_symlink():
                 raise BundleError(f"{rel}: symlinks are not allowed in a bundle")
+            if formats.is_temp_name(f) and not p.exists():
+                continue  # another writer's temp file, renamed away while we listed
             if not p.is_file():
                 raise BundleError(f"{rel}: not a regular file")
             out.append(rel)
@@ -220,6 +224,17 @@ def clean_temp_files(root: Path) -> list[str]:
     return removed
 
 
+@contextlib.contextmanager
+def folder_lock(root: Path) -> Iterator[None]:
+    """An exclusive lock on the run folder itself (flock on its directory fd): serialises resealing."""
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def seal_folder(root: Path, known: dict[str, tuple[int, int, str]] | None = None,
                 progress: Callable[[int], None] | None = None) -> str:
     """Write manifest.json over every other file of the folder; return the root digest.
@@ -227,6 +242,14 @@ def seal_folder(root: Path, known: dict[str, tuple[int, int, str]] | None = None
     Files whose (size, mtime) match a known digest are not read again.
     """
     root = Path(root)
+    known = known or {}
+    with folder_lock(root):
+        return seal_folder_locked(root, known, progress)
+
+
+def seal_folder_locked(root: Path, known: dict[str, tuple[int, int, str]] | None = None,
+                       progress: Callable[[int], None] | None = None) -> str:
+    """seal_folder for a caller that already holds folder_lock(root)."""
     known = known or {}
     names = sealable_files(root)
     digests: dict[str, str] = {}

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from provenance import formats
-from provenance.bundle import BundleError, seal_folder
+from provenance.bundle import BundleError, folder_lock, seal_folder_locked
 from provenance.recover import seal_run
 from provenance.redact import Redactor
 
@@ -22,20 +22,22 @@ def _run_dir(path: str) -> Path:
 def cmd_note(args: argparse.Namespace) -> int:
     try:
         root = _run_dir(args.run)
-        info = formats.read_json(root / formats.RUN_JSON)
         metrics = list(formats.read_jsonl(root / formats.METRICS)) if args.step is None else []
         step = args.step if args.step is not None else (metrics[-1]["step"] if metrics else None)
         rec = formats.note_record(args.text, args.category, args.author, args.link, step)
     except (BundleError, ValueError, formats.FormatError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    formats.append_line(root / formats.NOTES, Redactor().text(formats.dumps_line(rec)))
-    sealed = info.get("status") != "running" and (root / formats.MANIFEST).exists()
-    if sealed:  # keep a finished bundle sealed: the other files' digests do not change
-        digest = seal_folder(root)
-        print(f"note added to {root} (step {step}); resealed, root digest sha256:{digest}")
-    else:
-        print(f"note added to {root} (step {step})")
+    # Under the folder lock: a run that is sealing right now either sees this note, or has
+    # finished sealing and is resealed here. A finished bundle stays sealed.
+    with folder_lock(root):
+        formats.append_line(root / formats.NOTES, Redactor().text(formats.dumps_line(rec)))
+        info = formats.read_json(root / formats.RUN_JSON)
+        if info.get("status") != "running" and (root / formats.MANIFEST).exists():
+            digest = seal_folder_locked(root)
+            print(f"note added to {root} (step {step}); resealed, root digest sha256:{digest}")
+            return 0
+    print(f"note added to {root} (step {step})")
     return 0
 
 

@@ -1,0 +1,47 @@
+"""A small script around start_run for lifecycle tests: python lifecycle.py MODE RUNS_DIR.
+
+MODE: ok | fail | slow (runs until killed) | secrets
+"""
+
+import ctypes
+import os
+import sys
+import time
+
+import torch
+
+from provenance import start_run
+
+mode, runs = sys.argv[1], sys.argv[2]
+config = {"mode": mode, "token_in_config": os.environ.get("MY_API_TOKEN", "")}
+with start_run(config, name=f"life-{mode}", runs_dir=runs, seed=1, threads=1) as run:
+    print("python-level stdout", flush=True)
+    os.write(1, b"fd-level stdout\n")
+    libc = ctypes.CDLL(None)
+    libc.printf(b"printf from C\n")
+    libc.fflush(None)
+    os.write(2, b"fd-level stderr\n")
+    if mode == "secrets":
+        for name in ("MY_API_TOKEN", "AWS_SECRET_ACCESS_KEY", "HF_TOKEN", "DB_PASSWORD", "PIP_INDEX_URL"):
+            print(f"{name}={os.environ[name]}", flush=True)
+            print(f"{name}={os.environ[name]}", file=sys.stderr, flush=True)
+        run.note(f"used token {os.environ['MY_API_TOKEN']}", category="incident")
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    for step in range(1, 10**9):
+        run.record_batch(step, [step % 7, (step + 1) % 7])
+        loss = model(torch.ones(1, 4)).sum()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        run.log(step, loss=loss.item())
+        if step % 5 == 0:
+            run.checkpoint(step, model, opt, tokens_seen=step)
+            print(f"checkpoint {step}", flush=True)
+        if mode == "fail" and step == 3:
+            raise RuntimeError("boom at step 3")
+        if mode == "slow":
+            time.sleep(0.02)
+        elif step == 10:
+            break
+print("done", flush=True)
