@@ -1,0 +1,533 @@
+"""What differs between two bundles (or a bundle and its reproduction): the engine of `prov diff`.
+
+    d = diff_bundles("runs/A", "runs/B")     # a JSON-able dict, section by section
+    print(format_diff(d))                    # the same, readable in a terminal
+
+Sections: run (identity, seed, status), config (dotted keys), code (files by sha256
+from code/code.json), data (every dataset's files by sha256; the first differing
+record when both bundles carry the file), environment (python, packages, torch,
+thread count, hardware; environment variables for information), metrics (the
+first step where the loss differs and the largest difference; the other logged
+values; evaluations), order (the first step whose batch differs), checkpoints
+(sha256 by step) and the final model.
+
+Nothing here trusts a bundle's integrity: audit first. Reading is bounded by the
+format limits of provenance.formats.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterator
+from itertools import zip_longest
+from pathlib import Path
+from typing import Any
+
+from provenance import formats
+
+# metric keys that measure time, not computation: never compared
+TIMING_KEYS = frozenset({"step", "time", "step_time"})
+# torch facts compared as environment (thread counts are compared apart)
+TORCH_KEYS = ("version", "cuda_available", "cuda_version", "cudnn_version", "driver", "gpus", "mkldnn",
+              "float32_matmul_precision", "deterministic_algorithms", "deterministic_warn_only",
+              "fill_uninitialized_memory", "cudnn_deterministic", "cudnn_benchmark")
+HARDWARE_KEYS = ("cpu_model", "machine", "cpu_count", "cpu_affinity", "ram_bytes")
+# differences that cannot change what a run computes at a fixed thread count
+MINOR_HARDWARE_KEYS = frozenset({"cpu_count", "cpu_affinity", "ram_bytes"})
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+def _json(root: Path, rel: str, default: Any = None) -> Any:
+    p = root / rel
+    return formats.read_json(p) if p.is_file() else default
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as {dotted.key: leaf}; an empty mapping is a leaf."""
+    if isinstance(obj, dict) and obj:
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: obj} if prefix else {}
+
+
+def data_manifests(root: Path) -> dict[str, dict[str, Any]]:
+    base = root / formats.DATA_DIR
+    if not base.is_dir():
+        return {}
+    out = {}
+    for d in sorted(base.iterdir()):
+        m = d / "manifest.json"
+        if m.is_file():
+            man = formats.read_json(m)
+            out[str(man.get("name", d.name))] = man
+    return out
+
+
+def bundle_info(root: Path) -> dict[str, Any]:
+    run = _json(root, formats.RUN_JSON, {}) or {}
+    root_digest = None
+    if (root / formats.MANIFEST).is_file():
+        try:
+            root_digest = formats.parse_oms_statement(formats.read_json(root / formats.MANIFEST))[0]
+        except formats.FormatError:
+            root_digest = None
+    return {"path": str(root), "run_id": run.get("run_id"), "status": run.get("status"),
+            "root_digest": root_digest, "seed": run.get("seed"), "reproduces": run.get("reproduces"),
+            "duration_s": run.get("duration_s"), "last_step": run.get("last_step")}
+
+
+# --- sections -----------------------------------------------------------------------------
+
+
+def diff_config(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    fa, fb = flatten(a), flatten(b)
+    changed = [{"key": k, "a": fa[k], "b": fb[k]} for k in sorted(set(fa) & set(fb)) if fa[k] != fb[k]
+               or type(fa[k]) is not type(fb[k])]
+    return {"changed": changed,
+            "only_a": [{"key": k, "value": fa[k]} for k in sorted(set(fa) - set(fb))],
+            "only_b": [{"key": k, "value": fb[k]} for k in sorted(set(fb) - set(fa))],
+            "keys": len(set(fa) | set(fb))}
+
+
+def diff_code(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    fa, fb = a.get("files") or {}, b.get("files") or {}
+    return {
+        "commit": [a.get("commit"), b.get("commit")],
+        "dirty": [a.get("dirty"), b.get("dirty")],
+        "changed": [{"path": p, "a": fa[p], "b": fb[p]} for p in sorted(set(fa) & set(fb)) if fa[p] != fb[p]],
+        "only_a": sorted(set(fa) - set(fb)),
+        "only_b": sorted(set(fb) - set(fa)),
+        "same_files": sum(1 for p in set(fa) & set(fb) if fa[p] == fb[p]),
+    }
+
+
+def _lines(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        yield from f
+
+
+def first_differing_record(a: Path, b: Path) -> int | None:
+    """0-based number of the first line (record) that differs between two files; None if none."""
+    for i, (x, y) in enumerate(zip_longest(_lines(a), _lines(b))):
+        if x != y:
+            return i
+    return None
+
+
+def first_step_using(root: Path, sample: int) -> int | None:
+    """The first recorded step (rank 0) whose batch holds `sample`."""
+    _, ids_rel, steps_rel = formats.order_paths(0)
+    for st in formats.read_order(root / ids_rel, root / steps_rel):
+        if sample in st.sample_ids:
+            return st.step
+    return None
+
+
+def describe_record(manifest: dict[str, Any], path: str, record: int, order_root: Path | None) -> dict[str, Any]:
+    """Name a differing record: its line, and the sample id (and first step using it) for the samples file."""
+    out: dict[str, Any] = {"record": record, "line": record + 1}
+    samples = manifest.get("samples") or {}
+    if samples.get("file") == path:
+        out["sample"] = record
+        if order_root is not None:
+            out["first_step_using_sample"] = first_step_using(order_root, record)
+    return out
+
+
+def _bundled(root: Path, manifest: dict[str, Any], path: str) -> Path | None:
+    rel = manifest.get("bundled_files")
+    if not isinstance(rel, str):
+        return None
+    p = root / rel / path
+    return p if p.is_file() else None
+
+
+def diff_data(a_root: Path, b_root: Path) -> dict[str, Any]:
+    ma, mb = data_manifests(a_root), data_manifests(b_root)
+    datasets: dict[str, Any] = {}
+    for name in sorted(set(ma) & set(mb)):
+        fa = {e["path"]: e for e in ma[name].get("files", [])}
+        fb = {e["path"]: e for e in mb[name].get("files", [])}
+        changed = []
+        for p in sorted(set(fa) & set(fb)):
+            if fa[p].get("sha256") != fb[p].get("sha256") or fa[p].get("size") != fb[p].get("size"):
+                entry: dict[str, Any] = {"path": p, "a": {"sha256": fa[p].get("sha256"), "size": fa[p].get("size")},
+                                         "b": {"sha256": fb[p].get("sha256"), "size": fb[p].get("size")}}
+                pa, pb = _bundled(a_root, ma[name], p), _bundled(b_root, mb[name], p)
+                if pa is not None and pb is not None:
+                    rec = first_differing_record(pa, pb)
+                    if rec is not None:
+                        entry.update(describe_record(ma[name], p, rec, a_root))
+                changed.append(entry)
+        sa = {k: v for k, v in (ma[name].get("source") or {}).items() if k != "local_path"}
+        sb = {k: v for k, v in (mb[name].get("source") or {}).items() if k != "local_path"}
+        source = [{"key": c["key"], "a": c["a"], "b": c["b"]} for c in diff_config(sa, sb)["changed"]]
+        datasets[name] = {"changed": changed, "only_a": sorted(set(fa) - set(fb)), "only_b": sorted(set(fb) - set(fa)),
+                          "source": source, "files": len(set(fa) | set(fb))}
+    return {"datasets": datasets, "only_a": sorted(set(ma) - set(mb)), "only_b": sorted(set(mb) - set(ma))}
+
+
+def _threads(run: dict[str, Any], env: dict[str, Any]) -> dict[str, Any]:
+    det = run.get("determinism") or {}
+    torch = env.get("torch") or {}
+    return {"num_threads": det.get("num_threads", torch.get("num_threads")),
+            "num_interop_threads": det.get("num_interop_threads", torch.get("num_interop_threads"))}
+
+
+def diff_env(a: dict[str, Any], b: dict[str, Any], a_threads: dict[str, Any] | None = None,
+             b_threads: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Environment differences as a flat list, each {category, name, a, b, significant}.
+
+    A section absent on one side (e.g. torch facts not captured) is not compared.
+    `significant` is False only for what cannot change the computed numbers (core
+    count, memory, OS release, environment variables); --strict-env counts every one.
+    """
+    out: list[dict[str, Any]] = []
+
+    def add(category: str, name: str, va: Any, vb: Any, significant: bool = True) -> None:
+        if va != vb:
+            out.append({"category": category, "name": name, "a": va, "b": vb, "significant": significant})
+
+    pa, pb = a.get("python"), b.get("python")
+    if pa and pb:
+        for k in ("implementation", "version"):
+            add("python", k, pa.get(k), pb.get(k))
+    ka, kb = a.get("packages"), b.get("packages")
+    if isinstance(ka, dict) and isinstance(kb, dict):
+        for n in sorted(set(ka) | set(kb)):
+            add("packages", n, ka.get(n), kb.get(n))
+    ta, tb = a.get("torch"), b.get("torch")
+    if isinstance(ta, dict) and isinstance(tb, dict) and ta.get("installed") and tb.get("installed"):
+        for k in TORCH_KEYS:
+            add("torch", k, ta.get(k), tb.get(k))
+    if a_threads is not None and b_threads is not None:
+        for k in ("num_threads", "num_interop_threads"):
+            if a_threads.get(k) is not None and b_threads.get(k) is not None:
+                add("threads", k, a_threads.get(k), b_threads.get(k))
+    ha, hb = a.get("hardware"), b.get("hardware")
+    if isinstance(ha, dict) and isinstance(hb, dict):
+        for k in HARDWARE_KEYS:
+            add("hardware", k, ha.get(k), hb.get(k), significant=k not in MINOR_HARDWARE_KEYS)
+    oa, ob = a.get("os"), b.get("os")
+    if isinstance(oa, dict) and isinstance(ob, dict):
+        for k in ("system", "release"):
+            add("os", k, oa.get(k), ob.get(k), significant=k == "system")
+    ea, eb = a.get("env_vars"), b.get("env_vars")
+    if isinstance(ea, dict) and isinstance(eb, dict):
+        for k in sorted(set(ea) | set(eb)):
+            add("env_vars", k, ea.get(k), eb.get(k), significant=False)
+    return out
+
+
+def env_line(d: dict[str, Any]) -> str:
+    """One difference in words: 'package numpy 2.0.1 → 2.1.0', 'thread count 2 → 1'."""
+    cat, name = d["category"], d["name"]
+    a, b = _short(d["a"]), _short(d["b"])
+    if cat == "threads":
+        label = "thread count" if name == "num_threads" else "inter-op thread count"
+    elif cat == "packages":
+        label = f"package {name}"
+        if d["a"] is None:
+            return f"package {name} {b} only in the second"
+        if d["b"] is None:
+            return f"package {name} {a} only in the first"
+    else:
+        label = f"{cat} {name}"
+    return f"{label} {a} → {b}"
+
+
+def _bits(x: float) -> bytes:
+    return struct.pack(">d", x)
+
+
+def _same_value(x: Any, y: Any) -> bool:
+    if isinstance(x, float) and isinstance(y, float):
+        return _bits(x) == _bits(y) or (math.isnan(x) and math.isnan(y))
+    return x == y and type(x) is type(y)
+
+
+def _abs_diff(x: Any, y: Any) -> float | None:
+    if isinstance(x, int | float) and isinstance(y, int | float) and not isinstance(x, bool):
+        try:
+            return abs(float(x) - float(y))
+        except OverflowError:
+            return math.inf
+    return None
+
+
+def diff_series(a: list[dict[str, Any]], b: list[dict[str, Any]], primary: str) -> dict[str, Any]:
+    """Compare two step-indexed logs: the primary key in detail, the others by first differing step."""
+    sa = {int(r["step"]): r for r in a if isinstance(r.get("step"), int)}
+    sb = {int(r["step"]): r for r in b if isinstance(r.get("step"), int)}
+    common = sorted(set(sa) & set(sb))
+    out: dict[str, Any] = {"steps_compared": len(common), "only_a": len(set(sa) - set(sb)),
+                           "only_b": len(set(sb) - set(sa)), "primary": primary,
+                           "first_diff_step": None, "n_differ": 0, "max_abs_diff": 0.0, "max_abs_diff_step": None,
+                           "other_keys": {}}
+    keys = sorted({k for s in common for k in (*sa[s], *sb[s])} - TIMING_KEYS)
+    for step in common:
+        ra, rb = sa[step], sb[step]
+        for k in keys:
+            va, vb = ra.get(k), rb.get(k)
+            if _same_value(va, vb):
+                continue
+            if k == primary:
+                out["n_differ"] += 1
+                d = _abs_diff(va, vb)
+                if out["first_diff_step"] is None:
+                    out.update({"first_diff_step": step, "a": va, "b": vb, "abs_diff": d})
+                if d is not None and (d > out["max_abs_diff"] or math.isnan(d)):
+                    out.update({"max_abs_diff": d, "max_abs_diff_step": step})
+            elif k not in out["other_keys"]:
+                out["other_keys"][k] = {"first_diff_step": step, "a": va, "b": vb}
+    if out["first_diff_step"] is None:
+        out.pop("max_abs_diff_step")
+    return out
+
+
+def diff_order(a_root: Path, b_root: Path) -> dict[str, Any]:
+    _, ids_rel, steps_rel = formats.order_paths(0)
+    oa = {s.step: s.sample_ids for s in formats.read_order(a_root / ids_rel, a_root / steps_rel)}
+    ob = {s.step: s.sample_ids for s in formats.read_order(b_root / ids_rel, b_root / steps_rel)}
+    common = sorted(set(oa) & set(ob))
+    out: dict[str, Any] = {"steps_compared": len(common), "only_a": len(set(oa) - set(ob)),
+                           "only_b": len(set(ob) - set(oa)), "first_diff_step": None}
+    for step in common:
+        if oa[step] != ob[step]:
+            x, y = list(oa[step]), list(ob[step])
+            pos = next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
+            out.update({"first_diff_step": step, "position": pos,
+                        "a_sample": x[pos] if pos < len(x) else None, "b_sample": y[pos] if pos < len(y) else None,
+                        "a_batch_digest": formats.batch_digest(x), "b_batch_digest": formats.batch_digest(y)})
+            break
+    return out
+
+
+def _checkpoints(root: Path) -> dict[int, str]:
+    idx = _json(root, formats.CHECKPOINT_INDEX, {}) or {}
+    return {int(e["step"]): e["sha256"] for e in idx.get("checkpoints", [])}
+
+
+def diff_checkpoints(a_root: Path, b_root: Path) -> dict[str, Any]:
+    ca, cb = _checkpoints(a_root), _checkpoints(b_root)
+    common = sorted(set(ca) & set(cb))
+    return {"compared": len(common),
+            "differ": [{"step": s, "a": ca[s], "b": cb[s]} for s in common if ca[s] != cb[s]],
+            "only_a": sorted(set(ca) - set(cb)), "only_b": sorted(set(cb) - set(ca))}
+
+
+def _resources(root: Path) -> dict[str, str]:
+    try:
+        return formats.parse_oms_statement(formats.read_json(root / formats.MANIFEST))[1]
+    except (OSError, formats.FormatError):
+        return {}
+
+
+def diff_model(a_root: Path, b_root: Path) -> dict[str, Any]:
+    prefix = formats.MODEL_DIR + "/"
+    ra = {k: v for k, v in _resources(a_root).items() if k.startswith(prefix)}
+    rb = {k: v for k, v in _resources(b_root).items() if k.startswith(prefix)}
+    return {"files": len(set(ra) | set(rb)),
+            "changed": sorted(k for k in set(ra) & set(rb) if ra[k] != rb[k]),
+            "only_a": sorted(set(ra) - set(rb)), "only_b": sorted(set(rb) - set(ra))}
+
+
+# --- the whole diff -------------------------------------------------------------------------
+
+
+def diff_bundles(a: str | Path, b: str | Path) -> dict[str, Any]:
+    a, b = Path(a), Path(b)
+    for p in (a, b):
+        if not (p / formats.RUN_JSON).is_file():
+            raise formats.FormatError(f"{p}: not a run bundle ({formats.RUN_JSON} is missing)")
+    run_a, run_b = _json(a, formats.RUN_JSON, {}), _json(b, formats.RUN_JSON, {})
+    env_a, env_b = _json(a, formats.ENV_JSON, {}) or {}, _json(b, formats.ENV_JSON, {}) or {}
+    cfg_a, cfg_b = _json(a, formats.CONFIG_JSON, {}) or {}, _json(b, formats.CONFIG_JSON, {}) or {}
+    thr_a, thr_b = _threads(run_a, env_a), _threads(run_b, env_b)
+    env = diff_env(env_a, env_b, thr_a, thr_b)
+    d = {
+        "schema": "fullyopen.diff/v1",
+        "a": bundle_info(a),
+        "b": bundle_info(b),
+        "config": diff_config(cfg_a.get("config") or {}, cfg_b.get("config") or {}),
+        "code": diff_code(_json(a, formats.CODE_JSON, {}) or {}, _json(b, formats.CODE_JSON, {}) or {}),
+        "data": diff_data(a, b),
+        "environment": {"differences": env, "threads": [thr_a.get("num_threads"), thr_b.get("num_threads")],
+                        "torch": [(env_a.get("torch") or {}).get("version"), (env_b.get("torch") or {}).get("version")],
+                        "cpu_model": [(env_a.get("hardware") or {}).get("cpu_model"),
+                                      (env_b.get("hardware") or {}).get("cpu_model")],
+                        "packages": [len(env_a.get("packages") or {}), len(env_b.get("packages") or {})]},
+        "metrics": diff_series(list(formats.read_jsonl(a / formats.METRICS)),
+                               list(formats.read_jsonl(b / formats.METRICS)), "loss"),
+        "eval": diff_series(list(formats.read_jsonl(a / formats.EVALS)),
+                            list(formats.read_jsonl(b / formats.EVALS)), "val_loss"),
+        "order": diff_order(a, b),
+        "checkpoints": diff_checkpoints(a, b),
+        "model": diff_model(a, b),
+    }
+    d["same"] = {
+        "config": not (d["config"]["changed"] or d["config"]["only_a"] or d["config"]["only_b"]),
+        "code": not (d["code"]["changed"] or d["code"]["only_a"] or d["code"]["only_b"]),
+        "data": not (d["data"]["only_a"] or d["data"]["only_b"] or any(
+            v["changed"] or v["only_a"] or v["only_b"] for v in d["data"]["datasets"].values())),
+        "environment": not any(x["significant"] for x in env),
+        "metrics": d["metrics"]["first_diff_step"] is None and not d["metrics"]["other_keys"],
+        "eval": d["eval"]["first_diff_step"] is None and not d["eval"]["other_keys"],
+        "order": d["order"]["first_diff_step"] is None,
+        "checkpoints": not d["checkpoints"]["differ"],
+        "model": not (d["model"]["changed"] or d["model"]["only_a"] or d["model"]["only_b"]),
+    }
+    return d
+
+
+# --- text -------------------------------------------------------------------------------------
+
+
+def _short(v: Any, n: int = 60) -> str:
+    if isinstance(v, str) and v.startswith("sha256:"):
+        v = v[7:]
+    if isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v):
+        return f"sha256:{v[:12]}…"
+    s = repr(v) if not isinstance(v, str) else v
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def _num(v: Any) -> str:
+    return repr(v) if isinstance(v, float) else _short(v)
+
+
+def format_diff(d: dict[str, Any], verbose: bool = False) -> str:
+    """The diff for a terminal: one headline per section, details under it."""
+    lines: list[str] = []
+    for side in ("a", "b"):
+        i = d[side]
+        rd = f"sha256:{i['root_digest'][:12]}…" if i.get("root_digest") else "not sealed"
+        rep = ""
+        if i.get("reproduces"):
+            rep = f", reproduces {i['reproduces'].get('run_id')}"
+        lines.append(f"{side.upper()}: {i['path']} (run {i.get('run_id')}, {i.get('status')}, root {rd}{rep})")
+
+    c = d["config"]
+    n = len(c["changed"]) + len(c["only_a"]) + len(c["only_b"])
+    lines.append(f"config: {'same' if not n else f'{n} key(s) differ'} ({c['keys']} keys)")
+    for ch in c["changed"]:
+        lines.append(f"  {ch['key']}: {_short(ch['a'])} → {_short(ch['b'])}")
+    for ch in c["only_a"]:
+        lines.append(f"  {ch['key']}: only in A ({_short(ch['value'])})")
+    for ch in c["only_b"]:
+        lines.append(f"  {ch['key']}: only in B ({_short(ch['value'])})")
+
+    code = d["code"]
+    n = len(code["changed"]) + len(code["only_a"]) + len(code["only_b"])
+    total = code["same_files"] + n
+    commits = ""
+    if code["commit"][0] != code["commit"][1]:
+        commits = f"; commit {_short(code['commit'][0], 12)} → {_short(code['commit'][1], 12)}"
+    lines.append(f"code: {'same' if not n else f'{n} of {total} files differ'} ({total} files{commits})")
+    for ch in code["changed"]:
+        lines.append(f"  M {ch['path']}  {_short(ch['a'])} → {_short(ch['b'])}")
+    for p in code["only_a"]:
+        lines.append(f"  - {p} (only in A)")
+    for p in code["only_b"]:
+        lines.append(f"  + {p} (only in B)")
+
+    data = d["data"]
+    nfiles = sum(v["files"] for v in data["datasets"].values())
+    if d["same"]["data"]:
+        lines.append(f"data: same ({len(data['datasets'])} datasets, {nfiles} files)")
+    else:
+        lines.append("data: differs")
+        for name in data["only_a"]:
+            lines.append(f"  dataset {name}: only in A")
+        for name in data["only_b"]:
+            lines.append(f"  dataset {name}: only in B")
+        for name, v in data["datasets"].items():
+            for ch in v["changed"]:
+                where = ""
+                if "sample" in ch:
+                    where = f"; first differing sample {ch['sample']} (line {ch['line']})"
+                    if ch.get("first_step_using_sample") is not None:
+                        where += f", first used at step {ch['first_step_using_sample']}"
+                elif "line" in ch:
+                    where = f"; first differing line {ch['line']}"
+                lines.append(f"  {name}/{ch['path']}: {_short(ch['a']['sha256'])} ({ch['a']['size']} bytes) → "
+                             f"{_short(ch['b']['sha256'])} ({ch['b']['size']} bytes){where}")
+            for p in v["only_a"]:
+                lines.append(f"  {name}/{p}: only in A")
+            for p in v["only_b"]:
+                lines.append(f"  {name}/{p}: only in B")
+    for name, v in data["datasets"].items():
+        for ch in v["source"]:
+            lines.append(f"  {name} source {ch['key']}: {_short(ch['a'])} → {_short(ch['b'])}")
+
+    env = d["environment"]
+    sig = [x for x in env["differences"] if x["significant"]]
+    minor = [x for x in env["differences"] if not x["significant"] and x["category"] != "env_vars"]
+    envvars = [x for x in env["differences"] if x["category"] == "env_vars"]
+    by_cat = {cat: [x for x in sig if x["category"] == cat] for cat in ("python", "packages", "torch", "threads",
+                                                                         "hardware", "os")}
+    npk = len(by_cat["packages"])
+    lines.append(f"packages: {f'{npk} differ' if npk else 'same'} "
+                 f"({env['packages'][0]} / {env['packages'][1]} installed)")
+    for x in by_cat["packages"]:
+        lines.append(f"  {env_line(x)}")
+    lines.append(f"torch: {'same' if not by_cat['torch'] else 'differs'} ({_short(env['torch'][0])} / "
+                 f"{_short(env['torch'][1])})")
+    for x in by_cat["torch"] + by_cat["python"]:
+        lines.append(f"  {env_line(x)}")
+    lines.append(f"threads: {'same' if not by_cat['threads'] else 'differ'} "
+                 f"({env['threads'][0]} / {env['threads'][1]})")
+    for x in by_cat["threads"]:
+        lines.append(f"  {env_line(x)}")
+    hw = by_cat["hardware"] + by_cat["os"]
+    lines.append(f"hardware: {'same' if not hw else 'differs'} ({env['cpu_model'][0]} / {env['cpu_model'][1]})")
+    for x in hw + minor:
+        lines.append(f"  {env_line(x)}" + ("" if x["significant"] else " (cannot change the numbers)"))
+    if envvars:
+        if verbose:
+            lines.append(f"environment variables: {len(envvars)} differ (for information)")
+            for x in envvars:
+                lines.append(f"  {x['name']}: {_short(x['a'])} → {_short(x['b'])}")
+        else:
+            lines.append(f"environment variables: {len(envvars)} differ (for information; --verbose lists them)")
+
+    for key, title in (("metrics", "metrics"), ("eval", "evaluations")):
+        m = d[key]
+        head = f"{title}: {m['steps_compared']} steps compared"
+        if m["only_a"] or m["only_b"]:
+            head += f" ({m['only_a']} only in A, {m['only_b']} only in B)"
+        if m["first_diff_step"] is None:
+            lines.append(f"{head}; {m['primary']} bitwise equal" + ("" if m["other_keys"] else ", all values equal"))
+        else:
+            lines.append(f"{head}; {m['primary']} first differs at step {m['first_diff_step']} "
+                         f"({_num(m['a'])} → {_num(m['b'])}); largest |Δ| {m['max_abs_diff']:.6g} at step "
+                         f"{m['max_abs_diff_step']}; {m['n_differ']} of {m['steps_compared']} steps differ")
+        for k, v in m["other_keys"].items():
+            lines.append(f"  {k} first differs at step {v['first_diff_step']} ({_num(v['a'])} → {_num(v['b'])})")
+
+    o = d["order"]
+    if o["first_diff_step"] is None:
+        lines.append(f"order: same ({o['steps_compared']} steps compared)")
+    else:
+        lines.append(f"order: first differs at step {o['first_diff_step']} (position {o['position']}: sample "
+                     f"{o['a_sample']} → {o['b_sample']})")
+    ck = d["checkpoints"]
+    extra = "".join([f"; only in A: steps {ck['only_a']}" if ck["only_a"] else "",
+                     f"; only in B: steps {ck['only_b']}" if ck["only_b"] else ""])
+    if ck["differ"]:
+        lines.append(f"checkpoints: {len(ck['differ'])} of {ck['compared']} differ (first at step "
+                     f"{ck['differ'][0]['step']}){extra}")
+    else:
+        lines.append(f"checkpoints: {ck['compared']} compared, all sha256 equal{extra}")
+    mo = d["model"]
+    if mo["files"]:
+        n = len(mo["changed"]) + len(mo["only_a"]) + len(mo["only_b"])
+        nf = mo["files"]
+        lines.append(f"model: {'same' if not n else f'{n} of {nf} files differ'}"
+                     + ("".join(f"\n  {p}" for p in mo["changed"] + mo["only_a"] + mo["only_b"])))
+    return "\n".join(lines)

@@ -1,0 +1,308 @@
+"""Issue 5: `prov reproduce`: bitwise happy path, --from-step, perturbations and their causes, refusals,
+and a bundle moved elsewhere after its checkout was deleted.
+
+Every reproduction is a real (tiny) training run, so the tests share work: one original (the
+session's tiny_bundle), one happy-path reproduction reused by several checks, and one run per
+perturbation. Bundles are copied before anything in them is changed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, TINY, offline_env, only_run
+
+from provenance import formats
+from provenance.bundle import seal_folder
+from provenance.capture.code import materialise_snapshot
+from provenance.diff import diff_bundles
+from provenance.reproduce import (
+    BITWISE,
+    DIVERGED,
+    NOT_CLAIMED,
+    REPORT,
+    Options,
+    _read_original,
+    decide,
+    find_causes,
+    reproduce,
+)
+
+
+def cli(*args: str, cwd: Path | None = None, tmp: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = offline_env(tmp) if tmp is not None else None
+    return subprocess.run([sys.executable, "-m", "provenance.cli", *args], capture_output=True, text=True,
+                          cwd=cwd or REPO, env=env, timeout=600)
+
+
+def root_of(bundle: Path) -> str:
+    return formats.parse_oms_statement(formats.read_json(bundle / formats.MANIFEST))[0]
+
+
+def losses(bundle: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in formats.read_jsonl(bundle / formats.METRICS)}
+
+
+@pytest.fixture(scope="module")
+def happy(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The default reproduction of the tiny run, through the real CLI (--json)."""
+    tmp = tmp_path_factory.mktemp("happy")
+    proc = cli("reproduce", str(tiny_bundle), "--workdir", str(tmp / "w"), "--json", "--quiet", tmp=tmp)
+    return {"proc": proc, "doc": json.loads(proc.stdout) if proc.stdout.strip() else None, "tmp": tmp}
+
+
+# --- the happy path ----------------------------------------------------------------------------------
+
+
+def test_default_reproduction_is_bitwise(happy: dict, tiny_bundle: Path) -> None:
+    proc, doc = happy["proc"], happy["doc"]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert doc["verdict"] == BITWISE and doc["bitwise"] and doc["exit_status"] == 0
+    assert doc["first_divergence"] is None and doc["cause"] is None
+    n_steps = len(losses(tiny_bundle))
+    n_ckpts = len(formats.read_json(tiny_bundle / formats.CHECKPOINT_INDEX)["checkpoints"])
+    assert doc["scope"]["steps_checked"] == n_steps == doc["scope"]["steps_expected"]
+    assert doc["scope"]["checkpoints_checked"] == n_ckpts >= 2
+    repro = Path(doc["bundle"])
+    # every loss bitwise, every checkpoint digest equal
+    assert losses(repro) == losses(tiny_bundle)
+    d = diff_bundles(tiny_bundle, repro)
+    assert d["metrics"]["first_diff_step"] is None and not d["checkpoints"]["differ"]
+    assert d["checkpoints"]["compared"] == n_ckpts
+    assert d["same"]["code"] and d["same"]["data"] and d["same"]["environment"] and d["same"]["order"]
+    assert {c["key"] for c in d["config"]["changed"]} <= {"run.runs_dir", "data.root"}
+    # the step-by-step record: batches (ids and digests), losses, checkpoints
+    steps = list(formats.read_jsonl(repro / "reproduction/steps.jsonl"))
+    step_recs = [r for r in steps if "checkpoint" not in r]
+    assert len(step_recs) == n_steps and all(r["order"] == "match" and r["loss_match"] for r in step_recs)
+    assert all(r["batch_digest"] == r["recorded_batch_digest"] for r in step_recs)
+    assert sum(1 for r in steps if r.get("checkpoint_match")) == n_ckpts
+
+
+def test_reproduction_bundle_is_sealed_names_the_original_and_passes_audit(happy: dict, tiny_bundle: Path) -> None:
+    doc = happy["doc"]
+    repro = Path(doc["bundle"])
+    assert doc["root_digest"] == f"sha256:{root_of(repro)}"
+    assert f"root digest: {doc['root_digest']}" not in happy["proc"].stdout  # --json: only the document on stdout
+    run = formats.read_json(repro / formats.RUN_JSON)
+    assert run["reproduces"] == {"run_id": tiny_bundle.name, "root_digest": root_of(tiny_bundle)}
+    report = formats.read_json(repro / REPORT)
+    assert report["original"]["root_digest"] == root_of(tiny_bundle)
+    assert report["verdict"] == BITWISE and report["command"][1:3] == ["-m", "training.train"]
+    import provenance.reproduce  # noqa: F401  (registers the reproduction check)
+    from provenance.audit import audit
+
+    rep = audit(repro)
+    assert rep.ok, rep.failures()
+    assert rep.check("reproduction").status == "pass"
+    # the audit catches a report that claims more than the replay found
+    bad = happy["tmp"] / "bad" / repro.name
+    shutil.copytree(repro, bad)
+    summ = formats.read_json(bad / "reproduction/summary.json")
+    summ["steps_checked"] += 1
+    formats.atomic_write_json(bad / "reproduction/summary.json", summ)
+    seal_folder(bad)
+    assert audit(bad).check("reproduction").status == "fail"
+
+
+def test_prov_diff_of_bundle_and_its_reproduction(happy: dict, tiny_bundle: Path) -> None:
+    repro = happy["doc"]["bundle"]
+    proc = cli("diff", str(tiny_bundle), repro)
+    assert proc.returncode == 0, proc.stderr
+    assert "code: same" in proc.stdout and "data: same" in proc.stdout
+    assert "loss bitwise equal" in proc.stdout and "all sha256 equal" in proc.stdout
+    proc = cli("diff", str(tiny_bundle), repro, "--json")
+    d = json.loads(proc.stdout)
+    assert d["same"]["metrics"] and d["b"]["reproduces"]["run_id"] == tiny_bundle.name
+
+
+def test_from_step_restores_the_checkpoint_and_checks_the_rest(tiny_bundle: Path, tmp_path: Path) -> None:
+    out = reproduce(tiny_bundle, Options(from_step=6, workdir=tmp_path / "w"))
+    assert out.exit_status == 0, out.headline
+    assert out.verdict == BITWISE
+    scope = out.report["scope"]
+    last = max(losses(tiny_bundle))
+    assert (scope["first_step"], scope["last_step"], scope["steps_checked"]) == (7, last, last - 6)
+    assert scope["checkpoints_checked"] == scope["checkpoints_expected"] >= 1
+    assert min(losses(out.bundle)) == 7  # steps 1-6 were not re-run
+    assert all(losses(out.bundle)[s] == v for s, v in losses(tiny_bundle).items() if s > 6)
+    notes = list(formats.read_jsonl(out.bundle / formats.NOTES))
+    assert any(n["category"] == "restart" and n["step"] == 6 for n in notes)
+
+
+# --- perturbations: the verdict names the first divergent step and the cause ---------------------------
+
+
+def test_other_seed_diverges_at_step_1_config_seed(tiny_bundle: Path, tmp_path: Path) -> None:
+    proc = cli("reproduce", str(tiny_bundle), "--workdir", str(tmp_path / "w"), "--set", "run.seed=7",
+               "--steps", "3", "--json", "--quiet", tmp=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert doc["verdict"] == DIVERGED and doc["first_divergence"]["step"] == 1
+    assert doc["first_divergence"]["kind"] == "order"  # another seed picks other samples
+    assert doc["cause"]["kind"] == "config" and doc["cause"]["key"] == "run.seed"
+    assert (doc["cause"]["a"], doc["cause"]["b"]) == (1337, 7)
+    assert doc["scope"]["last_step"] == 3 and doc["scope"]["steps_checked"] == 3  # --steps 3
+    assert "run.seed 1337 → 7" in doc["headline"]
+
+
+def test_other_learning_rate_diverges_at_step_2_config_lr(tiny_bundle: Path, tmp_path: Path) -> None:
+    out = reproduce(tiny_bundle, Options(sets=["train.lr=0.006"], workdir=tmp_path / "w", steps=4))
+    assert out.exit_status == 1, out.headline
+    first = out.report["first_divergence"]
+    # the loss of step 1 is computed before the first update: the learning rate shows from step 2
+    assert (first["step"], first["kind"]) == (2, "loss") and first["order_matched"]
+    assert out.report["cause"]["kind"] == "config" and out.report["cause"]["key"] == "train.lr"
+    assert out.report["cause"]["logged_values_differ"]["lr"] == 1
+
+
+def test_other_thread_count_is_named_as_environment(tiny_bundle: Path, tmp_path: Path) -> None:
+    out = reproduce(tiny_bundle, Options(sets=["run.threads=1"], workdir=tmp_path / "w"))
+    assert out.exit_status == 1, out.headline
+    cause = out.report["cause"]
+    assert cause["kind"] == "environment" and cause["what"] == "thread count" and (cause["a"], cause["b"]) == (2, 1)
+    assert "thread count 2 → 1" in out.headline
+    d = diff_bundles(tiny_bundle, out.bundle)
+    first_loss = d["metrics"]["first_diff_step"]
+    if first_loss is None:  # same floats at one thread: still no bitwise claim across the difference
+        assert out.verdict == NOT_CLAIMED and out.report["first_divergence"] is None
+    else:  # the verdict names the first step whose loss differs, with the size of the difference
+        assert out.verdict == DIVERGED and out.report["first_divergence"]["step"] == first_loss
+        assert out.report["first_divergence"]["kind"] == "loss" and out.report["first_divergence"]["order_matched"]
+
+
+def test_one_changed_line_in_the_training_script_is_named(tiny_bundle: Path, tmp_path: Path) -> None:
+    code = tmp_path / "code"
+    materialise_snapshot((tiny_bundle / formats.CODE_SNAPSHOT).read_bytes(), code)
+    script = code / "training" / "train.py"
+    text = script.read_text()
+    old = "clip_grad_norm_(model.parameters(), t.grad_clip)"
+    assert text.count(old) == 1
+    script.write_text(text.replace(old, "clip_grad_norm_(model.parameters(), 0.5 * t.grad_clip)"))
+    out = reproduce(tiny_bundle, Options(code=code, workdir=tmp_path / "w", steps=4))
+    assert out.exit_status == 1, out.headline
+    first = out.report["first_divergence"]
+    assert (first["step"], first["kind"]) == (2, "loss")  # clipping changes the first update, seen at step 2
+    assert out.report["cause"] == {**out.report["cause"], "kind": "code", "file": "training/train.py"}
+    assert not out.report["other_causes"]  # exactly one file differs
+
+
+def test_changed_byte_in_a_data_file_is_refused_before_step_0(tiny_bundle: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiny_bundle / "data" / "tiny-corpus" / "files", data)
+    train = data / "train.jsonl"
+    raw = bytearray(train.read_bytes())
+    line = 100
+    offset = sum(len(x) + 1 for x in raw.split(b"\n")[:line]) + 12  # a letter inside the text of record 100
+    raw[offset] = ord("Q") if raw[offset] != ord("Q") else ord("R")
+    train.write_bytes(bytes(raw))
+    manifest = formats.read_json(tiny_bundle / "data/tiny-corpus/manifest.json")
+    expected = next(e["sha256"] for e in manifest["files"] if e["path"] == "train.jsonl")
+    import hashlib
+
+    found = hashlib.sha256(bytes(raw)).hexdigest()
+    work = tmp_path / "w"
+    proc = cli("reproduce", str(tiny_bundle), "--workdir", str(work), "--data-root", str(data), tmp=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    err = proc.stderr
+    assert "train.jsonl" in err and f"sha256:{expected}" in err and f"sha256:{found}" in err
+    assert "sample 100" in err
+    assert "running:" not in proc.stdout and not work.exists()  # nothing ran, nothing was left behind
+
+
+# --- refusals and the environment ---------------------------------------------------------------------
+
+
+def test_bundle_failing_integrity_is_refused(bundle_copy: Path, tmp_path: Path) -> None:
+    with open(bundle_copy / formats.METRICS, "a") as f:
+        f.write("\n")
+    work = tmp_path / "w"
+    proc = cli("reproduce", str(bundle_copy), "--workdir", str(work), tmp=tmp_path)
+    assert proc.returncode == 2
+    assert "integrity" in proc.stderr and formats.METRICS in proc.stderr and not work.exists()
+
+
+def _with_other_numpy(bundle: Path) -> None:
+    env = formats.read_json(bundle / formats.ENV_JSON)
+    env["packages"]["numpy"] = "0.0.1"
+    formats.atomic_write_json(bundle / formats.ENV_JSON, env)
+    seal_folder(bundle)
+
+
+def test_strict_env_refuses_any_difference(bundle_copy: Path, tmp_path: Path) -> None:
+    _with_other_numpy(bundle_copy)
+    proc = cli("reproduce", str(bundle_copy), "--workdir", str(tmp_path / "w"), "--strict-env", tmp=tmp_path)
+    assert proc.returncode == 2
+    assert "package numpy 0.0.1 →" in proc.stderr and "strict-env" in proc.stderr
+
+
+def test_no_bitwise_claim_across_an_environment_difference(happy: dict, bundle_copy: Path) -> None:
+    _with_other_numpy(bundle_copy)  # the same run, recorded with another numpy: the losses still match
+    orig = _read_original(bundle_copy, root_of(bundle_copy))
+    last = max(losses(bundle_copy))
+    out = decide(orig, Path(happy["doc"]["bundle"]), (1, None, last), 0, [])
+    assert out["verdict"] == NOT_CLAIMED and out["exit_status"] == 1 and not out["bitwise"]
+    assert out["cause"]["kind"] == "environment" and "package numpy" in out["cause"]["summary"]
+
+
+def test_numerics_only_when_nothing_else_differs(tiny_bundle: Path) -> None:
+    d = diff_bundles(tiny_bundle, tiny_bundle)
+    first = {"step": 3, "kind": "loss", "loss_recorded": 1.0, "loss": 1.0000001, "abs_diff": 1e-7,
+             "order_matched": True}
+    causes = find_causes(d, first, {"max_loss_abs_diff": 2e-7})
+    assert [c["kind"] for c in causes] == ["numerics"] and causes[0]["max_abs_loss_diff"] == 2e-7
+
+
+def test_bad_arguments_are_refused(tiny_bundle: Path, tmp_path: Path) -> None:
+    out = reproduce(tiny_bundle, Options(from_step=5, workdir=tmp_path / "a"))
+    assert out.exit_status == 2 and "no checkpoint at step 5" in out.headline
+    out = reproduce(tiny_bundle, Options(sets=["train.lrr=1"], workdir=tmp_path / "b"))
+    assert out.exit_status == 2 and "train.lrr" in out.headline
+    out = reproduce(tmp_path / "nothing-here", Options(workdir=tmp_path / "c"))
+    assert out.exit_status == 2
+
+
+# --- the original checkout is not needed ----------------------------------------------------------------
+
+
+def test_moved_bundle_reproduces_after_its_checkout_was_deleted(tmp_path: Path) -> None:
+    listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    checkout = tmp_path / "checkout"
+    for name in filter(None, listed):
+        src = REPO / name
+        if src.is_file() and not src.is_symlink():
+            (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, checkout / name)
+    # mark this checkout's code, to prove that the reproduction ran the snapshot, not another copy
+    script = checkout / "training" / "train.py"
+    script.write_text(script.read_text().replace('def main(argv: list[str] | None = None) -> int:\n',
+                                                 'def main(argv: list[str] | None = None) -> int:\n'
+                                                 '    print("MARK-OF-THE-DELETED-CHECKOUT", flush=True)\n', 1))
+    runs = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, "-m", "training.train", "--config", "configs/tiny-lm.yaml", *TINY,
+                           f"run.runs_dir={runs}"], cwd=checkout, env=offline_env(tmp_path), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (checkout / "data").is_dir()  # the data went into the checkout (data.root=data)
+    moved = tmp_path / "elsewhere" / "kept"
+    moved.parent.mkdir()
+    shutil.move(str(only_run(runs)), moved)
+    shutil.rmtree(checkout)
+    shutil.rmtree(runs)
+    empty = tmp_path / "cwd"
+    empty.mkdir()
+    proc = cli("reproduce", str(moved), "--workdir", str(tmp_path / "w"), "--json", "--quiet", cwd=empty,
+               tmp=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert doc["verdict"] == BITWISE
+    assert doc["data"][0]["located"] == "bundle"
+    repro = Path(doc["bundle"])
+    assert "MARK-OF-THE-DELETED-CHECKOUT" in (Path(doc["workdir"]) / "training.log").read_text()
+    assert diff_bundles(moved, repro)["same"]["code"]
