@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # a reduced default config: same code path, seconds instead of minutes
 TINY = [
-    "data.n_stories=400", "data.max_operand=9", "tokenizer.vocab_size=300",
+    "data.n_stories=400", "data.max_operand=9", "data.manifest=null", "tokenizer.vocab_size=300",
     "model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=48",
     "train.steps=12", "train.batch_size=8", "train.warmup_steps=3", "train.eval_every=6",
     "train.eval_batches=2", "train.arith_eval_size=20", "train.checkpoint_every=6",

@@ -61,7 +61,8 @@ def test_missing_config_file(tmp_path: Path) -> None:
 
 
 def test_bad_config_exits_2_and_writes_nothing(tmp_path: Path) -> None:
-    path = _cfg(tmp_path, f"run:\n  runs_dir: {tmp_path / 'runs'}\ndata:\n  root: {tmp_path / 'data'}\ntrain:\n  setps: 1\n")
+    path = _cfg(tmp_path, f"run:\n  runs_dir: {tmp_path / 'runs'}\n"
+                          f"data:\n  root: {tmp_path / 'data'}\ntrain:\n  setps: 1\n")
     proc = subprocess.run([sys.executable, "-m", "training.train", "--config", str(path)], cwd=REPO,
                           env=offline_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
@@ -131,3 +132,17 @@ def test_training_prints_config_and_summary(tmp_path: Path) -> None:
 
 def test_tiny_overrides_are_valid() -> None:
     load(Config, REPO / "configs" / "tiny-lm.yaml", TINY)
+
+
+def test_committed_manifest_matches_the_generator(tmp_path: Path) -> None:
+    """data_manifests/tiny-corpus.json pins the default corpus: a generator change must bump its version."""
+    from provenance.capture.data import build_manifest, compare_manifests, load_manifest
+    from training.config import DataConfig
+    from training.data import prepare_corpus
+
+    committed = load_manifest(REPO / "data_manifests" / "tiny-corpus.json")
+    cfg = load(Config, REPO / "configs" / "tiny-lm.yaml").data
+    assert cfg.manifest == "data_manifests/tiny-corpus.json"
+    spec = prepare_corpus(DataConfig(**{**cfg.__dict__, "root": str(tmp_path), "manifest": None}))
+    compare_manifests(committed, build_manifest(spec))  # raises DataMismatch naming the file
+    assert committed["source"]["version"] == corpus.GENERATOR_VERSION
