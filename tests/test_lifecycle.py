@@ -124,7 +124,8 @@ def test_sigkill_then_prov_seal_gives_an_interrupted_bundle(tmp_path: Path) -> N
     notes = [json.loads(x) for x in open(root / "notes.jsonl")]
     assert notes[0]["text"] == "lowered lr after a spike" and notes[0]["category"] == "hyperparameter"
     index = json.loads((root / "checkpoints" / "index.json").read_text())["checkpoints"]
-    assert {e["path"] for e in index} == {p.relative_to(root).as_posix() for p in root.glob("checkpoints/*.safetensors")}
+    on_disk = {p.relative_to(root).as_posix() for p in root.glob("checkpoints/*.safetensors")}
+    assert {e["path"] for e in index} == on_disk
 
 
 def test_prov_seal_refuses_a_live_run(tmp_path: Path) -> None:
@@ -141,7 +142,7 @@ def test_prov_seal_refuses_a_live_run(tmp_path: Path) -> None:
 def test_planted_secrets_never_reach_the_bundle(tmp_path: Path) -> None:
     env = dict(SECRETS, PIP_INDEX_URL=f"https://alice:{URL_PASSWORD}@pypi.example.invalid/simple")
     proc = _start("secrets", tmp_path, env)
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     root = only_run(tmp_path / "runs")
     planted = [v.encode() for v in SECRETS.values()] + [URL_PASSWORD.encode()]
