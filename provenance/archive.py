@@ -352,6 +352,9 @@ def extract(archive: str | os.PathLike[str], dest: str | os.PathLike[str], limit
                     if m.isdir():
                         _make_dir(dest, name, dirs, digests, label)
                         continue
+                    if m.issparse():
+                        raise ArchiveError(f"{label}: member {m.name!r} is a sparse file; only regular files and "
+                                           "folders are allowed")
                     if m.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
                         what = _TYPE_NAMES.get(m.type, f"of unsupported type {m.type!r}")
                         target = f" to {m.linkname!r}" if m.issym() or m.islnk() else ""
@@ -385,10 +388,10 @@ def extract(archive: str | os.PathLike[str], dest: str | os.PathLike[str], limit
         raise ArchiveError(f"{archive}: not a readable {kind} archive ({exc})") from None
     except OSError as exc:
         raise ArchiveError(f"{archive}: cannot unpack ({exc})") from None
-    except RecursionError:
-        raise ArchiveError(f"{archive}: malformed archive headers") from None
     except UnicodeError as exc:
         raise ArchiveError(f"{archive}: a member name is not valid text ({exc})") from None
+    except Exception as exc:  # tarfile's parsers raise ValueError & co. on crafted headers
+        raise ArchiveError(f"{archive}: malformed archive ({type(exc).__name__}: {exc})") from None
     root, prefix = _bundle_root(dest, digests)
     rel_digests = {n[len(prefix):]: d for n, d in digests.items() if d and n.startswith(prefix)}
     return Unpacked(tmp=dest, root=root, digests=rel_digests, members=members, bytes=written,

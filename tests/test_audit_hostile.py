@@ -187,6 +187,24 @@ def test_hostile_archive_members_are_refused(tmp_path: Path, case: str, gz: bool
     assert not Path("/tmp/prov-absolute-escape.txt").exists()
 
 
+def test_sparse_and_crafted_headers_are_refused(tmp_path: Path) -> None:
+    sparse = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": "run/sp",
+              "GNU.sparse.realsize": "1000000"}
+    good_map = b"1\n0\n4\n"
+    cases = {
+        "sparse.tar": ([(_info("run/sp", size=516, pax=sparse), good_map + bytes(512 - len(good_map)) + b"abcd")],
+                       "'run/sp' is a sparse file"),
+        "crafted.tar": ([(_info("run/sp", size=4, pax=sparse), b"1\n0\n")], "malformed archive (ValueError"),
+    }
+    for name, (members, says) in cases.items():
+        arc = tmp_path / name
+        arc.write_bytes(_tar(members))
+        with pytest.raises(AuditRefused) as exc:
+            audit(arc, tmp_dir=tmp_path)
+        assert says in str(exc.value), str(exc.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(cases)
+
+
 def test_decompression_bomb_is_refused_at_its_header(tmp_path: Path) -> None:
     size = 80 << 20  # 80 MiB of zeros: ~80 KB compressed, far past the ratio limit
     buf = io.BytesIO()
