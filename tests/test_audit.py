@@ -475,3 +475,24 @@ def test_cli_exit_statuses(bundle_copy: Path) -> None:
     bad = prov("audit", str(bundle_copy), "--require-class", "III")
     assert bad.returncode == 1
     assert "changed  logs/metrics.jsonl" in bad.stdout and "VERDICT      FAIL" in bad.stdout
+
+
+def test_progress_bar_draws_only_for_large_inputs() -> None:
+    import io
+
+    from provenance.cli.audit import ProgressBar, parse_size
+
+    out = io.StringIO()
+    bar = ProgressBar(out, min_total=100, force=True)
+    bar.start("hashing", 50)  # small: no bar
+    bar.advance(50)
+    bar.finish()
+    assert out.getvalue() == ""
+    bar.start("hashing", 1000)
+    bar._last = -1.0  # draw at the next advance
+    bar.advance(500)
+    bar.finish()
+    text = out.getvalue()
+    assert text.startswith("\rhashing") and "50.0%" in text and text.endswith("\n")
+    assert ProgressBar(io.StringIO()).enabled is False  # not a terminal: never drawn
+    assert parse_size("500G") == 500 << 30 and parse_size("64MiB") == 64 << 20 and parse_size("1024") == 1024
