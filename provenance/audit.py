@@ -847,10 +847,8 @@ def check_checkpoints(view: BundleView, out: CheckResult) -> None:
         step, rel = e["step"], e["path"]
         try:
             path = view.path(rel, where=idx_rel)
-        except BundleFileError as exc:
-            out.error(f"checkpoint of step {step}: {exc.message}" if exc.rel == idx_rel
-                      else f"checkpoint of step {step} is missing", file=rel if exc.rel != idx_rel else idx_rel,
-                      expected=_sha(e["sha256"]))
+        except BundleFileError as exc:  # missing, or a path that escapes the bundle (never opened)
+            out.error(f"the checkpoint of step {step}: {exc.message}", file=idx_rel, expected=_sha(e["sha256"]))
             continue
         indexed.add(rel)
         if step in seen_steps:
@@ -1257,10 +1255,15 @@ class AuditReport:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+        return _printable(json.dumps(self.to_dict(), sort_keys=True, indent=2, ensure_ascii=False) + "\n")
 
     def to_text(self, max_findings: int = 20) -> str:
         return render_text(self, max_findings)
+
+
+def _printable(text: str) -> str:
+    """Text that encodes as UTF-8: a lone surrogate read from a hostile bundle becomes a \\u escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def refusal_to_dict(target: str, message: str) -> dict[str, Any]:
@@ -1355,7 +1358,7 @@ def render_text(r: AuditReport, max_findings: int = 20) -> str:
     add(f"VERDICT      {verdict}; MOF class {_class_label(o.highest_class)}"
         + (f" (required: {o.required_class})" if o.required_class else "")
         + f"; fully open: {'yes' if o.fully_open_ok else 'no'}")
-    return "\n".join(lines) + "\n"
+    return _printable("\n".join(lines) + "\n")
 
 
 def _class_label(cls: str | None) -> str:
@@ -1393,6 +1396,9 @@ def audit(path: str | os.PathLike[str], require_class: str | None = None, progre
                                        progress, limits, workers)
         except ArchiveError as exc:
             raise AuditRefused(str(exc)) from None
+        finally:
+            if progress is not None:
+                progress.finish()
     elif p.exists() or p.is_symlink():
         raise AuditRefused(f"{path}: not a folder or a regular file; refused")
     else:

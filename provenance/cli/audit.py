@@ -88,9 +88,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
         report = audit(args.bundle, require_class=args.require_class, progress=bar, limits=limits,
                        tmp_dir=args.tmp_dir, workers=args.workers)
     except AuditRefused as exc:
-        if args.json:
+        if args.json:  # ensure_ascii: a hostile name cannot break the output's encoding
             sys.stdout.write(json.dumps(refusal_to_dict(args.bundle, str(exc)), sort_keys=True, indent=2) + "\n")
-        print(f"error: refused: {exc}", file=sys.stderr)
+        print(f"error: refused: {exc}", file=sys.stderr)  # stderr escapes what it cannot encode
         return EXIT_REFUSED
     if args.json:
         sys.stdout.write(report.to_json())
