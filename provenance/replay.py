@@ -27,6 +27,28 @@ class StopRun(Exception):
     """Raised by the run when a replay reached the last step it was asked to check."""
 
 
+class WorldSizeMismatch(ValueError):
+    """A reproduction runs on another number of processes than the original did."""
+
+
+def check_world_size(original: str | os.PathLike[str], world_size: int) -> None:
+    """Raise WorldSizeMismatch unless `world_size` is the original run's (run.json world_size, default 1).
+
+    Each rank's data order and the reduction of gradients across ranks depend on the
+    world size: another world size cannot reproduce the run, so it is refused up front.
+    """
+    path = Path(original) / formats.RUN_JSON
+    info = formats.read_json(path) if path.is_file() else {}
+    recorded = int(info.get("world_size") or 1) if isinstance(info, dict) else 1
+    if recorded != world_size:
+        how = (f"torchrun --nproc_per_node={recorded} (or WORLD_SIZE={recorded} processes)" if recorded > 1
+               else "a single process (no torchrun)")
+        raise WorldSizeMismatch(
+            f"{Path(original).name}: the original run trained on {recorded} process(es) (world size {recorded}), "
+            f"this reproduction runs on {world_size}: each rank's data order and the gradient reduction depend on "
+            f"the world size, so it cannot reproduce; run it with {how}")
+
+
 def _float_bits(x: float) -> str:
     return struct.pack(">d", x).hex()
 
@@ -60,6 +82,7 @@ class Replay:
         path = os.environ.get(REPLAY_ENV)
         if not path:
             return None
+        check_world_size(path, int(os.environ.get("WORLD_SIZE", "1")))
         stop = os.environ.get(STOP_ENV)
         return cls(path, rank, int(stop) if stop else None)
 
@@ -142,6 +165,36 @@ class Replay:
             "bitwise": self.first_divergence is None and self.steps_checked == len(expected_steps)
                        and self.steps_checked > 0,
         }
+
+
+def merge_rank_summaries(summary: dict[str, Any], root: Path, world_size: int) -> dict[str, Any]:
+    """Rank 0's summary with every other rank's divergences folded in (reproduction/summary.rank<R>.json).
+
+    The counts (steps_checked, checkpoints_checked) stay rank 0's, as in reproduction/steps.jsonl;
+    `ranks` lists each rank's summary, and `bitwise` holds only if every rank's does.
+    """
+    out = dict(summary)
+    out["divergences"] = dict(summary["divergences"])
+    ranks = [{"rank": 0, "bitwise": summary["bitwise"], "steps_checked": summary["steps_checked"],
+              "first_divergence": summary["first_divergence"]}]
+    for r in range(1, world_size):
+        path = root / SUMMARY.replace(".json", f".rank{r}.json")
+        if not path.is_file():
+            ranks.append({"rank": r, "bitwise": False, "missing": path.name})
+            out["bitwise"] = False
+            continue
+        other = formats.read_json(path)
+        for k, v in other.get("divergences", {}).items():
+            out["divergences"][k] = out["divergences"].get(k, 0) + v
+        first = other.get("first_divergence")
+        if first is not None and (out["first_divergence"] is None or first["step"] < out["first_divergence"]["step"]):
+            out["first_divergence"] = {**first, "rank": r}
+        out["bitwise"] = bool(out["bitwise"] and other.get("bitwise"))
+        ranks.append({"rank": r, "bitwise": other.get("bitwise"), "steps_checked": other.get("steps_checked"),
+                      "first_divergence": first})
+    out["world_size"] = world_size
+    out["ranks"] = ranks
+    return out
 
 
 def original_root_digest(original: Path) -> str | None:

@@ -36,7 +36,7 @@ from provenance.capture.env import capture_env
 from provenance.capture.state import apply_determinism, save_checkpoint, seed_everything
 from provenance.hashing import sha256_file
 from provenance.redact import Redactor
-from provenance.replay import STEPS_LOG, SUMMARY, Replay, StopRun, original_root_digest
+from provenance.replay import STEPS_LOG, SUMMARY, Replay, StopRun, merge_rank_summaries, original_root_digest
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -54,6 +54,8 @@ class Callback:
     def on_log(self, run: Run, step: int, metrics: dict[str, Any]) -> None: ...
     def on_eval(self, run: Run, step: int, metrics: dict[str, Any]) -> None: ...
     def on_checkpoint(self, run: Run, step: int, name: str) -> None: ...
+    def on_finish(self, run: Run) -> None:
+        """The run is ending (run.status is final) and its files are still open: last chance to add files."""
     def on_end(self, run: Run, status: str, root_digest: str | None) -> None: ...
 
 
@@ -106,6 +108,55 @@ class _FdTee:
         os.close(self.saved)
 
 
+def _rank_file(rel: str, rank: int) -> str:
+    """A shared file's per-rank name: rank 0 keeps the name, rank R writes <stem>.rank<R><suffix>."""
+    if rank == 0:
+        return rel
+    stem, dot, suffix = rel.rpartition(".")
+    return f"{stem}.rank{rank}{dot}{suffix}"
+
+
+def _dist() -> Any:
+    """torch.distributed when a process group is up, else None."""
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover
+        return None
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def _agree_run_id(run_id: str) -> str:
+    dist = _dist()
+    if dist is None:
+        raise RuntimeError("a run with WORLD_SIZE > 1 needs one run id on every rank: call "
+                           "torch.distributed.init_process_group() before start_run, or set PROV_RUN_ID")
+    box = [run_id]
+    dist.broadcast_object_list(box, src=0)
+    return str(box[0])
+
+
+def _rank_barrier(folder: Path | None, timeout_s: float = 600.0) -> None:
+    """Wait for every rank (torch.distributed); without a process group, wait for `folder` to exist."""
+    dist = _dist()
+    if dist is not None:
+        dist.barrier()
+        return
+    deadline = time.monotonic() + timeout_s
+    while folder is not None and not folder.is_dir():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{folder}: rank 0 did not create the run folder within {timeout_s:.0f} s")
+        time.sleep(0.05)
+
+
+def _distributed_facts(world_size: int) -> dict[str, Any]:
+    dist = _dist()
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    return {"backend": dist.get_backend() if dist is not None else None, "world_size": world_size,
+            "local_world_size": local, "nnodes": max(1, world_size // max(1, local)),
+            "launcher": "torchrun" if "TORCHELASTIC_RUN_ID" in os.environ else None,
+            "order": "order/rank<R>.*: each rank's own batches", "logs": "logs/*.rank<R>.*: each rank's own"}
+
+
 def _new_run_id(name: str) -> str:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:40] or "run"
@@ -144,6 +195,8 @@ class Run:
         self.rank = int(os.environ.get("RANK", "0"))
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.run_id = run_id or os.environ.get("PROV_RUN_ID") or _new_run_id(name)
+        if self.world_size > 1 and not (run_id or os.environ.get("PROV_RUN_ID")):
+            self.run_id = _agree_run_id(self.run_id)  # every rank takes rank 0's
         self.root = self.runs_dir / self.run_id
         self.status = "created"
         self.root_digest: str | None = None
@@ -174,7 +227,13 @@ class Run:
         determinism = apply_determinism(self.threads, self.deterministic)
         env = capture_env()
 
-        w = self.writer = BundleWriter.create(self.root, redactor)
+        if self.world_size == 1:
+            w = self.writer = BundleWriter.create(self.root, redactor)
+        else:  # rank 0 creates the folder, the other ranks write their own files into it
+            if self.rank == 0:
+                BundleWriter.create(self.root, redactor)
+            _rank_barrier(self.root)
+            w = self.writer = BundleWriter(self.root, redactor)
         self._t0 = time.monotonic()
         self._run_info = {
             "schema": formats.BUNDLE_SCHEMA,
@@ -197,6 +256,8 @@ class Run:
             "reproduces": self.reproduces,
             "datasets": [spec.name for spec in self.datasets],
         }
+        if self.world_size > 1:
+            self._run_info["distributed"] = _distributed_facts(self.world_size)
         if self.rank == 0:
             w.write_json(formats.CONFIG_JSON, {"config": self.config, "digest": formats.config_digest(self.config),
                                                "argv": self.argv, "cwd_name": Path.cwd().name})
@@ -252,13 +313,25 @@ class Run:
         self._pool.shutdown(wait=True)
         if error is not None:
             sys.stderr.write(error["traceback"])
+        self._notify("on_finish")
         self._event(status, exit_status=exit_status)
         for t in self._tees:
             t.stop()
         self._tees.clear()
         w = self.writer
+        if self.world_size > 1:  # every rank closes its files before rank 0 seals (when all ranks got here)
+            if self.rank != 0:
+                if self.replay is not None:
+                    w.write_json(_rank_file(SUMMARY, self.rank), self.replay.summary(
+                        self.reproduces.get("root_digest") if self.reproduces else None))
+                w.close_logs()
+            if status == "completed":
+                _rank_barrier(None)
         if self.replay is not None and self.rank == 0:
-            w.write_json(SUMMARY, self.replay.summary(self.reproduces.get("root_digest") if self.reproduces else None))
+            summary = self.replay.summary(self.reproduces.get("root_digest") if self.reproduces else None)
+            if self.world_size > 1:
+                summary = merge_rank_summaries(summary, w.root, self.world_size)
+            w.write_json(SUMMARY, summary)
         if self.rank == 0:
             self._run_info.update({"status": status, "ended_at": formats.utc_now(), "exit_status": exit_status,
                                    "error": error, "duration_s": round(time.monotonic() - self._t0, 3),
@@ -345,7 +418,7 @@ class Run:
         if self.replay is not None:
             rec = self.replay.log(step, clean, self._replay_rec or {"step": step})
             self._replay_rec = None
-            self.writer.log(STEPS_LOG).write_line(rec)
+            self.writer.log(_rank_file(STEPS_LOG, self.rank)).write_line(rec)
         self._notify("on_log", step, clean)
 
     def log_eval(self, step: int, **metrics: Any) -> None:

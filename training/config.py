@@ -62,6 +62,10 @@ class RunConfig:
     resume_from: str | None = path_field(None)  # a checkpoint (.safetensors) to continue from
     # documents a run cannot produce by itself: file paths or URLs, checked for presence by audit
     documents: dict[str, str] = field(default_factory=dict)
+    # mirror config and metrics to Weights & Biases (offline without an API key; WANDB_MODE=disabled wins)
+    wandb: bool = False
+    wandb_project: str = "fullyopen"
+    wandb_entity: str | None = None
 
 
 @dataclass

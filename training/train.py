@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from typing import Any
@@ -18,6 +19,8 @@ import yaml
 
 from provenance import ConfigError, DataMismatch, start_run
 from provenance.config import load, to_dict
+from provenance.integrations.wandb import WandbCallback
+from provenance.replay import WorldSizeMismatch
 from training.config import Config
 from training.data import (
     EOS,
@@ -80,21 +83,71 @@ def parse_args(argv: list[str] | None) -> tuple[Config, list[str]]:
     return load(Config, args.config, args.overrides), [args.config, *args.overrides]
 
 
+def init_distributed(cfg: Config) -> tuple[int, int]:
+    """(rank, world size). Under torchrun (WORLD_SIZE > 1) the gloo process group is set up here:
+    each rank trains on its contiguous share of every global batch and gradients are averaged."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    if cfg.train.batch_size % world:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by the world size {world}")
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return dist.get_rank(), world
+
+
+def prepare_data(cfg: Config, rank: int, world: int) -> tuple[Any, Any]:
+    """The corpus and the tokenizer: rank 0 makes them, the other ranks receive rank 0's specs."""
+    specs: list[Any] = [None, None]
+    if rank == 0:
+        corpus = prepare_corpus(cfg.data)
+        specs = [corpus, train_tokenizer(corpus.root / "train.jsonl", cfg.tokenizer,
+                                         corpus.root / f"tokenizer-bpe{cfg.tokenizer.vocab_size}")]
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.broadcast_object_list(specs, src=0)
+    return specs[0], specs[1]
+
+
+def all_reduce_step(model: Any, loss: torch.Tensor, n_tokens: int, world: int) -> tuple[torch.Tensor, int]:
+    """Average the gradients over the ranks; return the mean of the ranks' losses and the global token count."""
+    import torch.distributed as dist
+
+    for p in model.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad.div_(world)
+    stats = torch.stack([loss.detach(), torch.tensor(float(n_tokens))])
+    dist.all_reduce(stats)
+    return stats[0] / world, int(stats[1].item())
+
+
 def train(cfg: Config, argv: list[str]) -> int:
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    rank, world = init_distributed(cfg)
     print("resolved config:\n" + yaml.safe_dump(to_dict(cfg), sort_keys=True), flush=True)
-    corpus = prepare_corpus(cfg.data)
-    tok_spec = train_tokenizer(corpus.root / "train.jsonl", cfg.tokenizer,
-                               corpus.root / f"tokenizer-bpe{cfg.tokenizer.vocab_size}")
+    corpus, tok_spec = prepare_data(cfg, rank, world)
     tokenizer = load_hf_tokenizer(tok_spec.root)
     pad_id, eos_id = tokenizer.convert_tokens_to_ids(PAD), tokenizer.convert_tokens_to_ids(EOS)
     sampler = EpochSampler(sum(1 for _ in open(corpus.root / "train.jsonl")), cfg.train.batch_size, cfg.run.seed)
+    sampler_info, compute_batch = sampler.describe(), sampler.batch
+    if world > 1:  # rank r trains on positions [r*B/W, (r+1)*B/W) of each step's global batch
+        share = cfg.train.batch_size // world
+        sampler_info = {**sampler_info, "world_size": world, "rank": rank, "rank_share":
+                        f"contiguous: rank r takes positions [r*{share}, (r+1)*{share}) of the step's global batch"}
+
+        def compute_batch(step: int) -> list[int]:
+            return sampler.batch(step)[rank * share:(rank + 1) * share]
 
     with start_run(to_dict(cfg), name=cfg.run.name, runs_dir=cfg.run.runs_dir, seed=cfg.run.seed,
                    threads=cfg.run.threads, deterministic=cfg.run.deterministic, datasets=[corpus, tok_spec],
                    argv=[sys.executable, "-m", "training.train", *argv], license=cfg.run.license,
-                   documents=cfg.run.documents, sampler=sampler.describe()) as run:
+                   documents=cfg.run.documents, sampler=sampler_info,
+                   callbacks=[WandbCallback(cfg.run.wandb, cfg.run.wandb_project, cfg.run.wandb_entity)]) as run:
         texts = load_texts(corpus)
         train_ids = encode(tokenizer, texts["train"], cfg.model.block_size)
         val_ids = encode(tokenizer, texts["validation"], cfg.model.block_size)
@@ -117,25 +170,27 @@ def train(cfg: Config, argv: list[str]) -> int:
         start_step, tokens_seen = 0, 0
         if cfg.run.resume_from:
             start_step, tokens_seen = run.restore(cfg.run.resume_from, model, optimizer)
-        else:
+        elif rank == 0:
             run.log_eval(0, **evaluate(model, val_ids, arith, tokenizer, cfg, pad_id, eos_id))
         for step in range(start_step + 1, t.steps + 1):
             t0 = time.perf_counter()
-            batch_ids = run.batch(step, sampler.batch)
+            batch_ids = run.batch(step, compute_batch)
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = collate([train_ids[i] for i in batch_ids], pad_id)
             loss = model(**batch).loss
             loss.backward()
+            n_tokens = int(batch["attention_mask"].sum())
+            if world > 1:
+                loss, n_tokens = all_reduce_step(model, loss, n_tokens, world)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip).item()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            n_tokens = int(batch["attention_mask"].sum())
             tokens_seen += n_tokens
             run.log(step, loss=loss.item(), lr=lr, grad_norm=grad_norm, tokens=n_tokens,
                     tokens_seen=tokens_seen, step_time=time.perf_counter() - t0)
-            if step % t.eval_every == 0 or step == t.steps:
+            if (step % t.eval_every == 0 or step == t.steps) and rank == 0:
                 metrics = evaluate(model, val_ids, arith, tokenizer, cfg, pad_id, eos_id)
                 run.log_eval(step, **metrics)
                 print(f"step {step}: loss {loss.item():.4f} val_loss {metrics['val_loss']:.4f} "
@@ -143,6 +198,12 @@ def train(cfg: Config, argv: list[str]) -> int:
             if step % t.checkpoint_every == 0 or step == t.steps:
                 run.checkpoint(step, model, optimizer, tokens_seen=tokens_seen)
         run.save_model(model, tokenizer)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+        if rank != 0:
+            return 0
     print(f"run: {run.root}\nroot digest: sha256:{run.root_digest}", flush=True)
     return 0
 
@@ -151,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg, args = parse_args(argv)
         return train(cfg, args)
-    except (ConfigError, DataMismatch) as exc:
+    except (ConfigError, DataMismatch, WorldSizeMismatch) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
