@@ -230,9 +230,10 @@ def sign_bundle(bundle: str | os.PathLike[str], key_path: str | os.PathLike[str]
     tmpdir = Path(tempfile.mkdtemp(prefix="prov-sign-"))
     try:
         tmp_sig = tmpdir / "model.sig"
-        model_signing.signing.Config().use_elliptic_key_signer(
-            private_key=key_path, password=os.environ.get(PASSWORD_ENV)).set_hashing_config(
-            _hashing_config()).sign(bundle, tmp_sig)
+        password = os.environ.get(PASSWORD_ENV)
+        secret: Any = password.encode() if password else None  # its key loader needs bytes (hinted as str)
+        model_signing.signing.Config().use_elliptic_key_signer(private_key=key_path, password=secret) \
+            .set_hashing_config(_hashing_config()).sign(bundle, tmp_sig)
         data = tmp_sig.read_bytes()
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
