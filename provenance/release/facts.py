@@ -189,7 +189,11 @@ class Facts:
 
     def checkpoint_files(self) -> list[str]:
         prefix = formats.CHECKPOINT_DIR + "/"
-        return sorted(n for n in self.resources if n.startswith(prefix) and n.endswith(".safetensors"))
+        return sorted(n for n in self.resources if n.startswith(prefix) and n != formats.CHECKPOINT_INDEX)
+
+    def output_files(self) -> list[str]:
+        """Files a wrapped command (`prov run`) declared as outputs: outputs/<label>/<path>."""
+        return sorted(n for n in self.resources if n.startswith("outputs/") and n != "outputs/index.json")
 
     def data_file(self, dataset: str, path: str) -> str:
         return f"{formats.DATA_DIR}/{dataset}/files/{path}"

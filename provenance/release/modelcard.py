@@ -112,9 +112,11 @@ def build_card(f: Facts, release: dict[str, Any]) -> str:
 
     w(f"# {f.name}")
     w("")
-    w(f"A {f.architecture} model trained from scratch in run `{bundle}`, released with everything needed to "
-      "check it: the exact code, data, configuration, environment, logs, checkpoints and decision notes, sealed "
-      "in one bundle whose every file is listed with its sha256 and signed.")
+    what = f"A {f.architecture} model trained in run `{bundle}`" if mc else \
+        f"The outputs of run `{bundle}` (no `{formats.MODEL_DIR}/config.json`: not a transformers model)"
+    w(f"{what}, released with everything needed to check it: the exact code, data, configuration, environment, "
+      "logs, checkpoints and decision notes, sealed in one bundle whose every file is listed with its sha256"
+      + (" and signed." if release.get("fingerprint") else "."))
     w("")
     w("## Model details")
     w("")
@@ -127,17 +129,19 @@ def build_card(f: Facts, release: dict[str, Any]) -> str:
         if key in mc:
             rows.append([label, mc[key]])
     rows.append(["License", f.license or "not stated"])
-    rows.append(["Files", f"`{formats.MODEL_DIR}/` (save_pretrained form, safetensors)"])
+    files = f.model_files() or f.output_files()
+    rows.append(["Files", ", ".join(f"`{n}`" for n in files[:8]) + (" …" if len(files) > 8 else "") or "none"])
     w(_table(["", ""], rows))
     w("")
-    w("Load it with `transformers`:")
-    w("")
-    w("```python")
-    w("from transformers import AutoModelForCausalLM, AutoTokenizer")
-    w(f'model = AutoModelForCausalLM.from_pretrained("{bundle}/{formats.MODEL_DIR}")')
-    w(f'tokenizer = AutoTokenizer.from_pretrained("{bundle}/{formats.MODEL_DIR}")')
-    w("```")
-    w("")
+    if mc:
+        w("Load it with `transformers`:")
+        w("")
+        w("```python")
+        w("from transformers import AutoModelForCausalLM, AutoTokenizer")
+        w(f'model = AutoModelForCausalLM.from_pretrained("{bundle}/{formats.MODEL_DIR}")')
+        w(f'tokenizer = AutoTokenizer.from_pretrained("{bundle}/{formats.MODEL_DIR}")')
+        w("```")
+        w("")
 
     w("## Training data")
     w("")

@@ -1,11 +1,12 @@
 """SLSA provenance (v1) of a training run, as an in-toto Statement built from the bundle.
 
-Subjects are the final model's files and every checkpoint, with their sha256 from the
-seal. The build definition holds what the run was asked to do (config and command:
-externalParameters), how it was made deterministic (internalParameters), and what it
-consumed (resolvedDependencies: the code at its git commit, the source snapshot, every
-data file, the package lock and the installed packages). Run details name the builder,
-the run id as invocation id, and the start and finish times.
+Subjects are the final model's files and every checkpoint (and, for a wrapped command,
+its declared outputs), with their sha256 from the seal. The build definition holds what
+the run was asked to do (config and command: externalParameters), how it was made
+deterministic (internalParameters), and what it consumed (resolvedDependencies: the code
+at its git commit, the source snapshot, every data file, the package lock and the
+installed packages). Run details name the builder, the run id as invocation id, and the
+start and finish times.
 
 The training process attests to itself: this is SLSA Build level 1 provenance (it
 exists and is complete), signed by whoever holds the release key.
@@ -97,7 +98,10 @@ def _package_dependencies(f: Facts) -> list[dict[str, Any]]:
 
 def build_statement(f: Facts) -> dict[str, Any]:
     """The SLSA v1 provenance statement of the run in f (digests from the bundle's seal)."""
-    subjects = [{"name": n, "digest": _sha(f.resources[n])} for n in f.model_files() + f.checkpoint_files()]
+    names = f.model_files() + f.checkpoint_files() + f.output_files()
+    subjects = [{"name": n, "digest": _sha(f.resources[n])} for n in names]
+    if not subjects and f.content_root_digest:  # a run without a model: the run's files as one subject
+        subjects = [{"name": f.run_id, "digest": _sha(f.content_root_digest)}]
     python = (f.env.get("python") or {}).get("version") if isinstance(f.env.get("python"), dict) else None
     torch = f.env.get("torch") if isinstance(f.env.get("torch"), dict) else {}
     run = f.run
