@@ -368,6 +368,23 @@ def test_report_overlays_a_reproduction(released: Path, tiny_bundle: Path) -> No
     assert lr_svg.count('class="series"') == 2
 
 
+def test_report_of_a_reproduction_bundle(released: Path) -> None:
+    from provenance.release import report
+
+    f = Facts.load(released)  # made to look like a reproduction: its steps log holds the original's losses
+    f.repro_steps = [{"step": m["step"], "loss_recorded": m["loss"], "loss": m["loss"], "loss_match": True}
+                     for m in f.metrics]
+    f.reproduction = {"schema": "fullyopen.reproduction/v1", "original": {"run_id": "orig-run", "root_digest": "00"},
+                      "steps_checked": len(f.metrics), "steps_expected": len(f.metrics), "checkpoints_checked": 2,
+                      "divergences": {"order": 0, "loss": 0, "checkpoint": 0}, "first_divergence": None,
+                      "bitwise": True}
+    html = report.build_report(f, {"date": "2026-01-01"})
+    loss_svg = html.split('id="plot-loss"', 1)[1].split("</svg>", 1)[0]
+    assert 'data-series="reproduction (this run)"' in loss_svg and 'data-series="original (recorded)"' in loss_svg
+    verdict = html.split('id="verdict-reproduction"', 1)[1].split("</div></div>", 1)[0]
+    assert "PASS" in verdict and "bitwise identical" in verdict and "orig-run" in html
+
+
 def test_nice_ticks_and_empty_chart() -> None:
     from provenance.release.report import Chart, Series, nice_ticks, render_chart
 
@@ -405,16 +422,28 @@ def test_release_refuses_a_bundle_that_does_not_match_its_seal(bundle_copy: Path
     assert not (bundle_copy / formats.RELEASE_DIR).exists() and not (bundle_copy / formats.MODEL_CARD).exists()
 
 
-def test_unsigned_release_and_rerelease(bundle_copy: Path, keys: tuple[Path, Path, str]) -> None:
+def test_unsigned_release_then_signed_with_an_encrypted_key(bundle_copy: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     r = release(bundle_copy)
     assert r.fingerprint is None and r.signature is None
     assert verify_signature(bundle_copy) is None
     assert not (bundle_copy / formats.SLSA_ENVELOPE).exists() and (bundle_copy / formats.SLSA_STATEMENT).exists()
-    # released again, now signed: same run files, new documents, a signature that verifies
-    r2 = release(bundle_copy, key=keys[0])
-    assert r2.content_root_digest == r.content_root_digest
+
+    # released again, now signed with a password-protected key: same run files, a signature that verifies
+    key = ec.generate_private_key(ec.SECP384R1())
+    enc = tmp_path / "enc.pem"
+    enc.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.BestAvailableEncryption(b"s3cret")))
+    with pytest.raises(SigningError, match="PROV_KEY_PASSWORD"):
+        release(bundle_copy, key=enc)
+    monkeypatch.setenv("PROV_KEY_PASSWORD", "s3cret")
+    r2 = release(bundle_copy, key=enc)
+    assert r2.content_root_digest == r.content_root_digest and r2.fingerprint
     res = verify_signature(bundle_copy, rehash=True)
-    assert res is not None and res["ok"], res
+    assert res is not None and res["ok"] and res["fingerprint"] == r2.fingerprint, res
 
 
 def test_keygen_writes_a_private_key_only_its_owner_can_read(tmp_path: Path) -> None:
