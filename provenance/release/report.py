@@ -340,7 +340,7 @@ def _metric_points(records: list[dict[str, Any]], key: str) -> list[tuple[float,
 def _reproduction_series(f: Facts, repro: dict[str, Any] | None) -> tuple[list[Series], list[Series], str | None]:
     """(loss series, lr series, caption) for the original and its reproduction, when one exists."""
     loss = _metric_points(f.metrics, "loss")
-    lr = _metric_points(f.metrics, "lr")
+    lr = _metric_points(f.metrics, "lr") or _metric_points(f.metrics, "learning_rate")
     if f.repro_steps:  # this run reproduces another: its steps log holds the original's recorded loss
         recorded = [(s["step"], s["loss_recorded"]) for s in f.repro_steps
                     if isinstance(s.get("step"), int) and isinstance(s.get("loss_recorded"), int | float)]
@@ -377,7 +377,8 @@ def load_reproduction(path: str | Path) -> dict[str, Any]:
     except (OSError, formats.FormatError):
         pass
     return {"run_id": run.get("run_id") or p.name, "loss": _metric_points(metrics, "loss"),
-            "lr": _metric_points(metrics, "lr"), "summary": summary if isinstance(summary, dict) else None}
+            "lr": _metric_points(metrics, "lr") or _metric_points(metrics, "learning_rate"),
+            "summary": summary if isinstance(summary, dict) else None}
 
 
 def reproduction_verdict(summary: dict[str, Any] | None) -> tuple[str, str]:

@@ -172,9 +172,16 @@ def dsse_verify(envelope: dict[str, Any], key: ec.EllipticCurvePublicKey) -> tup
 # --- the bundle signature (model_signing) ----------------------------------------------------
 
 
-def _hashing_config() -> Any:
-    import model_signing
+def _model_signing() -> Any:
+    try:
+        import model_signing
+    except ImportError:
+        raise SigningError("the model_signing library is not installed (pip install 'fullyopen[sign]')") from None
+    return model_signing
 
+
+def _hashing_config() -> Any:
+    model_signing = _model_signing()
     return model_signing.hashing.Config().set_ignored_paths(paths=sorted(formats.UNSEALED), ignore_git_paths=True)
 
 
@@ -222,8 +229,7 @@ def sign_bundle(bundle: str | os.PathLike[str], key_path: str | os.PathLike[str]
     Checks afterwards that what was signed is exactly the sealed bundle (same resources,
     same root digest as manifest.json); otherwise the signature is removed and SigningError raised.
     """
-    import model_signing
-
+    model_signing = _model_signing()
     bundle = Path(bundle)
     key_path = Path(key_path).expanduser()
     key = load_private_key(key_path)  # a clear error before model_signing's
@@ -251,8 +257,7 @@ def sign_bundle_sigstore(bundle: str | os.PathLike[str], identity_token: str | N
 
     Not exercised by the test suite (it cannot run offline).
     """
-    import model_signing
-
+    model_signing = _model_signing()
     bundle = Path(bundle)
     tmpdir = Path(tempfile.mkdtemp(prefix="prov-sign-"))
     try:
@@ -423,8 +428,7 @@ def verify_signature(bundle_dir: str | os.PathLike[str], public_key: str | os.Pa
         if problem is not None:
             raise SigningError(problem)
         if rehash:
-            import model_signing
-
+            model_signing = _model_signing()
             try:
                 model_signing.verifying.Config().use_elliptic_key_verifier(public_key=key_file).set_hashing_config(
                     _hashing_config()).verify(bundle, key_sig)
