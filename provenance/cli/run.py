@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from provenance.bundle import BundleError
 from provenance.capture.data import DataMismatch
@@ -35,6 +36,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_dvc(args: argparse.Namespace) -> int:
+    from provenance.integrations import dvc
+
+    try:
+        if args.action == "push":
+            pointer = dvc.push_bundle(Path(args.target), remote=args.remote, dest=args.to)
+            print(f"pushed {args.target} to the DVC remote; pointer: {pointer} (commit it)")
+        else:
+            folder = dvc.pull_bundle(Path(args.target), remote=args.remote)
+            print(f"pulled {folder}; every file matches its seal")
+    except (dvc.DvcError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run any training command as a child and seal its bundle",
                        description="Run COMMAND unmodified; capture code, environment, declared data, stdout and "
@@ -54,3 +71,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--license", default=None, help="license of what the run releases")
     p.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("dvc", help="push a sealed bundle to a DVC remote, or pull one back",
+                       description="push: `dvc add --to-remote` the bundle as bundles/<run_id> and write "
+                                   "bundles/<run_id>.dvc (commit it). pull: `dvc pull` a bundle by its .dvc pointer "
+                                   "and check every file against its seal. Runs inside a DVC repository.")
+    p.add_argument("action", choices=("push", "pull"))
+    p.add_argument("target", help="push: a run folder (runs/<run_id>); pull: its pointer (bundles/<run_id>.dvc)")
+    p.add_argument("-r", "--remote", default=None, help="DVC remote name (default: the repository's default)")
+    p.add_argument("--to", default=None, help="push: where the bundle is tracked (default: bundles/<run_id>)")
+    p.set_defaults(func=cmd_dvc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,11 @@ def local_dataset(path: str | os.PathLike[str], name: str | None = None, *, lice
                   source: dict[str, Any] | None = None) -> DatasetSpec:
     """A DatasetSpec for a local file or folder; DVC-tracked paths get their DVC facts too."""
     p = Path(path).resolve()
+    from provenance.integrations import dvc
+
+    fetched = not p.exists() and dvc.pull_if_tracked(p)  # a DVC-tracked dataset not in the workspace
+    if fetched:
+        print(f"fetched {path} through DVC (dvc pull)", file=sys.stderr)
     if p.is_file():
         root, files = p.parent, [p.name]
     elif p.is_dir():
@@ -52,11 +58,9 @@ def local_dataset(path: str | os.PathLike[str], name: str | None = None, *, lice
         taken.add(name)
     src: dict[str, Any] = {"type": "local", "path": str(p)}
     extra: dict[str, Any] = {}
-    from provenance.integrations import dvc
-
     tracked = dvc.tracking_info(p)
     if tracked is not None:
-        src = {"type": "dvc", "path": str(p), **tracked["source"]}
+        src = {"type": "dvc", "path": str(p), **tracked["source"], "fetched": "dvc pull" if fetched else None}
         extra["dvc"] = tracked["manifest"]
     if source:
         src.update(source)
