@@ -17,6 +17,12 @@ class DataConfig:
     manifest: str | None = path_field(None)  # committed manifest the data must match (data_manifests/...)
     license: str = "CC0-1.0"
     in_bundle: bool = True  # copy the data files into the bundle (small datasets)
+    # where the corpus comes from: generated (training/corpus.py), local (a folder), or hub (a Hub dataset);
+    # local and hub read train.jsonl, validation.jsonl and arithmetic_eval.jsonl ({"text": ...} records)
+    source: str = "generated"
+    path: str | None = path_field(None, must_exist=False)  # source local: the folder (DVC-tracked: pulled if missing)
+    hub_repo: str | None = None  # source hub: the dataset repository, e.g. "org/name" (needs network)
+    hub_revision: str | None = None  # source hub: the commit sha (40 hex digits); branches and tags are refused
 
 
 @dataclass

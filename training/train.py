@@ -21,7 +21,8 @@ from provenance import ConfigError, DataMismatch, start_run
 from provenance.config import load, to_dict
 from provenance.integrations.wandb import WandbCallback
 from provenance.replay import WorldSizeMismatch
-from training.config import Config
+from training import corpus as corpus_gen
+from training.config import Config, DataConfig
 from training.data import (
     EOS,
     PAD,
@@ -98,13 +99,47 @@ def init_distributed(cfg: Config) -> tuple[int, int]:
     return dist.get_rank(), world
 
 
+def corpus_spec(cfg: DataConfig) -> Any:
+    """The corpus as data.source says: generated, a local folder, or a Hub dataset at a pinned commit.
+    For local and hub, the manifest lists exactly the files read (and where they came from)."""
+    from provenance.capture.data import load_manifest
+    from provenance.integrations.data import files_dataset, hub_dataset
+
+    expected = load_manifest(cfg.manifest) if cfg.manifest else None
+    kw = {"license": cfg.license, "samples_file": "train.jsonl", "in_bundle": cfg.in_bundle, "expected": expected}
+    if cfg.source == "generated":
+        return prepare_corpus(cfg)
+    if cfg.source == "local":
+        if not cfg.path:
+            raise ConfigError("data.source is local: set data.path to the folder holding the corpus files")
+        try:
+            return files_dataset(cfg.name, cfg.path, list(corpus_gen.FILES), **kw)
+        except FileNotFoundError as exc:
+            raise ConfigError(str(exc)) from None
+    if cfg.source == "hub":
+        if not cfg.hub_repo or not cfg.hub_revision:
+            raise ConfigError("data.source is hub: set data.hub_repo and data.hub_revision (a commit sha)")
+        try:
+            return hub_dataset(cfg.name, cfg.hub_repo, cfg.hub_revision, list(corpus_gen.FILES), **kw)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    raise ConfigError(f"data.source must be generated, local or hub, got {cfg.source!r}")
+
+
+def tokenizer_dir(cfg: Config, corpus: Any) -> Any:
+    """Next to a generated corpus; under data.root for a local or hub corpus (never inside someone's data)."""
+    from pathlib import Path
+
+    base = corpus.root if cfg.data.source == "generated" else Path(cfg.data.root) / f"{cfg.data.name}-tokenizer"
+    return base / f"tokenizer-bpe{cfg.tokenizer.vocab_size}"
+
+
 def prepare_data(cfg: Config, rank: int, world: int) -> tuple[Any, Any]:
     """The corpus and the tokenizer: rank 0 makes them, the other ranks receive rank 0's specs."""
     specs: list[Any] = [None, None]
     if rank == 0:
-        corpus = prepare_corpus(cfg.data)
-        specs = [corpus, train_tokenizer(corpus.root / "train.jsonl", cfg.tokenizer,
-                                         corpus.root / f"tokenizer-bpe{cfg.tokenizer.vocab_size}")]
+        corpus = corpus_spec(cfg.data)
+        specs = [corpus, train_tokenizer(corpus.root / "train.jsonl", cfg.tokenizer, tokenizer_dir(cfg, corpus))]
     if world > 1:
         import torch.distributed as dist
 

@@ -31,10 +31,9 @@ from training.data import (
     load_arith_eval,
     load_hf_tokenizer,
     load_texts,
-    prepare_corpus,
     train_tokenizer,
 )
-from training.train import evaluate
+from training.train import corpus_spec, evaluate, tokenizer_dir
 
 
 @dataclass
@@ -68,9 +67,8 @@ def train(cfg: HFConfig, argv: list[str]) -> int:
         raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by "
                           f"trainer.gradient_accumulation_steps={tr.gradient_accumulation_steps}")
     print("resolved config:\n" + yaml.safe_dump(to_dict(cfg), sort_keys=True), flush=True)
-    corpus = prepare_corpus(cfg.data)
-    tok_spec = train_tokenizer(corpus.root / "train.jsonl", cfg.tokenizer,
-                               corpus.root / f"tokenizer-bpe{cfg.tokenizer.vocab_size}")
+    corpus = corpus_spec(cfg.data)
+    tok_spec = train_tokenizer(corpus.root / "train.jsonl", cfg.tokenizer, tokenizer_dir(cfg, corpus))
     tokenizer = load_hf_tokenizer(tok_spec.root)
     pad_id, eos_id = tokenizer.convert_tokens_to_ids(PAD), tokenizer.convert_tokens_to_ids(EOS)
     micro = t.batch_size // tr.gradient_accumulation_steps
