@@ -42,10 +42,8 @@ from provenance.audit import audit  # noqa: E402
 from provenance.bundle import seal_folder, sealable_files  # noqa: E402
 from provenance.hashing import default_workers  # noqa: E402
 
-# a tiny configuration of the default training script: a real bundle in seconds
-TINY = ["data.n_stories=400", "data.max_operand=9", "tokenizer.vocab_size=300", "model.n_layer=2", "model.n_head=2",
-        "model.n_embd=32", "model.block_size=48", "train.steps=12", "train.batch_size=8", "train.warmup_steps=3",
-        "train.eval_every=6", "train.eval_batches=2", "train.arith_eval_size=20", "train.checkpoint_every=6"]
+sys.path.insert(0, str(REPO / "tests"))
+from conftest import TINY  # noqa: E402  (the tests' tiny configuration: a real bundle in seconds)
 
 
 def env_for(tmp: Path) -> dict[str, str]:
