@@ -336,8 +336,10 @@ def _dataset_available(name: str, m: dict[str, Any], files: set[str]) -> tuple[b
     src = m.get("source") if isinstance(m.get("source"), dict) else {}
     urls = [v for k, v in sorted(src.items()) if k in ("url", "uri", "homepage", "repo_url") and isinstance(v, str)
             and urlparse(v).scheme in ("http", "https")]
-    if isinstance(src.get("repo_id"), str):
-        urls.append(f"https://huggingface.co/datasets/{src['repo_id']}")
+    if isinstance(src.get("repo_id"), str):  # a Hub dataset, at its pinned revision when recorded
+        rev = src.get("revision")
+        urls.append(f"https://huggingface.co/datasets/{src['repo_id']}"
+                    + (f"/tree/{rev}" if isinstance(rev, str) and rev else ""))
     if str(src.get("type", "")).lower() in _PUBLIC_SOURCES and urls:
         return True, [f"{base}/manifest.json"], urls, "not in the bundle; public source linked"
     return False, [], [], (f"'{name}' is described by {base}/manifest.json but its files are not in the bundle "

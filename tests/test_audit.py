@@ -496,3 +496,22 @@ def test_progress_bar_draws_only_for_large_inputs() -> None:
     assert text.startswith("\rhashing") and "50.0%" in text and text.endswith("\n")
     assert ProgressBar(io.StringIO()).enabled is False  # not a terminal: never drawn
     assert parse_size("500G") == 500 << 30 and parse_size("64MiB") == 64 << 20 and parse_size("1024") == 1024
+
+
+def test_openness_rules() -> None:
+    from provenance.openness import _dataset_available, license_is_open, resolve_document
+
+    assert license_is_open("Apache-2.0", "code") and license_is_open("MIT OR LicenseRef-x", "code")
+    assert license_is_open("CC-BY-4.0", "data") and not license_is_open("CC-BY-4.0", "code")
+    assert license_is_open("Apache-2.0 AND LicenseRef-x") is False and license_is_open(None) is None
+    assert license_is_open("(GPL-2.0-only WITH Classpath-exception-2.0)", "code")
+    files = {"docs/paper.pdf", "docs/cards/model.md"}
+    assert resolve_document("docs/paper.pdf", files)[:2] == ("file", "docs/paper.pdf")
+    assert resolve_document("docs/cards", files)[:2] == ("file", "docs/cards/")
+    assert resolve_document("https://arxiv.org/abs/1", files)[0] == "link"
+    for bad in ("/etc/passwd", "../x.md", "file:///etc/passwd", "javascript:alert(1)", "docs/absent.md", ""):
+        assert resolve_document(bad, files)[0] is None, bad
+    hub = {"files": [{"path": "a.parquet"}], "source": {"type": "hub", "repo_id": "org/ds", "revision": "abc"}}
+    assert _dataset_available("d", hub, set())[:3] == (True, ["data/d/manifest.json"],
+                                                        ["https://huggingface.co/datasets/org/ds/tree/abc"])
+    assert _dataset_available("d", {"files": [{"path": "a"}], "source": {"type": "local"}}, set())[0] is False
