@@ -34,6 +34,7 @@ from provenance.capture.code import capture_code
 from provenance.capture.data import DatasetSpec, verified_manifest
 from provenance.capture.env import capture_env
 from provenance.capture.state import apply_determinism, save_checkpoint, seed_everything
+from provenance.config import ConfigError
 from provenance.hashing import sha256_file
 from provenance.redact import Redactor
 from provenance.replay import STEPS_LOG, SUMMARY, Replay, StopRun, merge_rank_summaries, original_root_digest
@@ -157,6 +158,23 @@ def _distributed_facts(world_size: int) -> dict[str, Any]:
             "order": "order/rank<R>.*: each rank's own batches", "logs": "logs/*.rank<R>.*: each rank's own"}
 
 
+def _local_documents(documents: dict[str, str]) -> dict[str, tuple[Path, str]]:
+    """Documents given as local files: {key: (source path, bundle path)}. URLs stay links.
+
+    A named file that does not exist is an error before anything is written.
+    """
+    out = {}
+    for key, value in documents.items():
+        if "://" in value:
+            continue
+        src = Path(value)
+        if not src.is_file():
+            raise ConfigError(f"run.documents.{key}: file {value} does not exist")
+        safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in key)
+        out[key] = (src, f"documents/{safe}{src.suffix}")
+    return out
+
+
 def _new_run_id(name: str) -> str:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:40] or "run"
@@ -223,6 +241,7 @@ class Run:
                 if spec.expected is None:
                     spec.expected = self.replay.data_manifest(spec.name)
         manifests = [(spec, verified_manifest(spec)) for spec in self.datasets]
+        documents = _local_documents(self.documents)
         seed_everything(self.seed)
         determinism = apply_determinism(self.threads, self.deterministic)
         env = capture_env()
@@ -252,7 +271,7 @@ class Run:
             "rank": self.rank,
             "world_size": self.world_size,
             "license": self.license,
-            "documents": self.documents,
+            "documents": dict(self.documents),
             "reproduces": self.reproduces,
             "datasets": [spec.name for spec in self.datasets],
         }
@@ -267,6 +286,10 @@ class Run:
             w.write_json(formats.ENV_JSON, env)
             for spec, manifest in manifests:
                 self._write_dataset(spec, manifest)
+            for key, (src, rel) in documents.items():  # shipped, so that an audit can check them
+                w.copy_file(src, rel)
+                self._run_info["documents"][key] = rel
+                self._run_info.setdefault("documents_source", {})[key] = str(src)
             self._write_run_json()
         if self.rank == 0 or self.world_size > 1:
             hdr, _, _ = formats.order_paths(self.rank)

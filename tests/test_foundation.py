@@ -146,3 +146,26 @@ def test_committed_manifest_matches_the_generator(tmp_path: Path) -> None:
     spec = prepare_corpus(DataConfig(**{**cfg.__dict__, "root": str(tmp_path), "manifest": None}))
     compare_manifests(committed, build_manifest(spec))  # raises DataMismatch naming the file
     assert committed["source"]["version"] == corpus.GENERATOR_VERSION
+
+
+def test_inference_script_generates_from_a_bundle(tiny_bundle: Path) -> None:
+    from training.generate import generate
+
+    out = generate(str(tiny_bundle / "model"), ["1+2=", "Once upon a time,"], max_new_tokens=5)
+    assert len(out) == 2 and all(isinstance(t, str) for t in out)
+    assert out == generate(str(tiny_bundle / "model"), ["1+2=", "Once upon a time,"], max_new_tokens=5)
+
+
+def test_documents_are_shipped_and_links_kept(tmp_path: Path) -> None:
+    paper = tmp_path / "paper.pdf"
+    paper.write_bytes(b"%PDF-1.4 a paper")
+    train(tmp_path, "train.steps=2", "train.eval_every=2", "train.checkpoint_every=2",
+          f"run.documents={{research_paper: {paper}, technical_report: 'https://example.invalid/report'}}")
+    run = only_run(tmp_path / "runs")
+    info = json.loads((run / "run.json").read_text())
+    assert info["documents"] == {"research_paper": "documents/research_paper.pdf",
+                                 "technical_report": "https://example.invalid/report"}
+    assert (run / "documents" / "research_paper.pdf").read_bytes() == paper.read_bytes()
+    bad = train(tmp_path / "bad", f"run.documents={{paper: {tmp_path / 'missing.pdf'}}}", check=False)
+    assert bad.returncode == 2 and "run.documents.paper" in bad.stderr
+    assert not (tmp_path / "bad" / "runs").exists()

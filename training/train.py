@@ -192,7 +192,7 @@ def train(cfg: Config, argv: list[str]) -> int:
         model = GPT2LMHeadModel(GPT2Config(
             vocab_size=len(tokenizer), n_positions=m.block_size, n_embd=m.n_embd, n_layer=m.n_layer,
             n_head=m.n_head, resid_pdrop=m.dropout, embd_pdrop=m.dropout, attn_pdrop=m.dropout,
-            bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=pad_id))
+            bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=pad_id, loss_type="ForCausalLM"))
         decay = [p for p in model.parameters() if p.dim() >= 2]
         no_decay = [p for p in model.parameters() if p.dim() < 2]
         t = cfg.train
@@ -202,11 +202,12 @@ def train(cfg: Config, argv: list[str]) -> int:
         n_params = sum(p.numel() for p in model.parameters())
         print(f"model: {n_params:,} parameters; {len(train_ids):,} training samples", flush=True)
 
-        start_step, tokens_seen = 0, 0
+        start_step, tokens_seen, untrained, metrics = 0, 0, None, None
         if cfg.run.resume_from:
             start_step, tokens_seen = run.restore(cfg.run.resume_from, model, optimizer)
         elif rank == 0:
-            run.log_eval(0, **evaluate(model, val_ids, arith, tokenizer, cfg, pad_id, eos_id))
+            untrained = evaluate(model, val_ids, arith, tokenizer, cfg, pad_id, eos_id)
+            run.log_eval(0, **untrained)
         for step in range(start_step + 1, t.steps + 1):
             t0 = time.perf_counter()
             batch_ids = run.batch(step, compute_batch)
@@ -239,6 +240,10 @@ def train(cfg: Config, argv: list[str]) -> int:
         dist.destroy_process_group()
         if rank != 0:
             return 0
+    if metrics is not None and untrained is not None:
+        print(f"final: val_loss {metrics['val_loss']:.4f} (untrained {untrained['val_loss']:.4f}), "
+              f"held-out sums exact match {metrics['arith_exact_match']:.1%} "
+              f"(untrained {untrained['arith_exact_match']:.1%})", flush=True)
     print(f"run: {run.root}\nroot digest: sha256:{run.root_digest}", flush=True)
     return 0
 
@@ -250,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataMismatch, WorldSizeMismatch) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # SIGINT or SIGTERM: the bundle is already sealed as interrupted
+        return 128 + int(getattr(exc, "signum", 2))
 
 
 if __name__ == "__main__":
