@@ -170,6 +170,24 @@ def test_verify_signature_for_audit(released: Path, keys: tuple[Path, Path, str]
     assert verify_signature(unsigned) is None
 
 
+def test_prov_audit_verifies_the_signature_and_names_the_key(released: Path, keys: tuple[Path, Path, str],
+                                                             tmp_path: Path) -> None:
+    from provenance.audit import audit
+
+    report = audit(released)
+    sig = report.check("signature")
+    assert report.ok and sig.status == "pass" and keys[2] in sig.summary
+    # re-sealed after a change: the bundle is intact again but no longer what was signed
+    from provenance.bundle import seal_folder
+
+    bad = _copy(released, tmp_path / "resealed")
+    _flip_byte(bad / "logs/metrics.jsonl")
+    seal_folder(bad)
+    report = audit(bad)
+    assert not report.ok and report.check("signature").status == "fail"
+    assert any("signature does not verify" in f for f in report.failures())
+
+
 # --- 2. SLSA provenance --------------------------------------------------------------------------
 
 

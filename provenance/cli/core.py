@@ -36,6 +36,9 @@ def cmd_note(args: argparse.Namespace) -> int:
         if info.get("status") != "running" and (root / formats.MANIFEST).exists():
             digest = seal_folder_locked(root)
             print(f"note added to {root} (step {step}); resealed, root digest sha256:{digest}")
+            if any((root / sig).exists() for sig in (formats.SIGNATURE, formats.SIGSTORE_SIGNATURE)):
+                print("warning: this bundle was signed; the signature covers the bundle before this note, "
+                      "so it no longer verifies: run `prov release` again", file=sys.stderr)
             return 0
     print(f"note added to {root} (step {step})")
     return 0

@@ -463,3 +463,24 @@ def _verify_sigstore_offline(bundle: Path, path: Path) -> dict[str, Any]:
     except SigningError as exc:
         out.update({"ok": False, "error": str(exc)})
     return out
+
+
+def _register_audit_check() -> None:
+    """`prov audit` verifies a signature when a bundle has one and names the signer's key."""
+    from provenance import audit as A
+
+    def check_signature(view: A.BundleView, out: A.CheckResult) -> None:
+        res = verify_signature(view.root, rehash=False)  # the audit itself checks every file against the seal
+        if res is None:
+            raise A.SkipCheck("not signed")
+        who = f"key {res['fingerprint']}" if res.get("fingerprint") else f"identity {res.get('identity')}"
+        if res["ok"] is False:
+            out.error(f"the signature does not verify: {res['error']}", file=res["signature"])
+        elif res["ok"] is None:
+            out.warn(f"sigstore signature by {who}: certificate not checked offline", file=res["signature"])
+        out.summary = f"signed ({res['kind']}) by {who}" + ("" if res["ok"] else " — NOT VALID")
+
+    A.register_check("signature", "release signature", check_signature, replace=True)
+
+
+_register_audit_check()
