@@ -24,18 +24,21 @@ def _sh(args: list[str], cwd: Path, env: dict[str, str]) -> str:
 
 
 def _repo_copy(tmp: Path, env: dict[str, str]) -> Path:
-    """The project's files (as git sees them) in a fresh git repository, with a local DVC remote."""
+    """The project's files (as git sees them) in a fresh git + DVC repository (`dvc init`, analytics off),
+    with a local-folder DVC remote."""
     repo = tmp / "repo"
     names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
                            capture_output=True, check=True).stdout.decode().split("\0")
     for name in filter(None, names):
         src = REPO / name
-        wanted = name.split("/")[0] in ("provenance", "training", "configs", ".dvc") or name in (
+        wanted = name.split("/")[0] in ("provenance", "training", "configs") or name in (
             "dvc.yaml", ".dvcignore", ".gitignore", "pyproject.toml")
         if wanted and src.is_file():
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, repo / name)
     _sh(["git", "init", "-q"], repo, env)
+    _sh(["dvc", "init", "-q"], repo, env)
+    _sh(["dvc", "config", "core.analytics", "false"], repo, env)
     _sh(["git", "-c", "user.name=t", "-c", "user.email=t@e", "add", "-A"], repo, env)
     _sh(["git", "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "copy"], repo, env)
     _sh(["dvc", "remote", "add", "-d", "local", str(tmp / "remote")], repo, env)
