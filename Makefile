@@ -18,7 +18,7 @@ export DVC_NO_ANALYTICS := 1
 export DVC_SITE_CACHE_DIR := $(CURDIR)/.cache/dvc-site
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install train test lint lock clean-runs
+.PHONY: install train test test-slow lint lock clean-runs
 
 install: $(STAMP)
 
@@ -35,6 +35,10 @@ train: install
 test: install
 	$(VENV)/bin/ruff check provenance training tests bench
 	$(PY) -m pytest -q
+
+# The long checks (torchrun, HF Trainer, DVC repro: over a minute each on 2 cores).
+test-slow: install
+	$(PY) -m pytest -q -m slow
 
 lint: install
 	$(VENV)/bin/ruff check provenance training tests bench
@@ -61,3 +65,11 @@ release: install
 	if [ -z "$$run" ]; then echo "make release: no run in $(RUNS_DIR)/ (run 'make train' first)" >&2; exit 2; fi; \
 	echo "releasing $$run"; \
 	$(PY) -m provenance.cli release "$$run" --key "$(RELEASE_KEY)" $(RELEASE_ARGS)
+
+# Reproduce the latest `make train` run (the newest folder in runs/: run ids sort by time) and check it
+# step by step; REPRODUCE_ARGS passes options, e.g. REPRODUCE_ARGS="--steps 50" or "--from-step 400".
+.PHONY: reproduce
+reproduce: install
+	@last=$$(ls -d runs/*/ 2>/dev/null | sort | tail -1); \
+	if [ -z "$$last" ]; then echo "no run in runs/: run 'make train' first" >&2; exit 2; fi; \
+	$(PY) -m provenance.cli reproduce "$${last%/}" $(REPRODUCE_ARGS)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import REPO, TINY, offline_env
 from test_integrations_common import assert_sealed, only_run, prov
@@ -45,6 +46,7 @@ def _repo_copy(tmp: Path, env: dict[str, str]) -> Path:
     return repo
 
 
+@pytest.mark.slow  # over a minute on 2 cores: run with `make test-slow`
 def test_dvc_repro_push_pull_and_tracked_data(tmp_path: Path) -> None:
     env = offline_env(tmp_path)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"

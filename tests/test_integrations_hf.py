@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import REPO, TINY, offline_env
 from test_integrations_common import assert_sealed, only_run, prov
 
@@ -14,6 +15,7 @@ from provenance.integrations.hf import HF_TRAINER_LOG, SAMPLE_IDS, IndexedDatase
 from provenance.integrations.layout import HF_TRAINER_JSON
 
 
+@pytest.mark.slow  # over a minute on 2 cores: run with `make test-slow`
 def test_hf_trainer_run_audits_and_reproduces(tmp_path: Path) -> None:
     env = offline_env(tmp_path)
     args = [sys.executable, "-m", "training.train_hf", "--config", str(REPO / "configs" / "tiny-lm-hf.yaml"), *TINY,

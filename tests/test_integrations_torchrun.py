@@ -22,6 +22,7 @@ def torchrun(tmp: Path, runs: Path, env: dict[str, str], nproc: int = 2) -> subp
     return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # over a minute on 2 cores: run with `make test-slow`
 def test_torchrun_two_ranks_audit_and_reproduce(tmp_path: Path) -> None:
     env = offline_env(tmp_path)
     env["OMP_NUM_THREADS"] = "1"
