@@ -32,6 +32,8 @@ TIMING_KEYS = frozenset({"step", "time", "step_time"})
 TORCH_KEYS = ("version", "cuda_available", "cuda_version", "cudnn_version", "driver", "gpus", "mkldnn",
               "float32_matmul_precision", "deterministic_algorithms", "deterministic_warn_only",
               "fill_uninitialized_memory", "cudnn_deterministic", "cudnn_benchmark")
+# where a dataset was on the machine that ran, and how it got there: not a difference of the data
+SOURCE_PLACE_KEYS = frozenset({"local_path", "path", "fetched"})
 HARDWARE_KEYS = ("cpu_model", "machine", "cpu_count", "cpu_affinity", "ram_bytes")
 # differences that cannot change what a run computes at a fixed thread count
 MINOR_HARDWARE_KEYS = frozenset({"cpu_count", "cpu_affinity", "ram_bytes"})
@@ -164,8 +166,8 @@ def diff_data(a_root: Path, b_root: Path) -> dict[str, Any]:
                     if rec is not None:
                         entry.update(describe_record(ma[name], p, rec, a_root))
                 changed.append(entry)
-        sa = {k: v for k, v in (ma[name].get("source") or {}).items() if k != "local_path"}
-        sb = {k: v for k, v in (mb[name].get("source") or {}).items() if k != "local_path"}
+        sa = {k: v for k, v in (ma[name].get("source") or {}).items() if k not in SOURCE_PLACE_KEYS}
+        sb = {k: v for k, v in (mb[name].get("source") or {}).items() if k not in SOURCE_PLACE_KEYS}
         source = [{"key": c["key"], "a": c["a"], "b": c["b"]} for c in diff_config(sa, sb)["changed"]]
         datasets[name] = {"changed": changed, "only_a": sorted(set(fa) - set(fb)), "only_b": sorted(set(fb) - set(fa)),
                           "source": source, "files": len(set(fa) | set(fb))}

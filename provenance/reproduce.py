@@ -42,7 +42,7 @@ import yaml
 
 from provenance import diff as pdiff
 from provenance import formats
-from provenance.bundle import seal_folder
+from provenance.bundle import folder_lock, seal_folder_locked
 from provenance.capture import env as cenv
 from provenance.capture.code import capture_code, git_toplevel, materialise_snapshot
 from provenance.hashing import hash_files
@@ -69,6 +69,9 @@ NUMERIC_ENV_VARS = ("PYTHONHASHSEED", "OMP_NUM_THREADS", "OMP_DYNAMIC", "OMP_SCH
                     "MKL_CBWR", "MKL_DYNAMIC", "OPENBLAS_NUM_THREADS", "KMP_AFFINITY", "KMP_BLOCKTIME",
                     "GOMP_CPU_AFFINITY", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA",
                     "CUBLAS_WORKSPACE_CONFIG", "TOKENIZERS_PARALLELISM")
+# torch settings the run applies itself from its config (determinism): compared after the run, not before
+RUN_APPLIED_TORCH_KEYS = frozenset({"deterministic_algorithms", "deterministic_warn_only", "fill_uninitialized_memory",
+                                    "cudnn_deterministic", "cudnn_benchmark"})
 COPY_LIMIT = 256 << 20  # datasets larger than this are linked into the work folder, not copied
 
 
@@ -268,7 +271,8 @@ def _env_check(orig: Original, sets: dict[str, Any], opts: Options, say: Say) ->
             planned["num_threads"] = sets[key]
         elif flat.get(key):
             planned["num_threads"] = flat[key]
-    diffs = [d for d in pdiff.diff_env(orig.env, now, rec_threads, planned) if d["category"] != "env_vars"]
+    diffs = [d for d in pdiff.diff_env(orig.env, now, rec_threads, planned) if d["category"] != "env_vars"
+             and not (d["category"] == "torch" and d["name"] in RUN_APPLIED_TORCH_KEYS)]
     if not diffs:
         torch_v = (orig.env.get("torch") or {}).get("version")
         say(f"environment: same as recorded (python {(orig.env.get('python') or {}).get('version')}, "
@@ -391,6 +395,29 @@ def _locate_data(orig: Original, opts: Options, say: Say) -> list[StagedData]:
     for s in out:
         if s.how in ("regenerated", "derived"):
             say(f"data: {s.name}: {s.note}")
+    return out
+
+
+_PATHLIKE = ("path", "dir", "root", "folder", "file")
+
+
+def _dataset_keys(orig: Original, staged: list[StagedData], data_dir: Path) -> list[tuple[str, Path]]:
+    """Config keys that name a staged dataset's recorded folder (e.g. data.path of a local corpus),
+    each with the staged folder to point them at. data.root is redirected apart (generated data)."""
+    flat = pdiff.flatten(orig.config)
+    out: list[tuple[str, Path]] = []
+    for s in staged:
+        if s.source is None or s.rel is None:
+            continue
+        src = (orig.manifests.get(s.name) or {}).get("source") or {}
+        targets = [PurePath(v) for v in (src.get("path"), src.get("local_path")) if isinstance(v, str) and v]
+        for key, value in flat.items():
+            last = key.rsplit(".", 1)[-1]
+            if key in PATH_KEYS or not isinstance(value, str) or not value or not any(w in last for w in _PATHLIKE):
+                continue
+            v = PurePath(value)
+            if any(v == t or (not v.is_absolute() and t.parts[-len(v.parts):] == v.parts) for t in targets):
+                out.append((key, data_dir / s.rel))
     return out
 
 
@@ -544,9 +571,11 @@ def _fmt(v: Any) -> str:
     return repr(v) if not isinstance(v, str) else v
 
 
-def find_causes(d: dict[str, Any], first: dict[str, Any] | None, summary: dict[str, Any]) -> list[dict[str, Any]]:
+def find_causes(d: dict[str, Any], first: dict[str, Any] | None, summary: dict[str, Any],
+                path_keys: frozenset[str] = PATH_KEYS) -> list[dict[str, Any]]:
     """Every difference that could explain a divergence, most likely first:
-    data, config, code, environment (thread count, packages, ...), then data order, then numerics."""
+    data, config, code, environment (thread count, packages, ...), then data order, then numerics.
+    Config keys in `path_keys` (where this machine keeps things) are not differences."""
     causes: list[dict[str, Any]] = []
     for name, ds in d["data"]["datasets"].items():
         for ch in ds["changed"]:
@@ -566,7 +595,7 @@ def find_causes(d: dict[str, Any], first: dict[str, Any] | None, summary: dict[s
     for ch in [*cfg["changed"], *({"key": c["key"], "a": c["value"], "b": None} for c in cfg["only_a"]),
                *({"key": c["key"], "a": None, "b": c["value"]} for c in cfg["only_b"])]:
         key = ch["key"]
-        if key in PATH_KEYS:
+        if key in path_keys:
             continue
         if key in THREAD_KEYS:
             threads.append({"kind": "environment", "what": "thread count", "key": key, "a": ch["a"], "b": ch["b"],
@@ -631,7 +660,7 @@ def _divergence_text(first: dict[str, Any]) -> str:
 
 
 def decide(orig: Original, repro: Path, plan: tuple[int, int | None, int], training_rc: int,
-           pre_env: list[dict[str, Any]]) -> dict[str, Any]:
+           pre_env: list[dict[str, Any]], path_keys: frozenset[str] = PATH_KEYS) -> dict[str, Any]:
     """The verdict: from the replay's summary and the diff of the two bundles."""
     first_step, stop, expected_last = plan
     summary_path = repro / SUMMARY
@@ -656,7 +685,7 @@ def decide(orig: Original, repro: Path, plan: tuple[int, int | None, int], train
     steps_checked = summary.get("steps_checked", d["metrics"]["steps_compared"])
     steps_expected = sum(1 for s in orig.metric_steps if first_step <= s <= expected_last)
     complete = training_rc == 0 and last_checked == expected_last and steps_checked == steps_expected
-    causes = find_causes(d, first, summary)
+    causes = find_causes(d, first, summary, path_keys)
     scope = {"first_step": first_step, "last_step": expected_last, "stop_after": stop,
              "steps_checked": steps_checked, "steps_expected": steps_expected,
              "checkpoints_checked": summary.get("checkpoints_checked", len(expected_ckpts) - len(missing_ckpts)),
@@ -797,10 +826,12 @@ def reproduce(bundle: str | os.PathLike[str], opts: Options | None = None, say: 
     t0 = time.monotonic()
     try:
         return _reproduce(Path(bundle), opts, say, t0)
-    except Refused as exc:
-        report = {"schema": REPORT_SCHEMA, "verdict": REFUSED, "exit_status": EXIT_REFUSED, "headline": str(exc),
-                  "refused": {"message": str(exc), **exc.details}, "original": {"path": str(bundle)}}
-        return Outcome(EXIT_REFUSED, REFUSED, f"refused: {exc}", report)
+    except (Refused, OSError, ValueError) as exc:  # ValueError includes formats.FormatError
+        message = str(exc) if isinstance(exc, Refused) else f"{type(exc).__name__}: {exc}"
+        details = exc.details if isinstance(exc, Refused) else {}
+        report = {"schema": REPORT_SCHEMA, "verdict": REFUSED, "exit_status": EXIT_REFUSED, "headline": message,
+                  "refused": {"message": message, **details}, "original": {"path": str(bundle)}}
+        return Outcome(EXIT_REFUSED, REFUSED, f"refused: {message}", report)
 
 
 def _reproduce(src: Path, opts: Options, say: Say, t0: float) -> Outcome:
@@ -819,7 +850,9 @@ def _reproduce(src: Path, opts: Options, say: Say, t0: float) -> Outcome:
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         return _in_workdir(src, digest, archive_input, workdir, opts, say, t0)
-    except Refused:
+    except (Refused, OSError, ValueError):
+        if any((workdir / "runs").glob(f"*/{formats.RUN_JSON}")):
+            raise  # a run was written: keep everything for inspection
         if made_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
@@ -850,6 +883,10 @@ def _in_workdir(src: Path, digest: str, archive_input: bool, workdir: Path, opts
                                                      if opts.from_step is not None else "")
     say(f"original: {orig.run.get('run_id')} ({orig.run.get('status')}, {max(orig.metric_steps)} steps, "
         f"{len(orig.checkpoints)} checkpoints); checking {scope}")
+    resumed = pdiff.flatten(orig.config).get("run.resume_from")
+    if resumed and opts.from_step is None and not Path(resumed).is_file():
+        raise Refused(f"the original resumed from the checkpoint {resumed}, which is not here; reproduce the run "
+                      "that saved it, or check this one's own steps with --from-step K")
     pre_env = _env_check(orig, sets, opts, say)
     staged = _locate_data(orig, opts, say)
 
@@ -865,6 +902,8 @@ def _in_workdir(src: Path, digest: str, archive_input: bool, workdir: Path, opts
         overrides.append(f"data.root={data_dir}")
     if "run.runs_dir" in flat:
         overrides.append(f"run.runs_dir={runs_dir}")
+    redirects = _dataset_keys(orig, staged, data_dir)
+    overrides += [f"{k}={v}" for k, v in redirects]
     if opts.from_step is not None:
         overrides.append(f"run.resume_from={orig.root / formats.checkpoint_name(opts.from_step)}")
     overrides += opts.sets
@@ -883,7 +922,7 @@ def _in_workdir(src: Path, digest: str, archive_input: bool, workdir: Path, opts
         raise Refused(f"the training exited with status {rc} before its run started; nothing was written. "
                       "Last lines:\n  " + "\n  ".join(tail), exit_status=rc)
     repro = found[-1]
-    decision = decide(orig, repro, plan, rc, pre_env)
+    decision = decide(orig, repro, plan, rc, pre_env, PATH_KEYS | frozenset(k for k, _ in redirects))
     repro_run = formats.read_json(repro / formats.RUN_JSON)
     report: dict[str, Any] = {
         "schema": REPORT_SCHEMA,
@@ -900,7 +939,8 @@ def _in_workdir(src: Path, digest: str, archive_input: bool, workdir: Path, opts
         "environment": {"differences": decision["environment_differences"],
                         "before_run": decision["pre_run_environment_differences"], "strict": opts.strict_env},
         "overrides": {"set": list(opts.sets), "code": str(opts.code) if opts.code else None,
-                      "data_root": str(opts.data_root) if opts.data_root else None},
+                      "data_root": str(opts.data_root) if opts.data_root else None,
+                      "data_keys": {k: str(v) for k, v in redirects}},
         "data": [s.to_dict() for s in staged],
         "command": cmd,
         "training_exit_status": rc,
@@ -920,13 +960,14 @@ def _reseal_with_report(repro: Path, report: dict[str, Any]) -> str:
     (a re-seal must never cover a change made since the run sealed it)."""
     from provenance.audit import AuditRefused, audit
 
-    try:
-        integrity = audit(repro).integrity
-    except AuditRefused as exc:
-        raise RuntimeError(f"{repro}: the reproduction's own bundle was refused by the audit: {exc}") from None
-    if not integrity.ok:
-        bad = [d.name for d in (*integrity.missing, *integrity.extra, *integrity.changed)]
-        raise RuntimeError(f"{repro}: the reproduction's own bundle does not match its seal "
-                           f"({', '.join(bad[:5]) or 'not sealed'}); not re-sealed")
-    formats.atomic_write_json(repro / REPORT, report)
-    return seal_folder(repro)
+    with folder_lock(repro):  # a concurrent `prov note` reseals under the same lock
+        try:
+            integrity = audit(repro).integrity
+        except AuditRefused as exc:
+            raise RuntimeError(f"{repro}: the reproduction's own bundle was refused by the audit: {exc}") from None
+        if not integrity.ok:
+            bad = [d.name for d in (*integrity.missing, *integrity.extra, *integrity.changed)]
+            raise RuntimeError(f"{repro}: the reproduction's own bundle does not match its seal "
+                               f"({', '.join(bad[:5]) or 'not sealed'}); not re-sealed")
+        formats.atomic_write_json(repro / REPORT, report)
+        return seal_folder_locked(repro)

@@ -122,8 +122,13 @@ def test_prov_diff_of_bundle_and_its_reproduction(happy: dict, tiny_bundle: Path
 
 
 def test_from_step_restores_the_checkpoint_and_checks_the_rest(tiny_bundle: Path, tmp_path: Path) -> None:
-    out = reproduce(tiny_bundle, Options(from_step=6, workdir=tmp_path / "w"))
+    from provenance.archive import pack
+
+    archive = tmp_path / "release.tar.gz"  # a release archive works as well as a run folder
+    pack(tiny_bundle, archive)
+    out = reproduce(archive, Options(from_step=6, workdir=tmp_path / "w"))
     assert out.exit_status == 0, out.headline
+    assert out.report["original"]["root_digest"] == root_of(tiny_bundle)
     assert out.verdict == BITWISE
     scope = out.report["scope"]
     last = max(losses(tiny_bundle))
@@ -241,6 +246,15 @@ def test_strict_env_refuses_any_difference(bundle_copy: Path, tmp_path: Path) ->
     assert "package numpy 0.0.1 →" in proc.stderr and "strict-env" in proc.stderr
 
 
+def test_strict_env_passes_on_the_machine_that_ran(tiny_bundle: Path) -> None:
+    from provenance.reproduce import _env_check
+
+    said: list[str] = []
+    orig = _read_original(tiny_bundle, root_of(tiny_bundle))
+    assert _env_check(orig, {}, Options(strict_env=True), said.append) == []
+    assert any("same as recorded" in line for line in said)
+
+
 def test_no_bitwise_claim_across_an_environment_difference(happy: dict, bundle_copy: Path) -> None:
     _with_other_numpy(bundle_copy)  # the same run, recorded with another numpy: the losses still match
     orig = _read_original(bundle_copy, root_of(bundle_copy))
@@ -284,12 +298,16 @@ def test_moved_bundle_reproduces_after_its_checkout_was_deleted(tmp_path: Path) 
     script.write_text(script.read_text().replace('def main(argv: list[str] | None = None) -> int:\n',
                                                  'def main(argv: list[str] | None = None) -> int:\n'
                                                  '    print("MARK-OF-THE-DELETED-CHECKOUT", flush=True)\n', 1))
+    # the corpus is a local folder of the checkout (data.source=local), deleted with it
+    from training import corpus
+
+    corpus.generate(checkout / "corpus", 1234, n_stories=400, max_operand=9)
     runs = tmp_path / "runs"
     proc = subprocess.run([sys.executable, "-m", "training.train", "--config", "configs/tiny-lm.yaml", *TINY,
-                           f"run.runs_dir={runs}"], cwd=checkout, env=offline_env(tmp_path), capture_output=True,
-                          text=True, timeout=300)
+                           f"run.runs_dir={runs}", "data.source=local", "data.path=corpus"], cwd=checkout,
+                          env=offline_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (checkout / "data").is_dir()  # the data went into the checkout (data.root=data)
+    assert (checkout / "data").is_dir()  # the tokenizer went into the checkout (data.root=data)
     moved = tmp_path / "elsewhere" / "kept"
     moved.parent.mkdir()
     shutil.move(str(only_run(runs)), moved)
@@ -302,7 +320,8 @@ def test_moved_bundle_reproduces_after_its_checkout_was_deleted(tmp_path: Path) 
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(proc.stdout)
     assert doc["verdict"] == BITWISE
-    assert doc["data"][0]["located"] == "bundle"
+    assert {d["dataset"]: d["located"] for d in doc["data"]}["tiny-corpus"] == "bundle"
+    assert list(doc["overrides"]["data_keys"]) == ["data.path"]  # pointed at the bundled files
     repro = Path(doc["bundle"])
     assert "MARK-OF-THE-DELETED-CHECKOUT" in (Path(doc["workdir"]) / "training.log").read_text()
     assert diff_bundles(moved, repro)["same"]["code"]

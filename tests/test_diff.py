@@ -1,0 +1,145 @@
+"""Issue 5: `prov diff A B`: config keys, code files, data files, packages, hardware, metrics, order,
+checkpoints; readable in the terminal and as --json. No training here: copies of the tiny bundle,
+changed on purpose."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from provenance import formats
+from provenance.diff import diff_bundles, format_diff
+
+
+def prov(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "provenance.cli", *args], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+
+
+def _edit_json(path: Path, change) -> None:
+    obj = formats.read_json(path)
+    change(obj)
+    formats.atomic_write_json(path, obj)
+
+
+@pytest.fixture(scope="module")
+def changed(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the tiny bundle with one change in every section."""
+    b = tmp_path_factory.mktemp("diff") / tiny_bundle.name
+    shutil.copytree(tiny_bundle, b)
+
+    def cfg(o):
+        o["config"]["train"]["lr"] = 0.006
+
+    _edit_json(b / formats.CONFIG_JSON, cfg)
+
+    def code(o):
+        o["files"]["training/train.py"] = "sha256:" + "0" * 64
+
+    _edit_json(b / formats.CODE_JSON, code)
+    # one changed character in record 42 of the bundled training data, and the manifest that says so
+    train = b / "data/tiny-corpus/files/train.jsonl"
+    lines = train.read_bytes().split(b"\n")
+    lines[42] = lines[42].replace(b"a", b"e", 1)
+    train.write_bytes(b"\n".join(lines))
+    import hashlib
+
+    digest = hashlib.sha256(train.read_bytes()).hexdigest()
+
+    def data(o):
+        next(e for e in o["files"] if e["path"] == "train.jsonl")["sha256"] = digest
+
+    _edit_json(b / "data/tiny-corpus/manifest.json", data)
+
+    def env(o):
+        o["packages"]["numpy"] = "0.0.1"
+        o["hardware"]["cpu_model"] = "Some Other CPU"
+        o["hardware"]["cpu_count"] = 999
+
+    _edit_json(b / formats.ENV_JSON, env)
+
+    def run(o):
+        o["determinism"]["num_threads"] = 7
+
+    _edit_json(b / formats.RUN_JSON, run)
+    metrics = list(formats.read_jsonl(b / formats.METRICS))
+    for r in metrics:
+        if r["step"] == 5:
+            r["loss"] += 0.25
+        if r["step"] == 8:
+            r["loss"] += 0.5
+    (b / formats.METRICS).write_text("".join(formats.dumps_line(r) for r in metrics))
+
+    def ckpt(o):
+        o["checkpoints"][-1]["sha256"] = "f" * 64
+
+    _edit_json(b / formats.CHECKPOINT_INDEX, ckpt)
+    # the first sample of step 3 replaced by another id
+    _, ids_rel, steps_rel = formats.order_paths(0)
+    steps = list(formats.read_order(b / ids_rel, b / steps_rel))
+    offset = 4 * sum(len(s.sample_ids) for s in steps if s.step < 3)
+    ids = bytearray((b / ids_rel).read_bytes())
+    old = int.from_bytes(ids[offset:offset + 4], "little")
+    ids[offset:offset + 4] = (old ^ 1).to_bytes(4, "little")
+    (b / ids_rel).write_bytes(bytes(ids))
+    return b
+
+
+def test_identical_bundles(tiny_bundle: Path, bundle_copy: Path) -> None:
+    d = diff_bundles(tiny_bundle, bundle_copy)
+    assert all(d["same"].values()), d["same"]
+    text = format_diff(d)
+    for line in ("config: same", "code: same", "data: same", "packages: same", "torch: same", "threads: same",
+                 "hardware: same", "loss bitwise equal", "order: same", "all sha256 equal"):
+        assert line in text
+
+
+def test_every_section_names_what_differs(tiny_bundle: Path, changed: Path) -> None:
+    d = diff_bundles(tiny_bundle, changed)
+    assert d["config"]["changed"] == [{"key": "train.lr", "a": 0.003, "b": 0.006}]
+    assert [c["path"] for c in d["code"]["changed"]] == ["training/train.py"]
+    (ch,) = d["data"]["datasets"]["tiny-corpus"]["changed"]
+    assert ch["path"] == "train.jsonl" and ch["sample"] == 42 and ch["line"] == 43
+    assert ch["a"]["sha256"] != ch["b"]["sha256"]
+    env = {(x["category"], x["name"]): x for x in d["environment"]["differences"]}
+    assert env[("packages", "numpy")]["b"] == "0.0.1" and env[("packages", "numpy")]["significant"]
+    assert env[("threads", "num_threads")]["b"] == 7
+    assert env[("hardware", "cpu_model")]["significant"] and not env[("hardware", "cpu_count")]["significant"]
+    m = d["metrics"]
+    assert (m["first_diff_step"], m["n_differ"], m["max_abs_diff_step"]) == (5, 2, 8)
+    assert m["max_abs_diff"] == pytest.approx(0.5)
+    assert d["order"]["first_diff_step"] == 3 and d["order"]["position"] == 0
+    last = max(s for s in (e["step"] for e in formats.read_json(
+        tiny_bundle / formats.CHECKPOINT_INDEX)["checkpoints"]))
+    assert [c["step"] for c in d["checkpoints"]["differ"]] == [last]
+    assert not any(d["same"][k] for k in ("config", "code", "data", "environment", "metrics", "order", "checkpoints"))
+
+    text = format_diff(d)
+    assert "train.lr: 0.003 → 0.006" in text
+    assert "M training/train.py" in text
+    assert "tiny-corpus/train.jsonl" in text and "first differing sample 42 (line 43)" in text
+    assert "package numpy" in text and "→ 0.0.1" in text
+    assert "thread count 2 → 7" in text
+    assert "hardware cpu_model" in text and "Some Other CPU" in text
+    assert "loss first differs at step 5" in text and "largest |Δ| 0.5 at step 8" in text
+    assert "order: first differs at step 3" in text
+    assert f"first at step {last}" in text
+
+
+def test_cli_text_and_json(tiny_bundle: Path, changed: Path, tmp_path: Path) -> None:
+    proc = prov("diff", str(tiny_bundle), str(changed))
+    assert proc.returncode == 0, proc.stderr
+    assert "train.lr: 0.003 → 0.006" in proc.stdout and "loss first differs at step 5" in proc.stdout
+    proc = prov("diff", str(tiny_bundle), str(changed), "--json")
+    assert proc.returncode == 0
+    d = json.loads(proc.stdout)
+    assert d["schema"] == "fullyopen.diff/v1" and d["metrics"]["first_diff_step"] == 5
+    assert d["a"]["run_id"] == tiny_bundle.name
+    proc = prov("diff", str(tiny_bundle), str(tmp_path))
+    assert proc.returncode == 2 and "not a run bundle" in proc.stderr
