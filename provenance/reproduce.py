@@ -34,7 +34,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -822,6 +822,8 @@ def _config_yaml(config: dict[str, Any]) -> bytes:
 def reproduce(bundle: str | os.PathLike[str], opts: Options | None = None, say: Say | None = None) -> Outcome:
     """Reproduce `bundle` (a run folder or a release archive). Never raises for a refusal: see Outcome."""
     opts = opts or Options()
+    opts = replace(opts, **{k: Path(getattr(opts, k)) for k in ("workdir", "data_root", "code")
+                            if getattr(opts, k) is not None})
     say = say or (lambda s: None)
     t0 = time.monotonic()
     try:
