@@ -108,6 +108,11 @@ def test_reproduction_bundle_is_sealed_names_the_original_and_passes_audit(happy
     formats.atomic_write_json(bad / "reproduction/summary.json", summ)
     seal_folder(bad)
     assert audit(bad).check("reproduction").status == "fail"
+    # and so does `prov audit`
+    proc = cli("audit", str(repro))
+    assert proc.returncode == 0 and "reproduced (bitwise)" in proc.stdout, proc.stdout + proc.stderr
+    proc = cli("audit", str(bad))
+    assert proc.returncode == 1 and "step records, but the summary says" in proc.stdout
 
 
 def test_prov_diff_of_bundle_and_its_reproduction(happy: dict, tiny_bundle: Path) -> None:

@@ -7,6 +7,10 @@ import json
 import sys
 from pathlib import Path
 
+# imported with the command line (no torch): registers the audit check of reproduction bundles,
+# so that `prov audit` understands them
+import provenance.reproduce  # noqa: F401
+
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from provenance.reproduce import Options, reproduce
