@@ -12,6 +12,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -248,10 +249,12 @@ def train(cfg: Config, argv: list[str]) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, parse: Callable[..., Any] = parse_args,
+         train_fn: Callable[..., int] = train) -> int:
+    """Parse, train, and turn bad input into exit status 2 (also for training/train_hf.py)."""
     try:
-        cfg, args = parse_args(argv)
-        return train(cfg, args)
+        cfg, args = parse(argv)
+        return train_fn(cfg, args)
     except (ConfigError, DataMismatch, WorldSizeMismatch) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -18,10 +18,9 @@ from typing import Any
 
 import yaml
 
-from provenance import ConfigError, DataMismatch, start_run
+from provenance import ConfigError, start_run
 from provenance.config import load, to_dict
 from provenance.integrations.wandb import WandbCallback
-from provenance.replay import WorldSizeMismatch
 from training.config import Config
 from training.data import (
     EOS,
@@ -34,6 +33,7 @@ from training.data import (
     train_tokenizer,
 )
 from training.train import corpus_spec, evaluate, tokenizer_dir
+from training.train import main as train_main
 
 
 @dataclass
@@ -127,14 +127,7 @@ def train(cfg: HFConfig, argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        cfg, args = parse_args(argv)
-        return train(cfg, args)
-    except (ConfigError, DataMismatch, WorldSizeMismatch) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as exc:  # SIGINT or SIGTERM: the bundle is already sealed as interrupted
-        return 128 + int(getattr(exc, "signum", 2))
+    return train_main(argv, parse=parse_args, train_fn=train)
 
 
 if __name__ == "__main__":
