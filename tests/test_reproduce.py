@@ -299,10 +299,8 @@ def test_moved_bundle_reproduces_after_its_checkout_was_deleted(tmp_path: Path) 
             (checkout / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, checkout / name)
     # mark this checkout's code, to prove that the reproduction ran the snapshot, not another copy
-    script = checkout / "training" / "train.py"
-    script.write_text(script.read_text().replace('def main(argv: list[str] | None = None) -> int:\n',
-                                                 'def main(argv: list[str] | None = None) -> int:\n'
-                                                 '    print("MARK-OF-THE-DELETED-CHECKOUT", flush=True)\n', 1))
+    init = checkout / "training" / "__init__.py"
+    init.write_text(init.read_text() + '\nprint("MARK-OF-THE-DELETED-CHECKOUT", flush=True)\n')
     # the corpus is a local folder of the checkout (data.source=local), deleted with it
     from training import corpus
 
