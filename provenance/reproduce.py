@@ -464,7 +464,8 @@ def _git_isolate(code: Path, label: str) -> None:
                       "could not be made a repository of its own; choose --workdir outside it")
 
 
-def _prepare_code(orig: Original, opts: Options, dest: Path, say: Say) -> dict[str, str]:
+def _prepare_code(orig: Original, opts: Options, dest: Path, say: Say) -> list[str]:
+    """Materialise the code to run into dest; return the files that differ from the original's."""
     if opts.code is not None:
         folder = opts.code.resolve()
         if not folder.is_dir():
@@ -480,14 +481,16 @@ def _prepare_code(orig: Original, opts: Options, dest: Path, say: Say) -> dict[s
         digests = materialise_snapshot(tar, dest)
     except (ValueError, OSError) as exc:
         raise Refused(f"{where}: cannot be materialised: {exc}") from None
-    if opts.code is None:
-        recorded = {k: v.split(":", 1)[-1] for k, v in (orig.code.get("files") or {}).items()}
-        if recorded and recorded != digests:
-            bad = sorted(k for k in set(recorded) | set(digests) if recorded.get(k) != digests.get(k))
-            raise Refused(f"{formats.CODE_SNAPSHOT} does not match {formats.CODE_JSON}: {', '.join(bad[:5])}")
+    recorded = {k: v.split(":", 1)[-1] for k, v in (orig.code.get("files") or {}).items()}
+    differ = sorted(k for k in set(recorded) | set(digests) if recorded.get(k) != digests.get(k)) if recorded else []
+    if opts.code is None and differ:
+        raise Refused(f"{formats.CODE_SNAPSHOT} does not match {formats.CODE_JSON}: {', '.join(differ[:5])}")
     _git_isolate(dest, orig.run.get("run_id") or orig.root.name)
     say(f"code: {len(digests)} files from {where}, in {dest}")
-    return digests
+    if differ:
+        say(f"code: {len(differ)} files differ from the original's (no bitwise claim across a difference): "
+            + ", ".join(differ[:10]) + (" ..." if len(differ) > 10 else ""))
+    return differ
 
 
 # --- the command --------------------------------------------------------------------------------------
@@ -889,16 +892,20 @@ def _in_workdir(src: Path, digest: str, archive_input: bool, workdir: Path, opts
     if resumed and opts.from_step is None and not Path(resumed).is_file():
         raise Refused(f"the original resumed from the checkpoint {resumed}, which is not here; reproduce the run "
                       "that saved it, or check this one's own steps with --from-step K")
+    flat = pdiff.flatten(orig.config)
+    for key, value in sets.items():
+        was = flat.get(key, "(not set)")
+        say(f"config: --set {key}: {_fmt(was)} → {_fmt(value)}" + ("" if was == value else
+                                                                   " (no bitwise claim across a difference)"))
     pre_env = _env_check(orig, sets, opts, say)
     staged = _locate_data(orig, opts, say)
 
     code_dir, data_dir, runs_dir = workdir / "code", workdir / "data", workdir / "runs"
-    _prepare_code(orig, opts, code_dir, say)
+    code_differs = _prepare_code(orig, opts, code_dir, say)
     data_dir.mkdir()
     _stage(staged, data_dir)
     config_path = workdir / "config.yaml"
     config_path.write_bytes(_config_yaml(orig.config))
-    flat = pdiff.flatten(orig.config)
     overrides = []
     if "data.root" in flat:
         overrides.append(f"data.root={data_dir}")
@@ -921,8 +928,9 @@ def _in_workdir(src: Path, digest: str, archive_input: bool, workdir: Path, opts
         errors = [ln for ln in tail if ln.startswith("error:")]
         if rc == 2 and errors:
             raise Refused("the training refused to start, and wrote nothing: " + " / ".join(errors), exit_status=rc)
-        raise Refused(f"the training exited with status {rc} before its run started; nothing was written. "
-                      "Last lines:\n  " + "\n  ".join(tail), exit_status=rc)
+        hint = f" The code differs from the original's in: {', '.join(code_differs[:5])}." if code_differs else ""
+        raise Refused(f"the training exited with status {rc} before its run started; nothing was written.{hint} "
+                      "Last lines:\n  " + "\n  ".join(tail), exit_status=rc, code_differs=code_differs)
     repro = found[-1]
     decision = decide(orig, repro, plan, rc, pre_env, PATH_KEYS | frozenset(k for k, _ in redirects))
     repro_run = formats.read_json(repro / formats.RUN_JSON)

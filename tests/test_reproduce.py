@@ -202,6 +202,18 @@ def test_one_changed_line_in_the_training_script_is_named(tiny_bundle: Path, tmp
     assert not out.report["other_causes"]  # exactly one file differs
 
 
+def test_code_that_cannot_start_names_the_changed_file(tiny_bundle: Path, tmp_path: Path) -> None:
+    code = tmp_path / "code"
+    materialise_snapshot((tiny_bundle / formats.CODE_SNAPSHOT).read_bytes(), code)
+    script = code / "training" / "train.py"
+    script.write_text(script.read_text() + "\ndef broken(:\n")
+    said: list[str] = []
+    out = reproduce(tiny_bundle, Options(code=code, workdir=tmp_path / "w"), said.append)
+    assert out.exit_status == 2 and "before its run started" in out.headline
+    assert "training/train.py" in out.headline and "SyntaxError" in out.headline
+    assert any("1 files differ from the original's" in line for line in said)
+
+
 def test_changed_byte_in_a_data_file_is_refused_before_step_0(tiny_bundle: Path, tmp_path: Path) -> None:
     data = tmp_path / "data"
     shutil.copytree(tiny_bundle / "data" / "tiny-corpus" / "files", data)
