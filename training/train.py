@@ -82,7 +82,7 @@ def parse_args(argv: list[str] | None) -> tuple[Config, list[str]]:
     p.add_argument("--config", default="configs/tiny-lm.yaml")
     p.add_argument("overrides", nargs="*", help="key=value, e.g. train.steps=100")
     args = p.parse_args(argv)
-    return load(Config, args.config, args.overrides), [args.config, *args.overrides]
+    return load(Config, args.config, args.overrides), ["--config", args.config, *args.overrides]
 
 
 def init_distributed(cfg: Config) -> tuple[int, int]:
