@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = [f"train.steps={args.steps}"]
     if args.n_stories:
-        overrides.append(f"data.n_stories={args.n_stories}")
+        overrides += [f"data.n_stories={args.n_stories}", "data.manifest=null"]  # the committed one is for 12000
     cfg = load(Config, args.config, overrides)
     work = Path(tempfile.mkdtemp(prefix="prov-bench-overhead-"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

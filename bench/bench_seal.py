@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_DATASETS_CACHE", str(work / "hf-datasets"))
     try:
         overrides = [f"train.steps={args.steps}", f"train.checkpoint_every={args.checkpoint_every}",
-                     f"train.eval_every={args.steps}", f"data.n_stories={args.n_stories}",
+                     f"train.eval_every={args.steps}", f"data.n_stories={args.n_stories}", "data.manifest=null",
                      f"run.runs_dir={work / 'runs'}", f"data.root={work / 'data'}"]
         with SealSpy() as spy:
             rc = train_main(["--config", str(REPO / "configs" / "tiny-lm.yaml"), *overrides])
