@@ -232,7 +232,12 @@ def encode_ids(sample_ids: Sequence[int]) -> bytes:
 
 def batch_digest(sample_ids: Sequence[int]) -> str:
     """sha256 of the batch's ids as little-endian uint32: what reproduce compares step by step."""
-    return digest_str(hashlib.sha256(encode_ids(sample_ids)).hexdigest())
+    return ids_digest(encode_ids(sample_ids))
+
+
+def ids_digest(ids_bytes: bytes) -> str:
+    """batch_digest of ids already encoded with encode_ids."""
+    return digest_str(hashlib.sha256(ids_bytes).hexdigest())
 
 
 def chain_next(prev: bytes, step: int, ids_bytes: bytes) -> bytes:

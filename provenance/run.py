@@ -429,7 +429,7 @@ class Run:
         self._order_chain = formats.chain_next(self._order_chain, step, ids_bytes)
         self.writer.raw_log(ids_rel).write(ids_bytes)
         self.writer.raw_log(steps_rel).write(formats.ORDER_STEP_RECORD.pack(step, len(sample_ids), self._order_chain))
-        return formats.batch_digest(sample_ids)
+        return formats.ids_digest(ids_bytes)  # the ids were encoded once, above
 
     def log(self, step: int, **metrics: Any) -> None:
         """Append one step's metrics with exact values (floats as they were)."""

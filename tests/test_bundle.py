@@ -150,3 +150,9 @@ def test_order_chain_detects_a_changed_batch(tiny_bundle: Path, tmp_path: Path) 
     (tmp_path / "ids").write_bytes(bytes(ids))
     broken = formats.verify_order_chain(formats.read_order(tmp_path / "ids", steps_path))
     assert broken == (3, 4)
+
+
+def test_batch_digest_is_sha256_of_the_little_endian_ids() -> None:
+    ids = [3, 0, 2**32 - 1, 17]
+    expected = "sha256:" + hashlib.sha256(struct.pack("<4I", *ids)).hexdigest()
+    assert formats.batch_digest(ids) == formats.ids_digest(formats.encode_ids(ids)) == expected
