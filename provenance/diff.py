@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from provenance import formats
+from provenance.replay import STEPS_LOG, first_divergence
 
 # metric keys that measure time, not computation: never compared
 TIMING_KEYS = frozenset({"step", "time", "step_time"})
@@ -310,17 +311,75 @@ def diff_order(a_root: Path, b_root: Path) -> dict[str, Any]:
     return out
 
 
-def _checkpoints(root: Path) -> dict[int, str]:
+def checkpoint_digests(root: Path) -> dict[int, str]:
     idx = _json(root, formats.CHECKPOINT_INDEX, {}) or {}
     return {int(e["step"]): e["sha256"] for e in idx.get("checkpoints", [])}
 
 
 def diff_checkpoints(a_root: Path, b_root: Path) -> dict[str, Any]:
-    ca, cb = _checkpoints(a_root), _checkpoints(b_root)
+    ca, cb = checkpoint_digests(a_root), checkpoint_digests(b_root)
     common = sorted(set(ca) & set(cb))
     return {"compared": len(common),
             "differ": [{"step": s, "a": ca[s], "b": cb[s]} for s in common if ca[s] != cb[s]],
             "only_a": sorted(set(ca) - set(cb)), "only_b": sorted(set(cb) - set(ca))}
+
+
+def _replayed_order(repro: Path, info: dict[str, Any], original: dict[str, Any]) -> dict[str, Any] | None:
+    """The first step at which a reproduction's sampler chose another batch than `original` recorded
+    (from its reproduction/steps.jsonl: the recorded batch was replayed, so its order file cannot show it)."""
+    rep = info.get("reproduces")
+    if not isinstance(rep, dict) or not original.get("root_digest"):
+        return None
+    if rep.get("root_digest") != original["root_digest"]:
+        return None
+    if not (repro / STEPS_LOG).is_file():
+        return None
+    for r in formats.read_jsonl(repro / STEPS_LOG):
+        if isinstance(r.get("step"), int) and r.get("order") in ("differs", "not recorded"):
+            what = ("the original recorded no batch for this step" if r["order"] == "not recorded" else
+                    f"the reproduction's sampler chose batch {_short(r.get('batch_digest'))} where the original "
+                    f"had {_short(r.get('recorded_batch_digest'))}; the recorded batch was replayed")
+            return {"step": r["step"], "kind": "order", "detail": what}
+    return None
+
+
+def _step_range(records: list[dict[str, Any]]) -> tuple[int, int] | None:
+    steps = [r["step"] for r in records if isinstance(r.get("step"), int)]
+    return (min(steps), max(steps)) if steps else None
+
+
+def diff_first_divergence(d: dict[str, Any], a_root: Path, b_root: Path, metrics_a: list[dict[str, Any]],
+                          metrics_b: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The first divergent step of B against A, under the one definition of provenance.replay
+    (the same as the verdict of `prov reproduce`): per step the batch, then the loss bits, then the
+    checkpoint digest; an evaluation only when no step diverged."""
+    found: list[dict[str, Any] | None] = []
+    o = d["order"]
+    if o["first_diff_step"] is not None:
+        found.append({"step": o["first_diff_step"], "kind": "order", "position": o["position"],
+                      "recorded_sample": o["a_sample"], "computed_sample": o["b_sample"]})
+    found.append(_replayed_order(b_root, d["b"], d["a"]))
+    found.append(_replayed_order(a_root, d["a"], d["b"]))
+    order_first = first_divergence(x for x in found if x is not None)
+    m = d["metrics"]
+    if m["first_diff_step"] is not None:
+        s = m["first_diff_step"]
+        found.append({"step": s, "kind": "loss", "loss_recorded": m["a"], "loss": m["b"], "abs_diff": m.get("abs_diff"),
+                      "order_matched": order_first is None or order_first["step"] > s})
+    ck = d["checkpoints"]
+    if ck["differ"]:
+        c = ck["differ"][0]
+        found.append({"step": c["step"], "kind": "checkpoint", "expected": f"sha256:{c['a']}",
+                      "actual": f"sha256:{c['b']}"})
+    for missing, other, side in ((ck["only_a"], _step_range(metrics_b), "b"),
+                                 (ck["only_b"], _step_range(metrics_a), "a")):
+        reached = [s for s in missing if other is not None and other[0] <= s <= other[1]]
+        if reached:
+            found.append({"step": reached[0], "kind": "checkpoint missing", "missing_in": side})
+    e = d["eval"]
+    if e["first_diff_step"] is not None:
+        found.append({"step": e["first_diff_step"], "kind": "eval", "a": e["a"], "b": e["b"]})
+    return first_divergence(found)
 
 
 def _resources(root: Path) -> dict[str, str]:
@@ -352,6 +411,7 @@ def diff_bundles(a: str | Path, b: str | Path) -> dict[str, Any]:
     cfg_a, cfg_b = _json(a, formats.CONFIG_JSON, {}) or {}, _json(b, formats.CONFIG_JSON, {}) or {}
     thr_a, thr_b = _threads(run_a, env_a), _threads(run_b, env_b)
     env = diff_env(env_a, env_b, thr_a, thr_b)
+    metrics_a, metrics_b = list(formats.read_jsonl(a / formats.METRICS)), list(formats.read_jsonl(b / formats.METRICS))
     d = {
         "schema": "fullyopen.diff/v1",
         "a": bundle_info(a),
@@ -364,14 +424,14 @@ def diff_bundles(a: str | Path, b: str | Path) -> dict[str, Any]:
                         "cpu_model": [(env_a.get("hardware") or {}).get("cpu_model"),
                                       (env_b.get("hardware") or {}).get("cpu_model")],
                         "packages": [len(env_a.get("packages") or {}), len(env_b.get("packages") or {})]},
-        "metrics": diff_series(list(formats.read_jsonl(a / formats.METRICS)),
-                               list(formats.read_jsonl(b / formats.METRICS)), "loss"),
+        "metrics": diff_series(metrics_a, metrics_b, "loss"),
         "eval": diff_series(list(formats.read_jsonl(a / formats.EVALS)),
                             list(formats.read_jsonl(b / formats.EVALS)), "val_loss"),
         "order": diff_order(a, b),
         "checkpoints": diff_checkpoints(a, b),
         "model": diff_model(a, b),
     }
+    d["first_divergence"] = diff_first_divergence(d, a, b, metrics_a, metrics_b)
     d["same"] = {
         "config": not (d["config"]["changed"] or d["config"]["only_a"] or d["config"]["only_b"]),
         "code": not (d["code"]["changed"] or d["code"]["only_a"] or d["code"]["only_b"]),
@@ -401,6 +461,28 @@ def _short(v: Any, n: int = 60) -> str:
 
 def _num(v: Any) -> str:
     return repr(v) if isinstance(v, float) else _short(v)
+
+
+def divergence_text(first: dict[str, Any], a: str = "the original", b: str = "the reproduction") -> str:
+    """A first divergence (provenance.replay's definition) in words."""
+    k, s = first.get("kind"), first.get("step")
+    if k == "loss":
+        return (f"the loss differs at step {s}: {first.get('loss_recorded')!r} in {a}, {first.get('loss')!r} in {b} "
+                f"(|Δ| {first.get('abs_diff') or 0:.3g}" + (", same batch)" if first.get("order_matched") else ")"))
+    if k == "order":
+        if first.get("detail"):
+            return f"the batch of step {s}: {first['detail']}"
+        return (f"the batch of step {s} differs: {b} has sample {first.get('computed_sample')} where {a} had "
+                f"{first.get('recorded_sample')} (position {first.get('position')})")
+    if k == "checkpoint":
+        return (f"the checkpoint of step {s} differs: {first.get('expected')} in {a}, {first.get('actual')} "
+                f"in {b}")
+    if k == "checkpoint missing":
+        saved, not_saved = (b, a) if first.get("missing_in") == "a" else (a, b)
+        return f"{saved} saved a checkpoint at step {s}; {not_saved} did not"
+    if k == "eval":
+        return f"the evaluation of step {s} differs ({first.get('a')!r} → {first.get('b')!r})"
+    return f"step {s}: {k}"
 
 
 def format_diff(d: dict[str, Any], verbose: bool = False) -> str:
@@ -526,6 +608,12 @@ def format_diff(d: dict[str, Any], verbose: bool = False) -> str:
                      f"{ck['differ'][0]['step']}){extra}")
     else:
         lines.append(f"checkpoints: {ck['compared']} compared, all sha256 equal{extra}")
+    first = d.get("first_divergence")
+    if first is None:
+        lines.append("first divergence: none (every batch, loss and checkpoint digest compared is equal)")
+    else:
+        lines.append(f"first divergence: step {first['step']} ({first['kind']}): "
+                     + divergence_text(first, "A", "B"))
     mo = d["model"]
     if mo["files"]:
         n = len(mo["changed"]) + len(mo["only_a"]) + len(mo["only_b"])

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 import os
 import struct
+import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,32 @@ REPLAY_ENV = "PROV_REPLAY"  # path of the original bundle
 STOP_ENV = "PROV_REPLAY_STOP_AFTER"  # stop after this step (inclusive)
 STEPS_LOG = "reproduction/steps.jsonl"
 SUMMARY = "reproduction/summary.json"
+
+
+# The first divergent step: ONE definition, used by the replay (its summary), the verdict of
+# `prov reproduce` and `prov diff` (docs/reproduce.md). What is compared at each training step, in
+# this order: the batch (sample ids: "order"), the loss (bit for bit: "loss"), the sha256 of the
+# checkpoint saved at that step ("checkpoint"; one the original saved at a step the other run
+# reached but did not save: "checkpoint missing"). The first divergence is the smallest
+# (step, kind) in that order, whatever order the comparisons were made in (checkpoint digests are
+# computed off the training thread, after later steps' losses). Evaluations are computed from the
+# weights the checkpoints cover: an evaluation that differs ("eval") counts only when no step
+# diverged, and then the first such evaluation is named.
+DIVERGENCE_ORDER = {"order": 0, "loss": 1, "checkpoint": 2, "checkpoint missing": 2}
+
+
+def divergence_key(d: dict[str, Any]) -> tuple[int, int, int]:
+    """Where a divergence {step, kind, ...} sorts under the definition above."""
+    kind = str(d.get("kind"))
+    if kind in DIVERGENCE_ORDER:
+        return 0, int(d["step"]), DIVERGENCE_ORDER[kind]
+    return 1, int(d["step"]), 0
+
+
+def first_divergence(candidates: Iterable[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The first divergence of `candidates` (None entries skipped; the first listed wins a tie)."""
+    found = [c for c in candidates if c is not None]
+    return min(found, key=divergence_key) if found else None
 
 
 class StopRun(Exception):
@@ -65,6 +93,7 @@ class Replay:
         index = formats.read_json(index_path).get("checkpoints", []) if index_path.exists() else []
         self.checkpoints = {int(e["step"]): e["sha256"] for e in index}
         self.first_divergence: dict[str, Any] | None = None
+        self._lock = threading.Lock()  # checkpoint digests arrive from the hashing thread
         self.divergences: dict[str, int] = {"order": 0, "loss": 0, "checkpoint": 0}
         self.max_loss_diff = 0.0
         self.steps_checked = 0
@@ -87,9 +116,9 @@ class Replay:
         return cls(path, rank, int(stop) if stop else None)
 
     def _diverged(self, kind: str, step: int, **detail: Any) -> None:
-        self.divergences[kind] += 1
-        if self.first_divergence is None:
-            self.first_divergence = {"step": step, "kind": kind, **detail}
+        with self._lock:
+            self.divergences[kind] += 1
+            self.first_divergence = first_divergence([self.first_divergence, {"step": step, "kind": kind, **detail}])
 
     def batch(self, step: int, computed: list[int]) -> tuple[list[int], dict[str, Any]]:
         """The ids to train on (the recorded ones when known) and the comparison record."""
@@ -187,7 +216,7 @@ def merge_rank_summaries(summary: dict[str, Any], root: Path, world_size: int) -
         for k, v in other.get("divergences", {}).items():
             out["divergences"][k] = out["divergences"].get(k, 0) + v
         first = other.get("first_divergence")
-        if first is not None and (out["first_divergence"] is None or first["step"] < out["first_divergence"]["step"]):
+        if first is not None and first_divergence([out["first_divergence"], first]) is first:
             out["first_divergence"] = {**first, "rank": r}
         out["bitwise"] = bool(out["bitwise"] and other.get("bitwise"))
         ranks.append({"rank": r, "bitwise": other.get("bitwise"), "steps_checked": other.get("steps_checked"),

@@ -46,7 +46,7 @@ from provenance.bundle import folder_lock, seal_folder_locked
 from provenance.capture import env as cenv
 from provenance.capture.code import capture_code, git_toplevel, materialise_snapshot
 from provenance.hashing import hash_files
-from provenance.replay import REPLAY_ENV, STEPS_LOG, STOP_ENV, SUMMARY
+from provenance.replay import REPLAY_ENV, STEPS_LOG, STOP_ENV, SUMMARY, first_divergence
 
 REPORT = "reproduction/report.json"
 REPORT_SCHEMA = "fullyopen.reproduction-report/v1"
@@ -642,26 +642,6 @@ def find_causes(d: dict[str, Any], first: dict[str, Any] | None, summary: dict[s
     return causes
 
 
-def _divergence_text(first: dict[str, Any]) -> str:
-    k, s = first.get("kind"), first.get("step")
-    if k == "loss":
-        return (f"the loss differs at step {s}: {first.get('loss_recorded')!r} recorded, {first.get('loss')!r} now "
-                f"(|Δ| {first.get('abs_diff', 0):.3g}" + (", same batch)" if first.get("order_matched") else ")"))
-    if k == "order":
-        if first.get("detail"):
-            return f"the batch of step {s}: {first['detail']}"
-        return (f"the batch of step {s} differs: the training chose sample {first.get('computed_sample')} where the "
-                f"original had {first.get('recorded_sample')} (position {first.get('position')}); the recorded batch "
-                "was replayed")
-    if k == "checkpoint":
-        return f"the checkpoint of step {s} differs: expected {first.get('expected')}, found {first.get('actual')}"
-    if k == "checkpoint missing":
-        return f"the original saved a checkpoint at step {s}; the reproduction did not"
-    if k == "eval":
-        return f"the evaluation of step {s} differs ({first.get('a')!r} → {first.get('b')!r})"
-    return f"step {s}: {k}"
-
-
 def decide(orig: Original, repro: Path, plan: tuple[int, int | None, int], training_rc: int,
            pre_env: list[dict[str, Any]], path_keys: frozenset[str] = PATH_KEYS) -> dict[str, Any]:
     """The verdict: from the replay's summary and the diff of the two bundles."""
@@ -669,20 +649,12 @@ def decide(orig: Original, repro: Path, plan: tuple[int, int | None, int], train
     summary_path = repro / SUMMARY
     summary = formats.read_json(summary_path) if summary_path.is_file() else {}
     d = pdiff.diff_bundles(orig.root, repro)
-    first = summary.get("first_divergence")
-    if not summary:  # the snapshot's provenance had no replay engine: compare the logs after the fact
-        m = d["metrics"]
-        if m["first_diff_step"] is not None:
-            first = {"step": m["first_diff_step"], "kind": "loss", "loss_recorded": m["a"], "loss": m["b"],
-                     "abs_diff": m.get("abs_diff")}
+    # one definition of the first divergent step (provenance.replay.first_divergence): the replay's,
+    # and the diff's of the two bundles (the same comparisons after the fact, with the checkpoints the
+    # reproduction did not save and the evaluations); on a tie the replay's record (more detail) wins
+    first = first_divergence([summary.get("first_divergence"), d["first_divergence"]])
     expected_ckpts = sorted(s for s in orig.checkpoints if first_step <= s <= expected_last)
-    repro_ckpts = pdiff._checkpoints(repro)
-    missing_ckpts = [s for s in expected_ckpts if s not in repro_ckpts]
-    if first is None and missing_ckpts:
-        first = {"step": missing_ckpts[0], "kind": "checkpoint missing"}
-    if first is None and d["eval"]["first_diff_step"] is not None:
-        e = d["eval"]
-        first = {"step": e["first_diff_step"], "kind": "eval", "a": e["a"], "b": e["b"]}
+    missing_ckpts = [s for s in expected_ckpts if s not in pdiff.checkpoint_digests(repro)]
     repro_run = formats.read_json(repro / formats.RUN_JSON) if (repro / formats.RUN_JSON).is_file() else {}
     last_checked = summary.get("last_step", repro_run.get("last_step"))
     steps_checked = summary.get("steps_checked", d["metrics"]["steps_compared"])
@@ -701,7 +673,7 @@ def decide(orig: Original, repro: Path, plan: tuple[int, int | None, int], train
     if first is not None:
         cause = causes[0] if causes else None
         out.update(verdict=DIVERGED, exit_status=EXIT_DIVERGED, cause=cause, bitwise=False,
-                   headline=f"diverged at step {first['step']}: {_divergence_text(first)}; most likely cause: "
+                   headline=f"diverged at step {first['step']}: {pdiff.divergence_text(first)}; most likely cause: "
                             + (cause["summary"] if cause else "unknown"))
         if summary.get("max_loss_abs_diff"):
             out["headline"] += f" (largest |Δloss| over the run {summary['max_loss_abs_diff']:.3g})"
@@ -794,7 +766,7 @@ def _register_audit_check() -> None:
         if verdict == BITWISE and report.get("exit_status") != EXIT_REPRODUCED:
             out.error("a bitwise reproduction has exit status 0", file=REPORT, expected="0",
                       actual=repr(report.get("exit_status")))
-        if verdict == DIVERGED and not (report.get("first_divergence") or {}).get("step"):
+        if verdict == DIVERGED and (report.get("first_divergence") or {}).get("step") is None:
             out.error("says diverged, but names no first divergent step", file=REPORT)
         out.summary = f"reproduces {rep.get('run_id')} (sha256:{str(rep.get('root_digest'))[:12]}…): {verdict}"
 

@@ -143,3 +143,64 @@ def test_cli_text_and_json(tiny_bundle: Path, changed: Path, tmp_path: Path) -> 
     assert d["a"]["run_id"] == tiny_bundle.name
     proc = prov("diff", str(tiny_bundle), str(tmp_path))
     assert proc.returncode == 2 and "not a run bundle" in proc.stderr
+
+
+# --- one definition of the first divergent step (provenance.replay.first_divergence) ------------------
+
+
+def _replay_of(a: Path, b: Path) -> dict | None:
+    """Replay B's recorded batches, losses and checkpoint digests against A, checkpoints FIRST (their
+    digests arrive from the hashing thread, possibly after later steps' losses): the replay's answer."""
+    from provenance.replay import Replay
+
+    r = Replay(a)
+    for e in formats.read_json(b / formats.CHECKPOINT_INDEX)["checkpoints"]:
+        r.checkpoint(e["step"], e["sha256"])
+    _, ids_rel, steps_rel = formats.order_paths(0)
+    metrics = {m["step"]: m for m in formats.read_jsonl(b / formats.METRICS)}
+    for st in formats.read_order(b / ids_rel, b / steps_rel):
+        _, rec = r.batch(st.step, list(st.sample_ids))
+        r.log(st.step, {k: v for k, v in metrics[st.step].items() if k not in ("step", "time")}, rec)
+    return r.summary(None)["first_divergence"]
+
+
+def _perturb(src: Path, dest: Path, losses: dict[int, float], ckpts: set[int]) -> Path:
+    shutil.copytree(src, dest)
+    metrics = list(formats.read_jsonl(dest / formats.METRICS))
+    for r in metrics:
+        r["loss"] += losses.get(r["step"], 0.0)
+    (dest / formats.METRICS).write_text("".join(formats.dumps_line(r) for r in metrics))
+
+    def ck(o):
+        for e in o["checkpoints"]:
+            if e["step"] in ckpts:
+                e["sha256"] = "e" * 64
+
+    _edit_json(dest / formats.CHECKPOINT_INDEX, ck)
+    return dest
+
+
+def test_first_divergence_is_one_definition(tiny_bundle: Path, changed: Path, tmp_path: Path) -> None:
+    ck = sorted(e["step"] for e in formats.read_json(tiny_bundle / formats.CHECKPOINT_INDEX)["checkpoints"])
+    k = ck[0]
+    assert k >= 2 and max(r["step"] for r in formats.read_jsonl(tiny_bundle / formats.METRICS)) > k + 1
+    cases = {  # (loss changes, checkpoints changed) -> the first divergence, per step: order, loss, checkpoint
+        "checkpoint before a later loss": ({k + 2: 1e-3}, {k}, (k, "checkpoint")),
+        "loss before the checkpoint of its step": ({k: 1e-3, k + 2: 1e-3}, {k}, (k, "loss")),
+        "an earlier loss": ({k - 1: 1e-3}, {k}, (k - 1, "loss")),
+        "nothing": ({}, set(), None),
+    }
+    for i, (name, (dl, dc, want)) in enumerate(cases.items()):
+        b = _perturb(tiny_bundle, tmp_path / str(i) / tiny_bundle.name, dl, dc)
+        d = diff_bundles(tiny_bundle, b)
+        got = d["first_divergence"]
+        replayed = _replay_of(tiny_bundle, b)
+        assert (None if got is None else (got["step"], got["kind"])) == want, name
+        assert (None if replayed is None else (replayed["step"], replayed["kind"])) == want, name
+        line = "first divergence: none" if want is None else f"first divergence: step {want[0]} ({want[1]})"
+        assert line in format_diff(d), name
+    # the bundle changed in every section: the batch of step 3 comes first (before the loss of step 5)
+    d = diff_bundles(tiny_bundle, changed)
+    assert (d["first_divergence"]["step"], d["first_divergence"]["kind"]) == (3, "order")
+    replayed = _replay_of(tiny_bundle, changed)
+    assert (replayed["step"], replayed["kind"]) == (3, "order")

@@ -121,6 +121,7 @@ def test_prov_diff_of_bundle_and_its_reproduction(happy: dict, tiny_bundle: Path
     assert proc.returncode == 0, proc.stderr
     assert "code: same" in proc.stdout and "data: same" in proc.stdout
     assert "loss bitwise equal" in proc.stdout and "all sha256 equal" in proc.stdout
+    assert "first divergence: none" in proc.stdout
     proc = cli("diff", str(tiny_bundle), repro, "--json")
     d = json.loads(proc.stdout)
     assert d["same"]["metrics"] and d["b"]["reproduces"]["run_id"] == tiny_bundle.name
@@ -177,13 +178,30 @@ def test_other_thread_count_is_named_as_environment(tiny_bundle: Path, tmp_path:
     cause = out.report["cause"]
     assert cause["kind"] == "environment" and cause["what"] == "thread count" and (cause["a"], cause["b"]) == (2, 1)
     assert "thread count 2 → 1" in out.headline
+    # one definition of the first divergent step: the verdict's, the replay's and prov diff's are the same
+    # step and kind (where the floats first differ depends on the CPU: never asserted)
     d = diff_bundles(tiny_bundle, out.bundle)
-    first_loss = d["metrics"]["first_diff_step"]
-    if first_loss is None:  # same floats at one thread: still no bitwise claim across the difference
-        assert out.verdict == NOT_CLAIMED and out.report["first_divergence"] is None
-    else:  # the verdict names the first step whose loss differs, with the size of the difference
-        assert out.verdict == DIVERGED and out.report["first_divergence"]["step"] == first_loss
-        assert out.report["first_divergence"]["kind"] == "loss" and out.report["first_divergence"]["order_matched"]
+    first = out.report["first_divergence"]
+    replayed = out.report["replay_summary"]["first_divergence"]
+
+    def where(x: dict | None) -> tuple | None:
+        return None if x is None else (x["step"], x["kind"])
+
+    assert where(first) == where(d["first_divergence"]) == where(replayed)
+    if first is None:  # same floats at one thread: still no bitwise claim across the difference
+        assert out.verdict == NOT_CLAIMED and d["metrics"]["first_diff_step"] is None
+        return
+    assert out.verdict == DIVERGED and f"diverged at step {first['step']}" in out.headline
+    assert first["kind"] in ("loss", "checkpoint")  # the same batches (replayed), other floats
+    loss_step = d["metrics"]["first_diff_step"]
+    ckpt_steps = [c["step"] for c in d["checkpoints"]["differ"]]
+    if first["kind"] == "loss":
+        assert loss_step == first["step"] and first["order_matched"]
+        assert all(s >= first["step"] for s in ckpt_steps)
+    else:  # a checkpoint's digest differs before any loss does
+        assert ckpt_steps[0] == first["step"] and (loss_step is None or loss_step > first["step"])
+    proc = cli("diff", str(tiny_bundle), str(out.bundle))
+    assert f"first divergence: step {first['step']} ({first['kind']})" in proc.stdout
 
 
 def test_one_changed_line_in_the_training_script_is_named(tiny_bundle: Path, tmp_path: Path) -> None:
