@@ -379,3 +379,95 @@ MODEL_CARD = "model/README.md"  # Hugging Face model card
 CROISSANT_NAME = "croissant.json"  # data/<dataset>/croissant.json: Croissant 1.1 data card
 SLSA_PREDICATE = "https://slsa.dev/provenance/v1"
 DSSE_PAYLOAD_TYPE = "application/vnd.in-toto+json"
+
+
+# --- capture of a wrapped command (`prov run`): written by the command's own Python processes ---
+# The capture layer (provenance.capture.inject) writes the native files of a run as the
+# command trains: order/rank<R>.ids.u32 + .steps.bin (the sample ids of each optimizer step;
+# n = 0 for a step that carries content digests instead), logs/metrics.jsonl (rank 0: the
+# exact loss of each step) and checkpoints/index.json (every file the command saved). What
+# has no native place goes under capture/, one file per rank:
+#   capture/order.rank<R>.jsonl       per step: which evidence it carries (sample ids or content
+#                                     digests of its micro-batches' inputs), their digests
+#   capture/seeds.rank<R>.jsonl       every seed call: function, value, the step before which it ran
+#   capture/logged.rank<R>.jsonl      what the script itself logged (wandb, TensorBoard, HF Trainer)
+#   capture/checkpoints.rank<R>.jsonl every saved file as it was hashed (the index is rebuilt from it)
+#   capture/events.rank<R>.jsonl      capture events, observer_failed among them
+#   capture/facts.rank<R>.json        determinism flags, threads, optimizers at the first step
+#   capture/metrics.rank<R>.jsonl     ranks other than 0: their own exact losses
+CAPTURE_DIR = "capture"
+CAPTURE_SCHEMA = "fullyopen.capture/v1"
+CAPTURE_ORDER_SCHEMA = "fullyopen.capture-order/v1"
+EVIDENCE_IDS = "sample-ids"  # the DataLoader's sample indices (in order/rank<R>.ids.u32)
+EVIDENCE_CONTENT = "content-digest"  # sha256 of each micro-batch's input tensors (dtype, shape, bytes)
+EVIDENCE_NONE = "none"  # the step saw neither (no DataLoader indices, no tensor input to a forward)
+CAPTURE_CHECKPOINT_ROLES = ("weights", "optimizer", "full-state", "other")
+
+
+@dataclass(frozen=True)
+class CapturePaths:
+    order: str
+    seeds: str
+    logged: str
+    checkpoints: str
+    events: str
+    facts: str
+    metrics: str  # rank 0: logs/metrics.jsonl
+
+
+def capture_paths(rank: int) -> CapturePaths:
+    base = f"{CAPTURE_DIR}/"
+    return CapturePaths(order=f"{base}order.rank{rank}.jsonl", seeds=f"{base}seeds.rank{rank}.jsonl",
+                        logged=f"{base}logged.rank{rank}.jsonl", checkpoints=f"{base}checkpoints.rank{rank}.jsonl",
+                        events=f"{base}events.rank{rank}.jsonl", facts=f"{base}facts.rank{rank}.json",
+                        metrics=METRICS if rank == 0 else f"{base}metrics.rank{rank}.jsonl")
+
+
+def float_bits(x: float) -> str:
+    """The exact bits of a float as a big-endian IEEE-754 double, in hex."""
+    return struct.pack(">d", x).hex()
+
+
+def content_digest(parts: Iterable[tuple[str, tuple[int, ...], bytes]]) -> str:
+    """sha256 over (dtype, shape, bytes) of each tensor of a micro-batch, in order."""
+    h = hashlib.sha256(b"fullyopen-content-v1")
+    for dtype, shape, data in parts:
+        head = f"{dtype}:{','.join(str(d) for d in shape)}:{len(data)};".encode()
+        h.update(head)
+        h.update(data)
+    return digest_str(h.hexdigest())
+
+
+def step_content_digest(micro: Sequence[str]) -> str:
+    """One step's content evidence: sha256 over its micro-batches' digests, in order."""
+    return digest_str(hashlib.sha256("\n".join(micro).encode()).hexdigest())
+
+
+def capture_order_record(step: int, evidence: str, micro_steps: int, n_samples: int, batch_digest: str | None,
+                         content: Sequence[str], chain: bytes) -> dict[str, Any]:
+    rec: dict[str, Any] = {"step": step, "evidence": evidence, "micro_steps": micro_steps, "n_samples": n_samples,
+                           "chain": chain.hex()}
+    if batch_digest is not None:
+        rec["batch_digest"] = batch_digest
+    if content:
+        rec["content"] = list(content)
+        rec["content_digest"] = step_content_digest(content)
+    return rec
+
+
+def capture_chain_next(prev: bytes, step: int, evidence: str, digest: str) -> bytes:
+    """The capture order's own chain (over ids and content digests alike): 24 bytes, prev0 = 24 zero bytes."""
+    h = hashlib.sha256(b"fullyopen-capture-order-v1")
+    h.update(prev)
+    h.update(struct.pack("<I", step))
+    h.update(f"{evidence}:{digest}".encode())
+    return h.digest()[:24]
+
+
+def captured_checkpoint_index(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """checkpoints/index.json of a captured command: every file it saved (they lie outside the bundle,
+    at `path` relative to the command's working folder, unless `prov run --outputs` copied them)."""
+    out = checkpoint_index([dict(e, in_bundle=False) for e in entries])
+    out["checkpoints"] = sorted(out["checkpoints"], key=lambda e: (e["step"], e["path"]))
+    out["captured"] = True
+    return out

@@ -104,6 +104,9 @@ def seal_run(root: str | os.PathLike[str], force: bool = False) -> dict[str, Any
                 repaired.append(rel)
         repaired += _trim_order(root)
         indexed = _reconcile_checkpoints(root)
+        from provenance.capture import wrapped  # a captured command's records: torn tails, its own seeds
+
+        info.update(wrapped.finalize(root))
         info.update({"status": "interrupted", "ended_at": formats.utc_now(), "exit_status": 137,
                      "error": {"type": "Killed", "message": "the run's process ended without sealing "
                                "(SIGKILL, power loss or OOM); sealed afterwards by `prov seal`",

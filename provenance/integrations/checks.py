@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from provenance import audit, formats
+from provenance.integrations.captured import captured_checkpoints
 from provenance.integrations.layout import COMMAND_JSON, COMMAND_SCHEMA, OUTPUTS_INDEX, OUTPUTS_SCHEMA, WANDB_JSON
 from provenance.integrations.outputs import sniff
 
@@ -99,6 +100,9 @@ def register() -> None:
             func = _tolerate_wrapped(chk.func, needs, what)
             func._tolerates_wrapped = True  # type: ignore[attr-defined]
             audit.register_check(name, chk.title, func, replace=True)
+    chk = existing.get("checkpoints")
+    if chk is not None and not getattr(chk.func, "_captured", False):
+        audit.register_check("checkpoints", chk.title, captured_checkpoints(chk.func), replace=True)
     audit.register_check("command", "wrapped command and its outputs", check_command, replace=True)
     audit.register_check("wandb", "wandb run", check_wandb, replace=True)
 

@@ -18,9 +18,12 @@ the bundle is sealed with the child's status:
       from the OOM killer, SIGSEGV, ...)
 
 The wrapper exits with the child's status (128 + N when the child was killed by signal N).
-The seeds and determinism settings in run.json are the wrapper's, not the command's:
-the wrapper does not change the command's environment, except for PYTHONUNBUFFERED=1
-(unless set) and PROV_WRAPPER_RUN (the bundle's path), which command.json lists.
+The wrapper changes the command's environment only by PYTHONUNBUFFERED=1 (unless set),
+PROV_WRAPPER_RUN (the bundle's path) and, unless capture=False, the capture layer's
+PROV_CAPTURE and PYTHONPATH (provenance.capture.inject), which command.json lists. With
+the capture, the command's Python processes record its steps, data order, exact losses,
+seeds and checkpoints into the bundle, and run.json's seeds and determinism settings are
+the command's (provenance.capture.wrapped.finalize).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from provenance import formats
+from provenance.capture import inject, wrapped
 from provenance.capture.data import DatasetSpec
 from provenance.hashing import sha256_file
 from provenance.integrations.data import local_dataset
@@ -141,7 +145,7 @@ def wrap(command: Sequence[str], *, name: str | None = None, data: Sequence[str]
          outputs: Sequence[str] = (), runs_dir: str | os.PathLike[str] = "runs",
          cwd: str | os.PathLike[str] | None = None,
          data_in_bundle: bool = False, copy_outputs: bool = True, license: str | None = None,
-         callbacks: Sequence[Callback] = ()) -> tuple[int, Run]:
+         callbacks: Sequence[Callback] = (), capture: bool = True) -> tuple[int, Run]:
     """Run `command` as a child inside a Run; return (the child's exit status, the sealed Run)."""
     if not command:
         raise ValueError("no command to run (usage: prov run [options] -- COMMAND ...)")
@@ -155,14 +159,18 @@ def wrap(command: Sequence[str], *, name: str | None = None, data: Sequence[str]
     before = snapshot_stats(out_paths)
     fwd = _Forwarder()
     record: dict[str, Any] = {"schema": COMMAND_SCHEMA, "command": command, "cwd_name": work.name}
+    sampler = {"kind": "captured", "evidence": formats.capture_paths(0).order} if capture else None
     with start_run(config, name=name or default_name(command), runs_dir=runs_dir, seed=0, threads=None,
                    deterministic=False, datasets=specs, argv=command, code_root=work, license=license,
-                   callbacks=callbacks) as run:
+                   callbacks=callbacks,
+                   sampler=sampler) as run:
         assert run.writer is not None
         env = dict(os.environ)
         added = {"PROV_WRAPPER_RUN": str(run.root.resolve())}
         if "PYTHONUNBUFFERED" not in env:
             added["PYTHONUNBUFFERED"] = "1"
+        if capture:
+            added.update(inject.child_env(run.root, env))
         env.update(added)
         record["env_added"] = added
         fwd.install()
@@ -216,11 +224,30 @@ def wrap(command: Sequence[str], *, name: str | None = None, data: Sequence[str]
             for ch in changes:
                 print(f"prov run: warning: data {ch['dataset']}/{ch['path']} was {ch['change']} while the command ran",
                       file=sys.stderr)
+        if capture:
+            _finish_capture(run, record)
         run.writer.write_json(COMMAND_JSON, record)
         error = None if status == "completed" else {"type": "CommandFailed" if status == "failed"
                                                     else "CommandInterrupted", "message": message, "traceback": ""}
         run.finish(status, exit_status, error)
     return exit_status, run
+
+
+def _finish_capture(run: Run, record: dict[str, Any]) -> None:
+    """Make the captured records whole; run.json gets the command's own seeds and determinism."""
+    try:
+        updates = wrapped.finalize(run.root)
+    except (OSError, ValueError) as exc:
+        run._event("observer_failed", observer="prov-capture", hook="finalize", error=repr(exc))
+        return
+    if not updates:
+        record["capture"] = {"steps": 0, "note": "no Python process of the command stepped an optimizer"}
+        return
+    for ev in formats.read_jsonl(run.root / formats.capture_paths(0).events):
+        if ev.get("event") == "observer_failed":
+            run._event("observer_failed", **{k: v for k, v in ev.items() if k not in ("time", "event")})
+    record["capture"] = updates["capture"]
+    run._run_info.update(updates)
 
 
 def _manifest_of(run: Run, spec: DatasetSpec) -> dict[str, Any]:
