@@ -22,9 +22,9 @@ from provenance.hashing import ALGORITHM, root_digest
 
 BUNDLE_SCHEMA = "fullyopen.bundle/v1"
 DATA_MANIFEST_SCHEMA = "fullyopen.data-manifest/v1"
-ORDER_SCHEMA = "fullyopen.data-order/v1"
 CHECKPOINT_INDEX_SCHEMA = "fullyopen.checkpoint-index/v1"
 NOTE_SCHEMA = "fullyopen.note/v1"
+PROOF_SCHEMA = "fullyopen.data-proof/v1"  # prov prove: a record's membership (or absence) and when it was trained
 
 # --- the layout of runs/<run_id>/ -------------------------------------------------------
 RUN_JSON = "run.json"  # identity, status, times, exit status, seeds, threads
@@ -207,32 +207,57 @@ def note_record(text: str, category: str, author: str | None, links: Sequence[st
 
 
 # --- data order ------------------------------------------------------------------------
-# Per rank: order/rank<R>.ids.u32 holds every sample id of every step as little-endian
-# uint32 (4 bytes a sample); order/rank<R>.steps.bin holds one 32-byte record a step:
+# Per rank: order/rank<R>.ids.u64 (v2; .ids.u32 in v1) holds every sample id of every step as
+# little-endian uint64 (uint32 in v1); order/rank<R>.steps.bin holds one 32-byte record a step:
 #   <u32 step><u32 n_samples><24 bytes: chain digest>
-# chain_k = sha256(b"fullyopen-order-v1" + chain_{k-1} + u32 step + u32 n + ids bytes)[:24]
-# with chain_{-1} = 24 zero bytes. Changing any step's batch changes every later digest.
+# v2: chain_k = sha256(b"fullyopen-order-v2" + chain_{k-1} + u32 step + u32 n + ids bytes)[:24]
+# v1: the same with b"fullyopen-order-v1" and uint32 ids; chain_{-1} = 24 zero bytes.
+# Changing any step's batch changes every later digest. Readers accept both versions; the
+# version is the header's schema (and the ids file's suffix).
 
+ORDER_SCHEMA_V1 = "fullyopen.data-order/v1"
+ORDER_SCHEMAS = {ORDER_SCHEMA_V1: 1, "fullyopen.data-order/v2": 2}
+ORDER_WRITE_VERSION = 1  # what a run writes now
+ORDER_SCHEMA = "fullyopen.data-order/v2" if ORDER_WRITE_VERSION == 2 else ORDER_SCHEMA_V1
 ORDER_STEP_RECORD = struct.Struct("<II24s")
 ORDER_CHAIN_SEED = bytes(24)
-_ORDER_DOMAIN = b"fullyopen-order-v1"
+_ORDER_IDS = {1: ("ids.u32", "I", 4, b"fullyopen-order-v1"), 2: ("ids.u64", "Q", 8, b"fullyopen-order-v2")}
 
 
-def order_paths(rank: int) -> tuple[str, str, str]:
+def order_paths(rank: int, version: int = ORDER_WRITE_VERSION) -> tuple[str, str, str]:
     base = f"{ORDER_DIR}/rank{rank}"
-    return f"{base}.json", f"{base}.ids.u32", f"{base}.steps.bin"
+    return f"{base}.json", f"{base}.{_ORDER_IDS[version][0]}", f"{base}.steps.bin"
 
 
-def encode_ids(sample_ids: Sequence[int]) -> bytes:
+def order_version(header: Any) -> int:
+    """1 or 2 from an order header's schema; FormatError for anything else."""
+    schema = header.get("schema") if isinstance(header, dict) else None
+    if schema not in ORDER_SCHEMAS:
+        raise FormatError(f"not a data-order header (schema {schema!r}, expected one of {', '.join(ORDER_SCHEMAS)})")
+    return ORDER_SCHEMAS[schema]
+
+
+def order_files(root: Path, rank: int) -> tuple[str, str, str, int]:
+    """(header, ids, steps, version) of a rank in a bundle folder, v1 or v2, by the ids file present."""
+    for version in (2, 1):
+        paths = order_paths(rank, version)
+        if (root / paths[1]).exists():
+            return (*paths, version)
+    return (*order_paths(rank), ORDER_WRITE_VERSION)
+
+
+def encode_ids(sample_ids: Sequence[int], version: int = ORDER_WRITE_VERSION) -> bytes:
+    _, code, width, _ = _ORDER_IDS[version]
+    limit = 1 << (8 * width)
     for s in sample_ids:
-        if not 0 <= int(s) < 2**32:
-            raise ValueError(f"sample id {s} does not fit in uint32")
-    return struct.pack(f"<{len(sample_ids)}I", *(int(s) for s in sample_ids))
+        if not 0 <= int(s) < limit:
+            raise ValueError(f"sample id {s} does not fit in uint{8 * width}")
+    return struct.pack(f"<{len(sample_ids)}{code}", *(int(s) for s in sample_ids))
 
 
-def batch_digest(sample_ids: Sequence[int]) -> str:
-    """sha256 of the batch's ids as little-endian uint32: what reproduce compares step by step."""
-    return ids_digest(encode_ids(sample_ids))
+def batch_digest(sample_ids: Sequence[int], version: int = ORDER_WRITE_VERSION) -> str:
+    """sha256 of the batch's ids as little-endian uint64 (uint32 in v1): what reproduce compares step by step."""
+    return ids_digest(encode_ids(sample_ids, version))
 
 
 def ids_digest(ids_bytes: bytes) -> str:
@@ -240,9 +265,10 @@ def ids_digest(ids_bytes: bytes) -> str:
     return digest_str(hashlib.sha256(ids_bytes).hexdigest())
 
 
-def chain_next(prev: bytes, step: int, ids_bytes: bytes) -> bytes:
-    n = len(ids_bytes) // 4
-    h = hashlib.sha256(_ORDER_DOMAIN)
+def chain_next(prev: bytes, step: int, ids_bytes: bytes, version: int = ORDER_WRITE_VERSION) -> bytes:
+    _, _, width, domain = _ORDER_IDS[version]
+    n = len(ids_bytes) // width
+    h = hashlib.sha256(domain)
     h.update(prev)
     h.update(struct.pack("<II", step, n))
     h.update(ids_bytes)
@@ -254,40 +280,65 @@ class OrderStep:
     step: int
     sample_ids: tuple[int, ...]
     chain: bytes
+    version: int = ORDER_WRITE_VERSION
 
 
-def order_header(rank: int, world_size: int, sampler: dict[str, Any], dataset: str) -> dict[str, Any]:
-    return {
-        "schema": ORDER_SCHEMA,
+def order_header(rank: int, world_size: int, sampler: dict[str, Any], dataset: str,
+                 version: int = ORDER_WRITE_VERSION) -> dict[str, Any]:
+    ids, _, width, domain = _ORDER_IDS[version]
+    header = {
+        "schema": ORDER_SCHEMA_V1 if version == 1 else "fullyopen.data-order/v2",
         "rank": rank,
         "world_size": world_size,
         "dataset": dataset,
         "sampler": sampler,
-        "ids_dtype": "uint32-le",
+        "ids_dtype": f"uint{8 * width}-le",
         "step_record": "<u32 step><u32 n_samples><24-byte chain digest>",
-        "chain": "sha256(b'fullyopen-order-v1' + prev + u32 step + u32 n + ids)[:24], prev0 = 24 zero bytes",
+        "chain": f"sha256(b'{domain.decode()}' + prev + u32 step + u32 n + ids)[:24], prev0 = 24 zero bytes",
     }
+    if version == 2:
+        header["ids_file"] = f"rank{rank}.{ids}"
+    return header
+
+
+def decode_step_records(steps_raw: bytes) -> list[tuple[int, int, bytes]]:
+    """(step, n_samples, chain) of every whole 32-byte record; a torn tail is ignored."""
+    usable = len(steps_raw) - len(steps_raw) % ORDER_STEP_RECORD.size
+    return list(ORDER_STEP_RECORD.iter_unpack(steps_raw[:usable]))
+
+
+def decode_order(ids_all: bytes, steps_raw: bytes, version: int) -> Iterator[OrderStep]:
+    """Decode one rank's order from its two files' bytes; a torn tail (crash mid-append) is ignored."""
+    _, code, width, _ = _ORDER_IDS[version]
+    offset = 0
+    for (step, n, chain) in decode_step_records(steps_raw):
+        chunk = ids_all[offset : offset + width * n]
+        if len(chunk) != width * n:
+            return
+        offset += width * n
+        yield OrderStep(step, struct.unpack(f"<{n}{code}", chunk), chain, version)
 
 
 def read_order(ids_path: Path, steps_path: Path) -> Iterator[OrderStep]:
-    """Decode one rank's order; a torn tail (crash mid-append) is ignored."""
+    """Decode one rank's order (v1 or v2, by the ids file's suffix; when ids_path does not exist the
+    other version's file next to it is read); a torn tail (crash mid-append) is ignored."""
+    if not ids_path.exists():
+        for suffix, *_rest in _ORDER_IDS.values():
+            alt = ids_path.with_name(f"{ids_path.name.split('.ids.')[0]}.{suffix}")
+            if alt.exists():
+                ids_path = alt
+                break
+    version = 2 if ids_path.name.endswith(".u64") else 1
     ids_all = ids_path.read_bytes() if ids_path.exists() else b""
     steps_raw = steps_path.read_bytes() if steps_path.exists() else b""
-    usable = len(steps_raw) - len(steps_raw) % ORDER_STEP_RECORD.size
-    offset = 0
-    for (step, n, chain) in ORDER_STEP_RECORD.iter_unpack(steps_raw[:usable]):
-        chunk = ids_all[offset : offset + 4 * n]
-        if len(chunk) != 4 * n:
-            return
-        offset += 4 * n
-        yield OrderStep(step, struct.unpack(f"<{n}I", chunk), chain)
+    yield from decode_order(ids_all, steps_raw, version)
 
 
 def verify_order_chain(steps: Iterable[OrderStep]) -> tuple[int, int] | None:
     """None if the chain is intact, else (index, step) of the first broken link."""
     prev = ORDER_CHAIN_SEED
     for i, st in enumerate(steps):
-        expect = chain_next(prev, st.step, encode_ids(st.sample_ids))
+        expect = chain_next(prev, st.step, encode_ids(st.sample_ids, st.version), st.version)
         if expect != st.chain:
             return i, st.step
         prev = st.chain

@@ -50,6 +50,12 @@ def only_run(runs: Path) -> Path:
     return found[0]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _hash_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests (and the trainings they start) never use the user's hash cache."""
+    os.environ["PROV_CACHE_DIR"] = str(tmp_path_factory.mktemp("prov-cache"))
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A sealed bundle of a real (tiny) training run. Read-only: copy it before changing it."""

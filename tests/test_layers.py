@@ -13,7 +13,7 @@ LAYERS = [
     {"hashing"},
     {"formats", "redact", "config"},
     {"bundle"},
-    {"capture"},
+    {"capture", "datasets"},
     {"replay"},
     {"run", "recover"},
     {"openness", "archive", "audit"},

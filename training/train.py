@@ -104,7 +104,7 @@ def corpus_spec(cfg: DataConfig) -> Any:
     """The corpus as data.source says: generated, a local folder, or a Hub dataset at a pinned commit.
     For local and hub, the manifest lists exactly the files read (and where they came from)."""
     from provenance.capture.data import load_manifest
-    from provenance.integrations.data import files_dataset, hub_dataset
+    from provenance.integrations.sources import files_dataset, hub_dataset
 
     expected = load_manifest(cfg.manifest) if cfg.manifest else None
     kw = {"license": cfg.license, "samples_file": "train.jsonl", "in_bundle": cfg.in_bundle, "expected": expected}

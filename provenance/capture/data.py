@@ -1,7 +1,12 @@
-"""Data manifests: every file of a dataset with size, sha256 and record count.
+"""Data manifests: every file of a dataset with size, sha256, record count and Merkle root.
 
 A manifest is what makes sample ids stable: `samples` names the file whose
-records the ids index (0-based record number).
+records the ids index (0-based record number). Every file is read once: the
+whole-file sha256, the record count and the Merkle root over its leaves come
+from the same pass (provenance.datasets.scan), or from the machine's hash cache
+when the file is unchanged (provenance.datasets.hashcache). `merkle` commits to
+the whole dataset: a root over its files' entries, and a root over the sorted
+record hashes (absence of a document is provable against it).
 """
 
 from __future__ import annotations
@@ -11,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from provenance.datasets import merkle
+from provenance.datasets.hashcache import HashCache, default_cache
+from provenance.datasets.scan import ScanError, Stats, default_scheme, is_text_scheme, scan_files
 from provenance.formats import DATA_MANIFEST_SCHEMA, FormatError, read_json
-from provenance.hashing import hash_files
 
 _LINE_FORMATS = (".jsonl", ".txt", ".csv", ".tsv")
 
@@ -34,6 +41,7 @@ class DatasetSpec:
     expected: dict[str, Any] | None = None  # a manifest the files must match (committed or recorded)
     in_bundle: bool = True  # copy the files into the bundle (small datasets)
     extra: dict[str, Any] = field(default_factory=dict)
+    leaf_schemes: dict[str, str] = field(default_factory=dict)  # file -> leaf scheme (default by suffix)
 
 
 def count_records(path: Path) -> int | None:
@@ -46,25 +54,66 @@ def count_records(path: Path) -> int | None:
     return n
 
 
-def build_manifest(spec: DatasetSpec, workers: int | None = None) -> dict[str, Any]:
+_USE_DEFAULT_CACHE: Any = object()
+MERKLE_TREE = "RFC 9162 Merkle tree: leaf H(0x00||data), node H(0x01||left||right)"
+FILE_LEAF = "b'fullyopen-file/v1\\0' + compact sorted JSON of the entry's leaf, leaves, merkle_root, path, sha256, size"
+SORTED_LEAF = "the 32-byte leaf hashes of every text record of every file, sorted bytewise"
+
+
+def file_leaf_data(entry: dict[str, Any]) -> bytes:
+    """The leaf that stands for one file in its dataset's Merkle tree."""
+    import json
+
+    keys = ("leaf", "leaves", "merkle_root", "path", "sha256", "size")
+    canon = json.dumps({k: entry[k] for k in keys}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return b"fullyopen-file/v1\0" + canon.encode()
+
+
+def build_manifest(spec: DatasetSpec, workers: int | None = None, *, cache: HashCache | None = _USE_DEFAULT_CACHE,
+                   stats: Stats | None = None, algorithm: str = "sha256") -> dict[str, Any]:
+    """The manifest of spec's files; unchanged files' facts come from the hash cache (the same bytes)."""
     paths = [spec.root / f for f in spec.files]
     for f, p in zip(spec.files, paths, strict=True):
         if not p.is_file():
             raise DataMismatch(f"dataset '{spec.name}': file {f} is missing (looked in {spec.root})")
-    digests = hash_files(paths, workers=workers)
+    own_cache = cache is _USE_DEFAULT_CACHE
+    if own_cache:
+        cache = default_cache()
+    schemes = [spec.leaf_schemes.get(f) or default_scheme(f) for f in spec.files]
+    try:
+        facts = scan_files(list(zip(paths, schemes, strict=True)), algorithm=algorithm, cache=cache,
+                           workers=workers, stats=stats)
+    except ScanError as exc:
+        raise DataMismatch(f"dataset '{spec.name}': {exc}") from None
+    finally:
+        if own_cache and cache is not None:
+            cache.close()
     files = []
-    for f, p in zip(spec.files, paths, strict=True):
-        entry: dict[str, Any] = {"path": f, "size": p.stat().st_size, "sha256": digests[p]}
-        records = count_records(p)
-        if records is not None:
-            entry["records"] = records
+    text_leaves: list[bytes] = []
+    for f, fact in zip(spec.files, facts, strict=True):
+        entry: dict[str, Any] = {"path": f, "size": fact["size"], "sha256": fact["sha256"], "leaf": fact["leaf"],
+                                 "leaves": fact["leaves"], "merkle_root": fact["merkle_root"]}
+        if "records" in fact and (f.endswith(_LINE_FORMATS) or is_text_scheme(fact["leaf"])
+                                  or fact["leaf"].startswith("tokens:")):
+            entry["tokens" if fact["leaf"].startswith("tokens:") else "records"] = fact["records"]
+        if is_text_scheme(fact["leaf"]):
+            raw = fact.get("_leaf_hashes", b"")
+            text_leaves += [raw[i:i + 32] for i in range(0, len(raw), 32)]
         files.append(entry)
+    files.sort(key=lambda e: e["path"])
+    file_tree = merkle.root_of_hashes((merkle.leaf_hash(file_leaf_data(e), algorithm) for e in files), algorithm)
+    text_leaves.sort()
+    sorted_tree = merkle.root_of_hashes((merkle.leaf_hash(h, algorithm) for h in text_leaves), algorithm)
     manifest: dict[str, Any] = {
         "schema": DATA_MANIFEST_SCHEMA,
         "name": spec.name,
         "source": spec.source,
         "license": spec.license,
-        "files": sorted(files, key=lambda e: e["path"]),
+        "files": files,
+        "merkle": {"algorithm": algorithm, "tree": MERKLE_TREE, "file_leaf": FILE_LEAF,
+                   "root": f"{algorithm}:{file_tree.hex()}", "files": len(files),
+                   "sorted_leaf": SORTED_LEAF, "sorted_root": f"{algorithm}:{sorted_tree.hex()}",
+                   "sorted_leaves": len(text_leaves)},
         **spec.extra,
     }
     if spec.samples_file is not None:

@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from provenance.capture.data import DataMismatch
+from provenance.datasets.files import list_data_files
 
 BUNDLES_DIR = "bundles"
 
@@ -122,8 +123,6 @@ def tracking_info(path: Path) -> dict[str, Any] | None:
         md5s = {path.name: md5_file(path)}
         actual = md5s[path.name]
     else:
-        from provenance.integrations.data import list_data_files
-
         md5s = {rel: md5_file(path / rel) for rel in list_data_files(path)}
         actual = dir_md5(md5s)
     if hash_name == "md5" and expected and actual != expected:

@@ -41,9 +41,9 @@ from provenance import formats
 from provenance.capture import inject, wrapped
 from provenance.capture.data import DatasetSpec
 from provenance.hashing import sha256_file
-from provenance.integrations.data import local_dataset
 from provenance.integrations.layout import COMMAND_JSON, COMMAND_SCHEMA, OUTPUTS_INDEX
 from provenance.integrations.outputs import collect_outputs, snapshot_stats
+from provenance.integrations.sources import local_dataset
 from provenance.run import Callback, Run, start_run
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)

@@ -9,8 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from provenance.capture.data import DatasetSpec
+from provenance.datasets.files import list_data_files
+from provenance.integrations import dvc
 
-_SKIP = {".git", ".dvc", "__pycache__", ".cache"}
+__all__ = ["dataset_name", "files_dataset", "hub_dataset", "list_data_files", "local_dataset"]
+
 _LINE_SUFFIXES = (".jsonl", ".txt", ".csv", ".tsv")
 
 
@@ -24,25 +27,11 @@ def dataset_name(path: Path, taken: set[str] | None = None) -> str:
     return name
 
 
-def list_data_files(path: Path) -> list[str]:
-    """Regular files under a folder, relative posix paths, sorted (VCS and cache folders skipped)."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(path):
-        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP and not (Path(dirpath) / d).is_symlink())
-        for f in filenames:
-            p = Path(dirpath) / f
-            if p.is_file() and not p.is_symlink() and not f.endswith(".dvc"):
-                found.append(p.relative_to(path).as_posix())
-    return sorted(found)
-
-
 def local_dataset(path: str | os.PathLike[str], name: str | None = None, *, license: str | None = None,
                   in_bundle: bool = False, taken: set[str] | None = None,
                   source: dict[str, Any] | None = None) -> DatasetSpec:
     """A DatasetSpec for a local file or folder; DVC-tracked paths get their DVC facts too."""
     p = Path(path).resolve()
-    from provenance.integrations import dvc
-
     fetched = not p.exists() and dvc.pull_if_tracked(p)  # a DVC-tracked dataset not in the workspace
     if fetched:
         print(f"fetched {path} through DVC (dvc pull)", file=sys.stderr)
@@ -78,8 +67,6 @@ def files_dataset(name: str, root: str | os.PathLike[str], files: list[str], *, 
     A folder tracked by DVC that is missing is fetched with `dvc pull`; a tracked folder is
     described with its DVC md5 (see provenance.integrations.dvc).
     """
-    from provenance.integrations import dvc
-
     folder = Path(root).resolve()
     fetched = not folder.exists() and dvc.pull_if_tracked(folder)
     missing = [f for f in files if not (folder / f).is_file()]

@@ -1,0 +1,165 @@
+"""`prov prove` / `prov verify-proof` on a default (`lines`) bundle, `prov data resolve|manifest`."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from provenance import formats
+from provenance.cli import main
+from provenance.datasets.proofs import ProofError, prove, verify_proof
+
+
+def _train_lines(bundle: Path) -> list[bytes]:
+    return (bundle / "data" / "tiny-corpus" / "files" / "train.jsonl").read_bytes().split(b"\n")[:-1]
+
+
+def _order(bundle: Path) -> list[formats.OrderStep]:
+    _, ids, steps, _ = formats.order_files(bundle, 0)
+    return list(formats.read_order(bundle / ids, bundle / steps))
+
+
+def test_prove_a_trained_story_and_its_steps(tiny_bundle: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    order = _order(tiny_bundle)
+    sample = order[3].sample_ids[2]  # a story drawn at step 4 (and maybe later)
+    story = json.loads(_train_lines(tiny_bundle)[sample])["text"]
+    out = tmp_path / "proof.json"
+    assert main(["prove", str(tiny_bundle), "--text", story, "-o", str(out)]) == 0
+    proof = json.loads(out.read_text())
+    line = _train_lines(tiny_bundle)[sample]
+    copies = {i for i, x in enumerate(_train_lines(tiny_bundle)) if x == line}  # the corpus repeats some records
+    expected = sorted((st.step, k) for st in order for k, s in enumerate(st.sample_ids) if s in copies)
+    assert [(t["step"], t["position"]) for t in proof["trained"]] == expected and expected
+    assert proof["claim"] == "membership" and proof["order"]["complete"] and sample in proof["samples"]
+    root = formats.parse_oms_statement(formats.read_json(tiny_bundle / "manifest.json"))[0]
+    capsys.readouterr()
+    assert main(["verify-proof", str(out), "--root", f"sha256:{root}"]) == 0
+    assert f"step(s) {expected[0][0]}" in capsys.readouterr().out
+    assert main(["verify-proof", str(out), "--bundle", str(tiny_bundle)]) == 0
+    assert main(["verify-proof", str(out), "--root", "sha256:" + "0" * 64]) == 1
+
+
+def _flip_one_char(value: str) -> str:
+    i = len(value) // 2
+    return value[:i] + ("A" if value[i] != "A" else "B") + value[i + 1:]
+
+
+@pytest.mark.parametrize("where", ["leaf", "file_path", "dataset_path", "manifest", "resources", "trained",
+                                   "order_ids", "steps"])
+def test_one_changed_byte_of_the_proof_is_rejected(tiny_bundle: Path, where: str) -> None:
+    sample = _order(tiny_bundle)[0].sample_ids[0]
+    good = prove(tiny_bundle, sample=sample)
+    verify_proof(good)
+    bad = copy.deepcopy(good)
+    if where == "leaf":
+        bad["record"]["data_text"] = _flip_one_char(bad["record"]["data_text"])
+    elif where in ("file_path", "dataset_path"):
+        bad["leaves"][0][where][0] = _flip_one_char(bad["leaves"][0][where][0].upper()).lower()
+    elif where == "manifest":
+        bad["dataset"]["manifest_text"] = bad["dataset"]["manifest_text"].replace('"records": ', '"records":  ', 1)
+    elif where == "resources":
+        bad["bundle"]["resources"][0][1] = _flip_one_char(bad["bundle"]["resources"][0][1].upper()).lower()
+    elif where == "trained":
+        bad["trained"][0]["step"] += 1
+    elif where == "order_ids":
+        r = bad["order"]["ranks"][0]
+        r["ids_b64"] = _flip_one_char(r["ids_b64"])
+    else:
+        r = bad["order"]["ranks"][0]
+        r["steps_b64"] = _flip_one_char(r["steps_b64"])
+    with pytest.raises(ProofError):
+        verify_proof(bad)
+
+
+def test_changed_data_cannot_be_proved(tiny_bundle: Path, tmp_path: Path) -> None:
+    b = tmp_path / "b"
+    shutil.copytree(tiny_bundle, b)
+    f = b / "data" / "tiny-corpus" / "files" / "train.jsonl"
+    data = bytearray(f.read_bytes())
+    data[5] ^= 1
+    f.write_bytes(bytes(data))
+    with pytest.raises(ProofError, match=r"train\.jsonl"):
+        prove(b, sample=0)
+
+
+def test_partial_order_evidence_checks_each_step(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from provenance.datasets import proofs
+
+    monkeypatch.setattr(proofs, "ORDER_INLINE_LIMIT", 0)
+    sample = _order(tiny_bundle)[1].sample_ids[0]
+    p = prove(tiny_bundle, sample=sample)
+    assert not p["order"]["complete"] and p["order"]["ranks"][0]["batches"]
+    verify_proof(p)
+    bad = copy.deepcopy(p)
+    step = next(iter(bad["order"]["ranks"][0]["batches"]))
+    bad["order"]["ranks"][0]["batches"][step][0] += 1
+    with pytest.raises(ProofError, match="not the one recorded"):
+        verify_proof(bad)
+
+
+def test_document_membership_and_non_membership(tiny_bundle: Path, tmp_path: Path) -> None:
+    lines = _train_lines(tiny_bundle)
+    doc = tmp_path / "doc.jsonl"
+    doc.write_bytes(lines[7] + b"\n")
+    p = prove(tiny_bundle, file=doc)
+    assert p["claim"] == "membership" and 7 in {leaf["index"] for leaf in p["leaves"]}
+    assert {leaf["index"] for leaf in p["leaves"]} == {i for i, x in enumerate(lines) if x == lines[7]}
+    verify_proof(p)
+    absent = tmp_path / "absent.jsonl"
+    absent.write_bytes(b'{"text": "A story nobody wrote: the end."}\n')
+    a = prove(tiny_bundle, file=absent)
+    assert a["claim"] == "non-membership" and a["absent"]["neighbours"]
+    verify_proof(a)
+    bad = copy.deepcopy(a)
+    bad["absent"]["neighbours"][0]["leaf_hash"] = a["absent"]["leaf_hash"]  # claims equality
+    with pytest.raises(ProofError):
+        verify_proof(bad)
+    bad = copy.deepcopy(a)
+    bad["absent"]["neighbours"][0]["index"] += 1
+    with pytest.raises(ProofError):
+        verify_proof(bad)
+
+
+def test_sample_past_the_end_is_exit_2(tiny_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    n = len(_train_lines(tiny_bundle))
+    assert main(["prove", str(tiny_bundle), "--sample", str(n)]) == 2
+    assert f"sample id {n} is past the end" in capsys.readouterr().err
+
+
+def test_resolve_a_step_matches_a_direct_read(tiny_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lines = _train_lines(tiny_bundle)
+    order = _order(tiny_bundle)
+    step = random.Random(0).choice(order)
+    capsys.readouterr()
+    assert main(["data", "resolve", str(tiny_bundle), str(step.step), "--json"]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [r["sample"] for r in rows] == list(step.sample_ids)
+    for r in rows:
+        start, end = map(int, r["range"].split()[1].split(":"))
+        raw = (tiny_bundle / "data" / "tiny-corpus" / "files" / "train.jsonl").read_bytes()
+        assert raw[start:end] == lines[r["sample"]]
+        assert r["text"] == json.loads(lines[r["sample"]])["text"]
+    assert main(["data", "resolve", str(tiny_bundle), "99999"]) == 2
+
+
+def test_prov_data_manifest_reports_cache_use(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    d = tmp_path / "ds"
+    d.mkdir()
+    (d / "a.jsonl").write_text('{"text": "x"}\n' * 10)
+    st = (d / "a.jsonl").stat()
+    os.utime(d / "a.jsonl", ns=(st.st_atime_ns, st.st_mtime_ns - 10**11))
+    out1, out2 = tmp_path / "m1.json", tmp_path / "m2.json"
+    assert main(["data", "manifest", str(d), "-o", str(out1)]) == 0
+    assert "hashed 140 bytes in 1 files" in capsys.readouterr().err
+    assert main(["data", "manifest", str(d), "-o", str(out2)]) == 0
+    assert "took 140 bytes in 1 files from the hash cache" in capsys.readouterr().err
+    assert out1.read_bytes() == out2.read_bytes()
+    assert main(["data", "manifest", str(tmp_path / "nope")]) == 2
