@@ -41,6 +41,8 @@ EVENTS = "logs/events.jsonl"  # lifecycle events and contained observer failures
 STDOUT = "logs/stdout.log"
 STDERR = "logs/stderr.log"
 NOTES = "notes.jsonl"
+RESEALS = "reseals.jsonl"  # every re-seal of a sealed bundle: the root digest before, what changed, why
+RESEAL_SCHEMA = "fullyopen.reseal/v1"
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_INDEX = "checkpoints/index.json"
 MODEL_DIR = "model"  # save_pretrained form of the final model, with its tokenizer
@@ -204,6 +206,20 @@ def note_record(text: str, category: str, author: str | None, links: Sequence[st
     return {"schema": NOTE_SCHEMA, "time": utc_now(), "step": step,
             "author": author or os.environ.get("USER") or "unknown", "category": category,
             "text": text, "links": list(links)}
+
+
+def reseal_record(previous_root_digest: str, changes: Sequence[dict[str, Any]], reason: str,
+                  command: str) -> dict[str, Any]:
+    """One line of reseals.jsonl: a sealed bundle was sealed again.
+
+    `previous_root_digest` is the root digest of the seal that was replaced; `changes` lists
+    every file that differs between that seal and the new one (reseals.jsonl itself aside):
+    {"path", "change": "added" | "modified" | "removed", "sha256_before", "sha256_after"}
+    (digests "sha256:<hex>" or None). The new root digest is the manifest's; the seal before
+    can be recomputed from the new one, these changes and the earlier lines of this file.
+    """
+    return {"schema": RESEAL_SCHEMA, "time": utc_now(), "command": command, "reason": reason,
+            "previous_root_digest": digest_str(previous_root_digest), "changes": list(changes)}
 
 
 # --- data order ------------------------------------------------------------------------

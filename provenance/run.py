@@ -33,6 +33,7 @@ from provenance.bundle import AppendLog, BundleWriter
 from provenance.capture.code import capture_code
 from provenance.capture.data import DatasetSpec, verified_manifest
 from provenance.capture.env import capture_env
+from provenance.capture.process import process_identity
 from provenance.capture.state import apply_determinism, save_checkpoint, seed_everything
 from provenance.config import ConfigError
 from provenance.hashing import sha256_file
@@ -264,6 +265,7 @@ class Run:
             "exit_status": None,
             "error": None,
             "pid": os.getpid(),
+            "process": process_identity(),  # pid, start time and boot id: `prov seal` tells a reused pid apart
             "host": socket.gethostname(),
             "seed": self.seed,
             "seeds": {"python": self.seed, "numpy": self.seed % 2**32, "torch": self.seed},

@@ -16,7 +16,7 @@ LAYERS = [
     {"capture", "datasets"},
     {"replay"},
     {"run", "recover"},
-    {"openness", "archive", "audit"},
+    {"openness", "archive", "audit", "sealcheck"},
     {"diff", "reproduce"},
     {"release"},
     {"integrations"},

@@ -16,6 +16,7 @@ from provenance import audit, formats
 from provenance.integrations.captured import captured_checkpoints
 from provenance.integrations.layout import COMMAND_JSON, COMMAND_SCHEMA, OUTPUTS_INDEX, OUTPUTS_SCHEMA, WANDB_JSON
 from provenance.integrations.outputs import sniff
+from provenance.sealcheck import check_reseals
 
 
 def _is_wrapped(view: audit.BundleView) -> bool:
@@ -105,6 +106,7 @@ def register() -> None:
         audit.register_check("checkpoints", chk.title, captured_checkpoints(chk.func), replace=True)
     audit.register_check("command", "wrapped command and its outputs", check_command, replace=True)
     audit.register_check("wandb", "wandb run", check_wandb, replace=True)
+    audit.register_check("reseals", "re-seals of a sealed bundle", check_reseals, replace=True)
 
 
 register()
