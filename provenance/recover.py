@@ -319,6 +319,8 @@ def _checkpoint_tokens(root: Path, rel: str, size: int) -> int:
         raise BundleError(f"{rel}: not a fullyopen checkpoint (no 'fullyopen' metadata); refused")
     rec = loads(text.encode(), f"{rel} (checkpoint metadata)")
     tokens = rec.get("tokens_seen", 0) if isinstance(rec, dict) else None
+    if isinstance(tokens, str) and tokens.isascii() and tokens.isdigit() and len(tokens) <= 20:
+        tokens = int(tokens)  # the checkpoint's metadata holds strings
     if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
         raise BundleError(f"{rel}: checkpoint metadata has no valid tokens_seen; refused")
     return tokens
