@@ -142,7 +142,7 @@ def describe_record(manifest: dict[str, Any], path: str, record: int, order_root
     return out
 
 
-def _bundled(root: Path, manifest: dict[str, Any], path: str) -> Path | None:
+def bundled_file(root: Path, manifest: dict[str, Any], path: str) -> Path | None:
     rel = manifest.get("bundled_files")
     if not isinstance(rel, str):
         return None
@@ -161,7 +161,7 @@ def diff_data(a_root: Path, b_root: Path) -> dict[str, Any]:
             if fa[p].get("sha256") != fb[p].get("sha256") or fa[p].get("size") != fb[p].get("size"):
                 entry: dict[str, Any] = {"path": p, "a": {"sha256": fa[p].get("sha256"), "size": fa[p].get("size")},
                                          "b": {"sha256": fb[p].get("sha256"), "size": fb[p].get("size")}}
-                pa, pb = _bundled(a_root, ma[name], p), _bundled(b_root, mb[name], p)
+                pa, pb = bundled_file(a_root, ma[name], p), bundled_file(b_root, mb[name], p)
                 if pa is not None and pb is not None:
                     rec = first_differing_record(pa, pb)
                     if rec is not None:
@@ -175,7 +175,7 @@ def diff_data(a_root: Path, b_root: Path) -> dict[str, Any]:
     return {"datasets": datasets, "only_a": sorted(set(ma) - set(mb)), "only_b": sorted(set(mb) - set(ma))}
 
 
-def _threads(run: dict[str, Any], env: dict[str, Any]) -> dict[str, Any]:
+def threads(run: dict[str, Any], env: dict[str, Any]) -> dict[str, Any]:
     det = run.get("determinism") or {}
     torch = env.get("torch") or {}
     return {"num_threads": det.get("num_threads", torch.get("num_threads")),
@@ -248,7 +248,7 @@ def _bits(x: float) -> bytes:
     return struct.pack(">d", x)
 
 
-def _same_value(x: Any, y: Any) -> bool:
+def same_value(x: Any, y: Any) -> bool:
     if isinstance(x, float) and isinstance(y, float):
         return _bits(x) == _bits(y) or (math.isnan(x) and math.isnan(y))
     return x == y and type(x) is type(y)
@@ -277,7 +277,7 @@ def diff_series(a: list[dict[str, Any]], b: list[dict[str, Any]], primary: str) 
         ra, rb = sa[step], sb[step]
         for k in keys:
             va, vb = ra.get(k), rb.get(k)
-            if _same_value(va, vb):
+            if same_value(va, vb):
                 continue
             if k == primary:
                 out["n_differ"] += 1
@@ -409,7 +409,7 @@ def diff_bundles(a: str | Path, b: str | Path) -> dict[str, Any]:
     run_a, run_b = _json(a, formats.RUN_JSON, {}), _json(b, formats.RUN_JSON, {})
     env_a, env_b = _json(a, formats.ENV_JSON, {}) or {}, _json(b, formats.ENV_JSON, {}) or {}
     cfg_a, cfg_b = _json(a, formats.CONFIG_JSON, {}) or {}, _json(b, formats.CONFIG_JSON, {}) or {}
-    thr_a, thr_b = _threads(run_a, env_a), _threads(run_b, env_b)
+    thr_a, thr_b = threads(run_a, env_a), threads(run_b, env_b)
     env = diff_env(env_a, env_b, thr_a, thr_b)
     metrics_a, metrics_b = list(formats.read_jsonl(a / formats.METRICS)), list(formats.read_jsonl(b / formats.METRICS))
     d = {

@@ -27,9 +27,10 @@ from provenance.reproduce import (
     NOT_CLAIMED,
     REPORT,
     Options,
-    _read_original,
+    Plan,
     decide,
     find_causes,
+    read_original,
     reproduce,
 )
 
@@ -94,8 +95,10 @@ def test_reproduction_bundle_is_sealed_names_the_original_and_passes_audit(happy
     report = formats.read_json(repro / REPORT)
     assert report["original"]["root_digest"] == root_of(tiny_bundle)
     assert report["verdict"] == BITWISE and report["command"][1:3] == ["-m", "training.train"]
-    import provenance.reproduce  # noqa: F401  (registers the reproduction check)
     from provenance.audit import audit
+    from provenance.reproduce import register_audit_check
+
+    register_audit_check()  # until the audit finds extension checks through entry points
 
     rep = audit(repro)
     assert rep.ok, rep.failures()
@@ -134,9 +137,9 @@ def test_from_step_restores_the_checkpoint_and_checks_the_rest(tiny_bundle: Path
     pack(tiny_bundle, archive)
     out = reproduce(archive, Options(from_step=6, workdir=tmp_path / "w"))
     assert out.exit_status == 0, out.headline
-    assert out.report["original"]["root_digest"] == root_of(tiny_bundle)
+    assert out.report.original["root_digest"] == root_of(tiny_bundle)
     assert out.verdict == BITWISE
-    scope = out.report["scope"]
+    scope = out.report.scope
     last = max(losses(tiny_bundle))
     assert (scope["first_step"], scope["last_step"], scope["steps_checked"]) == (7, last, last - 6)
     assert scope["checkpoints_checked"] == scope["checkpoints_expected"] >= 1
@@ -165,24 +168,24 @@ def test_other_seed_diverges_at_step_1_config_seed(tiny_bundle: Path, tmp_path: 
 def test_other_learning_rate_diverges_at_step_2_config_lr(tiny_bundle: Path, tmp_path: Path) -> None:
     out = reproduce(tiny_bundle, Options(sets=["train.lr=0.006"], workdir=tmp_path / "w", steps=4))
     assert out.exit_status == 1, out.headline
-    first = out.report["first_divergence"]
+    first = out.report.first_divergence
     # the loss of step 1 is computed before the first update: the learning rate shows from step 2
     assert (first["step"], first["kind"]) == (2, "loss") and first["order_matched"]
-    assert out.report["cause"]["kind"] == "config" and out.report["cause"]["key"] == "train.lr"
-    assert out.report["cause"]["logged_values_differ"]["lr"] == 1
+    assert out.report.cause["kind"] == "config" and out.report.cause["key"] == "train.lr"
+    assert out.report.cause["logged_values_differ"]["lr"] == 1
 
 
 def test_other_thread_count_is_named_as_environment(tiny_bundle: Path, tmp_path: Path) -> None:
     out = reproduce(tiny_bundle, Options(sets=["run.threads=1"], workdir=tmp_path / "w"))
     assert out.exit_status == 1, out.headline
-    cause = out.report["cause"]
+    cause = out.report.cause
     assert cause["kind"] == "environment" and cause["what"] == "thread count" and (cause["a"], cause["b"]) == (2, 1)
     assert "thread count 2 → 1" in out.headline
     # one definition of the first divergent step: the verdict's, the replay's and prov diff's are the same
     # step and kind (where the floats first differ depends on the CPU: never asserted)
     d = diff_bundles(tiny_bundle, out.bundle)
-    first = out.report["first_divergence"]
-    replayed = out.report["replay_summary"]["first_divergence"]
+    first = out.report.first_divergence
+    replayed = out.report.replay_summary["first_divergence"]
 
     def where(x: dict | None) -> tuple | None:
         return None if x is None else (x["step"], x["kind"])
@@ -214,10 +217,10 @@ def test_one_changed_line_in_the_training_script_is_named(tiny_bundle: Path, tmp
     script.write_text(text.replace(old, "clip_grad_norm_(model.parameters(), 0.5 * t.grad_clip)"))
     out = reproduce(tiny_bundle, Options(code=code, workdir=tmp_path / "w", steps=4))
     assert out.exit_status == 1, out.headline
-    first = out.report["first_divergence"]
+    first = out.report.first_divergence
     assert (first["step"], first["kind"]) == (2, "loss")  # clipping changes the first update, seen at step 2
-    assert out.report["cause"] == {**out.report["cause"], "kind": "code", "file": "training/train.py"}
-    assert not out.report["other_causes"]  # exactly one file differs
+    assert out.report.cause == {**out.report.cause, "kind": "code", "file": "training/train.py"}
+    assert not out.report.other_causes  # exactly one file differs
 
 
 def test_code_that_cannot_start_names_the_changed_file(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -282,19 +285,19 @@ def test_strict_env_refuses_any_difference(bundle_copy: Path, tmp_path: Path) ->
 
 
 def test_strict_env_passes_on_the_machine_that_ran(tiny_bundle: Path) -> None:
-    from provenance.reproduce import _env_check
+    from provenance.reproduce import env_check
 
     said: list[str] = []
-    orig = _read_original(tiny_bundle, root_of(tiny_bundle))
-    assert _env_check(orig, {}, Options(strict_env=True), said.append) == []
+    orig = read_original(tiny_bundle, root_of(tiny_bundle))
+    assert env_check(orig, {}, Options(strict_env=True), said.append) == []
     assert any("same as recorded" in line for line in said)
 
 
 def test_no_bitwise_claim_across_an_environment_difference(happy: dict, bundle_copy: Path) -> None:
     _with_other_numpy(bundle_copy)  # the same run, recorded with another numpy: the losses still match
-    orig = _read_original(bundle_copy, root_of(bundle_copy))
+    orig = read_original(bundle_copy, root_of(bundle_copy))
     last = max(losses(bundle_copy))
-    out = decide(orig, Path(happy["doc"]["bundle"]), (1, None, last), 0, [])
+    out = decide(orig, Path(happy["doc"]["bundle"]), Plan(1, None, last), 0, [])
     assert out["verdict"] == NOT_CLAIMED and out["exit_status"] == 1 and not out["bitwise"]
     assert out["cause"]["kind"] == "environment" and "package numpy" in out["cause"]["summary"]
 

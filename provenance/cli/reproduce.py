@@ -7,9 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-# imported with the command line (no torch): registers the audit check of reproduction bundles,
-# so that `prov audit` understands them
-import provenance.reproduce  # noqa: F401
+from provenance.reproduce.check import register_audit_check
+
+# until the audit lists extension checks itself (entry points): the command line adds the check of
+# reproduction bundles, so that `prov audit` understands them (explicitly, not as an import side effect)
+register_audit_check()
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -31,7 +33,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                    code=Path(args.code) if args.code else None, strict_env=args.strict_env, echo=echo)
     outcome = reproduce(args.bundle, opts, say=say)
     if as_json:
-        doc = {**outcome.report, "bundle": str(outcome.bundle) if outcome.bundle else None,
+        doc = {**outcome.report.to_dict(), "bundle": str(outcome.bundle) if outcome.bundle else None,
                "root_digest": f"sha256:{outcome.root_digest}" if outcome.root_digest else None,
                "workdir": str(outcome.workdir) if outcome.workdir else None}
         sys.stdout.write(json.dumps(doc, sort_keys=True, indent=2, ensure_ascii=False) + "\n")
@@ -43,15 +45,15 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         return outcome.exit_status
     print(f"verdict: {outcome.headline}")
     rep = outcome.report
-    for c in rep.get("other_causes", [])[:8]:
+    for c in rep.other_causes[:8]:
         print(f"  also differs: {c['summary']}")
-    d = rep.get("durations", {})
+    d = rep.durations
     if d.get("original_s") is not None and d.get("reproduction_s") is not None:
         print(f"time: original {d['original_s']:.1f} s, reproduction {d['reproduction_s']:.1f} s in the run, "
               f"{d.get('total_wall_s', 0):.1f} s in all")
     print(f"reproduction: {outcome.bundle}")
     print(f"root digest: sha256:{outcome.root_digest}")
-    print(f"reproduces: {rep['original']['run_id']} (root sha256:{rep['original']['root_digest']})")
+    print(f"reproduces: {rep.original['run_id']} (root sha256:{rep.original['root_digest']})")
     return outcome.exit_status
 
 

@@ -1,0 +1,245 @@
+"""`prov reproduce`: re-run a sealed bundle's training and say whether it reproduced, and if not, why.
+
+    outcome = reproduce("runs/<run_id>", Options(steps=None, from_step=None))
+    outcome.exit_status      # 0 reproduced (bitwise), 1 diverged / not claimed / incomplete, 2 refused
+    outcome.report           # a Report: what reproduction/report.json holds (or why it was refused)
+
+In order, and nothing runs until every check before the run has passed:
+
+1. plan: audit the bundle (an integrity failure refuses it), read what the original recorded,
+   decide which steps to check and parse the --set overrides (reproduce.plan);
+2. environment: compare this machine with the recorded one (--strict-env: any difference
+   refuses) (reproduce.environment);
+3. data staging: locate every dataset and verify every file against the original's data
+   manifest, then place the verified files in the work folder (reproduce.staging);
+4. command: materialise the code from the bundle's source snapshot (the original checkout is
+   not needed), build the recorded training command, and run it under PROV_REPLAY=<original>
+   (provenance.replay compares every step's batch, loss and checkpoint digest) (reproduce.command);
+5. verdict: from the replay's summary and a diff of the two bundles (provenance.diff), with the
+   first divergent step under provenance.replay's one definition, written as
+   reproduction/report.json into the new bundle, which is re-sealed (reproduce.verdict).
+
+reproduce.check holds the audit's consistency check of reproduction bundles. docs/reproduce.md
+explains the choices. This package runs training only as a child process; it never imports torch
+or the training package.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from provenance import diff as pdiff
+from provenance import formats
+from provenance.bundle import folder_lock, seal_folder_locked
+from provenance.replay import REPLAY_ENV, STOP_ENV
+from provenance.reproduce.check import SUMMARY_SCHEMA, check_reproduction, register_audit_check
+from provenance.reproduce.command import build_command, child_env, config_yaml, prepare_code, run_child
+from provenance.reproduce.environment import current_env, env_check
+from provenance.reproduce.options import (
+    EXIT_DIVERGED,
+    EXIT_REFUSED,
+    EXIT_REPRODUCED,
+    PATH_KEYS,
+    Options,
+    Refused,
+    Say,
+)
+from provenance.reproduce.plan import Original, Plan, audit_original, parse_sets, plan_steps, read_original
+from provenance.reproduce.staging import dataset_keys, locate_data, stage
+from provenance.reproduce.verdict import (
+    BITWISE,
+    DIVERGED,
+    INCOMPLETE,
+    NOT_CLAIMED,
+    REFUSED,
+    REPORT,
+    REPORT_SCHEMA,
+    Report,
+    decide,
+    find_causes,
+    fmt_value,
+)
+
+__all__ = ["BITWISE", "DIVERGED", "EXIT_DIVERGED", "EXIT_REFUSED", "EXIT_REPRODUCED", "INCOMPLETE", "NOT_CLAIMED",
+           "REFUSED", "REPORT", "REPORT_SCHEMA", "SUMMARY_SCHEMA", "Options", "Original", "Outcome", "Plan", "Refused",
+           "Report", "build_command", "check_reproduction", "current_env", "decide", "default_workdir",
+           "env_check", "find_causes", "read_original", "register_audit_check", "reproduce"]
+
+
+@dataclass
+class Outcome:
+    exit_status: int
+    verdict: str
+    headline: str
+    report: Report
+    bundle: Path | None = None  # the reproduction bundle
+    root_digest: str | None = None
+    workdir: Path | None = None
+
+
+def default_workdir(run_id: str) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return (Path.cwd() / ".cache" / "reproduce" / f"{run_id}-{stamp}").resolve()
+
+
+def reproduce(bundle: str | os.PathLike[str], opts: Options | None = None, say: Say | None = None) -> Outcome:
+    """Reproduce `bundle` (a run folder or a release archive). Never raises for a refusal: see Outcome."""
+    opts = opts or Options()
+    opts = replace(opts, **{k: Path(getattr(opts, k)) for k in ("workdir", "data_root", "code")
+                            if getattr(opts, k) is not None})
+    say = say or (lambda s: None)
+    t0 = time.monotonic()
+    try:
+        return _reproduce(Path(bundle), opts, say, t0)
+    except (Refused, OSError, ValueError) as exc:  # ValueError includes formats.FormatError
+        message = str(exc) if isinstance(exc, Refused) else f"{type(exc).__name__}: {exc}"
+        details = exc.details if isinstance(exc, Refused) else {}
+        report = Report.refusal(message, {"path": str(bundle)}, **details)
+        return Outcome(EXIT_REFUSED, REFUSED, f"refused: {message}", report)
+
+
+def _reproduce(src: Path, opts: Options, say: Say, t0: float) -> Outcome:
+    if not src.exists():
+        raise Refused(f"{src}: no such bundle")
+    digest, _audit_report = audit_original(src, say)
+    archive_input = src.is_file()
+    run_id = None
+    if not archive_input:
+        run_json = src / formats.RUN_JSON
+        run_id = (formats.read_json(run_json).get("run_id") if run_json.is_file() else None) or src.name
+    workdir = (opts.workdir or default_workdir(run_id or src.name.split(".")[0])).resolve()
+    if workdir.exists() and any(workdir.iterdir()):
+        raise Refused(f"--workdir {workdir}: not empty; a reproduction starts in an empty folder")
+    made_workdir = not workdir.exists()
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _in_workdir(src, digest, archive_input, workdir, opts, say, t0)
+    except (Refused, OSError, ValueError):
+        if any((workdir / "runs").glob(f"*/{formats.RUN_JSON}")):
+            raise  # a run was written: keep everything for inspection
+        if made_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            for child in workdir.iterdir():
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        raise
+
+
+def _in_workdir(src: Path, digest: str, archive_input: bool, workdir: Path, opts: Options, say: Say,
+                t0: float) -> Outcome:
+    if archive_input:
+        from provenance.archive import ArchiveError, extract
+
+        dest = workdir / "original"
+        dest.mkdir()
+        try:
+            root = extract(src, dest).root
+        except ArchiveError as exc:
+            raise Refused(str(exc)) from None
+        say(f"original: unpacked {src} into {root}")
+    else:
+        root = src.resolve()
+    orig = read_original(root, digest)
+    plan = plan_steps(orig, opts)
+    sets = parse_sets(opts.sets, orig.config)
+    first_step, stop, expected_last = plan.first_step, plan.stop, plan.expected_last
+    scope = f"steps {first_step}–{expected_last}" + (f" (from the checkpoint of step {opts.from_step})"
+                                                     if opts.from_step is not None else "")
+    say(f"original: {orig.run.get('run_id')} ({orig.run.get('status')}, {max(orig.metric_steps)} steps, "
+        f"{len(orig.checkpoints)} checkpoints); checking {scope}")
+    resumed = pdiff.flatten(orig.config).get("run.resume_from")
+    if resumed and opts.from_step is None and not Path(resumed).is_file():
+        raise Refused(f"the original resumed from the checkpoint {resumed}, which is not here; reproduce the run "
+                      "that saved it, or check this one's own steps with --from-step K")
+    flat = pdiff.flatten(orig.config)
+    for key, value in sets.items():
+        was = flat.get(key, "(not set)")
+        say(f"config: --set {key}: {fmt_value(was)} → {fmt_value(value)}" + ("" if was == value else
+                                                                   " (no bitwise claim across a difference)"))
+    pre_env = env_check(orig, sets, opts, say)
+    staged = locate_data(orig, opts, say)
+
+    code_dir, data_dir, runs_dir = workdir / "code", workdir / "data", workdir / "runs"
+    code_differs = prepare_code(orig, opts, code_dir, say)
+    data_dir.mkdir()
+    stage(staged, data_dir)
+    config_path = workdir / "config.yaml"
+    config_path.write_bytes(config_yaml(orig.config))
+    overrides = []
+    if "data.root" in flat:
+        overrides.append(f"data.root={data_dir}")
+    if "run.runs_dir" in flat:
+        overrides.append(f"run.runs_dir={runs_dir}")
+    redirects = dataset_keys(orig, staged, data_dir)
+    overrides += [f"{k}={v}" for k, v in redirects]
+    if opts.from_step is not None:
+        overrides.append(f"run.resume_from={orig.root / formats.checkpoint_name(opts.from_step)}")
+    overrides += opts.sets
+    cmd = build_command(orig, opts, code_dir, config_path, overrides)
+    env = child_env(orig, stop)
+    say("running: " + " ".join(cmd))
+    say(f"  in {code_dir} with {REPLAY_ENV}={orig.root}" + (f" {STOP_ENV}={stop}" if stop is not None else ""))
+    rc, train_wall = run_child(cmd, code_dir, env, workdir / "training.log", opts)
+
+    found = sorted(p for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []
+    if not found:
+        tail = (workdir / "training.log").read_text(errors="replace").splitlines()[-15:]
+        errors = [ln for ln in tail if ln.startswith("error:")]
+        if rc == 2 and errors:
+            raise Refused("the training refused to start, and wrote nothing: " + " / ".join(errors), exit_status=rc)
+        hint = f" The code differs from the original's in: {', '.join(code_differs[:5])}." if code_differs else ""
+        raise Refused(f"the training exited with status {rc} before its run started; nothing was written.{hint} "
+                      "Last lines:\n  " + "\n  ".join(tail), exit_status=rc, code_differs=code_differs)
+    repro = found[-1]
+    decision = decide(orig, repro, plan, rc, pre_env, PATH_KEYS | frozenset(k for k, _ in redirects))
+    repro_run = formats.read_json(repro / formats.RUN_JSON)
+    report = Report(
+        verdict=decision["verdict"],
+        exit_status=decision["exit_status"],
+        headline=decision["headline"],
+        bitwise=decision["bitwise"],
+        first_divergence=decision["first_divergence"],
+        cause=decision["cause"],
+        other_causes=decision["causes"][1:],
+        scope={**decision["scope"], "from_step": opts.from_step},
+        original={"run_id": orig.run.get("run_id"), "root_digest": orig.root_digest, "path": str(src)},
+        reproduction={"run_id": repro_run.get("run_id")},
+        environment={"differences": decision["environment_differences"],
+                     "before_run": decision["pre_run_environment_differences"], "strict": opts.strict_env},
+        overrides={"set": list(opts.sets), "code": str(opts.code) if opts.code else None,
+                   "data_root": str(opts.data_root) if opts.data_root else None,
+                   "data_keys": {k: str(v) for k, v in redirects}},
+        data=[s.to_dict() for s in staged],
+        command=cmd,
+        training_exit_status=rc,
+        durations={"original_s": orig.run.get("duration_s"), "reproduction_s": repro_run.get("duration_s"),
+                   "training_wall_s": round(train_wall, 3)},
+        replay_summary=decision["summary"],
+        diff={k: v for k, v in decision["diff"].items() if k not in ("a", "b")},
+    )
+    report.durations["total_wall_s"] = round(time.monotonic() - t0, 3)
+    root_digest = _reseal_with_report(repro, report)
+    return Outcome(decision["exit_status"], decision["verdict"], decision["headline"], report, bundle=repro,
+                   root_digest=root_digest, workdir=workdir)
+
+
+def _reseal_with_report(repro: Path, report: Report) -> str:
+    """Add reproduction/report.json to the run's bundle and seal it again, after checking its seal
+    (a re-seal must never cover a change made since the run sealed it)."""
+    from provenance.audit import AuditRefused, audit
+
+    with folder_lock(repro):  # a concurrent `prov note` reseals under the same lock
+        try:
+            integrity = audit(repro).integrity
+        except AuditRefused as exc:
+            raise RuntimeError(f"{repro}: the reproduction's own bundle was refused by the audit: {exc}") from None
+        if not integrity.ok:
+            bad = [d.name for d in (*integrity.missing, *integrity.extra, *integrity.changed)]
+            raise RuntimeError(f"{repro}: the reproduction's own bundle does not match its seal "
+                               f"({', '.join(bad[:5]) or 'not sealed'}); not re-sealed")
+        formats.atomic_write_json(repro / REPORT, report.to_dict())
+        return seal_folder_locked(repro)

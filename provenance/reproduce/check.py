@@ -1,0 +1,98 @@
+"""The audit's consistency check of a reproduction bundle (`reproduction`): a plain function of the
+audit's view and result, listed by the audit (provenance.audit) like any other check."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from provenance import diff as pdiff
+from provenance import formats
+from provenance.replay import STEPS_LOG, SUMMARY
+from provenance.reproduce.options import EXIT_REPRODUCED
+from provenance.reproduce.verdict import BITWISE, DIVERGED, REPORT, REPORT_SCHEMA
+
+SUMMARY_SCHEMA = "fullyopen.reproduction/v1"
+CHECK_NAME, CHECK_TITLE = "reproduction", "reproduction report"
+
+
+def check_reproduction(view: Any, out: Any) -> None:
+    """A reproduction's summary, step records and report agree with each other, with the run's own
+    logged losses and checkpoint index, and name the same original as its run.json."""
+    from provenance.audit import BundleFileError, SkipCheck
+
+    info = view.run_info
+    rep = info.get("reproduces") if isinstance(info.get("reproduces"), dict) else None
+    has = [f for f in (SUMMARY, STEPS_LOG, REPORT) if view.has(f)]
+    if rep is None and not has:
+        raise SkipCheck("not a reproduction")
+    if rep is None:
+        out.error("reproduction files are present, but run.json does not name the original (reproduces)",
+                  file=formats.RUN_JSON)
+        return
+    if not view.has(SUMMARY):
+        raise BundleFileError(SUMMARY, "missing: a reproduction records its summary")
+    summ = view.json(SUMMARY)
+    if not isinstance(summ, dict) or summ.get("schema") != SUMMARY_SCHEMA:
+        out.error("unknown schema", file=SUMMARY, expected=SUMMARY_SCHEMA,
+                  actual=repr(summ.get("schema") if isinstance(summ, dict) else summ))
+        return
+    if (summ.get("original") or {}).get("root_digest") != rep.get("root_digest"):
+        out.error("names another original than run.json", file=SUMMARY,
+                  expected=str(rep.get("root_digest")), actual=str((summ.get("original") or {}).get("root_digest")))
+    steps: list[dict[str, Any]] = []
+    ckpts: list[dict[str, Any]] = []
+    if view.has(STEPS_LOG):
+        records, problems = view.jsonl(STEPS_LOG)
+        for p in problems:
+            out.error(p, file=STEPS_LOG)
+        for _, r in records:
+            (ckpts if "checkpoint" in r else steps).append(r)
+    if len(steps) != summ.get("steps_checked"):
+        out.error(f"{len(steps)} step records, but the summary says {summ.get('steps_checked')} steps were "
+                  "checked", file=STEPS_LOG)
+    if len(ckpts) != summ.get("checkpoints_checked"):
+        out.error(f"{len(ckpts)} checkpoint records, but the summary says {summ.get('checkpoints_checked')}",
+                  file=STEPS_LOG)
+    metrics = {r.get("step"): r for r in (view.try_jsonl(formats.METRICS) or [])}
+    bad = [r.get("step") for r in steps if "loss" in r and isinstance(r.get("loss"), float)
+           and not pdiff.same_value(r["loss"], (metrics.get(r.get("step")) or {}).get("loss"))]
+    if bad:
+        out.error(f"the losses compared at steps {bad[:5]} are not the losses this run logged", file=STEPS_LOG)
+    index = view.try_json(formats.CHECKPOINT_INDEX) or {}
+    own = {e.get("step"): e.get("sha256") for e in index.get("checkpoints", []) if isinstance(e, dict)}
+    badc = [r.get("step") for r in ckpts if own.get(r.get("step")) != r.get("sha256")]
+    if badc:
+        out.error(f"the checkpoint digests compared at steps {badc[:5]} are not this run's", file=STEPS_LOG)
+    diverged = [r for r in steps if r.get("loss_match") is False or r.get("order") in ("differs", "not recorded")]
+    diverged += [r for r in ckpts if r.get("checkpoint_match") is False]
+    if summ.get("bitwise") and (diverged or summ.get("first_divergence") is not None):
+        out.error("claims bitwise, but the step records show a divergence", file=SUMMARY)
+    if not view.has(REPORT):
+        out.warn("no report: this reproduction was not made by `prov reproduce`", file=REPORT)
+        out.summary = f"reproduces {rep.get('run_id')}; replay summary only"
+        return
+    report = view.json(REPORT)
+    if not isinstance(report, dict) or report.get("schema") != REPORT_SCHEMA:
+        out.error("unknown schema", file=REPORT, expected=REPORT_SCHEMA,
+                  actual=repr(report.get("schema") if isinstance(report, dict) else report))
+        return
+    if (report.get("original") or {}).get("root_digest") != rep.get("root_digest"):
+        out.error("names another original than run.json", file=REPORT, expected=str(rep.get("root_digest")),
+                  actual=str((report.get("original") or {}).get("root_digest")))
+    verdict = report.get("verdict")
+    if verdict == BITWISE and (not summ.get("bitwise") or diverged):
+        out.error(f"says {BITWISE!r}, but the replay summary does not", file=REPORT)
+    if verdict == BITWISE and report.get("exit_status") != EXIT_REPRODUCED:
+        out.error("a bitwise reproduction has exit status 0", file=REPORT, expected="0",
+                  actual=repr(report.get("exit_status")))
+    if verdict == DIVERGED and (report.get("first_divergence") or {}).get("step") is None:
+        out.error("says diverged, but names no first divergent step", file=REPORT)
+    out.summary = f"reproduces {rep.get('run_id')} (sha256:{str(rep.get('root_digest'))[:12]}…): {verdict}"
+
+
+
+def register_audit_check() -> None:
+    """Until the audit lists extension checks itself: add this check to its registry (explicit call)."""
+    from provenance import audit
+
+    audit.register_check(CHECK_NAME, CHECK_TITLE, check_reproduction, replace=True)

@@ -1,0 +1,160 @@
+"""The command of a reproduction: the code it runs (materialised from the bundle's snapshot), the
+command line and environment of the training child, and running it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path, PurePath
+from typing import Any
+
+import yaml
+
+from provenance import formats
+from provenance.capture.code import capture_code, git_toplevel, materialise_snapshot
+from provenance.replay import REPLAY_ENV, STOP_ENV
+from provenance.reproduce.options import Options, Refused, Say
+from provenance.reproduce.plan import Original
+
+# environment variables that can change the numbers: set to their recorded values in the child
+# (only those whose prefix provenance.capture.env records, so that "absent" is known too)
+NUMERIC_ENV_VARS = ("PYTHONHASHSEED", "OMP_NUM_THREADS", "OMP_DYNAMIC", "OMP_SCHEDULE", "MKL_NUM_THREADS",
+                    "MKL_CBWR", "MKL_DYNAMIC", "OPENBLAS_NUM_THREADS", "KMP_AFFINITY", "KMP_BLOCKTIME",
+                    "GOMP_CPU_AFFINITY", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA",
+                    "CUBLAS_WORKSPACE_CONFIG", "TOKENIZERS_PARALLELISM")
+
+def _git_isolate(code: Path, label: str) -> None:
+    """Make the code folder its own git repository (one commit of exactly its files), so that the run's
+    code capture records these files even when the work folder lies inside another repository."""
+    env = {**os.environ, "GIT_AUTHOR_NAME": "prov reproduce", "GIT_AUTHOR_EMAIL": "prov@localhost",
+           "GIT_COMMITTER_NAME": "prov reproduce", "GIT_COMMITTER_EMAIL": "prov@localhost",
+           "GIT_AUTHOR_DATE": "1970-01-01T00:00:00Z", "GIT_COMMITTER_DATE": "1970-01-01T00:00:00Z",
+           "GIT_CONFIG_NOSYSTEM": "1", "LC_ALL": "C"}
+    cmds = [["git", "init", "-q"], ["git", "add", "-f", "-A", "--", "."],
+            ["git", "-c", "commit.gpgsign=false", "commit", "-q", "--no-verify", "--allow-empty", "-m",
+             f"source snapshot of {label}"]]
+    try:
+        for i, cmd in enumerate(cmds):
+            subprocess.run(cmd, cwd=code, env=env, check=True, capture_output=True)
+            if i == 0:
+                (code / ".git" / "info").mkdir(parents=True, exist_ok=True)
+                (code / ".git" / "info" / "exclude").write_text("__pycache__/\n*.pyc\n")
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    top = git_toplevel(code)
+    if top is not None and top.resolve() != code.resolve():
+        raise Refused(f"the work folder {code.parent} lies inside the git repository {top}, and the code folder "
+                      "could not be made a repository of its own; choose --workdir outside it")
+
+
+def prepare_code(orig: Original, opts: Options, dest: Path, say: Say) -> list[str]:
+    """Materialise the code to run into dest; return the files that differ from the original's."""
+    if opts.code is not None:
+        folder = opts.code.resolve()
+        if not folder.is_dir():
+            raise Refused(f"--code {opts.code}: not a folder")
+        cap = capture_code(folder)
+        tar = cap.snapshot
+        where = f"--code {folder}"
+    else:
+        tar = (orig.root / formats.CODE_SNAPSHOT).read_bytes()
+        where = "the bundle's source snapshot"
+    dest.mkdir(parents=True)
+    try:
+        digests = materialise_snapshot(tar, dest)
+    except (ValueError, OSError) as exc:
+        raise Refused(f"{where}: cannot be materialised: {exc}") from None
+    recorded = {k: v.split(":", 1)[-1] for k, v in (orig.code.get("files") or {}).items()}
+    differ = sorted(k for k in set(recorded) | set(digests) if recorded.get(k) != digests.get(k)) if recorded else []
+    if opts.code is None and differ:
+        raise Refused(f"{formats.CODE_SNAPSHOT} does not match {formats.CODE_JSON}: {', '.join(differ[:5])}")
+    _git_isolate(dest, orig.run.get("run_id") or orig.root.name)
+    say(f"code: {len(digests)} files from {where}, in {dest}")
+    if differ:
+        say(f"code: {len(differ)} files differ from the original's (no bitwise claim across a difference): "
+            + ", ".join(differ[:10]) + (" ..." if len(differ) > 10 else ""))
+    return differ
+
+
+# --- the command --------------------------------------------------------------------------------------
+
+
+def _looks_like_config(arg: str) -> bool:
+    return "=" not in arg and arg.endswith((".yaml", ".yml", ".json"))
+
+
+def build_command(orig: Original, opts: Options, code_dir: Path, config_path: Path,
+                  overrides: list[str]) -> list[str]:
+    """The recorded command, run by this interpreter: the recorded resolved config (written to
+    config_path) replaces the config file and its overrides; `overrides` come last (last wins)."""
+    argv = orig.argv
+    if argv[1] == "-m" and len(argv) >= 3:
+        head, rest = [opts.python, "-m", argv[2]], argv[3:]
+    else:
+        script = argv[1]
+        p = PurePath(script)
+        if p.is_absolute():  # the original checkout's path: find the script in the code folder
+            parts = p.parts
+            match = next((PurePath(*parts[i:]) for i in range(1, len(parts))
+                          if (code_dir / PurePath(*parts[i:])).is_file()), None)
+            if match is None:
+                raise Refused(f"the recorded script {script} is not in the code snapshot")
+            script = match.as_posix()
+        head, rest = [opts.python, script], argv[2:]
+    # the resolved config holds the recorded config file and every recorded override
+    if "--config" in rest or (rest and _looks_like_config(rest[0])):
+        return [*head, "--config", str(config_path), *overrides]
+    return [*head, *rest, *overrides]
+
+
+def child_env(orig: Original, stop: int | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({REPLAY_ENV: str(orig.root), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled",
+                "PYTHONDONTWRITEBYTECODE": "1", "DVC_NO_ANALYTICS": "1"})
+    if stop is not None:
+        env[STOP_ENV] = str(stop)
+    else:
+        env.pop(STOP_ENV, None)
+    for k in ("PROV_RUN_ID", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(k, None)
+    recorded = orig.env.get("env_vars") or {}
+    for k in NUMERIC_ENV_VARS:
+        if k in recorded:
+            env[k] = str(recorded[k])
+        else:
+            env.pop(k, None)
+    if orig.env.get("pythonhashseed") is not None:
+        env["PYTHONHASHSEED"] = str(orig.env["pythonhashseed"])
+    return env
+
+
+def run_child(cmd: list[str], cwd: Path, env: dict[str, str], log_path: Path, opts: Options) -> tuple[int, float]:
+    t0 = time.monotonic()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+        assert proc.stdout is not None
+        try:
+            for raw in proc.stdout:
+                log.write(raw)
+                if opts.echo is not None:
+                    opts.echo(raw.decode("utf-8", "replace").rstrip("\n"))
+                if opts.timeout is not None and time.monotonic() - t0 > opts.timeout:
+                    proc.kill()
+                    break
+            rc = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    return rc, time.monotonic() - t0
+
+
+def config_yaml(config: dict[str, Any]) -> bytes:
+    text = yaml.safe_dump(config, sort_keys=True, allow_unicode=True)
+    if yaml.safe_load(text) != config:
+        raise Refused("the recorded config does not survive a YAML round trip; it cannot be passed to the script")
+    return text.encode()
+
+

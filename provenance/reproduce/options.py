@@ -1,0 +1,40 @@
+"""What a reproduction is asked to do (Options), and how it says no (Refused)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+Say = Callable[[str], None]
+
+EXIT_REPRODUCED, EXIT_DIVERGED, EXIT_REFUSED = 0, 1, 2
+
+# config keys that differ between an original and its reproduction by design (paths of this machine)
+PATH_KEYS = frozenset({"run.runs_dir", "data.root", "run.resume_from"})
+# config keys that set the thread count: a difference there is reported as environment
+THREAD_KEYS = frozenset({"run.threads"})
+
+
+class Refused(Exception):
+    """The reproduction was refused (exit status 2); the message says why. `details` go into the report."""
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.details = details
+
+
+@dataclass
+class Options:
+    steps: int | None = None  # check this many steps (from step 1, or after --from-step)
+    from_step: int | None = None  # restore the original's checkpoint of this step and continue
+    workdir: Path | None = None  # default: .cache/reproduce/<run_id>-<UTC time> under the current folder
+    data_root: Path | None = None  # a folder holding the datasets' files
+    sets: list[str] = field(default_factory=list)  # key=value config overrides (never bitwise)
+    code: Path | None = None  # run this code folder instead of the bundle's snapshot (never bitwise)
+    strict_env: bool = False  # any environment difference refuses
+    python: str = sys.executable
+    echo: Callable[[str], None] | None = None  # receives the training's output, line by line
+    timeout: float | None = None
