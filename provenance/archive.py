@@ -295,6 +295,10 @@ def safe_member_name(raw: str, limits: Limits = DEFAULT_LIMITS) -> str:
     name = name.rstrip("/")
     if not name:
         raise ArchiveError(f"member {raw!r} has an empty name")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ArchiveError(f"member {raw!a} has a name that is not UTF-8; refused") from None
     if len(name.encode("utf-8", "surrogateescape")) > limits.max_name_bytes:
         raise ArchiveError(f"member {raw[:80]!r}... has a name longer than {limits.max_name_bytes} bytes")
     if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
@@ -309,6 +313,80 @@ def safe_member_name(raw: str, limits: Limits = DEFAULT_LIMITS) -> str:
     if any(len(p.encode("utf-8", "surrogateescape")) > 255 for p in parts):
         raise ArchiveError(f"member {raw!r} has a path component longer than 255 bytes")
     return PurePosixPath(name).as_posix()
+
+
+@dataclass(frozen=True)
+class Member:
+    """One member of a tar as `iter_tar` yields it: a validated name and its kind."""
+
+    name: str  # relative posix name, safe to join under a destination
+    size: int
+    is_dir: bool
+    info: tarfile.TarInfo
+
+
+def iter_tar(tar: tarfile.TarFile, label: str, limits: Limits = DEFAULT_LIMITS,
+             ratio_cap: int | None = None) -> Iterator[Member]:
+    """The members of an open tar, refusing (ArchiveError) the first hostile one as its header is read:
+    more than limits.max_members members, names that escape or are not UTF-8, links, devices,
+    FIFOs, sparse files, a file larger than the per-file limit, members whose sizes add up
+    past the total limit (or past `ratio_cap`), and file/folder clashes and duplicates.
+    The one tar reader of the package: unpacking an archive and checking a code snapshot use it."""
+    members = 0
+    declared = 0
+    dirs: set[str] = set()
+    files: set[str] = set()
+    for m in tar:
+        members += 1
+        if members > limits.max_members:
+            raise ArchiveError(f"{label}: more than {limits.max_members} members; refused")
+        name = safe_member_name(m.name, limits)
+        if m.isdir():
+            if name in files:
+                raise ArchiveError(f"{label}: member {name!r} is a folder and a file; refused")
+            _add_parents(name, dirs, files, label, include_self=True)
+            yield Member(name, 0, True, m)
+            continue
+        if m.issparse():
+            raise ArchiveError(f"{label}: member {m.name!r} is a sparse file; only regular files and "
+                               "folders are allowed")
+        if m.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
+            what = _TYPE_NAMES.get(m.type, f"of unsupported type {m.type!r}")
+            target = f" to {m.linkname!r}" if m.issym() or m.islnk() else ""
+            raise ArchiveError(f"{label}: member {m.name!r} is {what}{target}; only regular files and "
+                               "folders are allowed")
+        if m.size > limits.max_file_bytes:
+            raise ArchiveError(f"{label}: member {m.name!r} declares {m.size} bytes, more than the "
+                               f"{limits.max_file_bytes}-byte limit for one file")
+        declared += m.size
+        if declared > limits.max_total_bytes:
+            raise ArchiveError(f"{label}: members add up to more than the {limits.max_total_bytes}-byte "
+                               f"limit (at {m.name!r})")
+        if ratio_cap is not None and declared > ratio_cap:
+            raise ArchiveError(f"{label}: member {m.name!r} takes the unpacked size past "
+                               f"{limits.max_ratio:g} times the archive's size; refused as a decompression bomb")
+        if name in files or name in dirs:
+            raise ArchiveError(f"{label}: member {name!r} appears more than once; refused")
+        _add_parents(name, dirs, files, label, include_self=False)
+        files.add(name)
+        yield Member(name, m.size, False, m)
+
+
+def _add_parents(name: str, dirs: set[str], files: set[str], label: str, include_self: bool) -> None:
+    parent = name if include_self else name.rpartition("/")[0]
+    if not parent or parent in dirs:
+        return
+    parts = parent.split("/")
+    for i in range(1, len(parts) + 1):
+        sub = "/".join(parts[:i])
+        if sub in files:
+            raise ArchiveError(f"{label}: member {name!r} needs {sub!r} to be a folder, but it is a file")
+        dirs.add(sub)
+
+
+def open_tar_stream(fileobj: IO[bytes]) -> tarfile.TarFile:
+    """A streaming ("r|") tar reader over `fileobj` that refuses oversized pax / long-name headers."""
+    return tarfile.open(fileobj=fileobj, mode="r|", tarinfo=SafeTarInfo)  # type: ignore[arg-type]
 
 
 def extract(archive: str | os.PathLike[str], dest: str | os.PathLike[str], limits: Limits = DEFAULT_LIMITS,
@@ -329,10 +407,10 @@ def extract(archive: str | os.PathLike[str], dest: str | os.PathLike[str], limit
     archive_size = archive.stat().st_size
     ratio_cap = max(int(limits.max_ratio * archive_size), limits.ratio_floor_bytes)
     digests: dict[str, str] = {}
-    dirs: set[str] = set()
+    made: set[str] = set()
     members = 0
-    declared = 0
     written = 0
+    free = shutil.disk_usage(dest).free
     try:
         with open(archive, "rb", buffering=0) as f0:
             counting = _CountingRaw(f0, progress)  # type: ignore[arg-type]
@@ -343,42 +421,26 @@ def extract(archive: str | os.PathLike[str], dest: str | os.PathLike[str], limit
             if kind == "tar":
                 stream_cap = max(stream_cap, archive_size + 1)
             bounded = _BoundedStream(inner, stream_cap, label)
-            with tarfile.open(fileobj=bounded, mode="r|", tarinfo=SafeTarInfo) as tar:  # type: ignore[arg-type]
-                for m in tar:
+            with open_tar_stream(bounded) as tar:  # type: ignore[arg-type]
+                for m in iter_tar(tar, label, limits, ratio_cap):
                     members += 1
-                    if members > limits.max_members:
-                        raise ArchiveError(f"{label}: more than {limits.max_members} members; refused")
-                    name = safe_member_name(m.name, limits)
-                    if m.isdir():
-                        _make_dir(dest, name, dirs, digests, label)
+                    if m.is_dir:
+                        _make_dirs(dest, m.name, made)
                         continue
-                    if m.issparse():
-                        raise ArchiveError(f"{label}: member {m.name!r} is a sparse file; only regular files and "
-                                           "folders are allowed")
-                    if m.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
-                        what = _TYPE_NAMES.get(m.type, f"of unsupported type {m.type!r}")
-                        target = f" to {m.linkname!r}" if m.issym() or m.islnk() else ""
-                        raise ArchiveError(f"{label}: member {m.name!r} is {what}{target}; only regular files and "
-                                           "folders are allowed")
-                    if m.size > limits.max_file_bytes:
-                        raise ArchiveError(f"{label}: member {m.name!r} declares {m.size} bytes, more than the "
-                                           f"{limits.max_file_bytes}-byte limit for one file")
-                    declared += m.size
-                    if declared > limits.max_total_bytes:
-                        raise ArchiveError(f"{label}: members add up to more than the {limits.max_total_bytes}-byte "
-                                           f"limit (at {m.name!r})")
-                    if declared > ratio_cap:
-                        raise ArchiveError(f"{label}: member {m.name!r} takes the unpacked size past "
-                                           f"{limits.max_ratio:g} times the archive's {archive_size} bytes; refused "
-                                           "as a decompression bomb")
-                    free = shutil.disk_usage(dest).free
+                    # free space: asked again only when the members written since could have used it up
                     if m.size + limits.disk_headroom_bytes > free:
-                        raise ArchiveError(f"{label}: not enough space in {dest} for member {m.name!r} "
-                                           f"({m.size} bytes, {free} free)")
-                    src = tar.extractfile(m)
+                        free = shutil.disk_usage(dest).free
+                        if m.size + limits.disk_headroom_bytes > free:
+                            raise ArchiveError(f"{label}: not enough space in {dest} for member {m.name!r} "
+                                               f"({m.size} bytes, {free} free)")
+                    free -= m.size + 4096
+                    src = tar.extractfile(m.info)
                     if src is None:  # pragma: no cover - regular members always have data
                         raise ArchiveError(f"{label}: member {m.name!r} has no data")
-                    digests[name] = _write_member(dest, name, src, m.size, dirs, digests, label)
+                    parent = m.name.rpartition("/")[0]
+                    if parent:
+                        _make_dirs(dest, parent, made)
+                    digests[m.name] = _write_member(dest, m.name, src, m.size, label)
                     written += m.size
             while buffered.read(_CHUNK):  # the rest of the file (end-of-archive padding): for its sha256
                 pass
@@ -398,25 +460,18 @@ def extract(archive: str | os.PathLike[str], dest: str | os.PathLike[str], limit
                     archive_sha256=counting.hash.hexdigest())
 
 
-def _make_dir(dest: Path, name: str, dirs: set[str], files: dict[str, str], label: str) -> None:
+def _make_dirs(dest: Path, name: str, made: set[str]) -> None:
+    if name in made:
+        return
     parts = name.split("/")
     for i in range(1, len(parts) + 1):
         sub = "/".join(parts[:i])
-        if sub in dirs:
-            continue
-        if sub in files:
-            raise ArchiveError(f"{label}: member {name!r} needs {sub!r} to be a folder, but it is a file")
-        (dest / sub).mkdir(mode=0o755)
-        dirs.add(sub)
+        if sub not in made:
+            (dest / sub).mkdir(mode=0o755, exist_ok=True)
+            made.add(sub)
 
 
-def _write_member(dest: Path, name: str, src: IO[bytes], size: int, dirs: set[str], files: dict[str, str],
-                  label: str) -> str:
-    parent = name.rpartition("/")[0]
-    if parent:
-        _make_dir(dest, parent, dirs, files, label)
-    if name in files or name in dirs:
-        raise ArchiveError(f"{label}: member {name!r} appears more than once; refused")
+def _write_member(dest: Path, name: str, src: IO[bytes], size: int, label: str) -> str:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(dest / name, flags, 0o644)

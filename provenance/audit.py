@@ -28,10 +28,8 @@ import hashlib
 import json
 import os
 import re
-import stat
 import sys
 import tarfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,27 +37,23 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from provenance import formats
-from provenance.archive import DEFAULT_LIMITS as DEFAULT_ARCHIVE_LIMITS
-from provenance.archive import ArchiveError, Limits, SafeTarInfo, detect_archive, unpacked
+from provenance.archive import ArchiveError, SafeTarInfo, detect_archive, unpacked
 from provenance.bundle import BundleError, safe_relpath
 from provenance.hashing import default_workers, hash_files, root_digest
 from provenance.openness import CLASS_NAMES, CLASSES, OpennessReport, assess
+from provenance.reader import Bundle, BundleFileError, ReadLimits, Refused, load_json
+from provenance.reader import scan_folder as _scan_folder
 
-AUDIT_SCHEMA = "fullyopen.audit/v1"
+AUDIT_SCHEMA = formats.AUDIT_SCHEMA
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
 
 
-class AuditRefused(ValueError):
-    """The input was refused as hostile or unusable; the message names what was refused."""
+AuditRefused = Refused  # the input was refused as hostile or unusable; the message names what was refused
 
 
 @dataclass(frozen=True)
-class AuditLimits:
-    max_json_bytes: int = formats.MAX_JSON_BYTES  # one JSON file (manifest.json included)
-    max_jsonl_bytes: int = 1 << 30  # one JSON-lines file (logs, notes)
-    max_files: int = 1_000_000  # files in a bundle folder
+class AuditLimits(ReadLimits):
     max_findings: int = 1000  # findings kept per check (the rest are counted)
-    archive: Limits = DEFAULT_ARCHIVE_LIMITS
 
 
 DEFAULT_LIMITS = AuditLimits()
@@ -91,15 +85,6 @@ class Finding:
 
 class SkipCheck(Exception):
     """Raised by a check that does not apply to this bundle; the message says why."""
-
-
-class BundleFileError(Exception):
-    """A bundle file a check needs is missing, malformed or refused."""
-
-    def __init__(self, rel: str, message: str) -> None:
-        super().__init__(f"{rel}: {message}")
-        self.rel = rel
-        self.message = message
 
 
 @dataclass
@@ -201,144 +186,19 @@ class IntegrityResult:
 
 
 def _loads(data: bytes, where: str) -> Any:
-    try:
-        return json.loads(data)
-    except RecursionError:
-        raise BundleFileError(where, "JSON nested too deeply; refused") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleFileError(where, f"malformed JSON ({exc})") from None
-    except ValueError as exc:  # e.g. an integer with too many digits
-        raise BundleFileError(where, f"malformed JSON ({exc})") from None
+    return load_json(data, where)
 
 
-class BundleView:
-    """Read-only access to an audited bundle, for checks: names are validated, sizes bounded,
-    JSON parsed once. Every path a bundle file names goes through `path()`, which refuses
-    names that escape the bundle and names that are not regular files of the bundle."""
+class BundleView(Bundle):
+    """The bundle as the checks see it: the reader (provenance.reader.Bundle) of the audited folder,
+    with the digests the integrity pass computed and what the seal states."""
 
     def __init__(self, root: Path, sizes: dict[str, int], digests: dict[str, str],
-                 sealed: dict[str, str] | None, subject: str | None, limits: AuditLimits = DEFAULT_LIMITS) -> None:
-        self.root = root
-        self.sizes = sizes
+                 sealed: dict[str, str] | None, subject: str | None, limits: ReadLimits = DEFAULT_LIMITS) -> None:
+        super().__init__(root, limits, sizes=sizes)
         self.digests = digests
         self.sealed = sealed
         self.subject = subject
-        self.limits = limits
-        self._json: dict[str, Any] = {}
-        self._jsonl: dict[str, tuple[list[tuple[int, dict[str, Any]]], list[str]]] = {}
-        self._lock = threading.Lock()
-
-    @property
-    def files(self) -> frozenset[str]:
-        return frozenset(self.sizes)
-
-    def has(self, rel: str) -> bool:
-        return rel in self.sizes
-
-    def size(self, rel: str) -> int:
-        return self.sizes[rel]
-
-    def digest(self, rel: str) -> str | None:
-        """The sha256 of the file as it is (from the integrity pass)."""
-        return self.digests.get(rel)
-
-    def under(self, folder: str) -> list[str]:
-        prefix = folder.rstrip("/") + "/"
-        return sorted((f for f in self.sizes if f.startswith(prefix)), key=formats.resource_sort_key)
-
-    def path(self, rel: str, where: str | None = None) -> Path:
-        """The on-disk path of a bundle file named by `rel` (e.g. in an index); refuses escapes."""
-        if not isinstance(rel, str):
-            raise BundleFileError(where or "?", f"a path must be a string, got {rel!r}")
-        try:
-            clean = safe_relpath(rel)
-        except BundleError:
-            raise BundleFileError(where or rel, f"path {rel!r} escapes the bundle or is malformed; refused") from None
-        if clean not in self.sizes:
-            raise BundleFileError(where or clean, f"{clean} is not a file of the bundle")
-        return self.root / clean
-
-    def _read(self, rel: str, limit: int) -> bytes:
-        if rel not in self.sizes:
-            raise BundleFileError(rel, "missing")
-        if self.sizes[rel] > limit:
-            raise BundleFileError(rel, f"{self.sizes[rel]} bytes is larger than the {limit}-byte limit; refused")
-        with open(self.root / rel, "rb") as f:
-            data = f.read(limit + 1)
-        if len(data) > limit:
-            raise BundleFileError(rel, f"larger than the {limit}-byte limit; refused")
-        return data
-
-    def json(self, rel: str) -> Any:
-        """Parsed JSON of a bundle file; BundleFileError names the file when it cannot be read."""
-        with self._lock:
-            if rel in self._json:
-                val = self._json[rel]
-                if isinstance(val, BundleFileError):
-                    raise val
-                return val
-        try:
-            val = _loads(self._read(rel, self.limits.max_json_bytes), rel)
-        except BundleFileError as exc:
-            with self._lock:
-                self._json[rel] = exc
-            raise
-        with self._lock:
-            self._json[rel] = val
-        return val
-
-    def jsonl(self, rel: str) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:
-        """([(line number, record)], problems) of a JSON-lines file; each problem names a line."""
-        with self._lock:
-            if rel in self._jsonl:
-                return self._jsonl[rel]
-        data = self._read(rel, self.limits.max_jsonl_bytes)
-        records: list[tuple[int, dict[str, Any]]] = []
-        problems: list[str] = []
-        lines = data.split(b"\n")
-        for i, raw in enumerate(lines, 1):
-            if not raw.strip():
-                continue
-            try:
-                rec = _loads(raw, rel)
-            except BundleFileError as exc:
-                tail = " (the last line is unterminated: torn by a crash?)" if i == len(lines) else ""
-                problems.append(f"line {i}: {exc.message}{tail}")
-                continue
-            if not isinstance(rec, dict):
-                problems.append(f"line {i}: not a JSON object")
-                continue
-            records.append((i, rec))
-        if data and not data.endswith(b"\n") and not problems:
-            problems.append(f"line {len(lines)}: the last line is not terminated by a newline")
-        out = (records, problems)
-        with self._lock:
-            self._jsonl[rel] = out
-        return out
-
-    def try_json(self, rel: str) -> Any:
-        try:
-            return self.json(rel)
-        except BundleFileError:
-            return None
-
-    def try_jsonl(self, rel: str) -> list[dict[str, Any]] | None:
-        try:
-            return [r for _, r in self.jsonl(rel)[0]]
-        except BundleFileError:
-            return None
-
-    @property
-    def run_info(self) -> dict[str, Any]:
-        info = self.try_json(formats.RUN_JSON)
-        return info if isinstance(info, dict) else {}
-
-    def metric_steps(self) -> list[int] | None:
-        """The steps of logs/metrics.jsonl in file order (None if it cannot be read)."""
-        recs = self.try_jsonl(formats.METRICS)
-        if recs is None:
-            return None
-        return [r["step"] for r in recs if _is_int(r.get("step"))]
 
 
 def _is_int(v: Any) -> bool:
@@ -1061,43 +921,9 @@ def check_logs(view: BundleView, out: CheckResult) -> None:
 # --- integrity ----------------------------------------------------------------------------
 
 
-def scan_folder(root: Path, limits: AuditLimits = DEFAULT_LIMITS) -> dict[str, int]:
+def scan_folder(root: Path, limits: ReadLimits = DEFAULT_LIMITS) -> dict[str, int]:
     """Every regular file under root -> its size. Refuses links, devices, FIFOs and sockets."""
-    out: dict[str, int] = {}
-    real_root = root.resolve()
-    stack: list[tuple[str, str]] = [("", str(root))]
-    while stack:
-        prefix, d = stack.pop()
-        try:
-            entries = list(os.scandir(d))
-        except OSError as exc:
-            raise AuditRefused(f"{prefix or '.'}: cannot list the folder ({exc.strerror})") from None
-        for e in entries:
-            rel = prefix + e.name
-            try:
-                rel.encode("utf-8")
-            except UnicodeEncodeError:
-                raise AuditRefused(f"{rel.encode('utf-8', 'surrogateescape')!r}: a file name that is not UTF-8; "
-                                   "refused") from None
-            if e.is_symlink():
-                target = os.readlink(e.path)
-                resolved = (Path(d) / target).resolve()
-                inside = resolved == real_root or real_root in resolved.parents
-                where = "inside the bundle" if inside else "outside the bundle"
-                raise AuditRefused(f"{rel}: a symbolic link to {target!r} ({where}); a bundle holds no links, "
-                                   "refused")
-            if e.is_dir(follow_symlinks=False):
-                stack.append((rel + "/", e.path))
-            elif e.is_file(follow_symlinks=False):
-                out[rel] = e.stat(follow_symlinks=False).st_size
-                if len(out) > limits.max_files:
-                    raise AuditRefused(f"{root}: more than {limits.max_files} files; refused")
-            else:
-                mode = e.stat(follow_symlinks=False).st_mode
-                kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
-                        else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
-                raise AuditRefused(f"{rel}: {kind}; a bundle holds regular files only, refused")
-    return out
+    return _scan_folder(root, limits.max_files)
 
 
 def _load_manifest(root: Path, sizes: dict[str, int], limits: AuditLimits) -> tuple[str, dict[str, str], str | None]:

@@ -29,6 +29,12 @@ def path_field(default: Any = dataclasses.MISSING, *, must_exist: bool = True) -
     return dataclasses.field(default=default, metadata=meta)
 
 
+# metadata of a dict field that receives the keys a strict dataclass does not know (kept, not
+# refused): `extra: dict[str, Any] = field(default_factory=dict, metadata=EXTRA)`, so that a
+# record of a v1 file that a newer writer extended still loads
+EXTRA = {"extra": True}
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -48,6 +54,12 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(f"{source}: key '{key}' must be {_type_name(tp)}, got {value!r}")
+    if origin is typing.Literal:
+        allowed = typing.get_args(tp)
+        if not any(value == a and type(value) is type(a) for a in allowed):
+            raise ConfigError(f"{source}: key '{key}' must be one of {', '.join(repr(a) for a in allowed)}, "
+                              f"got {value!r}")
+        return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: key '{key}' must be a mapping, got {value!r}")
@@ -82,13 +94,19 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
 def _build(cls: type[T], data: dict[str, Any], source: str, prefix: str = "") -> T:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    extra = next((f.name for f in fields.values() if f.metadata.get("extra")), None)
+    kwargs: dict[str, Any] = {}
     for k in data:
-        if k not in fields:
+        if k not in fields or k == extra:
+            if extra is not None:
+                kwargs.setdefault(extra, {})[k] = data[k]
+                continue
             known = ", ".join(sorted(fields))
             raise ConfigError(f"{source}: unknown key '{prefix}{k}' (known keys here: {known})")
-    kwargs: dict[str, Any] = {}
     for name, f in fields.items():
         key = f"{prefix}{name}"
+        if name == extra:
+            continue
         if name in data:
             kwargs[name] = _coerce(data[name], hints[name], key, source)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:

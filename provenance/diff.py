@@ -413,7 +413,7 @@ def diff_bundles(a: str | Path, b: str | Path) -> dict[str, Any]:
     env = diff_env(env_a, env_b, thr_a, thr_b)
     metrics_a, metrics_b = list(formats.read_jsonl(a / formats.METRICS)), list(formats.read_jsonl(b / formats.METRICS))
     d = {
-        "schema": "fullyopen.diff/v1",
+        "schema": formats.DIFF_SCHEMA,
         "a": bundle_info(a),
         "b": bundle_info(b),
         "config": diff_config(cfg_a.get("config") or {}, cfg_b.get("config") or {}),

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from provenance import untrusted
 from provenance.hashing import ALGORITHM, root_digest
 
 BUNDLE_SCHEMA = "fullyopen.bundle/v1"
@@ -25,6 +26,16 @@ DATA_MANIFEST_SCHEMA = "fullyopen.data-manifest/v1"
 CHECKPOINT_INDEX_SCHEMA = "fullyopen.checkpoint-index/v1"
 NOTE_SCHEMA = "fullyopen.note/v1"
 PROOF_SCHEMA = "fullyopen.data-proof/v1"  # prov prove: a record's membership (or absence) and when it was trained
+CHECKPOINT_SCHEMA = "fullyopen.checkpoint/v1"  # metadata of a training-state checkpoint (capture/state.py)
+WRAPPED_COMMAND_SCHEMA = "fullyopen.wrapped-command/v1"  # command.json of `prov run`
+OUTPUTS_SCHEMA = "fullyopen.outputs/v1"  # outputs/index.json of `prov run`
+HF_TRAINER_SCHEMA = "fullyopen.hf-trainer/v1"  # integrations/hf.json
+WANDB_SCHEMA = "fullyopen.wandb/v1"  # integrations/wandb.json
+REPRODUCTION_SCHEMA = "fullyopen.reproduction/v1"  # reproduction/summary.json (replay)
+REPRODUCTION_REPORT_SCHEMA = "fullyopen.reproduction-report/v1"  # reproduction/report.json (prov reproduce)
+DIFF_SCHEMA = "fullyopen.diff/v1"  # `prov diff --json`
+AUDIT_SCHEMA = "fullyopen.audit/v1"  # `prov audit --json`
+RELEASE_SCHEMA = "fullyopen.release/v1"  # release/release.json
 
 # --- the layout of runs/<run_id>/ -------------------------------------------------------
 RUN_JSON = "run.json"  # identity, status, times, exit status, seeds, threads
@@ -155,7 +166,7 @@ def append_line(path: str | os.PathLike[str], line: str) -> None:
         os.close(fd)
 
 
-MAX_JSON_BYTES = 64 << 20  # a bundle's JSON file larger than this is refused as hostile
+MAX_JSON_BYTES = untrusted.MAX_JSON_BYTES  # a bundle's JSON file larger than this is refused as hostile
 
 
 class FormatError(ValueError):
@@ -168,9 +179,10 @@ def read_json(path: str | os.PathLike[str], max_bytes: int = MAX_JSON_BYTES) -> 
     if size > max_bytes:
         raise FormatError(f"{path.name}: {size} bytes is larger than the {max_bytes}-byte limit for JSON")
     try:
-        return json.loads(path.read_bytes())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"{path}: malformed JSON ({exc})") from None
+        return untrusted.loads(path.read_bytes(), untrusted.JSONLimits(max_bytes=max_bytes))
+    except untrusted.UntrustedJSONError as exc:
+        raise FormatError(f"{path}: {exc}" if str(exc).startswith("malformed") else
+                          f"{path}: malformed JSON ({exc})") from None
 
 
 def read_jsonl(path: str | os.PathLike[str], max_bytes: int = MAX_JSON_BYTES) -> Iterator[dict[str, Any]]:
@@ -187,8 +199,8 @@ def read_jsonl(path: str | os.PathLike[str], max_bytes: int = MAX_JSON_BYTES) ->
         if not raw.strip():
             continue
         try:
-            rec = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            rec = untrusted.loads(raw, untrusted.JSONLimits(max_bytes=max(len(raw), 1)))
+        except untrusted.UntrustedJSONError:
             if i == len(lines):  # unterminated last line: a crash mid-write
                 return
             raise FormatError(f"{path.name}: line {i} is not valid JSON") from None

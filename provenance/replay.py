@@ -181,7 +181,7 @@ class Replay:
                           if (self.first_step is None or s >= self.first_step)
                           and (self.last_step is None or s <= self.last_step)]
         return {
-            "schema": "fullyopen.reproduction/v1",
+            "schema": formats.REPRODUCTION_SCHEMA,
             "original": {"root_digest": original_root_digest, "run_id": self.original.name},
             "steps_checked": self.steps_checked,
             "first_step": self.first_step,

@@ -11,12 +11,12 @@ PKG = Path(__file__).resolve().parents[1] / "provenance"
 # lowest first; a module may import its own layer and the ones below
 LAYERS = [
     {"hashing"},
-    {"formats", "redact", "config"},
-    {"bundle"},
+    {"formats", "redact", "config", "untrusted"},
+    {"bundle", "archive", "reader", "records"},
     {"capture", "datasets"},
     {"replay"},
     {"run", "recover"},
-    {"openness", "archive", "audit", "sealcheck"},
+    {"openness", "audit", "sealcheck"},
     {"diff", "reproduce"},
     {"release"},
     {"integrations"},

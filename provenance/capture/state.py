@@ -22,7 +22,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, safe_open, save_file
 
-CHECKPOINT_FORMAT = "fullyopen.checkpoint/v1"
+from provenance import formats
+
+CHECKPOINT_FORMAT = formats.CHECKPOINT_SCHEMA
 _META_KEY = "fullyopen"
 
 

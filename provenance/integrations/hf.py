@@ -120,7 +120,7 @@ class ProvenanceCallback(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         import transformers
 
-        self._info = {"schema": "fullyopen.hf-trainer/v1", "transformers_version": transformers.__version__,
+        self._info = {"schema": formats.HF_TRAINER_SCHEMA, "transformers_version": transformers.__version__,
                       "trainer_class": self.trainer_class, "arguments": _jsonable(args.to_dict()),
                       "gradient_accumulation_steps": args.gradient_accumulation_steps,
                       "per_device_train_batch_size": args.per_device_train_batch_size,

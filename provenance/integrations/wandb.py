@@ -85,7 +85,7 @@ class WandbCallback(Callback):
                              tags=list(self.tags) or None, mode=self.mode, settings=settings,  # type: ignore[arg-type]
                              notes=f"fullyopen run {run.run_id}")
         folder = Path(self.wb.dir).parent
-        self.info = {"schema": "fullyopen.wandb/v1", "id": self.wb.id, "project": self.wb.project,
+        self.info = {"schema": formats.WANDB_SCHEMA, "id": self.wb.id, "project": self.wb.project,
                      "entity": getattr(self.wb, "entity", None) if self.mode == "online" else None,
                      "mode": self.mode, "url": self.wb.url if self.mode == "online" else None,
                      "run_folder": folder.name, "bundle_folder": None, "wandb_version": wandb.__version__,

@@ -43,7 +43,7 @@ from provenance.release.signing import (
     verify_signature,
 )
 
-RELEASE_SCHEMA = "fullyopen.release/v1"
+RELEASE_SCHEMA = formats.RELEASE_SCHEMA
 
 __all__ = ["ReleaseError", "ReleaseResult", "SigningError", "release", "verify_signature"]
 

@@ -11,7 +11,7 @@ from provenance.replay import STEPS_LOG, SUMMARY
 from provenance.reproduce.options import EXIT_REPRODUCED
 from provenance.reproduce.verdict import BITWISE, DIVERGED, REPORT, REPORT_SCHEMA
 
-SUMMARY_SCHEMA = "fullyopen.reproduction/v1"
+SUMMARY_SCHEMA = formats.REPRODUCTION_SCHEMA
 CHECK_NAME, CHECK_TITLE = "reproduction", "reproduction report"
 
 

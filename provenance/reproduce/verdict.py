@@ -14,7 +14,7 @@ from provenance.reproduce.options import EXIT_DIVERGED, EXIT_REFUSED, EXIT_REPRO
 from provenance.reproduce.plan import Original, Plan
 
 REPORT = "reproduction/report.json"
-REPORT_SCHEMA = "fullyopen.reproduction-report/v1"
+REPORT_SCHEMA = formats.REPRODUCTION_REPORT_SCHEMA
 
 BITWISE = "reproduced (bitwise)"
 DIVERGED = "diverged"

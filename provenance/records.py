@@ -1,0 +1,184 @@
+"""Typed records of a bundle's JSON files, parsed strictly by provenance.config's loader.
+
+    info = records.parse(records.RunInfo, bundle.json("run.json"), "run.json")
+    info.status, info.exit_status, info.last_step
+
+A known key with the wrong type, a missing required key or a schema id that is not the
+record's raise RecordError naming the file and the key. Keys a record does not know are
+kept in `extra` (a v1 file that a newer writer extended still reads); they are never
+refused, so the format stays v1-compatible. The layouts and schema ids come from
+provenance.formats; the files are read through provenance.reader.
+
+Which file each record is (its one writer / its one reader of record):
+  RunInfo           run.json                  run.py (and recover.py on `prov seal`)
+  ConfigRecord      config.json               run.py
+  CheckpointIndex   checkpoints/index.json    run.py (Recorder)
+  DataManifest      data/<name>/manifest.json capture/data.py
+  OrderHeader       order/rank<R>.json        run.py (formats.order_header)
+  Note              notes.jsonl, one a line   formats.note_record (`prov note`)
+  CommandRecord     command.json              integrations/wrap.py (`prov run`)
+  ReproductionSummary reproduction/summary.json replay.py
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from provenance import config, formats
+
+T = TypeVar("T")
+
+Status = Literal["running", "completed", "failed", "interrupted"]  # formats.STATUSES
+NoteCategory = Literal["hyperparameter", "data", "restart", "incident", "evaluation", "release", "code", "other"]
+
+
+class RecordError(ValueError):
+    """A bundle file does not hold the record it should; the message names the file and the key."""
+
+
+def parse(cls: type[T], obj: Any, where: str) -> T:
+    """`obj` (parsed JSON of bundle file `where`) as record `cls`; RecordError names what is wrong."""
+    if not isinstance(obj, dict):
+        raise RecordError(f"{where}: not a JSON object")
+    try:
+        return config.from_dict(cls, obj, where)
+    except config.ConfigError as exc:
+        raise RecordError(str(exc)) from None
+
+
+def to_dict(rec: Any) -> dict[str, Any]:
+    """The JSON object of a record: its fields, then the unknown keys it kept."""
+    out = dataclasses.asdict(rec)
+    extra = out.pop("extra", {}) or {}
+    return {**extra, **out}
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    schema: Literal[formats.BUNDLE_SCHEMA]
+    run_id: str
+    status: Status
+    name: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    exit_status: int | None = None
+    error: dict[str, Any] | None = None
+    pid: int | None = None
+    host: str | None = None
+    seed: int | None = None
+    seeds: dict[str, int] = field(default_factory=dict)
+    determinism: dict[str, Any] = field(default_factory=dict)
+    rank: int = 0
+    world_size: int = 1
+    license: str | None = None
+    documents: dict[str, str] = field(default_factory=dict)
+    reproduces: dict[str, Any] | None = None
+    datasets: list[str] = field(default_factory=list)
+    last_step: int | None = None
+    distributed: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict, metadata=config.EXTRA)
+
+
+@dataclass(frozen=True)
+class ConfigRecord:
+    config: dict[str, Any]
+    digest: str
+    argv: list[str] | None = None
+    cwd_name: str | None = None
+    command_digest: str | None = None  # binds argv (formats.command_digest)
+    extra: dict[str, Any] = field(default_factory=dict, metadata=config.EXTRA)
+
+    def digest_ok(self) -> bool:
+        return formats.config_digest(self.config) == self.digest
+
+
+@dataclass(frozen=True)
+class CheckpointEntry:
+    step: int
+    path: str
+    sha256: str
+    size: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict, metadata=config.EXTRA)
+
+
+@dataclass(frozen=True)
+class CheckpointIndex:
+    schema: Literal[formats.CHECKPOINT_INDEX_SCHEMA]
+    checkpoints: list[CheckpointEntry]
+    extra: dict[str, Any] = field(default_factory=dict, metadata=config.EXTRA)
+
+
+@dataclass(frozen=True)
+class DataFile:
+    path: str
+    size: int
+    sha256: str
+    records: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict, metadata=config.EXTRA)
+
+
+@dataclass(frozen=True)
+class DataManifest:
+    schema: Literal[formats.DATA_MANIFEST_SCHEMA]
+    name: str
+    files: list[DataFile]
+    bundled_files: str | None = None
+    samples: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict, metadata=config.EXTRA)
+
+
+@dataclass(frozen=True)
+class OrderHeader:
+    schema: Literal[tuple(formats.ORDER_SCHEMAS)]  # v1 or v2
+    rank: int
+    world_size: int = 1
+    dataset: str | None = None
+    sampler: dict[str, Any] = field(default_factory=dict)
+    ids_dtype: str = "uint32-le"
+    step_record: str | None = None
+    chain: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict, metadata=config.EXTRA)
+
+
+@dataclass(frozen=True)
+class Note:
+    schema: Literal[formats.NOTE_SCHEMA]
+    time: str
+    author: str
+    category: NoteCategory
+    text: str
+    step: int | None = None
+    links: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict, metadata=config.EXTRA)
+
+
+@dataclass(frozen=True)
+class CommandRecord:
+    schema: Literal[formats.WRAPPED_COMMAND_SCHEMA]
+    command: list[str]
+    returncode: int | None = None
+    exit_status: int | None = None
+    signal: str | None = None
+    outputs: list[Any] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict, metadata=config.EXTRA)
+
+
+@dataclass(frozen=True)
+class ReproductionSummary:
+    schema: Literal[formats.REPRODUCTION_SCHEMA]
+    original: dict[str, Any] = field(default_factory=dict)
+    steps_checked: int | None = None
+    checkpoints_checked: int | None = None
+    bitwise: bool | None = None
+    first_divergence: Any = None
+    extra: dict[str, Any] = field(default_factory=dict, metadata=config.EXTRA)
+
+
+# the schema id of each record (its Literal names the same constant of formats)
+SCHEMAS: dict[type[Any], str] = {
+    RunInfo: formats.BUNDLE_SCHEMA, CheckpointIndex: formats.CHECKPOINT_INDEX_SCHEMA,
+    DataManifest: formats.DATA_MANIFEST_SCHEMA, OrderHeader: formats.ORDER_SCHEMA_V1, Note: formats.NOTE_SCHEMA,
+    CommandRecord: formats.WRAPPED_COMMAND_SCHEMA, ReproductionSummary: formats.REPRODUCTION_SCHEMA,
+}
