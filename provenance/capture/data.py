@@ -42,6 +42,9 @@ class DatasetSpec:
     in_bundle: bool = True  # copy the files into the bundle (small datasets)
     extra: dict[str, Any] = field(default_factory=dict)
     leaf_schemes: dict[str, str] = field(default_factory=dict)  # file -> leaf scheme (default by suffix)
+    # what a sample id means (provenance.datasets.layouts): None is `lines` (samples_file's line numbers);
+    # {"type": "documents"} or {"type": "token-stream", "dtype": "uint16", "window": 64, "sample": "window"}
+    layout: dict[str, Any] | None = None
 
 
 def count_records(path: Path) -> int | None:
@@ -69,6 +72,15 @@ def file_leaf_data(entry: dict[str, Any]) -> bytes:
     return b"fullyopen-file/v1\0" + canon.encode()
 
 
+def _layout_scheme(layout: dict[str, Any] | None, rel: str) -> str | None:
+    """The leaf scheme a layout gives its files: token chunks for a token stream."""
+    if layout and layout.get("type") == "token-stream" and rel.endswith((".bin", ".npy")):
+        from provenance.datasets.scan import DEFAULT_TOKEN_CHUNK
+
+        return f"tokens:{layout.get('dtype', 'uint16')}:{int(layout.get('chunk', DEFAULT_TOKEN_CHUNK))}"
+    return None
+
+
 def build_manifest(spec: DatasetSpec, workers: int | None = None, *, cache: HashCache | None = _USE_DEFAULT_CACHE,
                    stats: Stats | None = None, algorithm: str = "sha256") -> dict[str, Any]:
     """The manifest of spec's files; unchanged files' facts come from the hash cache (the same bytes)."""
@@ -79,7 +91,7 @@ def build_manifest(spec: DatasetSpec, workers: int | None = None, *, cache: Hash
     own_cache = cache is _USE_DEFAULT_CACHE
     if own_cache:
         cache = default_cache()
-    schemes = [spec.leaf_schemes.get(f) or default_scheme(f) for f in spec.files]
+    schemes = [spec.leaf_schemes.get(f) or _layout_scheme(spec.layout, f) or default_scheme(f) for f in spec.files]
     try:
         facts = scan_files(list(zip(paths, schemes, strict=True)), algorithm=algorithm, cache=cache,
                            workers=workers, stats=stats)
@@ -116,7 +128,15 @@ def build_manifest(spec: DatasetSpec, workers: int | None = None, *, cache: Hash
                    "sorted_leaves": len(text_leaves)},
         **spec.extra,
     }
-    if spec.samples_file is not None:
+    if spec.layout is not None:
+        from provenance.datasets.layouts import LayoutError, describe
+
+        try:
+            lay = manifest["layout"] = describe(spec.layout, files)
+        except LayoutError as exc:
+            raise DataMismatch(f"dataset '{spec.name}': {exc}") from None
+        manifest["samples"] = {"layout": lay["type"], "id": lay["id"], "count": lay["count"]}
+    if spec.samples_file is not None and spec.layout is None:
         rec = next(e for e in files if e["path"] == spec.samples_file).get("records")
         manifest["samples"] = {"file": spec.samples_file, "id": "0-based record (line) number", "count": rec}
     return manifest

@@ -21,6 +21,11 @@ def cmd_manifest(args: argparse.Namespace) -> int:
 
     try:
         spec = local_dataset(args.path, name=args.name)
+        if args.layout == "token-stream":
+            spec.layout = {"type": "token-stream", "dtype": args.dtype, "window": args.window,
+                           "sample": args.sample, "chunk": args.chunk}
+        elif args.layout == "documents":
+            spec.layout = {"type": "documents"}
         if args.leaf:
             spec.leaf_schemes = {f: args.leaf for f in spec.files}
         stats = Stats()
@@ -110,6 +115,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("path")
     m.add_argument("-o", "--output", default=None, help="write here (atomically) instead of stdout")
     m.add_argument("--name", default=None, help="dataset name (default: the folder's name)")
+    m.add_argument("--layout", default="lines", choices=("lines", "documents", "token-stream"),
+                   help="what a sample id means (default lines: the line number of the single line file)")
+    m.add_argument("--dtype", default="uint16", choices=("uint16", "uint32"), help="token-stream: token width")
+    m.add_argument("--window", type=int, default=1024, help="token-stream: tokens a sample")
+    m.add_argument("--sample", default="window", choices=("window", "offset"),
+                   help="token-stream: a sample id is a window index or a token offset")
+    m.add_argument("--chunk", type=int, default=65536, help="token-stream: tokens a Merkle leaf")
     m.add_argument("--leaf", default=None,
                    help="leaf scheme of every file (default by suffix: lines, records:jsonl.gz, blocks:1048576; "
                         "tokens:uint16:65536 for a token stream)")

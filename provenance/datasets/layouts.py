@@ -150,6 +150,27 @@ def samples_of_leaf(manifest: dict[str, Any], file: str, index: int) -> set[int]
     return set()
 
 
+def sample_bytes(manifest: dict[str, Any], root: Path, sample: int) -> bytes:
+    """The bytes of one sample: its record (decompressed), or its window's tokens (little-endian)."""
+    loc = locate(manifest, sample)
+    entry = _entries(manifest)[loc["file"]]
+    path = Path(root) / loc["file"]
+    if loc["kind"] == "record":
+        for i, rec in enumerate(iter_records(path, entry.get("leaf", "lines"))):
+            if i == loc["index"]:
+                return rec
+        raise LayoutError(f"{loc['file']}: has no record {loc['index']} (sample {sample})")
+    width = TOKEN_DTYPES[layout_of(manifest)["dtype"]]
+    skip = leaf_span(path, entry["leaf"], 0)[0]
+    a, b = loc["token_start"], loc["token_end"]
+    with open(path, "rb") as f:
+        f.seek(skip + a * width)
+        data = f.read((b - a) * width)
+    if len(data) != (b - a) * width:
+        raise LayoutError(f"{loc['file']}: ends before token {b} (sample {sample})")
+    return data
+
+
 # --- resolving a step of a bundle -----------------------------------------------------------
 def _data_path(bundle: Path, manifest: dict[str, Any], rel: str, data_root: str | None) -> Path:
     cands = []

@@ -1,0 +1,90 @@
+"""Dataset layouts: random sample ids resolve to the bytes a direct read gives."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from provenance.capture.data import DataMismatch, DatasetSpec, build_manifest
+from provenance.datasets.layouts import LayoutError, locate, sample_bytes
+
+
+def _tokens_dataset(root: Path) -> tuple[DatasetSpec, dict[str, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for i, n in enumerate((1000, 37, 5000)):
+        a = rng.integers(0, 65535, n, dtype=np.uint16)
+        arrays[f"shard{i}.bin"] = a
+        (root / f"shard{i}.bin").write_bytes(a.astype("<u2").tobytes())
+    a = rng.integers(0, 65535, 777, dtype=np.uint16)
+    np.save(root / "shard3.npy", a.astype("<u2"))
+    arrays["shard3.npy"] = a
+    files = sorted(arrays)
+    return DatasetSpec(name="tok", root=root, files=files, source={"type": "local"},
+                       layout={"type": "token-stream", "dtype": "uint16", "window": 16, "chunk": 64}), arrays
+
+
+@pytest.mark.parametrize("sample", ["window", "offset"])
+def test_token_stream_ids_resolve_to_the_tokens(tmp_path: Path, sample: str) -> None:
+    spec, arrays = _tokens_dataset(tmp_path)
+    spec.layout = {**(spec.layout or {}), "sample": sample}
+    m = build_manifest(spec, cache=None)
+    lay = m["layout"]
+    per = {f: (len(a) // 16 if sample == "window" else len(a) - 15) for f, a in arrays.items()}
+    assert lay["count"] == m["samples"]["count"] == sum(per.values())
+    assert next(e for e in m["files"] if e["path"] == "shard3.npy")["tokens"] == 777
+    starts, acc = {}, 0
+    for f in sorted(arrays):
+        starts[f] = acc
+        acc += per[f]
+    for sid in [*random.Random(1).sample(range(lay["count"]), 60), 0, lay["count"] - 1]:
+        f = max((x for x in sorted(arrays) if starts[x] <= sid and per[x]), key=lambda x: starts[x])
+        local = sid - starts[f]
+        first = local * 16 if sample == "window" else local
+        want = arrays[f][first:first + 16].astype("<u2").tobytes()
+        assert locate(m, sid)["file"] == f
+        assert sample_bytes(m, tmp_path, sid) == want, sid
+    with pytest.raises(LayoutError, match=f"sample id {lay['count']} is past the end"):
+        locate(m, lay["count"])
+
+
+def test_documents_ids_are_global_across_sorted_shards(tmp_path: Path) -> None:
+    docs = [json.dumps({"text": f"document {i} " + "x" * (i % 13)}).encode() for i in range(250)]
+    (tmp_path / "a.jsonl").write_bytes(b"\n".join(docs[:100]) + b"\n")
+    (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(b"\n".join(docs[100:180]) + b"\n"))
+    (tmp_path / "c.jsonl.gz").write_bytes(gzip.compress(b"\n".join(docs[180:]) + b"\n"))
+    spec = DatasetSpec(name="docs", root=tmp_path, files=["a.jsonl", "b.jsonl.gz", "c.jsonl.gz"],
+                       source={"type": "local"}, layout={"type": "documents"})
+    m = build_manifest(spec, cache=None)
+    assert m["layout"]["count"] == 250 and [e["records"] for e in m["files"]] == [100, 80, 70]
+    for sid in random.Random(2).sample(range(250), 40):
+        assert sample_bytes(m, tmp_path, sid) == docs[sid]
+    with pytest.raises(LayoutError, match="sample id 250 is past the end"):
+        sample_bytes(m, tmp_path, 250)
+
+
+def test_token_shard_not_a_multiple_of_the_width_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "bad.bin").write_bytes(b"\x00" * 33)
+    spec = DatasetSpec(name="tok", root=tmp_path, files=["bad.bin"], source={},
+                       layout={"type": "token-stream", "dtype": "uint16", "window": 4})
+    with pytest.raises(DataMismatch, match=r"bad\.bin: 33 bytes of tokens is not a multiple of the 2-byte"):
+        build_manifest(spec, cache=None)
+
+
+def test_zstd_shards_and_a_truncated_one(tmp_path: Path) -> None:
+    import zstandard
+
+    docs = [json.dumps({"text": f"doc {i}"}).encode() for i in range(300)]
+    raw = zstandard.ZstdCompressor().compress(b"\n".join(docs) + b"\n")
+    (tmp_path / "a.jsonl.zst").write_bytes(raw)
+    spec = DatasetSpec(name="z", root=tmp_path, files=["a.jsonl.zst"], source={}, layout={"type": "documents"})
+    m = build_manifest(spec, cache=None)
+    assert m["files"][0]["records"] == 300 and sample_bytes(m, tmp_path, 123) == docs[123]
+    (tmp_path / "a.jsonl.zst").write_bytes(raw[:-7])
+    with pytest.raises(DataMismatch, match=r"a\.jsonl\.zst: truncated zstd stream"):
+        build_manifest(spec, cache=None)
