@@ -479,6 +479,12 @@ def check_data(view: BundleView, out: CheckResult) -> None:
         if samples is not None:
             if not isinstance(samples, dict) or not _is_int(samples.get("count")) or samples["count"] < 0:
                 out.error("'samples' needs a non-negative integer count", file=mrel)
+            elif "layout" in samples:  # documents, token-stream: the count follows from the layout and the files
+                from provenance.datasets.layouts import manifest_problem
+
+                problem = manifest_problem(m)
+                if problem:
+                    out.error(problem, file=mrel)
             else:
                 entry = listed.get(str(samples.get("file")))
                 if entry is None:

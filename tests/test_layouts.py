@@ -88,3 +88,35 @@ def test_zstd_shards_and_a_truncated_one(tmp_path: Path) -> None:
     (tmp_path / "a.jsonl.zst").write_bytes(raw[:-7])
     with pytest.raises(DataMismatch, match=r"a\.jsonl\.zst: truncated zstd stream"):
         build_manifest(spec, cache=None)
+
+
+def _tokens_run(tmp: Path) -> Path:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, TINY, offline_env, only_run
+
+    args = [sys.executable, "-m", "training.train", "--config", str(REPO / "configs" / "tiny-lm-tokens.yaml"), *TINY,
+            f"run.runs_dir={tmp / 'runs'}", f"data.root={tmp / 'data'}"]
+    proc = subprocess.run(args, cwd=REPO, env=offline_env(tmp), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return only_run(tmp / "runs")
+
+
+@pytest.mark.slow
+def test_tiny_lm_tokens_trains_audits_proves_and_reproduces_bitwise(tmp_path: Path) -> None:
+    from provenance.audit import audit
+    from provenance.cli import main
+    from provenance.datasets.proofs import prove, verify_proof
+
+    b = _tokens_run(tmp_path)
+    m = json.loads((b / "data" / "tiny-corpus-tokens" / "manifest.json").read_text())
+    corpus = json.loads((b / "data" / "tiny-corpus" / "manifest.json").read_text())
+    corpus.pop("bundled_files", None)
+    from provenance import formats
+
+    assert m["source"]["from_manifest"] == formats.config_digest(corpus)
+    assert m["layout"]["type"] == "token-stream" and m["samples"]["count"] == m["layout"]["count"]
+    assert audit(b).ok
+    verify_proof(prove(b, sample=3))
+    assert main(["reproduce", str(b)]) == 0

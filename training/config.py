@@ -23,6 +23,9 @@ class DataConfig:
     path: str | None = path_field(None, must_exist=False)  # source local: the folder (DVC-tracked: pulled if missing)
     hub_repo: str | None = None  # source hub: the dataset repository, e.g. "org/name" (needs network)
     hub_revision: str | None = None  # source hub: the commit sha (40 hex digits); branches and tags are refused
+    # lines: a sample is a story (a line of train.jsonl); token-stream: a window of model.block_size tokens of
+    # the training split tokenized once into a flat uint16 stream by a recorded step (training/tokens.py)
+    layout: str = "lines"
 
 
 @dataclass

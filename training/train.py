@@ -23,6 +23,7 @@ from provenance.config import load, to_dict
 from provenance.integrations.wandb import WandbCallback
 from provenance.replay import WorldSizeMismatch
 from training import corpus as corpus_gen
+from training import tokens
 from training.config import Config, DataConfig
 from training.data import (
     EOS,
@@ -135,17 +136,22 @@ def tokenizer_dir(cfg: Config, corpus: Any) -> Any:
     return base / f"tokenizer-bpe{cfg.tokenizer.vocab_size}"
 
 
-def prepare_data(cfg: Config, rank: int, world: int) -> tuple[Any, Any]:
-    """The corpus and the tokenizer: rank 0 makes them, the other ranks receive rank 0's specs."""
-    specs: list[Any] = [None, None]
+def prepare_data(cfg: Config, rank: int, world: int) -> tuple[Any, Any, Any]:
+    """The corpus, the tokenizer and (token-stream layout) the token stream: rank 0 makes them, the other
+    ranks receive rank 0's specs."""
+    specs: list[Any] = [None, None, None]
     if rank == 0:
         corpus = corpus_spec(cfg.data)
-        specs = [corpus, train_tokenizer(corpus.root / "train.jsonl", cfg.tokenizer, tokenizer_dir(cfg, corpus))]
+        specs = [corpus, train_tokenizer(corpus.root / "train.jsonl", cfg.tokenizer, tokenizer_dir(cfg, corpus)), None]
+        if cfg.data.layout == "token-stream":  # a recorded tokenization step: its manifest names its inputs
+            specs[2] = tokens.tokenize_corpus(corpus, specs[1], load_hf_tokenizer(specs[1].root), cfg.model.block_size)
+        elif cfg.data.layout != "lines":
+            raise ConfigError(f"data.layout must be lines or token-stream, got {cfg.data.layout!r}")
     if world > 1:
         import torch.distributed as dist
 
         dist.broadcast_object_list(specs, src=0)
-    return specs[0], specs[1]
+    return specs[0], specs[1], specs[2]
 
 
 def all_reduce_step(model: Any, loss: torch.Tensor, n_tokens: int, world: int) -> tuple[torch.Tensor, int]:
@@ -166,10 +172,11 @@ def train(cfg: Config, argv: list[str]) -> int:
 
     rank, world = init_distributed(cfg)
     print("resolved config:\n" + yaml.safe_dump(to_dict(cfg), sort_keys=True), flush=True)
-    corpus, tok_spec = prepare_data(cfg, rank, world)
+    corpus, tok_spec, token_spec = prepare_data(cfg, rank, world)
     tokenizer = load_hf_tokenizer(tok_spec.root)
     pad_id, eos_id = tokenizer.convert_tokens_to_ids(PAD), tokenizer.convert_tokens_to_ids(EOS)
-    sampler = EpochSampler(sum(1 for _ in open(corpus.root / "train.jsonl")), cfg.train.batch_size, cfg.run.seed)
+    n_samples = tokens.n_windows(token_spec) if token_spec else sum(1 for _ in open(corpus.root / "train.jsonl"))
+    sampler = EpochSampler(n_samples, cfg.train.batch_size, cfg.run.seed)
     sampler_info, compute_batch = sampler.describe(), sampler.batch
     if world > 1:  # rank r trains on positions [r*B/W, (r+1)*B/W) of each step's global batch
         share = cfg.train.batch_size // world
@@ -180,12 +187,14 @@ def train(cfg: Config, argv: list[str]) -> int:
             return sampler.batch(step)[rank * share:(rank + 1) * share]
 
     with start_run(to_dict(cfg), name=cfg.run.name, runs_dir=cfg.run.runs_dir, seed=cfg.run.seed,
-                   threads=cfg.run.threads, deterministic=cfg.run.deterministic, datasets=[corpus, tok_spec],
+                   threads=cfg.run.threads, deterministic=cfg.run.deterministic,
+                   datasets=[x for x in (token_spec, corpus, tok_spec) if x],
                    argv=[sys.executable, "-m", "training.train", *argv], license=cfg.run.license,
                    documents=cfg.run.documents, sampler=sampler_info,
                    callbacks=[WandbCallback(cfg.run.wandb, cfg.run.wandb_project, cfg.run.wandb_entity)]) as run:
         texts = load_texts(corpus)
-        train_ids = encode(tokenizer, texts["train"], cfg.model.block_size)
+        block = cfg.model.block_size
+        train_ids = tokens.windows(token_spec) if token_spec else encode(tokenizer, texts["train"], block)
         val_ids = encode(tokenizer, texts["validation"], cfg.model.block_size)
         arith = load_arith_eval(corpus, cfg.train.arith_eval_size)
 

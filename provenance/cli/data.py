@@ -92,8 +92,14 @@ def cmd_resolve(args: argparse.Namespace) -> int:
         rows = resolve_step(Path(args.bundle), args.step, rank=args.rank, data_root=args.data_root)
     except (LayoutError, OSError, formats.FormatError, ValueError) as exc:
         return _error(exc)
-    for r in rows:
-        sys.stdout.write(formats.dumps_line(r) if args.json else _row_text(r))
+    try:
+        for r in rows:
+            sys.stdout.write(formats.dumps_line(r) if args.json else _row_text(r))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `| head`: the reader has what it wanted
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
@@ -121,10 +127,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--window", type=int, default=1024, help="token-stream: tokens a sample")
     m.add_argument("--sample", default="window", choices=("window", "offset"),
                    help="token-stream: a sample id is a window index or a token offset")
-    m.add_argument("--chunk", type=int, default=65536, help="token-stream: tokens a Merkle leaf")
+    m.add_argument("--chunk", type=int, default=4096, help="token-stream: tokens a Merkle leaf")
     m.add_argument("--leaf", default=None,
                    help="leaf scheme of every file (default by suffix: lines, records:jsonl.gz, blocks:1048576; "
-                        "tokens:uint16:65536 for a token stream)")
+                        "tokens:uint16:4096 for a token stream)")
     m.add_argument("--algorithm", default="sha256", choices=("sha256", "blake3"),
                    help="hash of the Merkle trees (the whole-file digest is always sha256)")
     m.add_argument("--no-cache", action="store_true", help="hash every byte; neither read nor write the cache")

@@ -70,6 +70,24 @@ def describe(layout: dict[str, Any], files: list[dict[str, Any]]) -> dict[str, A
     raise LayoutError(f"unknown layout {kind!r} (documents or token-stream; lines needs none)")
 
 
+def manifest_problem(manifest: dict[str, Any]) -> str | None:
+    """What is inconsistent in a manifest's layout record (None when it agrees with the files' entries)."""
+    try:
+        lay = layout_of(manifest)
+        if lay["type"] == "lines":
+            return None
+        want = describe(lay, manifest.get("files", []))
+    except (LayoutError, KeyError, TypeError, ValueError) as exc:
+        return f"layout: {exc}"
+    for key in ("shards", "count"):
+        if lay.get(key) != want[key]:
+            return f"layout.{key} is {lay.get(key)!r}, the files' entries give {want[key]!r}"
+    samples = manifest.get("samples") or {}
+    if samples.get("count") != want["count"]:
+        return f"samples.count is {samples.get('count')!r}, the layout gives {want['count']}"
+    return None
+
+
 def _entries(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {e["path"]: e for e in manifest.get("files", [])}
 

@@ -31,7 +31,7 @@ from provenance.hashing import default_workers
 
 BLOCK = 4 << 20
 DEFAULT_BLOCK_LEAF = 1 << 20  # blocks:1048576 for files that are not records or tokens
-DEFAULT_TOKEN_CHUNK = 1 << 16  # tokens per leaf of a token stream
+DEFAULT_TOKEN_CHUNK = 4096  # tokens per leaf of a token stream: 8 KiB uint16 leaves keep proofs small
 LINE_SUFFIXES = (".jsonl", ".txt", ".csv", ".tsv")
 TOKEN_DTYPES = {"uint16": 2, "uint32": 4}
 _local = threading.local()
