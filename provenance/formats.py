@@ -209,15 +209,23 @@ def read_jsonl(path: str | os.PathLike[str], max_bytes: int = MAX_JSON_BYTES) ->
         yield rec
 
 
-def note_record(text: str, category: str, author: str | None, links: Sequence[str], step: int | None) -> dict[str, Any]:
-    """A decision note; ValueError names what is wrong with it."""
+def note_record(text: str, category: str, author: str | None, links: Sequence[str], step: int | None,
+                about: str | None = None) -> dict[str, Any]:
+    """A decision note; ValueError names what is wrong with it. `about`: the root digest of another
+    bundle the note refers to (lineage views show it with that bundle)."""
     if not isinstance(text, str) or not text.strip():
         raise ValueError("note text must be a non-empty string")
     if category not in NOTE_CATEGORIES:
         raise ValueError(f"note category {category!r} is not one of {', '.join(NOTE_CATEGORIES)}")
-    return {"schema": NOTE_SCHEMA, "time": utc_now(), "step": step,
-            "author": author or os.environ.get("USER") or "unknown", "category": category,
-            "text": text, "links": list(links)}
+    rec = {"schema": NOTE_SCHEMA, "time": utc_now(), "step": step,
+           "author": author or os.environ.get("USER") or "unknown", "category": category,
+           "text": text, "links": list(links)}
+    if about is not None:
+        hexd = about.removeprefix(f"{ALGORITHM}:").lower()
+        if len(hexd) != 64 or any(c not in "0123456789abcdef" for c in hexd):
+            raise ValueError(f"note --about {about!r} is not a root digest 'sha256:<64 hex>'")
+        rec["about"] = digest_str(hexd)
+    return rec
 
 
 def reseal_record(previous_root_digest: str, changes: Sequence[dict[str, Any]], reason: str,
@@ -550,3 +558,72 @@ def captured_checkpoint_index(entries: list[dict[str, Any]]) -> dict[str, Any]:
     out["checkpoints"] = sorted(out["checkpoints"], key=lambda e: (e["step"], e["path"]))
     out["captured"] = True
     return out
+
+
+# --- lineage (issue 16): edges from a bundle to the bundles that produced what it consumed ----
+LINEAGE_JSON = "lineage.json"  # the consuming bundle's edges to its parents, by content digest
+LINEAGE_SCHEMA = "fullyopen.lineage/v1"
+EDGE_KINDS = ("data", "tokenizer", "init", "resume", "merge", "eval")
+# where a bundle *produces* files (a file found elsewhere in it, e.g. data/<ds>/files/, is a copy of an input)
+PRODUCED_PREFIXES = ("outputs/", f"{CHECKPOINT_DIR}/", f"{MODEL_DIR}/")
+RELEASE_LINEAGE = "release/lineage.json"  # `prov release --lineage`: the ancestors' root digests (signed)
+
+
+def _hex_digest(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise FormatError(f"{where}: expected a digest 'sha256:<64 hex>', got {type(value).__name__}")
+    algo, _, hexd = value.partition(":")
+    if algo != ALGORITHM or len(hexd) != 64 or any(c not in "0123456789abcdef" for c in hexd):
+        raise FormatError(f"{where}: {value[:80]!r} is not a digest 'sha256:<64 lowercase hex>'")
+    return value
+
+
+def lineage_edge(kind: str, digest: str, parent: str | None, parent_path: str | None, consumed: str,
+                 how: str = "auto", weight: float | None = None, parent_run_id: str | None = None) -> dict[str, Any]:
+    """One edge (or, with parent None, an input no known bundle produced); ValueError names the bad field."""
+    edge: dict[str, Any] = {"kind": kind, "digest": digest, "parent": parent, "parent_path": parent_path,
+                            "parent_run_id": parent_run_id, "consumed": consumed, "how": how}
+    if weight is not None:
+        edge["weight"] = weight
+    parse_lineage_edge(edge, "edge")
+    return edge
+
+
+def parse_lineage_edge(e: Any, where: str) -> dict[str, Any]:
+    if not isinstance(e, dict):
+        raise FormatError(f"{where}: not a JSON object")
+    if e.get("kind") not in EDGE_KINDS:
+        raise FormatError(f"{where}.kind: {str(e.get('kind'))[:40]!r} is not one of {', '.join(EDGE_KINDS)}")
+    _hex_digest(e.get("digest"), f"{where}.digest")
+    if e.get("parent") is not None:
+        _hex_digest(e["parent"], f"{where}.parent")
+        if not isinstance(e.get("parent_path"), str) or not e["parent_path"]:
+            raise FormatError(f"{where}.parent_path: a parent's file path is required")
+    for key in ("parent_path", "parent_run_id"):
+        if e.get(key) is not None and not isinstance(e[key], str):
+            raise FormatError(f"{where}.{key}: must be a string or null")
+    if not isinstance(e.get("consumed"), str):
+        raise FormatError(f"{where}.consumed: must say what consumed the file (a path or config key)")
+    if e.get("how") not in ("auto", "declared"):
+        raise FormatError(f"{where}.how: must be 'auto' or 'declared'")
+    w = e.get("weight")
+    if w is not None and (isinstance(w, bool) or not isinstance(w, int | float) or not w == w or w < 0):
+        raise FormatError(f"{where}.weight: must be a non-negative number")
+    return e
+
+
+def lineage_record(edges: Sequence[dict[str, Any]], warnings: Sequence[str] = ()) -> dict[str, Any]:
+    """lineage.json: edges sorted (kind, consumed, digest) so that the same inputs give the same bytes;
+    warnings name producers that were passed over (a file that does not hash to what its seal claims)."""
+    ordered = sorted(edges, key=lambda e: (e["kind"], e["consumed"], e["digest"], e.get("parent") or ""))
+    return {"schema": LINEAGE_SCHEMA, "edges": ordered, "warnings": list(warnings)}
+
+
+def parse_lineage(obj: Any, where: str = LINEAGE_JSON) -> list[dict[str, Any]]:
+    """The edges of a lineage.json document; FormatError names the first bad field."""
+    if not isinstance(obj, dict) or obj.get("schema") != LINEAGE_SCHEMA:
+        raise FormatError(f"{where}: schema is not {LINEAGE_SCHEMA}")
+    edges = obj.get("edges")
+    if not isinstance(edges, list):
+        raise FormatError(f"{where}: edges must be a list")
+    return [parse_lineage_edge(e, f"{where}: edges[{i}]") for i, e in enumerate(edges)]

@@ -597,7 +597,7 @@ def seal_run(root: str | os.PathLike[str], force: bool = False, reason: str | No
 
 
 def add_note(root: str | os.PathLike[str], text: str, category: str, author: str | None, links: list[str],
-             step: int | None, redact: Any = None) -> tuple[int | None, str | None]:
+             step: int | None, redact: Any = None, about: str | None = None) -> tuple[int | None, str | None]:
     """Append a decision note; re-seal a sealed bundle after checking its seal. (step, new root hex or None)."""
     root = Path(root)
     scan_folder(root)
@@ -606,7 +606,7 @@ def add_note(root: str | os.PathLike[str], text: str, category: str, author: str
         info = _run_info(root, files)
         if step is None:
             step = last_step(root, files)
-        rec = formats.note_record(text, category, author, links, step)
+        rec = formats.note_record(text, category, author, links, step, about=about)
         line = formats.dumps_line(rec)
         if redact is not None:
             line = redact(line)

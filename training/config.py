@@ -69,6 +69,8 @@ class RunConfig:
     deterministic: bool = True
     license: str = "Apache-2.0"  # license of the weights and code released with the run
     resume_from: str | None = path_field(None)  # a checkpoint (.safetensors) to continue from
+    # warm start: the weights (only) of a checkpoint or a bundle's model/; recorded as an `init` lineage edge
+    init_from: str | None = path_field(None)
     # documents a run cannot produce by itself: file paths or URLs, checked for presence by audit
     documents: dict[str, str] = field(default_factory=dict)
     # mirror config and metrics to Weights & Biases (offline without an API key; WANDB_MODE=disabled wins)

@@ -21,6 +21,8 @@ import yaml
 from provenance import ConfigError, DataMismatch, start_run
 from provenance.config import load, to_dict
 from provenance.integrations.wandb import WandbCallback
+from provenance.lineage import LineageCallback
+from provenance.lineage.merge import load_weights
 from provenance.replay import WorldSizeMismatch
 from training import corpus as corpus_gen
 from training import tokens
@@ -191,7 +193,8 @@ def train(cfg: Config, argv: list[str]) -> int:
                    datasets=[x for x in (token_spec, corpus, tok_spec) if x],
                    argv=[sys.executable, "-m", "training.train", *argv], license=cfg.run.license,
                    documents=cfg.run.documents, sampler=sampler_info,
-                   callbacks=[WandbCallback(cfg.run.wandb, cfg.run.wandb_project, cfg.run.wandb_entity)]) as run:
+                   callbacks=[WandbCallback(cfg.run.wandb, cfg.run.wandb_project, cfg.run.wandb_entity),
+                              LineageCallback(init=cfg.run.init_from, resume=cfg.run.resume_from)]) as run:
         texts = load_texts(corpus)
         block = cfg.model.block_size
         train_ids = tokens.windows(token_spec) if token_spec else encode(tokenizer, texts["train"], block)
@@ -212,6 +215,8 @@ def train(cfg: Config, argv: list[str]) -> int:
         n_params = sum(p.numel() for p in model.parameters())
         print(f"model: {n_params:,} parameters; {len(train_ids):,} training samples", flush=True)
 
+        if cfg.run.init_from:  # warm start from another run's weights (lineage.json records the edge)
+            load_weights(model, cfg.run.init_from)
         start_step, tokens_seen, untrained, metrics = 0, 0, None, None
         if cfg.run.resume_from:
             start_step, tokens_seen = run.restore(cfg.run.resume_from, model, optimizer)

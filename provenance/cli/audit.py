@@ -92,6 +92,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
             sys.stdout.write(json.dumps(refusal_to_dict(args.bundle, str(exc)), sort_keys=True, indent=2) + "\n")
         print(f"error: refused: {exc}", file=sys.stderr)  # stderr escapes what it cannot encode
         return EXIT_REFUSED
+    if args.lineage:  # the whole graph: every ancestor and every edge (provenance.lineage.check)
+        from provenance.cli.lineage import audit_graph
+
+        return audit_graph(args, report)
     if args.json:
         sys.stdout.write(report.to_json())
     else:
@@ -136,6 +140,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-unpacked-size", type=parse_size, default=None,
                    help="refuse an archive that unpacks to more than this (e.g. 500G; default 1T)")
     p.add_argument("--workers", type=int, default=None, help="hashing threads (default: every core)")
+    p.add_argument("--lineage", action="store_true",
+                   help="also audit every ancestor and every lineage edge (docs/lineage.md)")
+    p.add_argument("--store", action="append", default=None, metavar="DIR",
+                   help="with --lineage: a bundle store holding the ancestors (repeatable)")
     p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("pack", help="write the deterministic release archive of a sealed bundle",

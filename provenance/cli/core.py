@@ -17,7 +17,7 @@ def cmd_note(args: argparse.Namespace) -> int:
     # finished sealing and is resealed here (after its seal is checked). A finished bundle stays sealed.
     try:
         step, digest = add_note(args.run, args.text, args.category, args.author, list(args.link), args.step,
-                                redact=Redactor().text)
+                                redact=Redactor().text, about=args.about)
     except (BundleError, ValueError, OSError) as exc:
         print(f"error: {printable(str(exc))}", file=sys.stderr)
         return 2
@@ -61,6 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--author", default=None)
     p.add_argument("--link", action="append", default=[], help="a URL or path; repeatable")
     p.add_argument("--step", type=int, default=None, help="default: the run's latest logged step")
+    p.add_argument("--about", default=None, metavar="DIGEST",
+                   help="the root digest of another bundle this note is about (shown by prov lineage)")
     p.set_defaults(func=cmd_note)
 
     p = sub.add_parser("seal", help="seal a run folder (a run killed by SIGKILL is sealed as interrupted)")

@@ -17,6 +17,7 @@ except ImportError:  # pragma: no cover - an audit module that cannot be importe
 
 def cmd_run(args: argparse.Namespace) -> int:
     from provenance.integrations.wrap import wrap
+    from provenance.lineage import LineageCallback
 
     command = list(args.command)
     if command and command[0] == "--":
@@ -27,7 +28,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         status, run = wrap(command, name=args.name, data=args.data, outputs=args.outputs, runs_dir=args.runs_dir,
                            data_in_bundle=args.data_in_bundle, copy_outputs=not args.hash_outputs_only,
-                           license=args.license)
+                           license=args.license, callbacks=[LineageCallback()])
     except (FileNotFoundError, DataMismatch, BundleError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
