@@ -627,3 +627,16 @@ def parse_lineage(obj: Any, where: str = LINEAGE_JSON) -> list[dict[str, Any]]:
     if not isinstance(edges, list):
         raise FormatError(f"{where}: edges must be a list")
     return [parse_lineage_edge(e, f"{where}: edges[{i}]") for i, e in enumerate(edges)]
+
+# documents for other ecosystems' readers (issue 17), all under release/ and sealed with the rest
+CYCLONEDX_BOM = "release/bom.cdx.json"  # CycloneDX 1.7 ML-BOM (JSON)
+SPDX_DOCUMENT = "release/sbom.spdx3.jsonld"  # SPDX 3.0.1 (JSON-LD) with the AI and Dataset profiles
+EU_SUMMARY_JSON = "release/eu-training-content-summary.json"  # EU AI Act Art. 53(1)(d) public summary (draft)
+EU_SUMMARY_MD = "release/eu-training-content-summary.md"  # the same summary, readable
+EVAL_STATEMENT = "release/eval-results.json"  # in-toto Statement of the evaluation results
+EVAL_ENVELOPE = "release/eval-results.intoto.jsonl"  # the statement in a signed DSSE envelope
+EVAL_PREDICATE = "urn:fullyopen:predicate:eval-results:v1"  # documented in docs/release.md
+CYCLONEDX_SPEC_VERSION = "1.7"
+SPDX_SPEC_VERSION = "3.0.1"
+SPDX_CONTEXT = "https://spdx.org/rdf/3.0.1/spdx-context.jsonld"
+EU_SUMMARY_SCHEMA = "fullyopen.eu-training-content-summary/v1"

@@ -502,3 +502,225 @@ def test_release_refuses_a_running_run(bundle_copy: Path) -> None:
 def test_sigstore_keyless(bundle_copy: Path) -> None:  # pragma: no cover - never run offline
     r = release(bundle_copy, sigstore=True, identity_token=os.environ.get("SIGSTORE_ID_TOKEN"))
     assert r.sigstore and (bundle_copy / formats.SIGSTORE_SIGNATURE).is_file()
+
+
+# --- 8. documents for other ecosystems: CycloneDX, SPDX 3, EU summary, evaluation statement (issue 17) ---------
+
+
+def _cdx_errors(bom: dict) -> str | None:
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    err = JsonStrictValidator(SchemaVersion.V1_7).validate_str(json.dumps(bom))  # the ecosystem's own validator
+    return None if err is None else str(err)[:2000]
+
+
+def _spdx_objects(doc: dict):
+    import io
+
+    from spdx_python_model import v3_0_1 as spdx
+
+    objects = spdx.SHACLObjectSet()
+    spdx.JSONLDDeserializer().read(io.StringIO(json.dumps(doc)), objects)  # offline: rejects unknown properties,
+    assert not objects.missing_ids, objects.missing_ids                    # wrong types, bad enum values
+    spdx.JSONLDSerializer().write(objects, io.BytesIO())  # required properties (min counts) are checked here
+    return spdx, objects
+
+
+def test_cyclonedx_ml_bom_validates_and_matches_the_bundle(released: Path) -> None:
+    bom = json.loads((released / formats.CYCLONEDX_BOM).read_text())
+    assert _cdx_errors(bom) is None
+    assert bom["specVersion"] == "1.7" and bom["bomFormat"] == "CycloneDX"
+    comps = {c["bom-ref"]: c for c in bom["components"]}
+    model = next(c for c in bom["components"] if c["type"] == "machine-learning-model")
+    seal = formats.parse_oms_statement(json.loads((released / formats.MANIFEST).read_text()))[1]
+    files = {c["name"]: c["hashes"][0]["content"] for c in model["components"]}
+    weights = "model/model.safetensors"
+    assert files[weights] == seal[weights] == _sha(released / weights)
+    card = model["modelCard"]
+    assert card["modelParameters"]["modelArchitecture"] == "GPT2LMHeadModel"
+    final = [json.loads(x) for x in (released / formats.EVALS).read_text().splitlines()][-1]
+    metrics = {m["type"]: m["value"] for m in card["quantitativeAnalysis"]["performanceMetrics"]}
+    assert float(metrics["val_loss"]) == final["val_loss"]
+    assert model["licenses"] == [{"license": {"id": "Apache-2.0"}}]
+    index = json.loads((released / formats.CHECKPOINT_INDEX).read_text())["checkpoints"]
+    ancestors = {a["version"]: a["hashes"][0]["content"] for a in model["pedigree"]["ancestors"]}
+    assert ancestors == {f"step-{e['step']}": e["sha256"] for e in index}
+    for name in ("tiny-corpus", "tokenizer"):
+        manifest = json.loads((released / "data" / name / "manifest.json").read_text())
+        ds = comps[f"data:{name}"]
+        assert ds["type"] == "data" and ds["licenses"] == [{"license": {"id": manifest["license"]}}]
+        assert {c["name"]: c["hashes"][0]["content"] for c in ds["components"]} == \
+            {e["path"]: e["sha256"] for e in manifest["files"]}
+        assert {"ref": f"data:{name}"} in card["modelParameters"]["datasets"]
+    env = json.loads((released / formats.ENV_JSON).read_text())
+    torch_lib = comps[f"pkg:pypi/torch@{env['packages']['torch']}"]
+    assert torch_lib["type"] == "library" and torch_lib["version"] == env["packages"]["torch"]
+    assert set(bom["dependencies"][0]["dependsOn"]) >= {"data:tiny-corpus", torch_lib["bom-ref"]}
+    bad = json.loads(json.dumps(bom))
+    bad["components"][0]["modelCard"]["modelParameters"]["approach"]["type"] = "guesswork"
+    assert _cdx_errors(bad) is not None  # the validator does reject a wrong document
+
+
+def test_spdx3_document_deserializes_with_ai_and_dataset_profiles(released: Path) -> None:
+    doc = json.loads((released / formats.SPDX_DOCUMENT).read_text())
+    spdx, objects = _spdx_objects(doc)
+    models = [o for o in objects.objects if isinstance(o, spdx.ai_AIPackage)]
+    assert len(models) == 1 and models[0].software_packageVersion == json.loads(
+        (released / formats.RUN_JSON).read_text())["run_id"]
+    rels = [o for o in objects.objects if isinstance(o, spdx.Relationship)]
+
+    def targets(kind: str) -> dict[str, str]:
+        out = {}
+        for r in rels:
+            if r.relationshipType.endswith("/" + kind) and r.from_ is models[0]:
+                for t in r.to:
+                    out[t.name] = t.verifiedUsing[0].hashValue
+        return out
+
+    manifest = json.loads((released / "data/tiny-corpus/manifest.json").read_text())
+    shas = {f"tiny-corpus/{e['path']}": e["sha256"] for e in manifest["files"]}
+    assert targets("trainedOn") == {"tiny-corpus/train.jsonl": shas["tiny-corpus/train.jsonl"]}
+    assert targets("testedOn") == {k: v for k, v in shas.items() if "train" not in k}
+    assert all(isinstance(t, spdx.dataset_DatasetPackage) for r in rels if r.relationshipType.endswith("trainedOn")
+               for t in r.to)
+    bad = json.loads(json.dumps(doc))
+    next(n for n in bad["@graph"] if n["type"] == "ai_AIPackage")["ai_autonomyType"] = "sometimes"
+    with pytest.raises(ValueError):
+        _spdx_objects(bad)
+
+
+def test_eu_training_content_summary_follows_the_template(released: Path) -> None:
+    from provenance.release.eu_summary import TO_COMPLETE
+
+    s = json.loads((released / formats.EU_SUMMARY_JSON).read_text())
+    gi, src, proc = s["1_general_information"], s["2_list_of_data_sources"], s["3_data_processing_aspects"]
+    assert set(gi) == {"1.1_provider_identification", "1.2_model_identification",
+                       "1.3_modalities_size_characteristics"}
+    assert gi["1.1_provider_identification"]["provider_name_and_contact"] == "fullyopen tests"
+    assert gi["1.1_provider_identification"]["authorised_representative"] == TO_COMPLETE
+    assert gi["1.2_model_identification"]["date_placed_on_the_union_market"] == TO_COMPLETE
+    metrics = [json.loads(x) for x in (released / formats.METRICS).read_text().splitlines()]
+    measured = gi["1.3_modalities_size_characteristics"]["measured"]
+    assert measured["tokens_seen_in_training"] == metrics[-1]["tokens_seen"]
+    assert src["2.5_synthetic_data"]["used"] == "yes"
+    assert [d["name"] for d in src["2.5_synthetic_data"]["datasets"]] == ["tiny-corpus"]
+    for key in ("2.1_publicly_available_datasets", "2.3_data_crawled_and_scraped_from_online_sources", "2.4_user_data"):
+        assert src[key]["used"] == "no", key  # every dataset is accounted for in the manifests
+    assert set(proc) == {"3.1_respect_of_reservation_of_rights_tdm", "3.2_removal_of_illegal_content",
+                         "3.3_other_information"}
+    md = (released / formats.EU_SUMMARY_MD).read_text()
+    for heading in ("## 1. General information", "## 2. List of data sources", "## 3. Data processing aspects",
+                    "### 2.5 Synthetic data", "### 2.2 Private non-publicly available datasets"):
+        assert heading in md, heading
+    assert TO_COMPLETE in md
+
+
+def test_evaluation_results_statement_is_signed(released: Path, keys: tuple[Path, Path, str]) -> None:
+    st = json.loads((released / formats.EVAL_STATEMENT).read_text())
+    assert st["_type"] == formats.INTOTO_STATEMENT and st["predicateType"] == formats.EVAL_PREDICATE
+    evals_ = [json.loads(x) for x in (released / formats.EVALS).read_text().splitlines()]
+    assert [r["step"] for r in st["predicate"]["results"]] == [e["step"] for e in evals_]
+    assert st["predicate"]["final"]["metrics"]["val_loss"] == evals_[-1]["val_loss"]
+    assert st["predicate"]["assuranceLevel"] == "self_attested"
+    seal = formats.parse_oms_statement(json.loads((released / formats.MANIFEST).read_text()))[1]
+    assert all(seal[s["name"]] == s["digest"]["sha256"] for s in st["subject"])
+    assert st["predicate"]["harness"]["digest"]["sha256"] == seal[formats.CODE_SNAPSHOT]
+    env = json.loads((released / formats.EVAL_ENVELOPE).read_text().strip())
+    _, payload = dsse_verify(env, load_public_key(keys[1]))
+    assert json.loads(payload) == st
+    assert verify_signature(released)["eval"]["ok"]
+
+
+def test_documents_say_what_the_bundle_does_not_know(bundle_copy: Path) -> None:
+    """Unknown and non-SPDX licenses, a dataset without a source: said so; the validators still pass."""
+    from provenance.bundle import seal_folder
+    from provenance.release.eu_summary import TO_COMPLETE
+    from provenance.release.export import export
+
+    for name, lic in (("tiny-corpus", "Our Own Data Terms v2"), ("tokenizer", None)):
+        p = bundle_copy / "data" / name / "manifest.json"
+        m = json.loads(p.read_text())
+        m["license"] = lic
+        if name == "tiny-corpus":
+            m.pop("source")
+        p.write_text(json.dumps(m))
+    seal_folder(bundle_copy)
+
+    bom = json.loads(export(bundle_copy, "cyclonedx"))
+    assert _cdx_errors(bom) is None
+    comps = {c["bom-ref"]: c for c in bom["components"]}
+    props = {p["name"]: p["value"] for p in comps["data:tiny-corpus"]["properties"]}
+    assert comps["data:tiny-corpus"]["licenses"] == [{"license": {"name": "Our Own Data Terms v2"}}]
+    assert "not an SPDX license identifier" in props["fullyopen:license-note"]
+    assert "not recorded" in props["fullyopen:source"] and "generated" not in comps["data:tiny-corpus"]["description"]
+    assert "licenses" not in comps["data:tokenizer"]
+    assert "unknown" in {p["name"]: p["value"] for p in comps["data:tokenizer"]["properties"]}[
+        "fullyopen:license-note"]
+
+    doc = json.loads(export(bundle_copy, "spdx"))
+    _spdx_objects(doc)
+    graph = doc["@graph"]
+    refs = [n for n in graph if n["type"] == "simplelicensing_LicenseExpression"]
+    assert any(n["simplelicensing_licenseExpression"] == "LicenseRef-Our-Own-Data-Terms-v2"
+               and "not an SPDX license identifier" in n["comment"] for n in refs)
+    tok = next(n for n in graph if n.get("name") == "tokenizer/tokenizer.json")
+    assert "License: not stated in the bundle (unknown)" in tok["comment"]
+    corpus = next(n for n in graph if n.get("name") == "tiny-corpus/train.jsonl")
+    assert "not recorded" in corpus["dataset_dataCollectionProcess"]
+
+    s = json.loads(export(bundle_copy, "eu-summary-json"))
+    src = s["2_list_of_data_sources"]
+    assert src["2.5_synthetic_data"]["used"] == TO_COMPLETE  # the source type is unknown: no category is ruled out
+    assert src["2.1_publicly_available_datasets"]["used"] == TO_COMPLETE
+    uncategorised = src["2.6_other_sources"]["sources_not_categorised"]
+    assert [d["name"] for d in uncategorised] == ["tiny-corpus"] and TO_COMPLETE in uncategorised[0]["note"]
+    assert s["3_data_processing_aspects"]["3.1_respect_of_reservation_of_rights_tdm"] == TO_COMPLETE
+
+
+def test_prov_export_writes_one_document_and_changes_nothing(tiny_bundle: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from provenance.cli import main
+
+    before = {p.relative_to(tiny_bundle).as_posix(): _sha(p) for p in tiny_bundle.rglob("*") if p.is_file()}
+    out = tmp_path / "bom.json"
+    assert main(["export", str(tiny_bundle), "--format", "cyclonedx", "-o", str(out)]) == 0
+    assert _cdx_errors(json.loads(out.read_text())) is None
+    assert main(["export", str(tiny_bundle), "--format", "croissant", "--dataset", "tokenizer",
+                 "-o", str(tmp_path / "c.json")]) == 0
+    assert json.loads((tmp_path / "c.json").read_text())["name"] == "tokenizer"
+    capsys.readouterr()
+    assert main(["export", str(tiny_bundle), "--format", "mot"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["framework"]["name"] == "Model Openness Framework"
+    assert main(["export", str(tiny_bundle), "--format", "croissant", "--dataset", "nope"]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert main(["export", str(tmp_path), "--format", "spdx"]) == 2
+    after = {p.relative_to(tiny_bundle).as_posix(): _sha(p) for p in tiny_bundle.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_audit_trusts_only_the_pinned_key(released: Path, keys: tuple[Path, Path, str], tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from provenance.audit import audit
+    from provenance.cli import main
+    from provenance.release.signing import trusting
+
+    sig = audit(released).check("signature")
+    assert sig.status == "pass" and f"signed by an untrusted key {keys[2]}" in sig.summary
+    with trusting(keys[1]):
+        sig = audit(released).check("signature")
+    assert sig.status == "pass" and f"signed by the trusted key {keys[2]}" in sig.summary
+    assert main(["audit", str(released), "--trust", str(keys[1]), "--no-progress"]) == 0
+    capsys.readouterr()
+    # another signer's key: the signature is valid for its own key, but not the one the verifier trusts
+    _, other_pub, other_fp = generate_key(tmp_path / "other")
+    assert main(["audit", str(released), "--trust", str(other_pub), "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert f"not signed by the trusted key {other_fp}" in out and keys[2] in out
+    # a bundle re-signed by someone else (its own key inside) fails under the original signer's key
+    forged = _copy(released, tmp_path / "forged")
+    other_priv = tmp_path / "other" / "release-key.pem"
+    release(forged, key=other_priv)
+    assert main(["audit", str(forged), "--no-progress"]) == 0  # intact, signed by the key it carries
+    assert main(["audit", str(forged), "--trust", str(keys[1]), "--no-progress"]) == 1
+    assert main(["audit", str(released), "--trust", str(tmp_path / "missing.pem"), "--no-progress"]) == 2

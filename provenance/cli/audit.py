@@ -84,9 +84,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
             ARCHIVE_LIMITS, max_total_bytes=args.max_unpacked_size,
             max_file_bytes=min(ARCHIVE_LIMITS.max_file_bytes, args.max_unpacked_size)))
     bar = None if args.no_progress else ProgressBar()
+    from provenance.release.signing import SigningError, trusting
+
     try:
-        report = audit(args.bundle, require_class=args.require_class, progress=bar, limits=limits,
-                       tmp_dir=args.tmp_dir, workers=args.workers)
+        with trusting(args.trust):
+            report = audit(args.bundle, require_class=args.require_class, progress=bar, limits=limits,
+                           tmp_dir=args.tmp_dir, workers=args.workers)
+    except SigningError as exc:
+        print(f"error: --trust: {exc}", file=sys.stderr)
+        return 2
     except AuditRefused as exc:
         if args.json:  # ensure_ascii: a hostile name cannot break the output's encoding
             sys.stdout.write(json.dumps(refusal_to_dict(args.bundle, str(exc)), sort_keys=True, indent=2) + "\n")
@@ -144,6 +150,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also audit every ancestor and every lineage edge (docs/lineage.md)")
     p.add_argument("--store", action="append", default=None, metavar="DIR",
                    help="with --lineage: a bundle store holding the ancestors (repeatable)")
+    p.add_argument("--trust", default=None, metavar="KEY.pub",
+                   help="the signer's public key (PEM) you trust: the audit fails unless the bundle is signed by "
+                        "exactly this key (without it, a signature is reported as made by an untrusted key)")
     p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("pack", help="write the deterministic release archive of a sealed bundle",

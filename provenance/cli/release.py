@@ -54,12 +54,32 @@ def cmd_release(args: argparse.Namespace) -> int:
     if not r.fingerprint and not r.sigstore:
         print("  NOT SIGNED")
     for label, rel in r.documents.items():
-        print(f"  {label:<38} {rel}")
+        print(f"  {label:<42} {rel}")
     if r.fingerprint:
         print("verify with:")
         print(f"  model_signing verify key {r.bundle} --public_key {r.bundle}/{formats.SIGNER_PUBLIC_KEY} "
               f"--signature {r.bundle}/{formats.SIGNATURE}")
         print(f"  prov audit {r.bundle}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from provenance.release.export import ExportError, export
+
+    try:
+        text = export(args.bundle, args.format, dataset=args.dataset, producer=args.producer, contact=args.contact)
+    except (ExportError, formats.FormatError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.output in (None, "-"):
+        sys.stdout.write(text)
+        return 0
+    try:
+        formats.atomic_write_bytes(args.output, text.encode())
+    except OSError as exc:
+        print(f"error: {args.output}: cannot write ({exc.strerror})", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output} ({args.format})", file=sys.stderr)
     return 0
 
 
@@ -99,6 +119,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=cmd_release)
+
+    from provenance.release.export import FORMATS
+
+    p = sub.add_parser(
+        "export", help="write one release document (CycloneDX, SPDX 3, EU summary, Croissant, MOT, model card) "
+                       "without releasing the bundle",
+        description="Reads the bundle, changes nothing; writes the document to -o FILE or stdout (docs/release.md).")
+    p.add_argument("bundle", help="a run folder (runs/<run_id>)")
+    p.add_argument("--format", required=True, choices=FORMATS,
+                   help="cyclonedx: CycloneDX 1.7 ML-BOM; spdx: SPDX 3.0.1 JSON-LD; eu-summary(-json): EU AI Act "
+                        "training-content summary (Markdown or JSON); croissant: a dataset's Croissant 1.1 card; "
+                        "mot: Model Openness Tool record; model-card: Hugging Face model card; eval-results: the "
+                        "evaluation results as an in-toto statement (unsigned)")
+    p.add_argument("-o", "--output", default=None, metavar="FILE", help="write here (default: stdout)")
+    p.add_argument("--dataset", default=None, help="croissant: which dataset (default: the training data)")
+    p.add_argument("--producer", default="", help="who releases the model")
+    p.add_argument("--contact", default="", help="contact of the producer")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("keygen", help="make an EC P-256 release key pair (private key mode 0600)")
     p.add_argument("-o", "--output", default=DEFAULT_KEY_DIR, metavar="DIR",

@@ -29,7 +29,7 @@ from typing import Any
 
 from provenance import __version__, formats
 from provenance.bundle import seal_folder
-from provenance.release import croissant, modelcard, mot, report, slsa
+from provenance.release import croissant, cyclonedx, eu_summary, evals, modelcard, mot, report, slsa, spdx3
 from provenance.release.facts import Facts, is_release_file
 from provenance.release.signing import (
     SigningError,
@@ -88,6 +88,40 @@ def _destination(src: Path, out: str | os.PathLike[str]) -> Path:
     if dest.resolve().is_relative_to(src.resolve()):
         raise ReleaseError(f"{dest}: inside the bundle being released")
     return dest
+
+
+def standard_documents(f: Facts, stamp: str, producer: str = "", contact: str = "", *, validate: bool = True,
+                       warnings: list[str] | None = None, only: str | None = None) -> list[tuple[str, str, Any]]:
+    """The CycloneDX ML-BOM, the SPDX 3 document and the EU training-content summary (JSON and Markdown),
+    or only one of them ("cyclonedx", "spdx", "eu-summary"); the first two validated by their ecosystems'
+    validators when installed (ReleaseError if rejected). Returns [(label, bundle path, document)]."""
+    out: list[tuple[str, str, Any]] = []
+    checks: list[tuple[str, Any, Any]] = []
+    if only in (None, "cyclonedx"):
+        bom = cyclonedx.build_bom(f, stamp, producer or None)
+        checks.append((formats.CYCLONEDX_BOM, bom, cyclonedx.validate))
+        out.append(("CycloneDX 1.7 ML-BOM", formats.CYCLONEDX_BOM, bom))
+    if only in (None, "spdx"):
+        doc = spdx3.build_document(f, stamp, producer or None)
+        checks.append((formats.SPDX_DOCUMENT, doc, spdx3.validate))
+        out.append(("SPDX 3.0.1 (AI and Dataset profiles)", formats.SPDX_DOCUMENT, doc))
+    if only in (None, "eu-summary"):
+        summary = eu_summary.build_summary(f, stamp[:10], producer, contact)
+        out.append(("EU AI Act training-content summary (JSON)", formats.EU_SUMMARY_JSON, summary))
+        out.append(("EU AI Act training-content summary", formats.EU_SUMMARY_MD, eu_summary.render_markdown(summary)))
+    for rel, doc, check in checks:
+        if not validate:
+            continue
+        try:
+            problems = check(doc)
+        except ImportError:
+            if warnings is not None:
+                warnings.append(f"{rel}: its validator is not installed (pip install 'fullyopen[release]'); "
+                                "not validated")
+            continue
+        if problems:
+            raise ReleaseError(f"{rel}: the validator rejects it: {'; '.join(problems[:5])}")
+    return out
 
 
 def _audit_summary(rep: Any) -> str:
@@ -182,14 +216,28 @@ def release(run_dir: str | os.PathLike[str], key: str | os.PathLike[str] | None 
     statement = slsa.build_statement(f)
     formats.atomic_write_json(dest / formats.SLSA_STATEMENT, statement)
     documents["SLSA provenance v1"] = formats.SLSA_STATEMENT
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for label, rel, doc in standard_documents(f, stamp, producer, contact, validate=validate_cards,
+                                              warnings=warnings):
+        if isinstance(doc, str):
+            formats.atomic_write_bytes(dest / rel, doc.encode())
+        else:
+            formats.atomic_write_json(dest / rel, doc)
+        documents[label] = rel
+    eval_statement = evals.build_statement(f)
+    formats.atomic_write_json(dest / formats.EVAL_STATEMENT, eval_statement)
+    documents["Evaluation results (in-toto statement)"] = formats.EVAL_STATEMENT
     if private is not None:
         env = dsse_sign(statement, private)
         formats.atomic_write_bytes(dest / formats.SLSA_ENVELOPE, formats.dumps_line(env).encode())
+        formats.atomic_write_bytes(dest / formats.EVAL_ENVELOPE,
+                                   formats.dumps_line(dsse_sign(eval_statement, private)).encode())
         formats.atomic_write_bytes(dest / formats.SIGNER_PUBLIC_KEY, public_pem(private.public_key()))
         documents["SLSA provenance, signed (DSSE)"] = formats.SLSA_ENVELOPE
+        documents["Evaluation results, signed (DSSE)"] = formats.EVAL_ENVELOPE
         documents["Signer's public key"] = formats.SIGNER_PUBLIC_KEY
     else:
-        for rel in (formats.SLSA_ENVELOPE, formats.SIGNER_PUBLIC_KEY):
+        for rel in (formats.SLSA_ENVELOPE, formats.EVAL_ENVELOPE, formats.SIGNER_PUBLIC_KEY):
             (dest / rel).unlink(missing_ok=True)
     documents["Report"] = formats.REPORT_HTML
     documents["Release record"] = formats.RELEASE_JSON

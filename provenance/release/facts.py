@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from provenance import formats
+
+EVAL_FILE = re.compile(r"(valid|eval|test|held[-_]?out|(^|[^a-z])dev([^a-z]|$))", re.IGNORECASE)
 
 
 def is_release_file(rel: str) -> bool:
@@ -198,9 +201,72 @@ class Facts:
     def data_file(self, dataset: str, path: str) -> str:
         return f"{formats.DATA_DIR}/{dataset}/files/{path}"
 
+    def data_files(self, dataset: str) -> list[dict[str, Any]]:
+        """A manifest's file entries (path, sha256, size, records), malformed ones left out."""
+        m = self.manifests.get(dataset) or {}
+        return [e for e in m.get("files", []) if isinstance(e, dict) and isinstance(e.get("path"), str)]
+
+    def file_role(self, dataset: str, path: str) -> str:
+        """'training' (the file whose records the data order indexes), 'evaluation' (held-out files by
+        name), or 'auxiliary' (everything else, e.g. a tokenizer)."""
+        m = self.manifests.get(dataset) or {}
+        samples = m.get("samples") if isinstance(m.get("samples"), dict) else {}
+        if dataset in self.training_datasets and samples.get("file") == path:
+            return "training"
+        if dataset in self.training_datasets and not samples and not EVAL_FILE.search(path):
+            return "training"
+        if EVAL_FILE.search(path):
+            return "evaluation"
+        return "auxiliary"
+
+    def source(self, dataset: str) -> dict[str, Any]:
+        m = self.manifests.get(dataset) or {}
+        return m.get("source") if isinstance(m.get("source"), dict) else {}
+
+    def document_text(self, *keys: str, limit: int = 1 << 20) -> str | None:
+        """The text of the first run.documents entry among keys that is a file in the bundle (bounded)."""
+        docs = self.documents
+        for key in keys:
+            rel = docs.get(key)
+            if not rel or "://" in rel or rel not in self.resources:
+                continue
+            try:
+                with open(self.root / rel, "rb") as fh:
+                    return fh.read(limit).decode("utf-8", "replace")
+            except OSError:
+                continue
+        return None
+
+    @property
+    def documents(self) -> dict[str, str]:
+        """run.json documents: {key: bundle path or URL} (what the run shipped for what it cannot produce)."""
+        docs = self.run.get("documents")
+        return {str(k): v for k, v in docs.items() if isinstance(v, str)} if isinstance(docs, dict) else {}
+
     @property
     def architecture(self) -> str:
         arch = self.model_config.get("architectures")
         if isinstance(arch, list) and arch:
             return ", ".join(map(str, arch))
         return str(self.model_config.get("model_type") or "unknown")
+
+
+def markdown_section_items(text: str, *headings: str) -> list[str]:
+    """The list items (or, failing those, the paragraphs) under the first '## <heading>' found."""
+    lines = text.splitlines()
+    wanted = [h.lower() for h in headings]
+    for i, line in enumerate(lines):
+        m = re.match(r"^#{2,3}\s+(.*?)\s*$", line)
+        if not m or not any(m.group(1).lower().startswith(w) for w in wanted):
+            continue
+        body: list[str] = []
+        for ln in lines[i + 1:]:
+            if re.match(r"^#{1,3}\s", ln):
+                break
+            body.append(ln)
+        items = [re.sub(r"^\s*[-*]\s+", "", ln).strip() for ln in body if re.match(r"^\s*[-*]\s+", ln)]
+        if items:
+            return items
+        paras = [p.strip().replace("\n", " ") for p in "\n".join(body).split("\n\n") if p.strip()]
+        return paras
+    return []

@@ -63,7 +63,7 @@ def _component_path(files: list[str], links: list[str]) -> str:
     return links[0] if links else ""
 
 
-def _architecture(f: Facts) -> str:
+def architecture_family(f: Facts) -> str:
     mt = str(f.model_config.get("model_type", "")).lower()
     arch = f.architecture
     if any(mt.startswith(t) for t in DECODER_TYPES) or "CausalLM" in arch or "LMHeadModel" in arch:
@@ -107,7 +107,7 @@ def build_record(f: Facts, openness: dict[str, Any], date: str, producer: str = 
         "date": date,
         "license": licenses,
         "type": "language" if f.model_config.get("model_type") else "other",
-        "architecture": _architecture(f),
+        "architecture": architecture_family(f),
         "treatment": "pre-trained",
         "origin": f.name,
         "producer": producer,

@@ -24,6 +24,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -340,37 +343,46 @@ def _verify_envelope_over_bundle(bundle: Path, sig_json: dict[str, Any], key: An
     return _compare_with_manifest(bundle, statement)
 
 
-def verify_slsa(bundle: str | os.PathLike[str], key: ec.EllipticCurvePublicKey) -> dict[str, Any] | None:
-    """Check the signed SLSA envelope: signature, same statement as the plain file, subjects as sealed."""
+def verify_statement_envelope(bundle: str | os.PathLike[str], key: ec.EllipticCurvePublicKey, envelope_rel: str,
+                              plain_rel: str, predicate: str) -> dict[str, Any] | None:
+    """Check a signed statement of the release (SLSA provenance, evaluation results): its signature, the
+    same statement as the plain file, and subjects as sealed. None when the envelope is absent."""
     bundle = Path(bundle)
-    env_path = bundle / formats.SLSA_ENVELOPE
+    env_path = bundle / envelope_rel
     if not env_path.is_file():
         return None
-    out: dict[str, Any] = {"envelope": formats.SLSA_ENVELOPE, "ok": False, "error": None}
+    out: dict[str, Any] = {"envelope": envelope_rel, "ok": False, "error": None}
     try:
         lines = [ln for ln in env_path.read_text().splitlines() if ln.strip()]
         if len(lines) != 1:
-            raise SigningError(f"{formats.SLSA_ENVELOPE}: expected one DSSE envelope, found {len(lines)}")
+            raise SigningError(f"{envelope_rel}: expected one DSSE envelope, found {len(lines)}")
         _, payload = dsse_verify(json.loads(lines[0]), key)
         statement = json.loads(payload)
-        if statement.get("predicateType") != formats.SLSA_PREDICATE:
-            raise SigningError(f"{formats.SLSA_ENVELOPE}: predicateType is not {formats.SLSA_PREDICATE}")
-        plain_path = bundle / formats.SLSA_STATEMENT
+        if statement.get("predicateType") != predicate:
+            raise SigningError(f"{envelope_rel}: predicateType is not {predicate}")
+        plain_path = bundle / plain_rel
         if plain_path.is_file() and formats.read_json(plain_path) != statement:
-            raise SigningError(f"{formats.SLSA_STATEMENT} differs from the statement signed in {formats.SLSA_ENVELOPE}")
+            raise SigningError(f"{plain_rel} differs from the statement signed in {envelope_rel}")
         _, sealed = formats.parse_oms_statement(formats.read_json(bundle / formats.MANIFEST))
         for s in statement.get("subject", []):
             want = (s.get("digest") or {}).get("sha256")
-            if sealed.get(s.get("name")) != want:
-                raise SigningError(f"SLSA subject {s.get('name')} (sha256:{want}) is not in the sealed bundle "
-                                   "with that digest")
+            if sealed.get(s.get("name")) != want and s.get("name") != statement.get("predicate", {}).get(
+                    "run", {}).get("id"):
+                raise SigningError(f"subject {s.get('name')} (sha256:{want}) of {envelope_rel} is not in the sealed "
+                                   "bundle with that digest")
         out["ok"] = True
         out["subjects"] = len(statement.get("subject", []))
     except SigningError as exc:
         out["error"] = str(exc)
     except (OSError, ValueError, formats.FormatError) as exc:
-        out["error"] = f"{formats.SLSA_ENVELOPE}: {exc}"
+        out["error"] = f"{envelope_rel}: {exc}"
     return out
+
+
+def verify_slsa(bundle: str | os.PathLike[str], key: ec.EllipticCurvePublicKey) -> dict[str, Any] | None:
+    """Check the signed SLSA envelope: signature, same statement as the plain file, subjects as sealed."""
+    return verify_statement_envelope(bundle, key, formats.SLSA_ENVELOPE, formats.SLSA_STATEMENT,
+                                     formats.SLSA_PREDICATE)
 
 
 def verify_signature(bundle_dir: str | os.PathLike[str], public_key: str | os.PathLike[str] | None = None,
@@ -397,7 +409,7 @@ def verify_signature(bundle_dir: str | os.PathLike[str], public_key: str | os.Pa
                               "error": None, "signature": formats.SIGNATURE if key_sig.is_file()
                               else formats.SIGSTORE_SIGNATURE, "public_key": None, "key_source": None,
                               "trusted_key": public_key is not None, "root_digest": None,
-                              "checked": "files" if rehash else "manifest", "slsa": None,
+                              "checked": "files" if rehash else "manifest", "slsa": None, "eval": None,
                               "verify_command": verify_command(str(bundle))}
     if store_sig.is_file():
         result["sigstore"] = _verify_sigstore_offline(bundle, store_sig)
@@ -437,6 +449,10 @@ def verify_signature(bundle_dir: str | os.PathLike[str], public_key: str | os.Pa
         result["slsa"] = verify_slsa(bundle, key)
         if result["slsa"] is not None and not result["slsa"]["ok"]:
             raise SigningError(result["slsa"]["error"])
+        result["eval"] = verify_statement_envelope(bundle, key, formats.EVAL_ENVELOPE, formats.EVAL_STATEMENT,
+                                                   formats.EVAL_PREDICATE)
+        if result["eval"] is not None and not result["eval"]["ok"]:
+            raise SigningError(result["eval"]["error"])
         result["ok"] = True
     except SigningError as exc:
         result["error"] = str(exc)
@@ -465,20 +481,68 @@ def _verify_sigstore_offline(bundle: Path, path: Path) -> dict[str, Any]:
     return out
 
 
+# --- pinned trust: the verifier's own key, never the one the bundle names -----------------------
+
+_TRUSTED_KEY: ContextVar[str | None] = ContextVar("prov_trusted_key", default=None)
+
+
+@contextmanager
+def trusting(public_key: str | os.PathLike[str] | None) -> Iterator[None]:
+    """Within the block, the audit's signature check accepts only a signature by this public key."""
+    if public_key is not None:
+        load_public_key(public_key)  # a clear error now, not a failed check later
+    token = _TRUSTED_KEY.set(None if public_key is None else str(public_key))
+    try:
+        yield
+    finally:
+        _TRUSTED_KEY.reset(token)
+
+
+def check_trust(bundle: str | os.PathLike[str], public_key: str | os.PathLike[str] | None
+                ) -> tuple[bool | None, str, dict[str, Any] | None]:
+    """(ok, sentence, verify_signature result) for the audit.
+
+    With a trusted key: ok only if the bundle is signed and the signature verifies with that key
+    (any other signer fails, however valid its own signature). Without one: a valid signature is
+    reported as made by an untrusted key, naming its fingerprint; ok None when not signed.
+    """
+    if public_key is None:
+        res = verify_signature(bundle, rehash=False)  # the audit itself checks every file against the seal
+        if res is None:
+            return None, "not signed", None
+        who = f"key {res['fingerprint']}" if res.get("fingerprint") else f"identity {res.get('identity')}"
+        if res["ok"] is False:
+            return False, f"the signature does not verify: {res['error']}", res
+        if res["kind"] == "key":
+            return True, (f"signed by an untrusted key {res['fingerprint']} (the key the bundle carries; pin the "
+                          "signer with --trust KEY.pub)"), res
+        return res["ok"], f"signed ({res['kind']}) by {who}", res
+    trusted_fp = fingerprint(load_public_key(public_key))
+    res = verify_signature(bundle, public_key=public_key, rehash=False)
+    if res is None:
+        return False, f"not signed, but a signature by the trusted key {trusted_fp} is required", None
+    if res["kind"] != "key":
+        return False, f"signed with Sigstore only, not by the trusted key {trusted_fp}", res
+    if not res["ok"]:
+        return False, f"not signed by the trusted key {trusted_fp}: {res['error']}", res
+    return True, f"signed by the trusted key {trusted_fp}", res
+
+
 def _register_audit_check() -> None:
     """`prov audit` verifies a signature when a bundle has one and names the signer's key."""
     from provenance import audit as A
 
     def check_signature(view: A.BundleView, out: A.CheckResult) -> None:
-        res = verify_signature(view.root, rehash=False)  # the audit itself checks every file against the seal
-        if res is None:
+        trusted = _TRUSTED_KEY.get()
+        ok, sentence, res = check_trust(view.root, trusted)
+        if ok is None and res is None:
             raise A.SkipCheck("not signed")
-        who = f"key {res['fingerprint']}" if res.get("fingerprint") else f"identity {res.get('identity')}"
-        if res["ok"] is False:
-            out.error(f"the signature does not verify: {res['error']}", file=res["signature"])
-        elif res["ok"] is None:
-            out.warn(f"sigstore signature by {who}: certificate not checked offline", file=res["signature"])
-        out.summary = f"signed ({res['kind']}) by {who}" + ("" if res["ok"] else " — NOT VALID")
+        where = res["signature"] if res else formats.SIGNATURE
+        if ok is False:
+            out.error(sentence, file=where)
+        elif ok is None:
+            out.warn(f"{sentence}: certificate not checked offline", file=where)
+        out.summary = sentence + ("" if ok else " — NOT VALID" if ok is False else "")
 
     A.register_check("signature", "release signature", check_signature, replace=True)
 

@@ -1,0 +1,257 @@
+"""A draft of the EU AI Act public summary of training content (Art. 53(1)(d)), from the bundle.
+
+The structure follows the Commission's template (Explanatory Notice and Template for the
+Public Summary of Training Content for general-purpose AI models, C(2025) 8311):
+1. General information: 1.1 provider identification, 1.2 model identification, 1.3
+   modalities, overall training data size and other characteristics;
+2. List of data sources: 2.1 publicly available datasets, 2.2 private non-publicly available
+   datasets obtained from third parties (2.2.1 commercially licensed, 2.2.2 other), 2.3 data
+   crawled and scraped from online sources, 2.4 user data, 2.5 synthetic data, 2.6 other
+   sources;
+3. Data processing aspects: 3.1 respect of reservations of rights from the text and data
+   mining exception, 3.2 removal of illegal content, 3.3 other information.
+
+Each answer is filled from the bundle (data manifests: sources, licenses, generator records,
+sizes, record counts; run.json; the config; decision notes) and names where it came from. A
+field the bundle cannot know is the string TO_COMPLETE, never a guess. A dataset whose source
+type the bundle does not say is listed under "sources not categorised" and makes the
+"used?" answers of the categories it could belong to TO_COMPLETE too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from provenance import formats
+from provenance.release import licenses
+from provenance.release.facts import Facts
+
+TO_COMPLETE = "to be completed by the provider"
+TEMPLATE = {
+    "name": "Template for the Public Summary of Training Content for general-purpose AI models",
+    "legal_basis": "Article 53(1)(d) of Regulation (EU) 2024/1689 (AI Act)",
+    "reference": "Commission Communication C(2025) 8311 (Explanatory Notice and Template)",
+}
+
+# data manifest source.type -> template category
+CATEGORIES = {
+    "generated": "synthetic", "synthetic": "synthetic",
+    "hub": "public", "huggingface": "public", "url": "public", "http": "public", "https": "public",
+    "zenodo": "public", "doi": "public",
+    "crawl": "crawled", "crawled": "crawled", "scraped": "crawled",
+    "user": "user",
+    "licensed": "licensed",
+    "derived": "derived",
+}
+SIZE_BANDS = ((1_000_000_000, "less than 1 billion tokens"), (10 * 10**12, "1 billion to 10 trillion tokens"))
+
+
+def _category(src: dict[str, Any]) -> str:
+    return CATEGORIES.get(str(src.get("type", "")).lower(), "unknown")
+
+
+def _size_band(tokens: int | None) -> str:
+    if tokens is None:
+        return TO_COMPLETE
+    for limit, band in SIZE_BANDS:
+        if tokens < limit:
+            return band
+    return "more than 10 trillion tokens"
+
+
+def _dataset_entry(f: Facts, name: str) -> dict[str, Any]:
+    m = f.manifests[name]
+    src = f.source(name)
+    files = f.data_files(name)
+    entry: dict[str, Any] = {
+        "name": name,
+        "source_type": src.get("type") if src else "not recorded in the data manifest",
+        "license": licenses.describe(m.get("license")),
+        "files": [{"path": e["path"], "role": f.file_role(name, e["path"]), "bytes": e.get("size"),
+                   "records": e.get("records"), "sha256": e.get("sha256")} for e in files],
+        "bytes": sum(e.get("size", 0) for e in files if isinstance(e.get("size"), int)),
+        "described_in": f"{formats.DATA_DIR}/{name}/manifest.json",
+    }
+    for k in ("generator", "version", "seed", "code", "url", "repo_id", "revision", "from", "trainer"):
+        if src.get(k) is not None:
+            entry[k] = src[k]
+    if not src:
+        entry["note"] = "the bundle does not record where this dataset came from; " + TO_COMPLETE
+    return entry
+
+
+def build_summary(f: Facts, date: str, producer: str = "", contact: str = "") -> dict[str, Any]:
+    training = [n for n in f.training_datasets if n in f.manifests]
+    used = list(f.manifests)
+    by_cat: dict[str, list[str]] = {}
+    for n in used:
+        by_cat.setdefault(_category(f.source(n)), []).append(n)
+    unknown = by_cat.get("unknown", [])
+
+    def used_answer(cat: str) -> str:
+        if by_cat.get(cat):
+            return "yes"
+        return TO_COMPLETE if unknown else "no"
+
+    def section(cat: str, **extra: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {"used": used_answer(cat),
+                               "datasets": [_dataset_entry(f, n) for n in by_cat.get(cat, [])]}
+        if out["used"] == "no":
+            out["basis"] = "every dataset the run read is in the bundle's data manifests, none of this kind"
+        out.update(extra)
+        return out
+
+    tokens = f.tokens_seen
+    notes = [n for n in f.notes if str(n.get("category")) == "data"]
+    all_synthetic = bool(used) and all(_category(f.source(n)) in ("synthetic", "derived") for n in used)
+    no_third_party = TO_COMPLETE
+    if all_synthetic:
+        no_third_party = ("No content from third parties or online sources: every training record was generated by "
+                          "a program (see 2.5), so no reservation of rights applies to it.")
+    summary: dict[str, Any] = {
+        "schema": formats.EU_SUMMARY_SCHEMA,
+        "template": TEMPLATE,
+        "status": "draft generated by prov release from the bundle's records; the provider completes the fields "
+                  f"marked '{TO_COMPLETE}' and publishes it",
+        "run_id": f.run_id,
+        "date": date,
+        "1_general_information": {
+            "1.1_provider_identification": {
+                "provider_name_and_contact": ", ".join(x for x in (producer, contact) if x) or TO_COMPLETE,
+                "authorised_representative": TO_COMPLETE,
+            },
+            "1.2_model_identification": {
+                "versioned_model_name": f"{f.name} ({f.run_id})",
+                "model_dependencies": ("none: trained from randomly initialised weights (no resume or warm start "
+                                       "recorded in config.json)") if not (f.cfg.get("run") or {}).get("resume_from")
+                else f"continued from {(f.cfg.get('run') or {}).get('resume_from')}",
+                "date_placed_on_the_union_market": TO_COMPLETE,
+            },
+            "1.3_modalities_size_characteristics": {
+                "modalities": ["text"] if f.model_config else TO_COMPLETE,
+                "training_data_size": {"text": _size_band(tokens)},
+                "measured": {"tokens_seen_in_training": tokens, "training_records": sum(
+                    e.get("records", 0) for n in training for e in f.data_files(n)
+                    if f.file_role(n, e["path"]) == "training" and isinstance(e.get("records"), int)),
+                    "source": f"{formats.METRICS} (tokens_seen) and the data manifests"},
+                "types_of_content": TO_COMPLETE,
+                "latest_date_of_data_collection": TO_COMPLETE + (
+                    f" (the run that read the data started {str(f.run['started_at'])[:10]})"
+                    if f.run.get("started_at") else ""),
+                "linguistic_characteristics": TO_COMPLETE,
+                "other_characteristics": TO_COMPLETE,
+            },
+        },
+        "2_list_of_data_sources": {
+            "2.1_publicly_available_datasets": section("public"),
+            "2.2_private_non_publicly_available_datasets_from_third_parties": {
+                "2.2.1_commercially_licensed": section("licensed"),
+                "2.2.2_other_private_datasets": {"used": TO_COMPLETE if unknown else "no", "datasets": []},
+            },
+            "2.3_data_crawled_and_scraped_from_online_sources": section(
+                "crawled", crawlers=TO_COMPLETE if by_cat.get("crawled") else None),
+            "2.4_user_data": section("user"),
+            "2.5_synthetic_data": section(
+                "synthetic", generated_by=("a program (templates and seeded random choices), not an AI model"
+                                           if by_cat.get("synthetic") else None)),
+            "2.6_other_sources": {
+                "used": "yes" if by_cat.get("derived") or unknown else "no",
+                "derived_data": [_dataset_entry(f, n) for n in by_cat.get("derived", [])],
+                "sources_not_categorised": [_dataset_entry(f, n) for n in unknown],
+            },
+        },
+        "3_data_processing_aspects": {
+            "3.1_respect_of_reservation_of_rights_tdm": no_third_party,
+            "3.2_removal_of_illegal_content": ("Not applicable: no content was collected; the generator's templates "
+                                               "are in the code snapshot.") if all_synthetic else TO_COMPLETE,
+            "3.3_other_information": {
+                "tokenization": [_dataset_entry(f, n) for n in by_cat.get("derived", [])
+                                 if str(f.source(n).get("trainer", "")).startswith("tokenizers")] or None,
+                "data_order": f"the sample ids of every step are in {formats.ORDER_DIR}/ (sealed)",
+                "decision_notes_on_data": [{"time": n.get("time"), "step": n.get("step"), "text": n.get("text")}
+                                           for n in notes],
+            },
+        },
+    }
+    return summary
+
+
+def _md_value(v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, list):
+        return ", ".join(map(str, v)) if v else "none"
+    if isinstance(v, dict):
+        return "; ".join(f"{k}: {_md_value(x)}" for k, x in v.items())
+    return str(v)
+
+
+def _md_datasets(out: list[str], items: list[dict[str, Any]]) -> None:
+    for d in items:
+        out.append(f"- **{d['name']}** — source: {d.get('source_type')}; license: {d.get('license')}; "
+                   f"{d.get('bytes')} bytes; described in `{d.get('described_in')}`"
+                   + (f"; generator {d['generator']} {d.get('version')}, seed {d.get('seed')}, code `{d.get('code')}`"
+                      if d.get("generator") else "")
+                   + (f"; {d['note']}" if d.get("note") else ""))
+        for e in d.get("files", []):
+            recs = "records not counted" if e.get("records") is None else f"{e['records']} records"
+            out.append(f"  - `{e['path']}` ({e['role']}): {recs}, {e['bytes']} bytes, "
+                       f"sha256 `{e['sha256']}`")
+
+
+def render_markdown(s: dict[str, Any]) -> str:
+    name = s["1_general_information"]["1.2_model_identification"]["versioned_model_name"]
+    out: list[str] = [f"# Public summary of training content — {name}",
+                      "", f"{s['template']['name']} ({s['template']['legal_basis']}; {s['template']['reference']}).",
+                      "", f"**Status:** {s['status']}.", "", "## 1. General information", ""]
+    gi = s["1_general_information"]
+    for sec, title in (("1.1_provider_identification", "1.1 Provider identification"),
+                       ("1.2_model_identification", "1.2 Model identification"),
+                       ("1.3_modalities_size_characteristics",
+                        "1.3 Modalities, overall training data size and other characteristics")):
+        out += [f"### {title}", ""]
+        out += [f"- {k.replace('_', ' ').capitalize()}: {_md_value(v)}" for k, v in gi[sec].items()]
+        out.append("")
+    out += ["## 2. List of data sources", ""]
+    ds = s["2_list_of_data_sources"]
+    titles = {
+        "2.1_publicly_available_datasets": "2.1 Publicly available datasets",
+        "2.3_data_crawled_and_scraped_from_online_sources": "2.3 Data crawled and scraped from online sources",
+        "2.4_user_data": "2.4 User data", "2.5_synthetic_data": "2.5 Synthetic data",
+    }
+    for key, title in (("2.1_publicly_available_datasets", titles["2.1_publicly_available_datasets"]),):
+        out += [f"### {title}", "", f"Used: {ds[key]['used']}", ""]
+        _md_datasets(out, ds[key]["datasets"])
+        out.append("")
+    p = ds["2.2_private_non_publicly_available_datasets_from_third_parties"]
+    out += ["### 2.2 Private non-publicly available datasets obtained from third parties", "",
+            f"- 2.2.1 Commercially licensed by rightsholders: used: {p['2.2.1_commercially_licensed']['used']}",
+            f"- 2.2.2 Other private datasets: used: {p['2.2.2_other_private_datasets']['used']}", ""]
+    _md_datasets(out, p["2.2.1_commercially_licensed"]["datasets"])
+    for key in ("2.3_data_crawled_and_scraped_from_online_sources", "2.4_user_data", "2.5_synthetic_data"):
+        line = f"Used: {ds[key]['used']}"
+        for extra in ("crawlers", "generated_by"):
+            if ds[key].get(extra):
+                line += f"; {extra.replace('_', ' ')}: {ds[key][extra]}"
+        out += [f"### {titles[key]}", "", line, ""]
+        _md_datasets(out, ds[key]["datasets"])
+        out.append("")
+    o = ds["2.6_other_sources"]
+    out += ["### 2.6 Other sources of data", "", f"Used: {o['used']}", ""]
+    _md_datasets(out, o["derived_data"])
+    if o["sources_not_categorised"]:
+        out += ["", f"Sources the bundle does not categorise ({TO_COMPLETE}):", ""]
+        _md_datasets(out, o["sources_not_categorised"])
+    out += ["", "## 3. Data processing aspects", ""]
+    dp = s["3_data_processing_aspects"]
+    out += ["### 3.1 Respect of reservation of rights from the text and data mining exception or limitation", "",
+            str(dp["3.1_respect_of_reservation_of_rights_tdm"]), "",
+            "### 3.2 Removal of illegal content", "", str(dp["3.2_removal_of_illegal_content"]), "",
+            "### 3.3 Other information", ""]
+    other = dp["3.3_other_information"]
+    out.append(f"- Data order: {other['data_order']}")
+    notes = other["decision_notes_on_data"]
+    out.append("- Decision notes on data: " + ("; ".join(f"step {n['step']}: {n['text']}" for n in notes)
+                                                if notes else "none recorded"))
+    out.append("")
+    return "\n".join(out)
