@@ -73,3 +73,9 @@ reproduce: install
 	@last=$$(ls -d runs/*/ 2>/dev/null | sort | tail -1); \
 	if [ -z "$$last" ]; then echo "no run in runs/: run 'make train' first" >&2; exit 2; fi; \
 	$(PY) -m provenance.cli reproduce "$${last%/}" $(REPRODUCE_ARGS)
+
+# The default model as a graph of runs: data steps, two training stages, a merge; then prov lineage,
+# prov audit --lineage and prov release --lineage (docs/lineage.md). Sizes: PIPELINE_STEPS1, PIPELINE_STEPS2, ...
+.PHONY: pipeline
+pipeline: install
+	PY=$(PY) RELEASE_KEY="$(RELEASE_KEY)" bash training/pipeline.sh

@@ -567,6 +567,8 @@ EDGE_KINDS = ("data", "tokenizer", "init", "resume", "merge", "eval")
 # where a bundle *produces* files (a file found elsewhere in it, e.g. data/<ds>/files/, is a copy of an input)
 PRODUCED_PREFIXES = ("outputs/", f"{CHECKPOINT_DIR}/", f"{MODEL_DIR}/")
 RELEASE_LINEAGE = "release/lineage.json"  # `prov release --lineage`: the ancestors' root digests (signed)
+RELEASE_LINEAGE_HTML = "release/lineage.html"  # `prov release --lineage`: the graph picture
+RELEASE_LINEAGE_SCHEMA = "fullyopen.release-lineage/v1"
 
 
 def _hex_digest(value: Any, where: str) -> str:

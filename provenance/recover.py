@@ -596,6 +596,21 @@ def seal_run(root: str | os.PathLike[str], force: bool = False, reason: str | No
                 "resealed": previous is not None, "unchanged": False}
 
 
+def change_sealed(root: str | os.PathLike[str], change: Any, reason: str, command: str) -> str:
+    """Make a legitimate change to a sealed bundle (`change()` writes files) and re-seal it, recorded in
+    reseals.jsonl: the existing seal is checked first (a tampered bundle is never sealed over). New root hex."""
+    root = Path(root)
+    scan_folder(root)
+    with folder_lock(root):
+        files = scan_folder(root)
+        info = _run_info(root, files)
+        if info["status"] == "running" or formats.MANIFEST not in files:
+            raise BundleError(f"{printable(str(root))}: not a sealed, finished bundle")
+        previous = verify_existing_seal(root, files)
+        change()
+        return _reseal(root, previous, reason, command)
+
+
 def add_note(root: str | os.PathLike[str], text: str, category: str, author: str | None, links: list[str],
              step: int | None, redact: Any = None, about: str | None = None) -> tuple[int | None, str | None]:
     """Append a decision note; re-seal a sealed bundle after checking its seal. (step, new root hex or None)."""

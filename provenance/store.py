@@ -37,6 +37,7 @@ class StoredBundle:
     root: str  # hex
     resources: dict[str, str]  # name -> hex
     run: dict[str, Any] = field(default_factory=dict)
+    previous: list[str] = field(default_factory=list)  # root digests (hex) it had before re-seals (reseals.jsonl)
 
     @property
     def digest(self) -> str:
@@ -86,7 +87,30 @@ def read_bundle(path: Path) -> StoredBundle:
             run = obj if isinstance(obj, dict) else {}
         except (formats.FormatError, OSError):
             run = {}
-    return StoredBundle(path, root, resources, run)
+    return StoredBundle(path, root, resources, run, _previous_roots(path, resources))
+
+
+MAX_RESEALS_BYTES = 4 << 20
+
+
+def _previous_roots(path: Path, resources: dict[str, str]) -> list[str]:
+    """The root digests a bundle had before each recorded re-seal (a note added after another run
+    consumed its files changes its root digest, not those files). Read only if the seal covers it."""
+    rel = formats.RESEALS
+    p = path / rel
+    if rel not in resources or p.is_symlink() or not p.is_file() or p.stat().st_size > MAX_RESEALS_BYTES:
+        return []
+    out = []
+    try:
+        for rec in formats.read_jsonl(p, MAX_RESEALS_BYTES):
+            prev = rec.get("previous_root_digest")
+            if isinstance(prev, str):
+                hexd = prev.removeprefix(f"{formats.ALGORITHM}:")
+                if len(hexd) == 64 and all(c in "0123456789abcdef" for c in hexd):
+                    out.append(hexd)
+    except (formats.FormatError, OSError):
+        return []
+    return out
 
 
 def normalise_digest(value: str) -> str:
@@ -127,6 +151,10 @@ class Store:
             self._by_root.setdefault(b.root, b)
             for name, hexd in b.produced():
                 self._by_file.setdefault(hexd, []).append((b, name))
+        self._by_previous: dict[str, StoredBundle] = {}
+        for b in self.bundles:  # a re-sealed bundle is still found by the root digest an edge names
+            for prev in b.previous:
+                self._by_previous.setdefault(prev, b)
 
     @classmethod
     def default(cls, extra: Iterable[str | os.PathLike[str]] = (), near: Path | None = None) -> Store:
@@ -141,7 +169,7 @@ class Store:
         """The bundle whose root digest is (or starts with) `digest`; StoreError if a prefix is ambiguous."""
         hexd = normalise_digest(digest)
         if len(hexd) == 64:
-            return self._by_root.get(hexd)
+            return self._by_root.get(hexd) or self._by_previous.get(hexd)
         hits = [b for r, b in self._by_root.items() if r.startswith(hexd)]
         if len(hits) > 1:
             raise StoreError(f"digest prefix {hexd} matches {len(hits)} bundles; give more digits")

@@ -354,3 +354,54 @@ def test_lineage_schema_golden() -> None:
         doc["edges"][1].update(bad)
         with pytest.raises(formats.FormatError, match=field):
             formats.parse_lineage(doc)
+
+
+def test_a_note_on_an_ancestor_after_it_was_consumed(graph_runs: Path, tmp_path: Path, tiny_bundle: Path) -> None:
+    """`prov note` re-seals the ancestor (new root digest, recorded in reseals.jsonl): it is still found."""
+    runs = copy_runs(graph_runs, tmp_path)
+    r = prov("note", str(runs / tiny_bundle.name), "the stage-1 learning rate was too high", "--category",
+             "hyperparameter")
+    assert r.returncode == 0, r.stderr
+    merged = by_name(runs, "merged")
+    report = audit_lineage(merged, Store.default(near=merged))
+    assert report.ok, report.failures()
+    assert len(report.graph.nodes) == 4 and report.graph.resealed
+    assert "the stage-1 learning rate was too high" in render_text(report.graph, report)
+
+
+def test_release_lineage_signs_the_ancestors(graph_runs: Path, tmp_path: Path) -> None:
+    runs = copy_runs(graph_runs, tmp_path)
+    merged = by_name(runs, "merged")
+    assert prov("keygen", "-o", str(tmp_path / "key")).returncode == 0
+    r = prov("release", str(merged), "--key", str(tmp_path / "key" / "release-key.pem"), "--lineage",
+             "--no-progress")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((merged / formats.RELEASE_LINEAGE).read_text())
+    assert doc["schema"] == formats.RELEASE_LINEAGE_SCHEMA
+    assert sorted(a["name"] for a in doc["ancestors"]) == ["prep", "stage2", "tiny-lm"]
+    sealed = json.loads((merged / "manifest.json").read_text())["predicate"]["resources"]
+    assert formats.RELEASE_LINEAGE in {x["name"] for x in sealed}  # covered by the seal the signature signs
+    r = prov("audit", str(merged), "--lineage")
+    assert r.returncode == 0, r.stdout[-3000:]
+    # a graph that does not audit is not released
+    prep = by_name(runs, "prep")
+    (prep / "config.json").write_text("{}")
+    r = prov("release", str(merged), "--key", str(tmp_path / "key" / "release-key.pem"), "--lineage")
+    assert r.returncode == 1 and "does not audit" in r.stderr
+
+
+@pytest.mark.slow
+def test_make_pipeline(tmp_path: Path) -> None:
+    """The whole `make pipeline` (reduced further): ends with a passing prov audit --lineage."""
+    env = offline_env(tmp_path)
+    env.update({"PY": sys.executable, "PIPELINE_DIR": str(tmp_path / "pipe"), "PIPELINE_STORIES": "600",
+                "PIPELINE_STEPS1": "20", "PIPELINE_STEPS2": "6",
+                "RELEASE_KEY": str(tmp_path / "k" / "release-key.pem")})
+    r = subprocess.run(["bash", "training/pipeline.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=1200)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    assert "final prov audit --lineage: PASS" in r.stdout
+    merged = by_name(tmp_path / "pipe", "merged")
+    report = audit_lineage(merged, Store([tmp_path / "pipe"]))
+    assert report.ok and len(report.graph.nodes) == 7
+    assert {e["kind"] for _, e, _ in report.graph.parent_edges()} == {"data", "tokenizer", "init", "merge"}

@@ -32,6 +32,8 @@ class DataConfig:
 class TokenizerConfig:
     vocab_size: int = 1024
     min_frequency: int = 2
+    # a folder holding a trained tokenizer.json (e.g. a tokenization step's outputs/) to use instead of training one
+    path: str | None = path_field(None)
 
 
 @dataclass

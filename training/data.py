@@ -77,6 +77,17 @@ def train_tokenizer(train_file: Path, cfg: TokenizerConfig, out_dir: Path) -> Da
     )
 
 
+def existing_tokenizer(folder: str | Path) -> DatasetSpec:
+    """A tokenizer trained elsewhere (tokenizer.path, e.g. a recorded tokenization step's outputs/), used as is."""
+    from provenance import ConfigError
+
+    root = Path(folder).resolve()
+    if not (root / "tokenizer.json").is_file():
+        raise ConfigError(f"tokenizer.path: {folder} holds no tokenizer.json")
+    return DatasetSpec(name="tokenizer", root=root, files=["tokenizer.json"], license="CC0-1.0",
+                       source={"type": "local", "path": str(root), "local_path": str(root), "code": "training/data.py"})
+
+
 def load_hf_tokenizer(tokenizer_dir: Path) -> Any:
     from transformers import PreTrainedTokenizerFast
 

@@ -1,11 +1,13 @@
-"""Data preparation steps: generate -> filter/dedup -> tokenize. A plain script (no provenance
-imports): each step is recorded by running it under `prov run` (see `make pipeline`):
+"""Data preparation steps: generate -> filter/dedup -> tokenize, and the arithmetic subset.
+A plain script (no provenance imports): each step is recorded by running it under `prov run` (see `make pipeline`):
 
     prov run --name data-generate --outputs work/raw -- python -m training.prepare generate --out work/raw
     prov run --name data-filter --data raw=runs/<gen>/outputs/raw --outputs work/corpus -- \\
         python -m training.prepare filter --input runs/<gen>/outputs/raw --out work/corpus
     prov run --name data-tokenize --data corpus=runs/<filter>/outputs/corpus --outputs work/tokenizer -- \\
         python -m training.prepare tokenize --input runs/<filter>/outputs/corpus --out work/tokenizer
+    prov run --name data-subset --data corpus=runs/<filter>/outputs/corpus --outputs work/arith -- \\
+        python -m training.prepare subset --input runs/<filter>/outputs/corpus --out work/arith
 
 Each step reads the previous bundle's outputs/ (declared with --data, so lineage.json links it to
 that bundle by digest) and writes a folder that `prov run --outputs` copies into its own bundle.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -66,7 +69,23 @@ def tokenize(args: argparse.Namespace, out: Path) -> dict[str, int]:
     return {"vocab_size": len(json.loads((out / "tokenizer.json").read_text())["model"]["vocab"])}
 
 
-STEPS = {"generate": generate, "filter": filter_dedup, "tokenize": tokenize}
+ARITH = re.compile(r"^\d+\+\d+=\d+$")
+
+
+def subset(args: argparse.Namespace, out: Path) -> dict[str, int]:
+    """The arithmetic subset of the training split (records that are a sum: `a+b=c`); the other splits
+    pass through unchanged (a second training stage continues on it)."""
+    src = Path(args.input)
+    lines = _lines(src / "train.jsonl")
+    kept = [line for line in lines if ARITH.match(str(json.loads(line).get("text", "")))]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train.jsonl").write_text("".join(x + "\n" for x in kept), encoding="utf-8")
+    for f in FILES[1:]:
+        (out / f).write_bytes((src / f).read_bytes())
+    return {"kept": len(kept), "dropped": len(lines) - len(kept)}
+
+
+STEPS = {"generate": generate, "filter": filter_dedup, "tokenize": tokenize, "subset": subset}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,7 @@ from training.data import (
     EpochSampler,
     collate,
     encode,
+    existing_tokenizer,
     load_arith_eval,
     load_hf_tokenizer,
     load_texts,
@@ -144,7 +145,9 @@ def prepare_data(cfg: Config, rank: int, world: int) -> tuple[Any, Any, Any]:
     specs: list[Any] = [None, None, None]
     if rank == 0:
         corpus = corpus_spec(cfg.data)
-        specs = [corpus, train_tokenizer(corpus.root / "train.jsonl", cfg.tokenizer, tokenizer_dir(cfg, corpus)), None]
+        tok = (existing_tokenizer(cfg.tokenizer.path) if cfg.tokenizer.path else
+               train_tokenizer(corpus.root / "train.jsonl", cfg.tokenizer, tokenizer_dir(cfg, corpus)))
+        specs = [corpus, tok, None]
         if cfg.data.layout == "token-stream":  # a recorded tokenization step: its manifest names its inputs
             specs[2] = tokens.tokenize_corpus(corpus, specs[1], load_hf_tokenizer(specs[1].root), cfg.model.block_size)
         elif cfg.data.layout != "lines":

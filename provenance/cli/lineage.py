@@ -8,11 +8,12 @@ from pathlib import Path
 
 from provenance import formats
 from provenance.audit import AuditReport
-from provenance.bundle import folder_lock, seal_folder_locked
+from provenance.bundle import BundleError, folder_lock, seal_folder_locked
 from provenance.lineage.check import audit_lineage
 from provenance.lineage.edges import LineageError, declared_edge
 from provenance.lineage.graph import read_edges
 from provenance.lineage.render import render_html, render_text
+from provenance.recover import change_sealed
 from provenance.store import Store, StoreError, add, read_bundle
 
 
@@ -60,6 +61,46 @@ def audit_graph(args: argparse.Namespace, own: AuditReport) -> int:
     return 0 if own.ok and report.ok else 1
 
 
+def attach_lineage(args: argparse.Namespace) -> int:
+    """`prov release --lineage`: the graph must audit; its ancestors' root digests (and the picture) are
+    written into the bundle, which is re-sealed (recorded in reseals.jsonl) so that the release signs them."""
+    try:
+        report = audit_lineage(args.run, _store(args, args.run))
+    except (StoreError, LineageError) as exc:
+        print(f"error: --lineage: {exc}", file=sys.stderr)
+        return 2
+    if not report.ok:
+        print("error: --lineage: the lineage graph does not audit; not releasing:\n  "
+              + "\n  ".join(report.failures()[:20]), file=sys.stderr)
+        return 1
+    g = report.graph
+    doc = {"schema": formats.RELEASE_LINEAGE_SCHEMA, "bundle": formats.digest_str(g.target),
+           "graph_class": report.graph_class, "class_note": report.class_note,
+           "ancestors": [{"root_digest": formats.digest_str(n.root), "run_id": n.bundle.run_id, "name": n.bundle.name,
+                          "status": n.bundle.status, "class": report.audits[n.root].highest_class}
+                         for n in g.order() if n.root != g.target],
+           "edges": [{**e, "consumer": formats.digest_str(c.root)} for c, e, _ in g.parent_edges()]}
+    root = Path(args.run)
+
+    def write() -> None:
+        formats.atomic_write_json(root / formats.RELEASE_LINEAGE, doc)
+        formats.atomic_write_bytes(root / formats.RELEASE_LINEAGE_HTML, render_html(g, report).encode())
+
+    try:
+        if (root / formats.RESEALS).exists():  # a bundle that records its re-seals: record this one too
+            change_sealed(root, write, "prov release --lineage: the ancestors' root digests", "prov release --lineage")
+        else:  # part of the release, whose own re-seal of its documents is not recorded either
+            read_bundle(root)
+            with folder_lock(root):
+                write()
+                seal_folder_locked(root)
+    except (BundleError, StoreError, OSError) as exc:
+        print(f"error: --lineage: {exc}", file=sys.stderr)
+        return 2
+    print(f"lineage: {len(doc['ancestors'])} ancestors audited; their root digests are in {formats.RELEASE_LINEAGE}")
+    return 0
+
+
 def cmd_declare(args: argparse.Namespace) -> int:
     """Add a declared edge to a sealed bundle's lineage.json and reseal it (like a note)."""
     try:
@@ -75,9 +116,13 @@ def cmd_declare(args: argparse.Namespace) -> int:
     except (StoreError, LineageError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    with folder_lock(b.path):
-        formats.atomic_write_json(b.path / formats.LINEAGE_JSON, formats.lineage_record([*edges, edge]))
-        digest = seal_folder_locked(b.path)
+    try:
+        digest = change_sealed(b.path, lambda: formats.atomic_write_json(
+            b.path / formats.LINEAGE_JSON, formats.lineage_record([*edges, edge])),
+            f"prov declare-edge: a declared {edge['kind']} edge", "prov declare-edge")
+    except (BundleError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"declared {edge['kind']} edge {b.run_id} <- {edge['parent']} {edge['parent_path']} ({edge['digest']}); "
           f"resealed, root digest sha256:{digest}")
     if (b.path / formats.SIGNATURE).exists():
@@ -146,8 +191,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
     try:
         weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+        notes = [(args.note, args.note_category, args.note_about)] if args.note else []
         root = merge(args.inputs, weights=weights, runs_dir=args.runs_dir, name=args.name, stores=args.store or [],
-                     threads=args.threads)
+                     threads=args.threads, notes=notes)
     except (MergeError, LineageError, StoreError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -203,4 +249,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default="merge")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--store", action="append", default=None, metavar="DIR")
+    p.add_argument("--note", default=None, help="a decision note recorded in the merged bundle (why this soup)")
+    p.add_argument("--note-category", default="evaluation", choices=formats.NOTE_CATEGORIES)
+    p.add_argument("--note-about", default=None, metavar="DIGEST", help="the bundle the note is about")
     p.set_defaults(func=cmd_merge)

@@ -29,6 +29,12 @@ def cmd_release(args: argparse.Namespace) -> int:
     if args.key is None and not args.sigstore:
         print("warning: no --key and no --sigstore: the documents are written but the bundle is NOT signed "
               "(make a key with `prov keygen`)", file=sys.stderr)
+    if args.lineage:  # audit the graph, then add the ancestors' root digests to what is signed
+        from provenance.cli.lineage import attach_lineage
+
+        rc = attach_lineage(args)
+        if rc:
+            return rc
     try:
         r = release(args.run, key=args.key, out=args.output, sigstore=args.sigstore,
                     reproduction=args.reproduction, producer=args.producer, contact=args.contact, force=args.force,
@@ -116,6 +122,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--contact", default="", help="contact for the openness record")
     p.add_argument("--force", action="store_true",
                    help="release even if consistency checks fail (never when files do not match the seal)")
+    p.add_argument("--lineage", action="store_true",
+                   help="audit the lineage graph first and sign the list of ancestor root digests with the bundle "
+                        f"({formats.RELEASE_LINEAGE}; docs/lineage.md)")
+    p.add_argument("--store", action="append", default=None, metavar="DIR",
+                   help="with --lineage: a bundle store holding the ancestors (repeatable)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=cmd_release)

@@ -52,6 +52,12 @@ class Graph:
     target: str  # root hex
     nodes: dict[str, Node]
     problems: list[Problem]
+    resealed: dict[str, str] = field(default_factory=dict)  # root hex an edge names -> the bundle's root now
+
+    def node_of(self, parent: str) -> Node | None:
+        """The node an edge's parent digest ('sha256:<hex>') is, following re-seals."""
+        hexd = parent.split(":", 1)[-1]
+        return self.nodes.get(self.resealed.get(hexd, hexd))
 
     def order(self) -> list[Node]:
         """Nodes by depth (the target first), then by start time and digest."""
@@ -66,7 +72,7 @@ class Graph:
         for n in self.order():
             for e in n.edges:
                 if e.get("parent"):
-                    out.append((n, e, self.nodes.get(e["parent"].split(":", 1)[1])))
+                    out.append((n, e, self.node_of(e["parent"])))
         return out
 
     def roots(self) -> list[Node]:
@@ -117,6 +123,7 @@ def build_graph(bundle: str | Path, store: Store) -> Graph:
     nodes: dict[str, Node] = {}
     problems: list[Problem] = []
     on_path: list[str] = []
+    resealed: dict[str, str] = {}
 
     def locate(hexd: str) -> StoredBundle | None:
         if hexd == target.root:
@@ -159,8 +166,15 @@ def build_graph(bundle: str | Path, store: Store) -> Graph:
                                             f"({e.get('parent_run_id') or 'run id unknown'}, {e['parent_path']})",
                                             e, b.root))
                 continue
+            if pb.root != phex:
+                resealed[phex] = pb.root
+            if pb.root in on_path:
+                cycle = " -> ".join(nodes[r].bundle.run_id for r in on_path[on_path.index(pb.root):])
+                problems.append(Problem("cycle", f"cycle in lineage: {cycle} -> {pb.run_id} "
+                                        f"({e['kind']} edge from {b.run_id} to {parent})", e, b.root))
+                continue
             visit(pb, node.depth + 1)
         on_path.pop()
 
     visit(target, 0)
-    return Graph(target.root, nodes, problems)
+    return Graph(target.root, nodes, problems, resealed)

@@ -104,7 +104,8 @@ def average(states: Sequence[dict[str, Any]], weights: Sequence[float], names: S
 
 def merge(inputs: Sequence[str | os.PathLike[str]], weights: Sequence[float] | None = None, *,
           runs_dir: str | os.PathLike[str] = "runs", name: str = "merge",
-          stores: Sequence[str | os.PathLike[str]] = (), threads: int = 2) -> Path:
+          stores: Sequence[str | os.PathLike[str]] = (), threads: int = 2,
+          notes: Sequence[tuple[str, str, str | None]] = ()) -> Path:
     """Average the inputs into a new sealed bundle; returns its folder."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -130,6 +131,7 @@ def merge(inputs: Sequence[str | os.PathLike[str]], weights: Sequence[float] | N
             ",".join(repr(w) for w in weights), "--runs-dir", str(runs_dir), "--name", name]
     import torch
 
+    records = [formats.note_record(text, category, None, [], 1, about=about) for text, category, about in notes]
     torch.set_num_threads(threads)
     # everything that can fail on bad input happens before the run folder exists
     states = [read_model_tensors(f) for f in files]
@@ -144,5 +146,7 @@ def merge(inputs: Sequence[str | os.PathLike[str]], weights: Sequence[float] | N
         run.record_batch(1, [])  # a merge reads no training samples
         run.log(1, merged_inputs=len(files), tensors=len(merged), parameters=n_params)  # one step: the merge
         run.save_model(model, tokenizer)
+        for rec in records:  # notes (with --about) go in before the seal
+            formats.append_line(run.writer.path(formats.NOTES), run.writer.redactor.text(formats.dumps_line(rec)))
     return run.root
 

@@ -83,9 +83,8 @@ def render_text(g: Graph, report: LineageReport | None = None) -> str:
                 "made by no stored bundle (a root: raw, generated or from-scratch)")
         for i, (parent, es) in enumerate(items):
             last = i == len(items) - 1
-            labels = ", ".join(f"{e['kind']}" + (f" w={e['weight']:g}" if e.get("weight") is not None else "")
-                               + f" {_printable(e['parent_path'])} {e['digest'][:19]}…" for e in es)
-            pn = g.nodes.get(parent.split(":", 1)[1])
+            labels = _edge_labels(es)
+            pn = g.node_of(parent)
             branch = child_prefix + ("└─ " if last else "├─ ")
             if pn is None:
                 add(branch + f"[{labels}] <- MISSING {parent} ({_printable(str(es[0].get('parent_run_id')))})")
@@ -118,6 +117,29 @@ def render_text(g: Graph, report: LineageReport | None = None) -> str:
     add("VERDICT      " + ("PASS  every ancestor and edge checks" if report is not None and not problems
                            else ("FAIL" if problems else "graph read (not audited)")))
     return "\n".join(lines) + "\n"
+
+
+def _edge_labels(es: list[dict[str, Any]]) -> str:
+    """'init checkpoints/step-00000012.safetensors sha256:d493ee23e919…'; several files of one kind from
+    one folder: 'data x3 outputs/corpus/ (arithmetic_eval.jsonl, train.jsonl, validation.jsonl)'."""
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for e in es:
+        by_kind.setdefault(e["kind"], []).append(e)
+    parts = []
+    for kind, group in by_kind.items():
+        if len(group) == 1:
+            e = group[0]
+            w = f" w={e['weight']:g}" if e.get("weight") is not None else ""
+            parts.append(f"{kind}{w} {_printable(e['parent_path'])} {e['digest'][:19]}…")
+            continue
+        paths = [str(e["parent_path"]) for e in group]
+        folder = paths[0].rpartition("/")[0]
+        if all(p.rpartition("/")[0] == folder for p in paths):
+            names = ", ".join(sorted(p.rpartition("/")[2] for p in paths))
+            parts.append(f"{kind} x{len(group)} {_printable(folder)}/ ({_printable(names)})")
+        else:
+            parts.append(f"{kind} x{len(group)} " + ", ".join(_printable(p) for p in sorted(paths)))
+    return "; ".join(parts)
 
 
 _KIND_COLOURS = {"data": "#2a7ab0", "tokenizer": "#7a4cb0", "init": "#c0392b", "resume": "#d35400",
