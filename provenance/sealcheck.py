@@ -35,3 +35,7 @@ def check_reseals(view: audit.BundleView, out: audit.CheckResult) -> None:
         changed = ", ".join(printable(str(c)) for c in r["changed"][:3]) or "no file"
         out.summary += (f"; {r['previous_root_digest'][:19]}.. -> {r['new_root_digest'][:19]}.. by "
                         f"{printable(str(r['command']))[:40]} ({printable(str(r['reason']))[:80]}; changed {changed})")
+
+
+# listed by the audit through the entry point `reseals` in pyproject.toml (fullyopen.audit_checks)
+RESEALS = audit.Check("reseals", "re-seals of a sealed bundle", check_reseals)

@@ -16,7 +16,7 @@ import pytest
 
 from provenance import audit as audit_mod
 from provenance import formats
-from provenance.audit import AuditReport, audit, register_check
+from provenance.audit import AuditReport, audit
 from provenance.bundle import seal_folder
 from provenance.hashing import sha256_file
 
@@ -382,7 +382,7 @@ def test_sealed_unknown_files_and_reproduction_pass(bundle_copy: Path) -> None:
     assert "reproduces orig" in r.check("run").summary
 
 
-def test_another_module_can_register_a_check(bundle_copy: Path) -> None:
+def test_an_extension_check_is_passed_explicitly(bundle_copy: Path) -> None:
     def extension(view: audit_mod.BundleView, out: audit_mod.CheckResult) -> None:
         if not view.has("extension/summary.json"):
             raise audit_mod.SkipCheck("nothing to check")
@@ -390,20 +390,34 @@ def test_another_module_can_register_a_check(bundle_copy: Path) -> None:
             out.error("the extension's claim does not hold", file="extension/summary.json")
         out.summary = "holds"
 
-    before = dict(audit_mod._CHECKS)
-    register_check("test-extension", "an extension's check", extension)
-    try:
-        with pytest.raises(ValueError, match="already registered"):
-            register_check("test-extension", "again", extension)
-        assert audit(bundle_copy).check("test-extension").status == "skip"
-        (bundle_copy / "extension").mkdir()
-        (bundle_copy / "extension" / "summary.json").write_text('{"ok": false}\n')
-        r = reseal_and_audit(bundle_copy)
-        assert failing(r) == {"test-extension": ["extension/summary.json: the extension's claim does not hold"]}
-        check_named(r, "extension/summary.json")
-    finally:
-        audit_mod._CHECKS.clear()
-        audit_mod._CHECKS.update(before)
+    checks = [*audit_mod.default_checks(), audit_mod.Check("test-extension", "an extension's check", extension)]
+    assert audit(bundle_copy, checks=checks).check("test-extension").status == "skip"
+    assert "test-extension" not in {c.name for c in audit(bundle_copy).checks}  # nothing global changed
+    (bundle_copy / "extension").mkdir()
+    (bundle_copy / "extension" / "summary.json").write_text('{"ok": false}\n')
+    seal_folder(bundle_copy)
+    r = audit(bundle_copy, checks=checks)
+    assert failing(r) == {"test-extension": ["extension/summary.json: the extension's claim does not hold"]}
+    check_named(r, "extension/summary.json")
+    only = audit(bundle_copy, checks=audit_mod.builtin_checks())
+    assert [c.name for c in only.checks] == [c.name for c in audit_mod.builtin_checks()]
+
+
+def test_the_check_list_is_the_declared_one_whatever_was_imported() -> None:
+    """Built-ins, then pyproject's entry points, in order; the CLI runs exactly these (no import side effects)."""
+    import tomllib
+
+    declared = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    eps = declared["project"]["entry-points"][audit_mod.ENTRY_POINT_GROUP]
+    names = [c.name for c in audit_mod.default_checks()]
+    builtins = [c.name for c in audit_mod.builtin_checks()]
+    assert names == builtins + [n for n in eps if n not in builtins]
+    assert {"reproduction", "command", "signature", "reseals"} <= set(names)
+    code = ("import json, provenance.cli, provenance.cli.run, provenance.cli.reproduce, provenance.release; "
+            "from provenance.audit import default_checks; print(json.dumps([c.name for c in default_checks()]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == names
 
 
 # --- openness --------------------------------------------------------------------------------------

@@ -36,7 +36,6 @@ def assert_sealed(root: Path) -> dict[str, Any]:
     info = formats.read_json(root / formats.RUN_JSON)
     assert info["status"] in ("completed", "failed", "interrupted")
     if importlib.util.find_spec("provenance.audit") is not None:
-        import provenance.integrations.checks  # noqa: F401  (what `prov audit` registers)
         from provenance.audit import audit
 
         report = audit(root)

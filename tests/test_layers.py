@@ -16,6 +16,7 @@ LAYERS = [
     {"capture", "datasets"},
     {"replay"},
     {"run", "recover"},
+    {"verify"},
     {"openness", "audit", "sealcheck"},
     {"diff", "reproduce", "lineage"},
     {"release"},

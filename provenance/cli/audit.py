@@ -84,7 +84,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             ARCHIVE_LIMITS, max_total_bytes=args.max_unpacked_size,
             max_file_bytes=min(ARCHIVE_LIMITS.max_file_bytes, args.max_unpacked_size)))
     bar = None if args.no_progress else ProgressBar()
-    from provenance.release.signing import SigningError, trusting
+    from provenance.verify import SigningError, trusting
 
     try:
         with trusting(args.trust):

@@ -7,12 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-from provenance.reproduce.check import register_audit_check
-
-# until the audit lists extension checks itself (entry points): the command line adds the check of
-# reproduction bundles, so that `prov audit` understands them (explicitly, not as an import side effect)
-register_audit_check()
-
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from provenance.reproduce import Options, reproduce

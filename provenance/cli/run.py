@@ -9,11 +9,6 @@ from pathlib import Path
 from provenance.bundle import BundleError
 from provenance.capture.data import DataMismatch
 
-try:  # the integrations' audit checks (wrapped commands, outputs, wandb) join `prov audit`'s registry
-    import provenance.integrations.checks  # noqa: F401
-except ImportError:  # pragma: no cover - an audit module that cannot be imported is reported by `prov audit`
-    pass
-
 
 def cmd_run(args: argparse.Namespace) -> int:
     from provenance.integrations.wrap import wrap

@@ -1,7 +1,9 @@
 """Audit checks for what the integrations write: wrapped commands (`prov run`), their outputs, wandb.
 
-Registered into provenance.audit's registry on import (the `prov` command line imports
-this module, so `prov audit` always has them). A wrapped command does not log steps or
+Listed as extension checks in pyproject.toml (entry points `fullyopen.audit_checks`), so
+`audit()` and `prov audit` both run them; nothing registers itself on import. The
+`metrics`, `model` and `checkpoints` entries replace the built-ins of those names with
+versions that also understand wrapped and captured commands. A wrapped command does not log steps or
 save a model in the bundle's own layout: for a bundle with command.json, the `metrics`
 and `model` checks skip instead of failing when those files are absent (and check them
 as usual when present); the `command` check verifies command.json against run.json and
@@ -13,10 +15,10 @@ from __future__ import annotations
 from typing import Any
 
 from provenance import audit, formats
+from provenance.audit.checks_training import check_checkpoints, check_metrics, check_model
 from provenance.integrations.captured import captured_checkpoints
 from provenance.integrations.layout import COMMAND_JSON, COMMAND_SCHEMA, OUTPUTS_INDEX, OUTPUTS_SCHEMA, WANDB_JSON
 from provenance.integrations.outputs import sniff
-from provenance.sealcheck import check_reseals
 
 
 def _is_wrapped(view: audit.BundleView) -> bool:
@@ -93,20 +95,9 @@ def check_wandb(view: audit.BundleView, out: audit.CheckResult) -> None:
     out.summary = f"wandb run {rec.get('id')} ({rec.get('mode')})" + (f", folder {folder}/" if folder else "")
 
 
-def register() -> None:
-    existing = {c.name: c for c in audit.registered_checks()}
-    for name, needs, what in (("metrics", formats.METRICS, "step metrics"), ("model", formats.MODEL_DIR, "models")):
-        chk = existing.get(name)
-        if chk is not None and not getattr(chk.func, "_tolerates_wrapped", False):
-            func = _tolerate_wrapped(chk.func, needs, what)
-            func._tolerates_wrapped = True  # type: ignore[attr-defined]
-            audit.register_check(name, chk.title, func, replace=True)
-    chk = existing.get("checkpoints")
-    if chk is not None and not getattr(chk.func, "_captured", False):
-        audit.register_check("checkpoints", chk.title, captured_checkpoints(chk.func), replace=True)
-    audit.register_check("command", "wrapped command and its outputs", check_command, replace=True)
-    audit.register_check("wandb", "wandb run", check_wandb, replace=True)
-    audit.register_check("reseals", "re-seals of a sealed bundle", check_reseals, replace=True)
-
-
-register()
+METRICS = audit.Check("metrics", "metrics and evaluations",
+                      _tolerate_wrapped(check_metrics, formats.METRICS, "step metrics"))
+MODEL = audit.Check("model", "final model", _tolerate_wrapped(check_model, formats.MODEL_DIR, "models"))
+CHECKPOINTS = audit.Check("checkpoints", "checkpoint index", captured_checkpoints(check_checkpoints))
+COMMAND = audit.Check("command", "wrapped command and its outputs", check_command)
+WANDB = audit.Check("wandb", "wandb run", check_wandb)

@@ -36,7 +36,7 @@ from provenance import diff as pdiff
 from provenance import formats
 from provenance.bundle import folder_lock, seal_folder_locked
 from provenance.replay import REPLAY_ENV, STOP_ENV
-from provenance.reproduce.check import SUMMARY_SCHEMA, check_reproduction, register_audit_check
+from provenance.reproduce.check import SUMMARY_SCHEMA, check_reproduction
 from provenance.reproduce.command import build_command, child_env, config_yaml, prepare_code, run_child
 from provenance.reproduce.environment import current_env, env_check
 from provenance.reproduce.options import (
@@ -67,7 +67,7 @@ from provenance.reproduce.verdict import (
 __all__ = ["BITWISE", "DIVERGED", "EXIT_DIVERGED", "EXIT_REFUSED", "EXIT_REPRODUCED", "INCOMPLETE", "NOT_CLAIMED",
            "REFUSED", "REPORT", "REPORT_SCHEMA", "SUMMARY_SCHEMA", "Options", "Original", "Outcome", "Plan", "Refused",
            "Report", "build_command", "check_reproduction", "current_env", "decide", "default_workdir",
-           "env_check", "find_causes", "read_original", "register_audit_check", "reproduce"]
+           "env_check", "find_causes", "read_original", "reproduce"]
 
 
 @dataclass

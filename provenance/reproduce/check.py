@@ -7,6 +7,7 @@ from typing import Any
 
 from provenance import diff as pdiff
 from provenance import formats
+from provenance.audit import Check
 from provenance.replay import STEPS_LOG, SUMMARY
 from provenance.reproduce.options import EXIT_REPRODUCED
 from provenance.reproduce.verdict import BITWISE, DIVERGED, REPORT, REPORT_SCHEMA
@@ -90,9 +91,5 @@ def check_reproduction(view: Any, out: Any) -> None:
     out.summary = f"reproduces {rep.get('run_id')} (sha256:{str(rep.get('root_digest'))[:12]}…): {verdict}"
 
 
-
-def register_audit_check() -> None:
-    """Until the audit lists extension checks itself: add this check to its registry (explicit call)."""
-    from provenance import audit
-
-    audit.register_check(CHECK_NAME, CHECK_TITLE, check_reproduction, replace=True)
+# the audit lists this check through the entry point `reproduction` in pyproject.toml (fullyopen.audit_checks)
+CHECK = Check(CHECK_NAME, CHECK_TITLE, check_reproduction)

@@ -1,0 +1,240 @@
+"""Checks of the data: the data manifests and the recorded data order."""
+
+from __future__ import annotations
+
+import array
+import re
+import sys
+from typing import Any
+
+from provenance import formats
+from provenance.audit.results import CheckResult, SkipCheck, sha
+from provenance.audit.view import BundleFileError, BundleView, is_hex64, is_int
+from provenance.bundle import BundleError, safe_relpath
+
+
+def _dataset_names(view: BundleView) -> list[str]:
+    names = {rel.split("/")[1] for rel in view.under(formats.DATA_DIR) if rel.count("/") >= 2}
+    return sorted(names)
+
+
+def check_data(view: BundleView, out: CheckResult) -> None:
+    names = _dataset_names(view)
+    if not names:
+        raise SkipCheck("no datasets in the bundle")
+    n_files = 0
+    for name in names:
+        base = f"{formats.DATA_DIR}/{name}"
+        mrel = f"{base}/manifest.json"
+        if not view.has(mrel):
+            out.error(f"{base}/ holds files but no manifest.json", file=mrel)
+            continue
+        try:
+            m = view.json(mrel)
+        except BundleFileError as exc:
+            out.error(exc.message, file=mrel)
+            continue
+        if not isinstance(m, dict) or m.get("schema") != formats.DATA_MANIFEST_SCHEMA:
+            out.error("not a data manifest", file=mrel, expected=formats.DATA_MANIFEST_SCHEMA,
+                      actual=repr(m.get("schema") if isinstance(m, dict) else type(m).__name__))
+            continue
+        if m.get("name") != name:
+            out.error(f"names the dataset {m.get('name')!r} but lies in {base}/", file=mrel)
+        entries = m.get("files")
+        if not isinstance(entries, list):
+            out.error("has no 'files' list", file=mrel)
+            continue
+        listed: dict[str, dict[str, Any]] = {}
+        for i, e in enumerate(entries):
+            if not isinstance(e, dict) or not isinstance(e.get("path"), str) or not is_hex64(e.get("sha256")) \
+                    or not is_int(e.get("size")):
+                out.error(f"files[{i}] needs a path, a size and a hex sha256", file=mrel)
+                continue
+            try:
+                p = safe_relpath(e["path"])
+            except BundleError:
+                out.error(f"files[{i}] path {e['path']!r} escapes the dataset or is malformed; refused", file=mrel)
+                continue
+            if p in listed:
+                out.error(f"file {p} is listed twice", file=mrel)
+            listed[p] = e
+        bundled = m.get("bundled_files")
+        files_dir = f"{base}/files"
+        if bundled is not None:
+            if bundled != files_dir:
+                out.error(f"bundled_files is {bundled!r}; bundled data lives in {files_dir}", file=mrel)
+            for p, e in sorted(listed.items()):
+                rel = f"{files_dir}/{p}"
+                n_files += 1
+                if not view.has(rel):
+                    out.error(f"{rel} is listed in the manifest but missing", file=rel,
+                              expected=sha(e["sha256"]))
+                    continue
+                if view.digest(rel) != e["sha256"]:
+                    out.error(f"{rel} does not match its data manifest", file=rel, expected=sha(e["sha256"]),
+                              actual=sha(view.digest(rel)))
+                elif view.size(rel) != e["size"]:
+                    out.error(f"{rel} has {view.size(rel)} bytes, its manifest says {e['size']}", file=rel)
+            for rel in view.under(files_dir):
+                if rel[len(files_dir) + 1:] not in listed:
+                    out.error(f"{rel} is not listed in {mrel}", file=rel, actual=sha(view.digest(rel)))
+        else:
+            for rel in view.under(base):
+                if rel not in (mrel, f"{base}/{formats.CROISSANT_NAME}"):
+                    out.warn(f"{rel} lies in the dataset's folder but the manifest bundles no files", file=rel)
+        samples = m.get("samples")
+        if samples is not None:
+            if not isinstance(samples, dict) or not is_int(samples.get("count")) or samples["count"] < 0:
+                out.error("'samples' needs a non-negative integer count", file=mrel)
+            elif "layout" in samples:  # documents, token-stream: the count follows from the layout and the files
+                from provenance.datasets.layouts import manifest_problem
+
+                problem = manifest_problem(m)
+                if problem:
+                    out.error(problem, file=mrel)
+            else:
+                entry = listed.get(str(samples.get("file")))
+                if entry is None:
+                    out.error(f"samples.file {samples.get('file')!r} is not one of the dataset's files", file=mrel)
+                elif is_int(entry.get("records")) and entry["records"] != samples["count"]:
+                    out.error(f"samples.count is {samples['count']} but {samples.get('file')} has "
+                              f"{entry['records']} records", file=mrel)
+    out.summary = f"{len(names)} datasets, {n_files} bundled files match their manifests"
+
+
+def _sample_count(view: BundleView, dataset: str) -> int | None:
+    m = view.try_json(f"{formats.DATA_DIR}/{dataset}/manifest.json")
+    samples = m.get("samples") if isinstance(m, dict) else None
+    count = samples.get("count") if isinstance(samples, dict) else None
+    return count if is_int(count) else None
+
+
+def check_order(view: BundleView, out: CheckResult) -> None:
+    headers: dict[int, str] = {}
+    binaries: set[int] = set()
+    for rel in view.under(formats.ORDER_DIR):
+        mt = re.fullmatch(rf"{formats.ORDER_DIR}/rank(\d+)\.(json|ids\.u32|steps\.bin)", rel)
+        if mt is None:
+            out.warn("not a data-order file", file=rel)
+            continue
+        (headers.__setitem__(int(mt[1]), rel) if mt[2] == "json" else binaries.add(int(mt[1])))
+    for r in sorted(binaries - set(headers)):
+        out.error(f"rank {r} has order data but no header", file=formats.order_paths(r)[0])
+    if not headers:
+        steps = view.metric_steps()
+        if steps:
+            out.warn(f"{formats.METRICS} logs {len(steps)} steps but no data order was recorded")
+        raise SkipCheck("no data order recorded")
+    summaries = []
+    for rank, hrel in sorted(headers.items()):
+        try:
+            hdr = view.json(hrel)
+        except BundleFileError as exc:
+            out.error(exc.message, file=hrel)
+            continue
+        if not isinstance(hdr, dict) or hdr.get("schema") != formats.ORDER_SCHEMA:
+            out.error("not a data-order header", file=hrel, expected=formats.ORDER_SCHEMA)
+            continue
+        if hdr.get("rank") != rank:
+            out.error(f"states rank {hdr.get('rank')!r} but is named rank{rank}", file=hrel)
+        dataset = hdr.get("dataset")
+        n_samples: int | None = None
+        if not isinstance(dataset, str) or not dataset:
+            out.warn("names no dataset: sample ids cannot be bounded", file=hrel)
+        elif not view.has(f"{formats.DATA_DIR}/{dataset}/manifest.json"):
+            out.error(f"refers to dataset {dataset!r}, which has no data manifest in the bundle", file=hrel)
+        else:
+            n_samples = _sample_count(view, dataset)
+            if n_samples is None:
+                out.warn(f"the manifest of {dataset!r} defines no sample count: ids cannot be bounded", file=hrel)
+        sampler = hdr.get("sampler")
+        declared = sampler.get("n_samples") if isinstance(sampler, dict) else None
+        if n_samples is not None and is_int(declared) and declared != n_samples:
+            out.error(f"the sampler draws from {declared} samples, the manifest of {dataset!r} defines {n_samples}",
+                      file=hrel, expected=str(n_samples), actual=str(declared))
+        _, ids_rel, steps_rel = formats.order_paths(rank)
+        steps = _verify_order_stream(view, out, ids_rel, steps_rel, n_samples, dataset)
+        if steps is None:
+            continue
+        if rank == 0:
+            _compare_with_metrics(view, out, steps, steps_rel)
+        if steps:
+            summaries.append(f"rank {rank}: steps {steps[0]}..{steps[-1]}, chain intact"
+                             + (f", ids < {n_samples}" if n_samples is not None else ""))
+        else:
+            summaries.append(f"rank {rank}: no steps")
+    out.summary = "; ".join(summaries)
+
+
+def _verify_order_stream(view: BundleView, out: CheckResult, ids_rel: str, steps_rel: str,
+                         n_samples: int | None, dataset: Any) -> list[int] | None:
+    """Stream one rank's order: chain, contiguity, id bounds, exact sizes. Returns its steps."""
+    if not view.has(steps_rel) and not view.has(ids_rel):
+        return []
+    for rel in (ids_rel, steps_rel):
+        if not view.has(rel):
+            out.error("missing", file=rel)
+            return None
+    rec_size = formats.ORDER_STEP_RECORD.size
+    steps_size, ids_size = view.size(steps_rel), view.size(ids_rel)
+    if steps_size % rec_size:
+        out.error(f"{steps_size} bytes is not a whole number of {rec_size}-byte step records (torn?)",
+                  file=steps_rel)
+    steps: list[int] = []
+    prev_chain = formats.ORDER_CHAIN_SEED
+    chain_ok = True
+    bad_ids = 0
+    consumed = 0
+    with open(view.path(steps_rel), "rb") as fs, open(view.path(ids_rel), "rb") as fi:
+        while block := fs.read(rec_size * 4096):
+            usable = len(block) - len(block) % rec_size
+            for step, n, chain in formats.ORDER_STEP_RECORD.iter_unpack(block[:usable]):
+                if steps and step != steps[-1] + 1:
+                    out.error(f"step {step} follows step {steps[-1]}: the order's steps must be contiguous",
+                              file=steps_rel)
+                steps.append(step)
+                if 4 * n > ids_size - consumed:
+                    out.error(f"step {step} claims {n} sample ids but the file ends first (truncated)",
+                              file=ids_rel)
+                    return steps
+                ids_bytes = fi.read(4 * n)
+                consumed += len(ids_bytes)
+                if chain_ok:
+                    expect = formats.chain_next(prev_chain, step, ids_bytes)
+                    if expect != chain:
+                        out.error(f"the digest chain breaks at step {step}: this step's batch, or an earlier one, "
+                                  "was changed", file=steps_rel, expected=expect.hex(), actual=chain.hex())
+                        chain_ok = False
+                    prev_chain = chain
+                if n_samples is not None and n:
+                    ids = array.array("I")
+                    ids.frombytes(ids_bytes)
+                    if sys.byteorder == "big":  # pragma: no cover
+                        ids.byteswap()
+                    top = max(ids)
+                    if top >= n_samples:
+                        bad_ids += 1
+                        if bad_ids <= 5:
+                            out.error(f"step {step} refers to sample id {top}, but the manifest of {dataset!r} "
+                                      f"defines {n_samples} samples (ids 0..{n_samples - 1})", file=ids_rel)
+    if bad_ids > 5:
+        out.error(f"{bad_ids} steps in all refer to sample ids the manifest does not define", file=ids_rel)
+    if consumed != ids_size:
+        out.error(f"holds {ids_size - consumed} bytes more than its step records claim", file=ids_rel,
+                  expected=str(consumed), actual=str(ids_size))
+    return steps
+
+
+def _compare_with_metrics(view: BundleView, out: CheckResult, steps: list[int], steps_rel: str) -> None:
+    metric_steps = view.metric_steps()
+    if not metric_steps:
+        return
+    have = set(steps)
+    lacking = [s for s in metric_steps if s not in have]
+    if lacking:
+        out.error(f"{formats.METRICS} logs {len(lacking)} steps with no recorded batch (first: step {lacking[0]})",
+                  file=steps_rel)
+    beyond = [s for s in steps if s > metric_steps[-1]]
+    if beyond and view.run_info.get("status") == "completed":
+        out.warn(f"batches recorded for {len(beyond)} steps after the last logged step {metric_steps[-1]}",
+                 file=steps_rel)

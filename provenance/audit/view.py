@@ -1,0 +1,51 @@
+"""The bundle as the checks see it, and the audit's limits."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from provenance.reader import Bundle, BundleFileError, ReadLimits, Refused
+
+__all__ = ["DEFAULT_LIMITS", "AuditLimits", "AuditRefused", "BundleFileError", "BundleView", "Progress", "is_hex64",
+           "is_int"]
+
+AuditRefused = Refused  # the input was refused as hostile or unusable; the message names what was refused
+
+
+@dataclass(frozen=True)
+class AuditLimits(ReadLimits):
+    max_findings: int = 1000  # findings kept per check (the rest are counted)
+
+
+DEFAULT_LIMITS = AuditLimits()
+
+
+class Progress(Protocol):
+    """Told how many bytes there are to read, then how many were read (from several threads)."""
+
+    def start(self, label: str, total: int) -> None: ...
+    def advance(self, n: int) -> None: ...
+    def finish(self) -> None: ...
+
+
+class BundleView(Bundle):
+    """The bundle as the checks see it: the reader (provenance.reader.Bundle) of the audited folder,
+    with the digests the integrity pass computed and what the seal states (`sealed`, `subject`)."""
+
+    def __init__(self, root: Path, sizes: dict[str, int], digests: dict[str, str],
+                 sealed: dict[str, str] | None, subject: str | None, limits: ReadLimits = DEFAULT_LIMITS) -> None:
+        super().__init__(root, limits, sizes=sizes)
+        self.digests = digests
+        self.sealed = sealed
+        self.subject = subject
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_hex64(v: Any) -> bool:
+    return isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None
