@@ -36,6 +36,8 @@ REPRODUCTION_REPORT_SCHEMA = "fullyopen.reproduction-report/v1"  # reproduction/
 DIFF_SCHEMA = "fullyopen.diff/v1"  # `prov diff --json`
 AUDIT_SCHEMA = "fullyopen.audit/v1"  # `prov audit --json`
 RELEASE_SCHEMA = "fullyopen.release/v1"  # release/release.json
+HASH_CACHE_SCHEMA = "fullyopen.hash-cache/v1"  # the persistent data hash cache (datasets/hashcache.py)
+LINEAGE_AUDIT_SCHEMA = "fullyopen.lineage-audit/v1"  # `prov audit --lineage --json`
 
 # --- the layout of runs/<run_id>/ -------------------------------------------------------
 RUN_JSON = "run.json"  # identity, status, times, exit status, seeds, threads

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -71,3 +72,126 @@ def test_training_script_uses_only_the_public_api_and_capture() -> None:
     """The default training script reads like nanoGPT: provenance appears in a handful of lines."""
     train = (PKG.parent / "training" / "train.py").read_text().splitlines()
     assert sum(bool(re.search(r"(?<![\w.])run\.", line)) for line in train) <= 10
+
+
+# --- the import graph of provenance/ ---------------------------------------------------------------
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PKG.parent).with_suffix("").as_posix().replace("/", ".")
+    return rel.removesuffix(".__init__")
+
+
+def _type_checking_nodes(tree: ast.AST) -> set[int]:
+    out: set[int] = set()
+    for node in ast.walk(tree):
+        test = getattr(node, "test", None)
+        if isinstance(node, ast.If) and (getattr(test, "id", None) == "TYPE_CHECKING"
+                                         or getattr(test, "attr", None) == "TYPE_CHECKING"):
+            for child in node.body:
+                out.update(id(x) for x in ast.walk(child))
+    return out
+
+
+@functools.cache
+def _graph() -> tuple[dict[str, set[str]], dict[str, set[str]], list[str]]:
+    """(module-level import edges, all import edges, private-name imports across modules) of provenance/."""
+    paths = {_module_name(p): p for p in PKG.rglob("*.py")}
+    top_level: dict[str, set[str]] = {}
+    every: dict[str, set[str]] = {}
+    private: list[str] = []
+    for mod, path in paths.items():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        skip = _type_checking_nodes(tree)
+        module_level = {id(n) for n in tree.body} | {id(x) for n in tree.body if isinstance(n, ast.Try | ast.If)
+                                                     for x in ast.walk(n)}
+        package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+        aliases: dict[str, str] = {}
+        top_level[mod], every[mod] = set(), set()
+        for node in ast.walk(tree):
+            if id(node) in skip:
+                continue
+            targets: list[tuple[str, str | None]] = []  # (module imported, private name taken from it)
+            if isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name in paths:
+                        targets.append((a.name, None))
+                        aliases[a.asname or a.name] = a.name
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")
+                    base = ".".join(parts[:len(parts) - node.level + 1] + ([node.module] if node.module else []))
+                for a in node.names:
+                    sub = f"{base}.{a.name}"
+                    if sub in paths:
+                        targets.append((sub, None))
+                        aliases[a.asname or a.name] = sub
+                    elif base in paths and base != "provenance":  # provenance/__init__ re-exports lazily
+                        is_private = a.name.startswith("_") and not a.name.startswith("__")
+                        targets.append((base, a.name if is_private else None))
+            for target, name in targets:
+                if target == mod:
+                    continue
+                every[mod].add(target)
+                if id(node) in module_level:
+                    top_level[mod].add(target)
+                if name is not None:
+                    private.append(f"{mod}:{node.lineno} imports {name} from {target}")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases \
+                    and node.attr.startswith("_") and not node.attr.startswith("__") and aliases[node.value.id] != mod:
+                private.append(f"{mod}:{node.lineno} uses {node.value.id}.{node.attr} of {aliases[node.value.id]}")
+    return top_level, every, private
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    found: list[list[str]] = []
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(u: str) -> None:
+        state[u] = 1
+        stack.append(u)
+        for v in sorted(graph.get(u, ())):
+            if state.get(v, 0) == 0:
+                visit(v)
+            elif state[v] == 1:
+                found.append([*stack[stack.index(v):], v])
+        stack.pop()
+        state[u] = 2
+
+    for m in sorted(graph):
+        if state.get(m, 0) == 0:
+            visit(m)
+    return found
+
+
+def test_no_import_cycle_in_provenance() -> None:
+    """No cycle among the imports a module makes when it is imported (module level, outside TYPE_CHECKING).
+    Imports deferred into a function are left out: they are how a lower layer reaches an optional part."""
+    top_level, _, _ = _graph()
+    cycles = _cycles(top_level)
+    assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_module_takes_another_modules_private_names() -> None:
+    _, _, private = _graph()
+    assert not private, "\n".join(private)
+
+
+def test_schema_ids_live_only_in_formats() -> None:
+    pattern = re.compile(r"""["']fullyopen\.[a-z0-9-]+/v\d+""")
+    bad = []
+    for path in [*PKG.rglob("*.py"), *(PKG.parent / "training").rglob("*.py")]:
+        if path == PKG / "formats.py":
+            continue
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            if pattern.search(line):
+                bad.append(f"{path.relative_to(PKG.parent)}:{i}: {line.strip()}")
+    assert not bad, "schema ids belong in provenance/formats.py:\n" + "\n".join(bad)

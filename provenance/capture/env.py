@@ -26,7 +26,7 @@ def packages() -> dict[str, str]:
     return dict(sorted(out.items()))
 
 
-def _cpu_model() -> str | None:
+def cpu_model() -> str | None:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -36,7 +36,7 @@ def _cpu_model() -> str | None:
     return platform.processor() or None
 
 
-def _ram_bytes() -> int | None:
+def ram_bytes() -> int | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):
@@ -100,9 +100,9 @@ def capture_env() -> dict[str, Any]:
                    "executable_name": Path(sys.executable).name},
         "packages": packages(),
         "torch": torch_facts(),
-        "hardware": {"cpu_model": _cpu_model(), "cpu_count": os.cpu_count(),
+        "hardware": {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
                      "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-                     "ram_bytes": _ram_bytes(), "machine": platform.machine()},
+                     "ram_bytes": ram_bytes(), "machine": platform.machine()},
         "os": {"system": platform.system(), "release": platform.release(), "platform": platform.platform()},
         "env_vars": training_env_vars(),
         "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),

@@ -28,8 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from provenance import formats
+
 CACHE_FILE = "hashes.sqlite"
-SCHEMA = "fullyopen.hash-cache/v1"
+SCHEMA = formats.HASH_CACHE_SCHEMA
 RACY_NS = 2_000_000_000  # FAT keeps 2 s; NFS and some overlays 1 s; ext4/xfs a clock tick
 
 

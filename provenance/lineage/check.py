@@ -19,7 +19,7 @@ from provenance.audit import AuditRefused, AuditReport, audit
 from provenance.lineage.graph import Graph, Node, Problem, build_graph
 from provenance.store import Store
 
-LINEAGE_AUDIT_SCHEMA = "fullyopen.lineage-audit/v1"
+LINEAGE_AUDIT_SCHEMA = formats.LINEAGE_AUDIT_SCHEMA
 MODEL_KINDS = ("init", "resume", "merge")  # edges along which weights flow: their producers' classes count
 CLASS_ORDER = ("I", "II", "III")  # most open first
 CREDITABLE = {"data_preprocessing_code"}  # components a data/tokenizer ancestor's own bundle satisfies

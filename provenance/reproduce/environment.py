@@ -23,9 +23,9 @@ def current_env(full: bool) -> dict[str, Any]:
 
     return {"python": {"version": sys.version.split()[0], "implementation": platform.python_implementation()},
             "packages": cenv.packages(),
-            "hardware": {"cpu_model": cenv._cpu_model(), "cpu_count": os.cpu_count(),
+            "hardware": {"cpu_model": cenv.cpu_model(), "cpu_count": os.cpu_count(),
                          "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-                         "ram_bytes": cenv._ram_bytes(), "machine": platform.machine()},
+                         "ram_bytes": cenv.ram_bytes(), "machine": platform.machine()},
             "os": {"system": platform.system(), "release": platform.release()}}
 
 
