@@ -51,7 +51,7 @@ from typing import Any
 
 import torch
 
-import provenance.run as prun
+import provenance.run.recorder as prun
 from provenance import start_run
 from provenance.capture.state import apply_determinism, save_checkpoint, seed_everything
 from provenance.config import load, to_dict
@@ -231,7 +231,7 @@ def wrapped_loop(d: Data, res: Result, ckpt_every: int, runs_dir: Path) -> Itera
 
 
 class HashSpy:
-    """Wraps provenance.run.sha256_file: which thread hashed each checkpoint, how long, how much CPU."""
+    """Wraps provenance.run.recorder.sha256_file: which thread hashed each checkpoint, how long, how much CPU."""
 
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []

@@ -235,6 +235,27 @@ def folder_lock(root: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def add_note(root: str | os.PathLike[str], text: str, category: str = "other", *, step: int | None = None,
+             details: dict[str, Any] | None = None, author: str | None = None,
+             links: list[str] | None = None) -> tuple[dict[str, Any], str | None]:
+    """Append a decision note to a run folder, live or sealed (e.g. a reproduction's verdict across a
+    difference). A sealed bundle is resealed: returns (the note, the new root digest or None if live).
+
+    Under the folder lock: a run that is sealing right now either sees this note, or has finished
+    sealing and is resealed here. ValueError names a bad category or empty text.
+    """
+    root = Path(root)
+    if not (root / formats.RUN_JSON).is_file():
+        raise BundleError(f"{root}: not a run folder ({formats.RUN_JSON} is missing)")
+    rec = formats.note_record(text, category, author, links or [], step, details=details)
+    with folder_lock(root):
+        formats.append_line(root / formats.NOTES, Redactor().text(formats.dumps_line(rec)))
+        info = formats.read_json(root / formats.RUN_JSON)
+        if info.get("status") != "running" and (root / formats.MANIFEST).exists():
+            return rec, seal_folder_locked(root)
+    return rec, None
+
+
 def seal_folder(root: Path, known: dict[str, tuple[int, int, str]] | None = None,
                 progress: Callable[[int], None] | None = None) -> str:
     """Write manifest.json over every other file of the folder; return the root digest.

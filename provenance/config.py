@@ -180,3 +180,31 @@ def from_dict(cls: type[T], data: dict[str, Any], source: str = "<config>") -> T
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict) and obj:
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: obj}
+
+
+def override_changes(cls: type[Any], path: str | Path, overrides: list[str] | None) -> list[dict[str, Any]]:
+    """Every key that the overrides change from the config file's value: [{"key", "old", "new"}], in the
+    order given (an override equal to the file's value changes nothing and is left out)."""
+    path = Path(path)
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    base = _flat(to_dict(_build(cls, data, str(path))))
+    for text in overrides or []:
+        key, value = parse_override(text)
+        apply_override(data, key, value, f"{path} (override {text!r})")
+    new = _flat(to_dict(_build(cls, data, str(path))))
+    keys: list[str] = []
+    for text in overrides or []:
+        key = parse_override(text)[0]
+        keys += [k for k in new if (k == key or k.startswith(f"{key}.")) and k not in keys]
+        if key not in new and key in base and key not in keys:  # a mapping emptied by the override
+            keys.append(key)
+    return [{"key": k, "old": base.get(k), "new": new.get(k)} for k in keys if base.get(k) != new.get(k)]

@@ -71,6 +71,9 @@ STATUSES = ("running", "completed", "failed", "interrupted")
 
 # notes
 NOTE_CATEGORIES = (
+    "purpose",  # why the run exists (run.purpose, --note)
+    "override",  # a config key changed from the config file on the command line (details: key, old, new)
+    "reproduction",  # a run that reproduces another one (details: the original, what differs)
     "hyperparameter",
     "data",
     "restart",
@@ -212,9 +215,10 @@ def read_jsonl(path: str | os.PathLike[str], max_bytes: int = MAX_JSON_BYTES) ->
 
 
 def note_record(text: str, category: str, author: str | None, links: Sequence[str], step: int | None,
-                about: str | None = None) -> dict[str, Any]:
+                about: str | None = None, details: dict[str, Any] | None = None) -> dict[str, Any]:
     """A decision note; ValueError names what is wrong with it. `about`: the root digest of another
-    bundle the note refers to (lineage views show it with that bundle)."""
+    bundle the note refers to (lineage views show it with that bundle). `details`: the structured facts
+    of an automatic note (e.g. an override's key, old and new value), kept under "details"."""
     if not isinstance(text, str) or not text.strip():
         raise ValueError("note text must be a non-empty string")
     if category not in NOTE_CATEGORIES:
@@ -227,6 +231,8 @@ def note_record(text: str, category: str, author: str | None, links: Sequence[st
         if len(hexd) != 64 or any(c not in "0123456789abcdef" for c in hexd):
             raise ValueError(f"note --about {about!r} is not a root digest 'sha256:<64 hex>'")
         rec["about"] = digest_str(hexd)
+    if details:
+        rec["details"] = details
     return rec
 
 

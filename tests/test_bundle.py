@@ -39,7 +39,7 @@ def test_code_snapshot_matches_per_file_digests(tiny_bundle: Path) -> None:
     assert code["in_git"] is True and len(code["commit"]) == 40 and isinstance(code["dirty"], bool)
     with tarfile.open(tiny_bundle / "code" / "source.tar") as tar:
         files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
-    assert "training/train.py" in files and "provenance/run.py" in files
+    assert "training/train.py" in files and "provenance/run/core.py" in files
     assert set(files) == set(code["files"])
     for name, data in files.items():
         assert code["files"][name] == "sha256:" + hashlib.sha256(data).hexdigest()
@@ -156,3 +156,20 @@ def test_batch_digest_is_sha256_of_the_little_endian_ids() -> None:
     ids = [3, 0, 2**32 - 1, 17]
     expected = "sha256:" + hashlib.sha256(struct.pack("<4I", *ids)).hexdigest()
     assert formats.batch_digest(ids) == formats.ids_digest(formats.encode_ids(ids)) == expected
+
+
+def test_a_default_run_records_its_purpose_and_overrides_as_decisions(tiny_bundle: Path) -> None:
+    notes = [json.loads(x) for x in (tiny_bundle / "notes.jsonl").read_text().splitlines()]
+    purpose = [n for n in notes if n["category"] == "purpose"]
+    assert len(purpose) == 1 and purpose[0]["step"] == 0 and "default open model" in purpose[0]["text"]
+    overrides = {n["details"]["key"]: n for n in notes if n["category"] == "override"}
+    assert overrides["train.steps"]["details"] == {"key": "train.steps", "old": 500, "new": 12}
+    assert overrides["train.steps"]["step"] == 0
+    assert overrides["data.manifest"]["details"]["new"] is None  # data.manifest=null
+    assert "run.runs_dir" in overrides  # the tests' run folder is a decision too
+    from provenance.audit import audit
+
+    report = audit(tiny_bundle)
+    assert report.check("notes").status == "pass"
+    item = next(i for i in report.openness.fully_open if i.id == "decision_notes")
+    assert item.found and item.files == ["notes.jsonl"]

@@ -65,6 +65,8 @@ class TrainConfig:
 @dataclass
 class RunConfig:
     name: str = "tiny-lm"
+    # why this run exists: recorded as a decision note (category purpose) at step 0
+    purpose: str | None = None
     runs_dir: str = "runs"
     seed: int = 1337
     threads: int = 2  # torch intra-op threads; CPU runs are bitwise repeatable only at a fixed count

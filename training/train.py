@@ -13,13 +13,14 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import yaml
 
 from provenance import ConfigError, DataMismatch, start_run
-from provenance.config import load, to_dict
+from provenance.config import load, override_changes, to_dict
 from provenance.integrations.wandb import WandbCallback
 from provenance.lineage import LineageCallback
 from provenance.lineage.merge import load_weights
@@ -81,12 +82,35 @@ def evaluate(model: Any, val: list[list[int]], arith: list[dict[str, str]], toke
     return {"val_loss": loss, "val_perplexity": math.exp(loss), "arith_exact_match": correct / max(1, len(arith))}
 
 
-def parse_args(argv: list[str] | None) -> tuple[Config, list[str]]:
+@dataclass
+class Invocation:
+    """What the command line asked for besides the config: the re-runnable arguments, the notes given
+    with --note, and every key=value override that changed the config file (recorded as decisions)."""
+
+    argv: list[str]
+    notes: list[str] = field(default_factory=list)
+    overrides: list[dict[str, Any]] = field(default_factory=list)
+
+
+def command_line_parser(default_config: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="configs/tiny-lm.yaml")
+    p.add_argument("--config", default=default_config)
+    p.add_argument("--note", action="append", default=[], metavar="TEXT",
+                   help="why this run: a decision note recorded at step 0 (repeatable)")
     p.add_argument("overrides", nargs="*", help="key=value, e.g. train.steps=100")
-    args = p.parse_args(argv)
-    return load(Config, args.config, args.overrides), ["--config", args.config, *args.overrides]
+    return p
+
+
+def parse_command_line(cls: type[Any], default_config: str, argv: list[str] | None) -> tuple[Any, Invocation]:
+    args = command_line_parser(default_config).parse_intermixed_args(argv)
+    cfg = load(cls, args.config, args.overrides)
+    notes = [f"--note={n}" for n in args.note]
+    return cfg, Invocation(["--config", args.config, *notes, *args.overrides], list(args.note),
+                           override_changes(cls, args.config, args.overrides))
+
+
+def parse_args(argv: list[str] | None) -> tuple[Config, Invocation]:
+    return parse_command_line(Config, "configs/tiny-lm.yaml", argv)
 
 
 def init_distributed(cfg: Config) -> tuple[int, int]:
@@ -172,7 +196,7 @@ def all_reduce_step(model: Any, loss: torch.Tensor, n_tokens: int, world: int) -
     return stats[0] / world, int(stats[1].item())
 
 
-def train(cfg: Config, argv: list[str]) -> int:
+def train(cfg: Config, inv: Invocation) -> int:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     rank, world = init_distributed(cfg)
@@ -194,8 +218,9 @@ def train(cfg: Config, argv: list[str]) -> int:
     with start_run(to_dict(cfg), name=cfg.run.name, runs_dir=cfg.run.runs_dir, seed=cfg.run.seed,
                    threads=cfg.run.threads, deterministic=cfg.run.deterministic,
                    datasets=[x for x in (token_spec, corpus, tok_spec) if x],
-                   argv=[sys.executable, "-m", "training.train", *argv], license=cfg.run.license,
-                   documents=cfg.run.documents, sampler=sampler_info,
+                   argv=[sys.executable, "-m", "training.train", *inv.argv], license=cfg.run.license,
+                   documents=cfg.run.documents, sampler=sampler_info, purpose=cfg.run.purpose, notes=inv.notes,
+                   overrides=inv.overrides,
                    callbacks=[WandbCallback(cfg.run.wandb, cfg.run.wandb_project, cfg.run.wandb_entity),
                               LineageCallback(init=cfg.run.init_from, resume=cfg.run.resume_from)]) as run:
         texts = load_texts(corpus)

@@ -10,7 +10,6 @@ of every optimizer step, checkpoints (every train.checkpoint_every steps), evalu
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from typing import Any
 import yaml
 
 from provenance import ConfigError, start_run
-from provenance.config import load, to_dict
+from provenance.config import to_dict
 from provenance.integrations.wandb import WandbCallback
 from training.config import Config
 from training.data import (
@@ -32,7 +31,7 @@ from training.data import (
     load_texts,
     train_tokenizer,
 )
-from training.train import corpus_spec, evaluate, tokenizer_dir
+from training.train import Invocation, corpus_spec, evaluate, parse_command_line, tokenizer_dir
 from training.train import main as train_main
 
 
@@ -49,15 +48,11 @@ class HFConfig(Config):
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
-def parse_args(argv: list[str] | None) -> tuple[HFConfig, list[str]]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="configs/tiny-lm-hf.yaml")
-    p.add_argument("overrides", nargs="*", help="key=value, e.g. train.steps=100")
-    args = p.parse_args(argv)
-    return load(HFConfig, args.config, args.overrides), [args.config, *args.overrides]
+def parse_args(argv: list[str] | None) -> tuple[HFConfig, Invocation]:
+    return parse_command_line(HFConfig, "configs/tiny-lm-hf.yaml", argv)
 
 
-def train(cfg: HFConfig, argv: list[str]) -> int:
+def train(cfg: HFConfig, inv: Invocation) -> int:
     from transformers import GPT2Config, GPT2LMHeadModel, TrainerCallback, TrainingArguments
 
     from provenance.integrations.hf import IndexedDataset, ProvenanceTrainer, SampleIdCollator
@@ -79,8 +74,9 @@ def train(cfg: HFConfig, argv: list[str]) -> int:
 
     with start_run(to_dict(cfg), name=cfg.run.name, runs_dir=cfg.run.runs_dir, seed=cfg.run.seed,
                    threads=cfg.run.threads, deterministic=cfg.run.deterministic, datasets=[corpus, tok_spec],
-                   argv=[sys.executable, "-m", "training.train_hf", *argv], license=cfg.run.license,
-                   documents=cfg.run.documents, sampler=sampler,
+                   argv=[sys.executable, "-m", "training.train_hf", *inv.argv], license=cfg.run.license,
+                   documents=cfg.run.documents, sampler=sampler, purpose=cfg.run.purpose, notes=inv.notes,
+                   overrides=inv.overrides,
                    callbacks=[WandbCallback(cfg.run.wandb, cfg.run.wandb_project, cfg.run.wandb_entity)]) as run, \
             tempfile.TemporaryDirectory(prefix="prov-hf-trainer-") as out_dir:
         texts = load_texts(corpus)

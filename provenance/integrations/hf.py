@@ -170,8 +170,8 @@ class ProvenanceCallback(TrainerCallback):
             self.run.log_eval(int(state.global_step), **clean)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        if self.run.rank == 0 and self.run.writer is not None and logs:
-            self.run.writer.log(HF_TRAINER_LOG).write_line({"step": int(state.global_step), **_jsonable(logs)})
+        if logs and self.run.writer is not None:
+            self.run.append_jsonl(HF_TRAINER_LOG, {"step": int(state.global_step), **_jsonable(logs)})
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -180,22 +180,21 @@ class ProvenanceCallback(TrainerCallback):
         files = {p.relative_to(folder).as_posix(): f"sha256:{sha256_file(p)}"
                  for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
         self._trainer_checkpoints.append({"step": int(state.global_step), "folder": folder.name, "files": files})
-        self.run._event("hf_trainer_checkpoint", step=int(state.global_step), folder=folder.name, files=len(files))
+        self.run.event("hf_trainer_checkpoint", step=int(state.global_step), folder=folder.name, files=len(files))
         self._write_info()
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not self.fed:
-            self.run._event("hf_callback_not_fed", message="the Trainer is not a ProvenanceTrainer: no data order "
+            self.run.event("hf_callback_not_fed", message="the Trainer is not a ProvenanceTrainer: no data order "
                             "and no exact losses were recorded")
         self._info["steps_trained"] = int(state.global_step)
         self._info["stopped_by_replay"] = self.stopped
         self._write_info()
 
     def _write_info(self) -> None:
-        if self.run.rank == 0 and self.run.writer is not None and self._info:
-            self.run.writer.write_json(HF_TRAINER_JSON, {**self._info,
-                                                         "trainer_checkpoints": self._trainer_checkpoints,
-                                                         "updated_at": formats.utc_now()})
+        if self._info and self.run.writer is not None:
+            self.run.add_file(HF_TRAINER_JSON, obj={**self._info, "trainer_checkpoints": self._trainer_checkpoints,
+                                                    "updated_at": formats.utc_now()})
 
 
 class ProvenanceTrainerMixin:
@@ -211,7 +210,7 @@ class ProvenanceTrainerMixin:
         if args.remove_unused_columns:  # it would drop `sample_id` from the items before the collator sees it
             args.remove_unused_columns = False
         if args.report_to not in ([], None, "none", ["none"]):
-            run._event("hf_report_to", report_to=args.report_to)
+            run.event("hf_report_to", report_to=args.report_to)
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         ids = inputs.pop(SAMPLE_IDS, None)

@@ -91,7 +91,7 @@ class WandbCallback(Callback):
                      "run_folder": folder.name, "bundle_folder": None, "wandb_version": wandb.__version__,
                      "root_digest_in_summary": "fullyopen/root_digest (written after the seal)"}
         self._write_info(run)
-        run._event("wandb_started", id=self.wb.id, mode=self.mode)
+        run.event("wandb_started", id=self.wb.id, mode=self.mode)
 
     def on_log(self, run: Run, step: int, metrics: dict[str, Any]) -> None:
         if self.wb is not None:
@@ -110,7 +110,6 @@ class WandbCallback(Callback):
         import wandb
 
         wandb.teardown()  # the wandb service holds the run's stdout/stderr pipes: stop it before they close
-        assert run.writer is not None
         base = f"{WANDB_DIR}/{folder.name}"
         n = 0
         for p in sorted(folder.rglob("*")):
@@ -118,9 +117,9 @@ class WandbCallback(Callback):
                 continue
             rel = f"{base}/{p.relative_to(folder).as_posix()}"
             if p.suffix in _TEXT_SUFFIXES:
-                run.writer.write_bytes(rel, p.read_bytes(), redact=True)
+                run.add_file(rel, p, redact=True)
             else:
-                run.writer.copy_file(p, rel)
+                run.add_file(rel, p)
             n += 1
         self.info.update({"bundle_folder": base, "files_copied": n, "status": run.status})
         self._write_info(run)
@@ -144,8 +143,7 @@ class WandbCallback(Callback):
         again.finish()
 
     def _write_info(self, run: Run) -> None:
-        assert run.writer is not None
-        run.writer.write_json(WANDB_JSON, {**self.info, "updated_at": formats.utc_now()})
+        run.add_file(WANDB_JSON, obj={**self.info, "updated_at": formats.utc_now()})
 
 
 def _numbers(metrics: dict[str, Any]) -> dict[str, float | int]:

@@ -1,0 +1,468 @@
+"""The run lifecycle: capture on entry, record while training, seal on exit however it ends.
+
+A small core that composes its parts (as torchtitan and OLMo-core compose a trainer):
+
+* RankLayout (ranks.py): which rank writes which file, one run id, where the ranks meet;
+* Recorder (recorder.py): events, metrics, evaluations, data order, checkpoints and their index, notes;
+* OutputCapture and SignalGuard (guard.py): stdout/stderr at the fd level; SIGTERM/SIGINT seal as interrupted;
+* components (callback.Component), e.g. the replay of a reproduction (replaying.py), which see every
+  hook first and may steer a step's batch; then the user's callbacks (callback.Callback), contained.
+
+Everything that can fail before training (code, environment, data verification)
+runs before the run folder is created: a failure there is loud and writes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from provenance import formats
+from provenance.bundle import BundleError, BundleWriter
+from provenance.capture.code import capture_code
+from provenance.capture.data import DatasetSpec, verified_manifest
+from provenance.capture.env import capture_env
+from provenance.capture.process import process_identity
+from provenance.capture.state import apply_determinism, seed_everything
+from provenance.config import ConfigError
+from provenance.hashing import sha256_file
+from provenance.redact import Redactor
+from provenance.replay import StopRun
+from provenance.run.callback import Callback, Component
+from provenance.run.guard import OutputCapture, RunInterrupted, SignalGuard
+from provenance.run.ranks import RankLayout
+from provenance.run.recorder import Recorder
+from provenance.run.replaying import ReplayComponent
+
+# files and folders only the run itself writes: run.add_file refuses them
+_RESERVED = frozenset({formats.RUN_JSON, formats.CONFIG_JSON, formats.MANIFEST, formats.NOTES,
+                       formats.CHECKPOINT_INDEX, formats.METRICS, formats.EVALS, formats.EVENTS,
+                       formats.STDOUT, formats.STDERR, formats.LOCK})
+_RESERVED_DIRS = ("code/", "env/", "order/", "checkpoints/", "reproduction/", "release/", f"{formats.MODEL_DIR}/",
+                  f"{formats.DATA_DIR}/")
+
+
+def _local_documents(documents: dict[str, str]) -> dict[str, tuple[Path, str]]:
+    """Documents given as local files: {key: (source path, bundle path)}. URLs stay links.
+
+    A named file that does not exist is an error before anything is written.
+    """
+    out = {}
+    for key, value in documents.items():
+        if "://" in value:
+            continue
+        src = Path(value)
+        if not src.is_file():
+            raise ConfigError(f"run.documents.{key}: file {value} does not exist")
+        safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in key)
+        out[key] = (src, f"documents/{safe}{src.suffix}")
+    return out
+
+
+def _new_run_id(name: str) -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:40] or "run"
+    return f"{stamp}-{safe}-{secrets.token_hex(3)}"
+
+
+def _plain(v: Any) -> Any:
+    if hasattr(v, "item") and callable(v.item):
+        return v.item()
+    return v
+
+
+class Run:
+    """A live run. Create it with start_run() (same arguments)."""
+
+    def __init__(self, config: dict[str, Any], *, name: str, runs_dir: str | os.PathLike[str] = "runs",
+                 seed: int = 0, threads: int | None = None, deterministic: bool = True,
+                 datasets: Sequence[DatasetSpec] = (), argv: Sequence[str] | None = None,
+                 code_root: str | os.PathLike[str] | None = None, license: str | None = None,
+                 documents: dict[str, str] | None = None, callbacks: Sequence[Callback] = (),
+                 capture_output: bool = True, sampler: dict[str, Any] | None = None,
+                 run_id: str | None = None, reproduces: dict[str, Any] | None = None,
+                 components: Sequence[Component] = (), purpose: str | None = None, notes: Sequence[str] = (),
+                 overrides: Sequence[dict[str, Any]] = ()) -> None:
+        self.config = config
+        self.purpose = purpose
+        self.start_notes = list(notes)
+        self.overrides = [dict(o) for o in overrides]
+        self.name = name
+        self.runs_dir = Path(runs_dir)
+        self.seed = seed
+        self.threads = threads
+        self.deterministic = deterministic
+        self.datasets = list(datasets)
+        self.argv = list(sys.argv if argv is None else argv)
+        self.code_root = code_root
+        self.license = license
+        self.documents = dict(documents or {})
+        self.callbacks = list(callbacks)
+        self.capture_output = capture_output
+        self.sampler = sampler or {}
+        self.ranks = RankLayout()
+        self.components: list[Component] = list(components)
+        replay = ReplayComponent.from_env(self.ranks.rank)
+        if replay is not None:
+            self.components.insert(0, replay)
+            if reproduces is None:
+                reproduces = replay.reproduces()
+        self.reproduces = reproduces
+        given = run_id or os.environ.get("PROV_RUN_ID")
+        self.run_id = self.ranks.agree_run_id(given or _new_run_id(name), given=bool(given))
+        self.root = self.runs_dir / self.run_id
+        self.status = "created"
+        self.root_digest: str | None = None
+        self.writer: BundleWriter | None = None
+        self.recorder: Recorder | None = None
+        self._output = OutputCapture()
+        self._signals = SignalGuard()
+        self._run_info: dict[str, Any] = {}
+        self._t0 = 0.0
+
+    # --- rank facts (kept as attributes: integrations read them) -----------------------
+    @property
+    def rank(self) -> int:
+        return self.ranks.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.ranks.world_size
+
+    @property
+    def last_step(self) -> int | None:
+        """The last step logged with run.log (None before the first)."""
+        return self.recorder.last_step if self.recorder is not None else None
+
+    # --- lifecycle ----------------------------------------------------------------------
+    def __enter__(self) -> Run:
+        redactor = Redactor()
+        # capture before writing anything: a failure here is loud and leaves no folder behind
+        code = capture_code(self.code_root)
+        self._components("on_prepare")
+        manifests = [(spec, verified_manifest(spec)) for spec in self.datasets]
+        documents = _local_documents(self.documents)
+        seed_everything(self.seed)
+        determinism = apply_determinism(self.threads, self.deterministic)
+        env = capture_env()
+
+        w = self.writer = self.ranks.open_bundle(self.root, redactor)
+        self.recorder = Recorder(w, self.ranks, on_hashed=self._checkpoint_hashed)
+        self._t0 = time.monotonic()
+        self._run_info = {
+            "schema": formats.BUNDLE_SCHEMA,
+            "run_id": self.run_id,
+            "name": self.name,
+            "status": "running",
+            "started_at": formats.utc_now(),
+            "ended_at": None,
+            "exit_status": None,
+            "error": None,
+            "pid": os.getpid(),
+            "process": process_identity(),  # pid, start time and boot id: `prov seal` tells a reused pid apart
+            "host": socket.gethostname(),
+            "seed": self.seed,
+            "seeds": {"python": self.seed, "numpy": self.seed % 2**32, "torch": self.seed},
+            "determinism": determinism,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "license": self.license,
+            "documents": dict(self.documents),
+            "reproduces": self.reproduces,
+            "datasets": [spec.name for spec in self.datasets],
+        }
+        facts = self.ranks.facts()
+        if facts is not None:
+            self._run_info["distributed"] = facts
+        if self.ranks.writes_shared:
+            w.write_json(formats.CONFIG_JSON, {"config": self.config, "digest": formats.config_digest(self.config),
+                                               "argv": self.argv, "cwd_name": Path.cwd().name})
+            w.write_json(formats.CODE_JSON, code.facts)
+            w.write_bytes(formats.CODE_DIFF, code.diff, redact=True)
+            w.write_bytes(formats.CODE_SNAPSHOT, code.snapshot)
+            w.write_json(formats.ENV_JSON, env)
+            for spec, manifest in manifests:
+                self._write_dataset(spec, manifest)
+            for key, (src, rel) in documents.items():  # shipped, so that an audit can check them
+                w.copy_file(src, rel)
+                self._run_info["documents"][key] = rel
+                self._run_info.setdefault("documents_source", {})[key] = str(src)
+            self._write_run_json()
+        self.recorder.order_header(self.sampler, self.datasets[0].name if self.datasets else "")
+        if self.capture_output:
+            self._output.start({1: w.log(self.ranks.per_rank(formats.STDOUT)),
+                                2: w.log(self.ranks.per_rank(formats.STDERR))})
+        self._signals.install()
+        self.status = "running"
+        self.event("started")
+        if self.ranks.writes_shared:
+            self._decisions_at_start()
+        self._notify("on_start")
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> bool:
+        if exc is None or isinstance(exc, StopRun):
+            status, exit_status, error = "completed", 0, None
+        elif isinstance(exc, KeyboardInterrupt):
+            signum = exc.signum if isinstance(exc, RunInterrupted) else signal.SIGINT
+            status, exit_status = "interrupted", 128 + int(signum)
+            error = {"type": type(exc).__name__, "message": str(exc) or signal.Signals(signum).name,
+                     "traceback": "".join(traceback.format_exception(exc_type, exc, tb))}
+        else:
+            status, exit_status = "failed", 1
+            error = {"type": type(exc).__name__, "message": str(exc),
+                     "traceback": "".join(traceback.format_exception(exc_type, exc, tb))}
+        self.finish(status, exit_status, error)
+        return isinstance(exc, StopRun)  # a replay that checked what it was asked to ends cleanly
+
+    def finish(self, status: str, exit_status: int, error: dict[str, Any] | None = None) -> str | None:
+        """Record the end of the run and seal its bundle. Safe to call once."""
+        if self.writer is None or self.recorder is None or self.status not in ("running",):
+            return self.root_digest
+        self.status = status
+        self._signals.restore()
+        self.recorder.drain()
+        if error is not None:
+            sys.stderr.write(error["traceback"])
+        self._notify("on_finish")
+        self.event(status, exit_status=exit_status)
+        self._output.stop()
+        w = self.writer
+        self._components("on_close")
+        w.close_logs()  # every rank closes its own files before rank 0 seals
+        self.ranks.meet_before_seal(status)
+        self._components("on_seal")
+        if self.ranks.writes_shared:
+            self._run_info.update({"status": status, "ended_at": formats.utc_now(), "exit_status": exit_status,
+                                   "error": error, "duration_s": round(time.monotonic() - self._t0, 3),
+                                   "last_step": self.recorder.last_step})
+            self._write_run_json()
+            self.root_digest = w.seal()
+        self._notify("on_end", status, self.root_digest)
+        return self.root_digest
+
+    def _decisions_at_start(self) -> None:
+        """The decisions known when the run starts, as notes at step 0: its purpose, the notes given on
+        the command line, and every override that changed a key of the config file."""
+        if self.purpose and self.purpose.strip():
+            self.note(self.purpose.strip(), category="purpose", step=0, details={"source": "run.purpose"})
+        for text in self.start_notes:
+            if text.strip():
+                self.note(text.strip(), category="purpose", step=0, details={"source": "command line (--note)"})
+        for o in self.overrides:
+            self.note(f"{o['key']} overridden on the command line: {o.get('old')!r} in the config file, "
+                      f"{o.get('new')!r} in this run", category="override", step=0,
+                      details={"key": o["key"], "old": o.get("old"), "new": o.get("new")})
+
+    # --- hooks ----------------------------------------------------------------------------
+    def _components(self, hook: str, *args: Any) -> None:
+        for c in self.components:
+            getattr(c, hook)(self, *args)
+
+    def _notify(self, hook: str, *args: Any) -> None:
+        self._components(hook, *args)
+        for cb in self.callbacks:
+            try:
+                getattr(cb, hook)(self, *args)
+            except Exception as e:  # an observer never breaks the run: contain and record
+                self.event("observer_failed", observer=type(cb).__name__, hook=hook, error=repr(e))
+
+    def _checkpoint_hashed(self, step: int, rel: str, hexd: str) -> None:
+        self._components("on_checkpoint_hashed", step, rel, hexd)
+
+    def _batch(self, step: int, ids: list[int], replaceable: bool) -> tuple[list[int], list[int]]:
+        """(ids to hand back, a plain copy to record) after the components and callbacks saw the batch."""
+        for c in self.components:
+            replaced = c.on_batch(self, step, ids, replaceable=replaceable)
+            if replaceable and replaced is not None:
+                ids = replaced  # type: ignore[assignment]
+        plain = list.copy(ids)  # list's own copy: a component's tracked list does not count it as read
+        for cb in self.callbacks:
+            try:
+                cb.on_batch(self, step, list(plain))
+            except Exception as e:
+                self.event("observer_failed", observer=type(cb).__name__, hook="on_batch", error=repr(e))
+        return ids, plain
+
+    # --- public API for integrations -------------------------------------------------------
+    def event(self, kind: str, **fields: Any) -> None:
+        """Append a lifecycle event (logs/events.jsonl, per rank in a distributed run)."""
+        if self.recorder is not None:
+            self.recorder.event(kind, **fields)
+
+    _event = event  # the name integrations used before run.event was public
+
+    def add_file(self, rel: str, source: str | os.PathLike[str] | None = None, *, data: bytes | None = None,
+                 obj: Any = None, redact: bool = False, per_rank: bool = False) -> str | None:
+        """Add a file to the bundle at `rel` (e.g. "integrations/x.json"): a copy of `source`, the bytes
+        `data`, or `obj` as canonical JSON (always redacted). Written atomically; rewriting replaces it.
+
+        Only rank 0 writes shared files: on other ranks this returns None, unless `per_rank` (then rank R
+        writes `<stem>.rank<R><suffix>`). Returns the file's sha256 (hex). The run's own files are refused.
+        """
+        w = self._open_writer()
+        if sum(x is not None for x in (source, data, obj)) != 1:
+            raise ValueError("run.add_file: give exactly one of source, data or obj")
+        if rel in _RESERVED or rel.startswith(_RESERVED_DIRS):
+            raise BundleError(f"run.add_file: {rel} is written by the run itself")
+        if per_rank:
+            rel = self.ranks.own(rel)
+        elif not self.ranks.writes_shared:
+            return None
+        if obj is not None:
+            return w.write_json(rel, obj)
+        if data is not None:
+            return w.write_bytes(rel, data, redact=redact)
+        src = Path(source)  # type: ignore[arg-type]
+        if redact:
+            return w.write_bytes(rel, src.read_bytes(), redact=True)
+        return w.copy_file(src, rel)
+
+    def append_jsonl(self, rel: str, record: dict[str, Any]) -> None:
+        """Append one JSON line to a log of the bundle (redacted; rank 0 only, like add_file)."""
+        w = self._open_writer()
+        if rel in _RESERVED or rel.startswith(_RESERVED_DIRS):
+            raise BundleError(f"run.append_jsonl: {rel} is written by the run itself")
+        if self.ranks.writes_shared:
+            w.log(rel).write_line(record)
+
+    def _open_writer(self) -> BundleWriter:
+        if self.writer is None:
+            raise RuntimeError("the run is not open: use start_run(...) as a context manager")
+        return self.writer
+
+    def _rec(self) -> Recorder:
+        if self.recorder is None:
+            raise RuntimeError("the run is not open: use start_run(...) as a context manager")
+        return self.recorder
+
+    # --- recording ------------------------------------------------------------------------
+    def _write_run_json(self) -> None:
+        assert self.writer is not None
+        self.writer.write_json(formats.RUN_JSON, self._run_info)
+
+    def _write_dataset(self, spec: DatasetSpec, manifest: dict[str, Any]) -> None:
+        assert self.writer is not None
+        base = f"{formats.DATA_DIR}/{spec.name}"
+        manifest = dict(manifest)
+        if spec.in_bundle:
+            for entry in manifest["files"]:
+                self.writer.copy_file(spec.root / entry["path"], f"{base}/files/{entry['path']}", entry["sha256"])
+            manifest["bundled_files"] = f"{base}/files"
+        self.writer.write_json(f"{base}/manifest.json", manifest)
+
+    def batch(self, step: int, compute: Callable[[int], Sequence[int]]) -> list[int]:
+        """The sample ids of this step: computed by `compute(step)`, recorded, and returned: train on these.
+
+        In a reproduction the original's recorded ids are returned (and compared with what
+        `compute` gives); past the last step asked for, StopRun ends the run.
+        """
+        rec = self._rec()
+        ids, plain = self._batch(step, list(compute(step)), replaceable=True)
+        rec.batch(step, plain)
+        return ids
+
+    def record_batch(self, step: int, sample_ids: Sequence[int]) -> str:
+        """Record which samples formed this step's batch on this rank; returns the batch digest.
+
+        For loops that choose their batches themselves. In a reproduction the ids are compared
+        with the original's for this step (an order change is a divergence); nothing is replayed.
+        """
+        rec = self._rec()
+        _, plain = self._batch(step, list(sample_ids), replaceable=False)
+        return rec.batch(step, plain)
+
+    def log(self, step: int, **metrics: Any) -> None:
+        """Append one step's metrics with exact values (floats as they were)."""
+        clean = {k: _plain(v) for k, v in metrics.items()}
+        self._rec().metrics(step, clean)
+        self._notify("on_log", step, clean)
+
+    def log_eval(self, step: int, **metrics: Any) -> None:
+        """Append an evaluation's metrics (logs/eval.jsonl)."""
+        clean = {k: _plain(v) for k, v in metrics.items()}
+        self._rec().evaluation(step, clean)
+        self._notify("on_eval", step, clean)
+
+    def checkpoint(self, step: int, model: Any, optimizer: Any = None, tokens_seen: int = 0,
+                   extra: dict[str, Any] | None = None) -> str:
+        """Save the full training state; its sha256 is computed off the training thread."""
+        rel = self._rec().checkpoint(step, model, optimizer, tokens_seen, extra)
+        if rel is None:  # ranks other than 0 save nothing
+            return formats.checkpoint_name(step)
+        self._notify("on_checkpoint", step, rel)
+        return rel
+
+    def restore(self, path: str | os.PathLike[str], model: Any, optimizer: Any = None) -> tuple[int, int]:
+        """Resume from a checkpoint: weights, optimizer and RNG states. Returns (step, tokens_seen).
+
+        When the checkpoint sits in a bundle, its sha256 is checked against that
+        bundle's checkpoint index first. The restart is recorded as a `restart` note.
+        """
+        from provenance.capture.state import load_checkpoint
+
+        path = Path(path)
+        hexd = sha256_file(path)
+        index_path = path.parent.parent / formats.CHECKPOINT_INDEX
+        if index_path.is_file():
+            entry = next((e for e in formats.read_json(index_path).get("checkpoints", [])
+                          if Path(e["path"]).name == path.name), None)
+            if entry is not None and entry["sha256"] != hexd:
+                raise ValueError(f"{path}: checkpoint does not match its index: expected sha256:{entry['sha256']}, "
+                                 f"found sha256:{hexd}")
+        state = load_checkpoint(path, model, optimizer)
+        self.note(f"restarted from checkpoint {path.name} at step {state['step']} (sha256:{hexd})",
+                  category="restart", step=state["step"], links=[str(path)],
+                  details={"from_step": state["step"], "checkpoint": path.name, "sha256": f"sha256:{hexd}",
+                           "tokens_seen": state["tokens_seen"]})
+        self.event("restored", step=state["step"], checkpoint=str(path), sha256=hexd)
+        return state["step"], state["tokens_seen"]
+
+    def save_model(self, model: Any, tokenizer: Any = None) -> str:
+        """Save the final model in save_pretrained form (loadable by from_pretrained)."""
+        w = self._open_writer()
+        if not self.ranks.writes_shared:
+            return formats.MODEL_DIR
+        tmp = w.path(f".{formats.MODEL_DIR}.tmp")
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        os.replace(tmp, w.path(formats.MODEL_DIR))
+        return formats.MODEL_DIR
+
+    def note(self, text: str, category: str = "other", author: str | None = None,
+             links: Sequence[str] = (), step: int | None = None,
+             details: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Append a decision note (notes.jsonl; append-only, safe against concurrent writers).
+
+        `step`: the step it applies to (default: the last step logged); `details`: structured facts
+        (JSON), e.g. {"key": ..., "old": ..., "new": ...} for an override.
+        """
+        return self._rec().note(text, category, author, links, step, details)
+
+
+def start_run(config: dict[str, Any], *, name: str, runs_dir: str | os.PathLike[str] = "runs",
+              seed: int = 0, threads: int | None = None, deterministic: bool = True,
+              datasets: Sequence[DatasetSpec] = (), argv: Sequence[str] | None = None,
+              code_root: str | os.PathLike[str] | None = None, license: str | None = None,
+              documents: dict[str, str] | None = None, callbacks: Sequence[Callback] = (),
+              capture_output: bool = True, sampler: dict[str, Any] | None = None,
+              run_id: str | None = None, reproduces: dict[str, Any] | None = None,
+              components: Sequence[Component] = (), purpose: str | None = None, notes: Sequence[str] = (),
+              overrides: Sequence[dict[str, Any]] = ()) -> Run:
+    """Create a run; use it as a context manager (`with start_run(...) as run:`). See docs/api.md."""
+    return Run(config, name=name, runs_dir=runs_dir, seed=seed, threads=threads, deterministic=deterministic,
+               datasets=datasets, argv=argv, code_root=code_root, license=license, documents=documents,
+               callbacks=callbacks, capture_output=capture_output, sampler=sampler, run_id=run_id,
+               reproduces=reproduces, components=components, purpose=purpose, notes=notes, overrides=overrides)

@@ -1,0 +1,115 @@
+"""Output capture (stdout and stderr at the file-descriptor level) and the signal guard of a run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+from typing import Any
+
+from provenance.bundle import AppendLog
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Raised in the main thread when SIGTERM (or SIGINT) arrives."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class FdTee:
+    """Capture a file descriptor (1 or 2) at the OS level: the terminal still sees everything."""
+
+    def __init__(self, fd: int, log: AppendLog) -> None:
+        self.fd = fd
+        self.log = log
+        self.saved = os.dup(fd)
+        r, w = os.pipe()
+        self._r = r
+        os.dup2(w, fd)
+        os.close(w)
+        self._thread = threading.Thread(target=self._pump, name=f"prov-tee-{fd}", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        pending = b""
+        while True:
+            try:
+                chunk = os.read(self._r, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            try:
+                os.write(self.saved, chunk)
+            except OSError:
+                pass
+            pending += chunk
+            # write whole lines, so that a secret split across reads is still masked
+            cut = pending.rfind(b"\n") + 1
+            if cut or len(pending) > 1 << 16:
+                cut = cut or len(pending)
+                self.log.write(pending[:cut])
+                pending = pending[cut:]
+        if pending:
+            self.log.write(pending)
+        os.close(self._r)
+
+    def stop(self) -> None:
+        stream = sys.stdout if self.fd == 1 else sys.stderr
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(self.saved, self.fd)  # closes the pipe's write end held by fd
+        self._thread.join(timeout=5)
+        os.close(self.saved)
+
+
+class OutputCapture:
+    """Tee fds 1 and 2 into the bundle's stdout/stderr logs while the run is live."""
+
+    def __init__(self) -> None:
+        self._tees: list[FdTee] = []
+
+    def start(self, logs: dict[int, AppendLog]) -> None:
+        for fd, log in logs.items():
+            self._tees.append(FdTee(fd, log))
+
+    @property
+    def active(self) -> bool:
+        return bool(self._tees)
+
+    def terminal_fd(self, fd: int) -> int | None:
+        """The original descriptor behind a captured fd (what the terminal is), or None when not captured."""
+        return next((t.saved for t in self._tees if t.fd == fd), None)
+
+    def stop(self) -> None:
+        for t in self._tees:
+            t.stop()
+        self._tees.clear()
+
+
+class SignalGuard:
+    """Turn SIGTERM and SIGINT into RunInterrupted in the main thread, so that the run seals as interrupted."""
+
+    def __init__(self) -> None:
+        self._old: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            raise RunInterrupted(signum)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old[sig] = signal.signal(sig, handler)
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()

@@ -1,0 +1,112 @@
+"""The rank layout of a run: which process writes which file, and where the ranks meet.
+
+Every rank decision of a run is here. Rank 0 creates the bundle, writes the shared
+files and seals; every rank writes its own order, events and captured output; the
+ranks agree on one run id and meet before the seal.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from provenance.bundle import BundleWriter
+from provenance.redact import Redactor
+
+
+def rank_file(rel: str, rank: int) -> str:
+    """A shared file's per-rank name: rank 0 keeps the name, rank R writes <stem>.rank<R><suffix>."""
+    if rank == 0:
+        return rel
+    stem, dot, suffix = rel.rpartition(".")
+    return f"{stem}.rank{rank}{dot}{suffix}"
+
+
+def _dist() -> Any:
+    """torch.distributed when a process group is up, else None."""
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover
+        return None
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+class RankLayout:
+    """This process's rank and world size (RANK, WORLD_SIZE) and what follows from them."""
+
+    def __init__(self, rank: int | None = None, world_size: int | None = None) -> None:
+        self.rank = int(os.environ.get("RANK", "0")) if rank is None else rank
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def writes_shared(self) -> bool:
+        """Only rank 0 writes shared files (config, code, environment, metrics, checkpoints, model, seal)."""
+        return self.rank == 0
+
+    def own(self, rel: str) -> str:
+        """This rank's copy of a per-rank file (rank 0 keeps the plain name)."""
+        return rank_file(rel, self.rank)
+
+    def per_rank(self, rel: str) -> str:
+        """Logs every process writes (events, stdout, stderr): `.rank<R>` suffixed in a distributed run."""
+        if not self.distributed:
+            return rel
+        stem, dot, suffix = rel.rpartition(".")
+        return f"{stem}.rank{self.rank}{dot}{suffix}"
+
+    def agree_run_id(self, run_id: str, given: bool) -> str:
+        """One run id on every rank: rank 0's, unless one was given (argument or PROV_RUN_ID)."""
+        if not self.distributed or given:
+            return run_id
+        dist = _dist()
+        if dist is None:
+            raise RuntimeError("a run with WORLD_SIZE > 1 needs one run id on every rank: call "
+                               "torch.distributed.init_process_group() before start_run, or set PROV_RUN_ID")
+        box = [run_id]
+        dist.broadcast_object_list(box, src=0)
+        return str(box[0])
+
+    def open_bundle(self, root: Path, redactor: Redactor) -> BundleWriter:
+        """Rank 0 creates the run folder; the other ranks wait for it and write their own files into it."""
+        if not self.distributed:
+            return BundleWriter.create(root, redactor)
+        if self.rank == 0:
+            BundleWriter.create(root, redactor)
+        self.barrier(root)
+        return BundleWriter(root, redactor)
+
+    def meet_before_seal(self, status: str) -> None:
+        """Every rank closed its files; rank 0 seals after this. Only a completed run waits (a failed
+        or interrupted rank must not hang on ranks that are gone)."""
+        if self.distributed and status == "completed":
+            self.barrier(None)
+
+    @staticmethod
+    def barrier(folder: Path | None, timeout_s: float = 600.0) -> None:
+        """Wait for every rank (torch.distributed); without a process group, wait for `folder` to exist."""
+        dist = _dist()
+        if dist is not None:
+            dist.barrier()
+            return
+        deadline = time.monotonic() + timeout_s
+        while folder is not None and not folder.is_dir():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{folder}: rank 0 did not create the run folder within {timeout_s:.0f} s")
+            time.sleep(0.05)
+
+    def facts(self) -> dict[str, Any] | None:
+        """run.json's `distributed` record (None for a single process)."""
+        if not self.distributed:
+            return None
+        dist = _dist()
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))
+        return {"backend": dist.get_backend() if dist is not None else None, "world_size": self.world_size,
+                "local_world_size": local, "nnodes": max(1, self.world_size // max(1, local)),
+                "launcher": "torchrun" if "TORCHELASTIC_RUN_ID" in os.environ else None,
+                "order": "order/rank<R>.*: each rank's own batches", "logs": "logs/*.rank<R>.*: each rank's own"}
