@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from provenance import audit as audit_pkg
 from provenance import formats
 from provenance.audit import AuditRefused, AuditReport, audit
 from provenance.lineage.graph import Graph, Node, Problem, build_graph
@@ -194,3 +195,23 @@ def _graph_openness(report: LineageReport) -> None:
     n_data = sum(1 for n in g.nodes if n not in weights)
     report.class_note = (f"weakest link: {weakest} ({worst or 'no class'}); {len(weights)} bundle(s) whose weights "
                          f"flow into the model, {n_data} data/tokenizer bundle(s)")
+
+
+def check_lineage_file(view: audit_pkg.BundleView, out: audit_pkg.CheckResult) -> None:
+    """The bundle's own lineage.json (one bundle; `prov audit --lineage` follows the edges)."""
+    rel = formats.LINEAGE_JSON
+    if not view.has(rel):
+        raise audit_pkg.SkipCheck("no lineage.json (edges are recorded by runs that know their inputs)")
+    try:
+        edges = formats.parse_lineage(view.json(rel))
+    except formats.FormatError as exc:
+        out.error(str(exc), file=rel)
+        return
+    parents = {e["parent"] for e in edges if e.get("parent")}
+    roots = sum(1 for e in edges if not e.get("parent"))
+    out.summary = (f"{len(edges)} edges: {len(edges) - roots} to {len(parents)} parent bundle(s), {roots} root "
+                   "input(s); follow them with prov audit --lineage")
+
+
+# listed by the audit through the entry point `lineage` in pyproject.toml (fullyopen.audit_checks)
+LINEAGE = audit_pkg.Check("lineage", "lineage edges (lineage.json)", check_lineage_file)
