@@ -18,6 +18,7 @@ format limits of provenance.formats.
 from __future__ import annotations
 
 import math
+import shlex
 import struct
 from collections.abc import Iterator
 from itertools import zip_longest
@@ -182,13 +183,33 @@ def threads(run: dict[str, Any], env: dict[str, Any]) -> dict[str, Any]:
             "num_interop_threads": det.get("num_interop_threads", torch.get("num_interop_threads"))}
 
 
+IMPORTED_KEY = "imported_distributions"  # env/environment.json: the distributions the training imported
+
+
+def _norm(name: str) -> str:
+    return "".join("-" if c in "_." else c for c in name.lower())
+
+
+def imported_distributions(*envs: dict[str, Any]) -> set[str] | None:
+    """The distributions (PEP 503 names) that the runs' training imported, from each environment's record
+    (a list of names or a {name: version} map); None when no side recorded it (every package counts)."""
+    out: set[str] | None = None
+    for env in envs:
+        rec = env.get(IMPORTED_KEY) if isinstance(env, dict) else None
+        if isinstance(rec, dict | list):
+            out = (out or set()) | {_norm(str(n)) for n in rec}
+    return out
+
+
 def diff_env(a: dict[str, Any], b: dict[str, Any], a_threads: dict[str, Any] | None = None,
              b_threads: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Environment differences as a flat list, each {category, name, a, b, significant}.
 
     A section absent on one side (e.g. torch facts not captured) is not compared.
     `significant` is False only for what cannot change the computed numbers (core
-    count, memory, OS release, environment variables); --strict-env counts every one.
+    count, memory, OS release, environment variables, and, where a run recorded the
+    distributions its training imported, packages that it did not import); --strict-env
+    counts every one.
     """
     out: list[dict[str, Any]] = []
 
@@ -202,8 +223,11 @@ def diff_env(a: dict[str, Any], b: dict[str, Any], a_threads: dict[str, Any] | N
             add("python", k, pa.get(k), pb.get(k))
     ka, kb = a.get("packages"), b.get("packages")
     if isinstance(ka, dict) and isinstance(kb, dict):
+        used = imported_distributions(a, b)
         for n in sorted(set(ka) | set(kb)):
-            add("packages", n, ka.get(n), kb.get(n))
+            add("packages", n, ka.get(n), kb.get(n), significant=used is None or _norm(n) in used)
+            if used is not None and _norm(n) not in used and out and out[-1]["name"] == n:
+                out[-1]["why"] = "not imported by the training"
     ta, tb = a.get("torch"), b.get("torch")
     if isinstance(ta, dict) and isinstance(tb, dict) and ta.get("installed") and tb.get("installed"):
         for k in TORCH_KEYS:
@@ -398,6 +422,33 @@ def diff_model(a_root: Path, b_root: Path) -> dict[str, Any]:
             "only_a": sorted(set(ra) - set(rb)), "only_b": sorted(set(rb) - set(ra))}
 
 
+def _output_files(root: Path) -> dict[str, str]:
+    """{label/path: sha256} of outputs/index.json (declared outputs of a wrapped run); {} without one."""
+    idx = _json(root, formats.OUTPUTS_INDEX, {}) or {}
+    out: dict[str, str] = {}
+    for e in idx.get("outputs", []) if isinstance(idx, dict) else []:
+        if not isinstance(e, dict):
+            continue
+        for f in e.get("files", []) if isinstance(e.get("files"), list) else []:
+            if isinstance(f, dict) and isinstance(f.get("path"), str):
+                out[f"{e.get('label')}/{f['path']}"] = str(f.get("sha256"))
+    return out
+
+
+def diff_outputs(a_root: Path, b_root: Path) -> dict[str, Any]:
+    oa, ob = _output_files(a_root), _output_files(b_root)
+    common = sorted(set(oa) & set(ob))
+    return {"files": len(set(oa) | set(ob)), "same_files": sum(1 for k in common if oa[k] == ob[k]),
+            "changed": [{"path": k, "a": oa[k], "b": ob[k]} for k in common if oa[k] != ob[k]],
+            "only_a": sorted(set(oa) - set(ob)), "only_b": sorted(set(ob) - set(oa))}
+
+
+def diff_command(cfg_a: dict[str, Any], cfg_b: dict[str, Any]) -> dict[str, Any]:
+    """The two recorded command lines (config.json argv), whole."""
+    a, b = cfg_a.get("argv"), cfg_b.get("argv")
+    return {"a": a, "b": b, "same": a == b}
+
+
 # --- the whole diff -------------------------------------------------------------------------
 
 
@@ -430,6 +481,8 @@ def diff_bundles(a: str | Path, b: str | Path) -> dict[str, Any]:
         "order": diff_order(a, b),
         "checkpoints": diff_checkpoints(a, b),
         "model": diff_model(a, b),
+        "outputs": diff_outputs(a, b),
+        "command": diff_command(cfg_a, cfg_b),
     }
     d["first_divergence"] = diff_first_divergence(d, a, b, metrics_a, metrics_b)
     d["same"] = {
@@ -443,6 +496,8 @@ def diff_bundles(a: str | Path, b: str | Path) -> dict[str, Any]:
         "order": d["order"]["first_diff_step"] is None,
         "checkpoints": not d["checkpoints"]["differ"],
         "model": not (d["model"]["changed"] or d["model"]["only_a"] or d["model"]["only_b"]),
+        "outputs": not (d["outputs"]["changed"] or d["outputs"]["only_a"] or d["outputs"]["only_b"]),
+        "command": d["command"]["same"],
     }
     return d
 
@@ -457,6 +512,21 @@ def _short(v: Any, n: int = 60) -> str:
         return f"sha256:{v[:12]}…"
     s = repr(v) if not isinstance(v, str) else v
     return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def _printable(s: str) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
+
+
+def _whole(v: Any) -> str:
+    """A value in full (control characters escaped)."""
+    return _printable(v if isinstance(v, str) else repr(v))
+
+
+def _command(argv: Any) -> str:
+    if isinstance(argv, list) and all(isinstance(x, str) for x in argv):
+        return _printable(shlex.join(argv))
+    return "(not recorded)" if argv is None else _whole(argv)
 
 
 def _num(v: Any) -> str:
@@ -496,15 +566,24 @@ def format_diff(d: dict[str, Any], verbose: bool = False) -> str:
             rep = f", reproduces {i['reproduces'].get('run_id')}"
         lines.append(f"{side.upper()}: {i['path']} (run {i.get('run_id')}, {i.get('status')}, root {rd}{rep})")
 
+    cmd = d.get("command") or {}
+    if cmd.get("a") is not None or cmd.get("b") is not None:  # whole commands: never cut to look alike
+        if cmd.get("same"):
+            lines.append(f"command: same: {_command(cmd['a'])}")
+        else:
+            lines.append("command: differs")
+            lines.append(f"  A: {_command(cmd.get('a'))}")
+            lines.append(f"  B: {_command(cmd.get('b'))}")
+
     c = d["config"]
     n = len(c["changed"]) + len(c["only_a"]) + len(c["only_b"])
     lines.append(f"config: {'same' if not n else f'{n} key(s) differ'} ({c['keys']} keys)")
-    for ch in c["changed"]:
-        lines.append(f"  {ch['key']}: {_short(ch['a'])} → {_short(ch['b'])}")
+    for ch in c["changed"]:  # values whole: two long values (a command) must not look equal
+        lines.append(f"  {ch['key']}: {_whole(ch['a'])} → {_whole(ch['b'])}")
     for ch in c["only_a"]:
-        lines.append(f"  {ch['key']}: only in A ({_short(ch['value'])})")
+        lines.append(f"  {ch['key']}: only in A ({_whole(ch['value'])})")
     for ch in c["only_b"]:
-        lines.append(f"  {ch['key']}: only in B ({_short(ch['value'])})")
+        lines.append(f"  {ch['key']}: only in B ({_whole(ch['value'])})")
 
     code = d["code"]
     n = len(code["changed"]) + len(code["only_a"]) + len(code["only_b"])
@@ -556,10 +635,14 @@ def format_diff(d: dict[str, Any], verbose: bool = False) -> str:
     by_cat = {cat: [x for x in sig if x["category"] == cat] for cat in ("python", "packages", "torch", "threads",
                                                                          "hardware", "os")}
     npk = len(by_cat["packages"])
+    n_unused = sum(1 for m in minor if m["category"] == "packages")
     lines.append(f"packages: {f'{npk} differ' if npk else 'same'} "
-                 f"({env['packages'][0]} / {env['packages'][1]} installed)")
+                 f"({env['packages'][0]} / {env['packages'][1]} installed"
+                 + (f"; {n_unused} more differ that the training does not import)" if n_unused else ")"))
     for x in by_cat["packages"]:
         lines.append(f"  {env_line(x)}")
+    for x in (m for m in minor if m["category"] == "packages"):
+        lines.append(f"  {env_line(x)} ({x.get('why', 'cannot change the numbers')})")
     lines.append(f"torch: {'same' if not by_cat['torch'] else 'differs'} ({_short(env['torch'][0])} / "
                  f"{_short(env['torch'][1])})")
     for x in by_cat["torch"] + by_cat["python"]:
@@ -570,7 +653,7 @@ def format_diff(d: dict[str, Any], verbose: bool = False) -> str:
         lines.append(f"  {env_line(x)}")
     hw = by_cat["hardware"] + by_cat["os"]
     lines.append(f"hardware: {'same' if not hw else 'differs'} ({env['cpu_model'][0]} / {env['cpu_model'][1]})")
-    for x in hw + minor:
+    for x in hw + [m for m in minor if m["category"] != "packages"]:
         lines.append(f"  {env_line(x)}" + ("" if x["significant"] else " (cannot change the numbers)"))
     if envvars:
         if verbose:
@@ -608,6 +691,18 @@ def format_diff(d: dict[str, Any], verbose: bool = False) -> str:
                      f"{ck['differ'][0]['step']}){extra}")
     else:
         lines.append(f"checkpoints: {ck['compared']} compared, all sha256 equal{extra}")
+    o = d["outputs"]
+    if o["files"]:
+        n = len(o["changed"]) + len(o["only_a"]) + len(o["only_b"])
+        nf = o["files"]
+        lines.append(f"outputs: {'same' if not n else f'{n} of {nf} files differ'} "
+                     f"({nf} declared output files, by sha256)")
+        for ch in o["changed"]:
+            lines.append(f"  M {ch['path']}  {_short(ch['a'])} → {_short(ch['b'])}")
+        for p in o["only_a"]:
+            lines.append(f"  - {p} (only in A)")
+        for p in o["only_b"]:
+            lines.append(f"  + {p} (only in B)")
     first = d.get("first_divergence")
     if first is None:
         lines.append("first divergence: none (every batch, loss and checkpoint digest compared is equal)")

@@ -59,6 +59,7 @@ RESEAL_SCHEMA = "fullyopen.reseal/v1"
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_INDEX = "checkpoints/index.json"
 MODEL_DIR = "model"  # save_pretrained form of the final model, with its tokenizer
+OUTPUTS_INDEX = "outputs/index.json"  # `prov run --outputs`: every declared output file (integrations.outputs)
 MANIFEST = "manifest.json"  # the seal: OMS in-toto statement over every other file
 LOCK = ".lock"  # held by the live writer; never part of the bundle
 SIGNATURE = "release/model.sig"  # model_signing signature over the sealed bundle (written after the seal)

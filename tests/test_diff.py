@@ -204,3 +204,47 @@ def test_first_divergence_is_one_definition(tiny_bundle: Path, changed: Path, tm
     assert (d["first_divergence"]["step"], d["first_divergence"]["kind"]) == (3, "order")
     replayed = _replay_of(tiny_bundle, changed)
     assert (replayed["step"], replayed["kind"]) == (3, "order")
+
+
+def test_outputs_and_whole_commands(tiny_bundle: Path, tmp_path: Path) -> None:
+    a, b = tmp_path / "a" / tiny_bundle.name, tmp_path / "b" / tiny_bundle.name
+    shutil.copytree(tiny_bundle, a)
+    shutil.copytree(tiny_bundle, b)
+    index = {"schema": "fullyopen.outputs/v1", "copied": False, "outputs": [
+        {"declared": "out", "label": "out", "exists": True, "kind": "folder", "skipped": [], "files": [
+            {"path": "model.safetensors", "size": 10, "sha256": "a" * 64, "role": "weights"},
+            {"path": "log.txt", "size": 3, "sha256": "b" * 64}]}]}
+    for root, weights in ((a, "a" * 64), (b, "c" * 64)):
+        index["outputs"][0]["files"][0]["sha256"] = weights
+        (root / "outputs").mkdir()
+        formats.atomic_write_json(root / formats.OUTPUTS_INDEX, index)
+    # two commands that differ only after their first 60 characters
+    long_arg = "--output_dir=" + "x" * 80
+    _edit_json(a / formats.CONFIG_JSON, lambda o: o.update(argv=["python", "train.py", long_arg + "1"]))
+    _edit_json(b / formats.CONFIG_JSON, lambda o: o.update(argv=["python", "train.py", long_arg + "2"]))
+    _edit_json(a / formats.CONFIG_JSON, lambda o: o["config"]["run"].update(name=long_arg + "1"))
+    _edit_json(b / formats.CONFIG_JSON, lambda o: o["config"]["run"].update(name=long_arg + "2"))
+    d = diff_bundles(a, b)
+    assert d["outputs"]["changed"] == [{"path": "out/model.safetensors", "a": "a" * 64, "b": "c" * 64}]
+    assert d["outputs"]["same_files"] == 1 and not d["same"]["outputs"] and not d["same"]["command"]
+    text = format_diff(d)
+    assert "outputs: 1 of 2 files differ" in text and "M out/model.safetensors" in text
+    assert f"  A: python train.py {long_arg}1" in text and f"  B: python train.py {long_arg}2" in text
+    assert f"run.name: {long_arg}1 → {long_arg}2" in text
+    same = diff_bundles(a, a)
+    assert same["same"]["outputs"] and same["same"]["command"] and "outputs: same (2 declared" in format_diff(same)
+
+
+def test_packages_the_training_does_not_import_cannot_change_the_numbers(tiny_bundle: Path, tmp_path: Path) -> None:
+    from provenance.diff import diff_env
+
+    env = formats.read_json(tiny_bundle / formats.ENV_JSON)
+    other = json.loads(json.dumps(env))
+    other["packages"]["evaluate"] = "0.4.0"  # installed only in the second, never imported
+    other["packages"]["numpy"] = "0.0.1"
+    assert {x["name"]: x["significant"] for x in diff_env(env, other) if x["category"] == "packages"} == \
+        {"evaluate": True, "numpy": True}  # nothing recorded what the training imported: every package counts
+    other["imported_distributions"] = {"numpy": "0.0.1", "torch": env["packages"].get("torch")}
+    got = {x["name"]: x for x in diff_env(env, other) if x["category"] == "packages"}
+    assert got["numpy"]["significant"] and not got["evaluate"]["significant"]
+    assert got["evaluate"]["why"] == "not imported by the training"

@@ -85,6 +85,11 @@ def test_default_reproduction_is_bitwise(happy: dict, tiny_bundle: Path) -> None
     assert sum(1 for r in steps if r.get("checkpoint_match")) == n_ckpts
 
 
+def test_quiet_prints_nothing_but_the_result(happy: dict) -> None:
+    err = happy["proc"].stderr  # --json --quiet: the document on stdout, nothing else anywhere
+    assert "audit:" not in err and "executing" not in err and "  | " not in err, err[-2000:]
+
+
 def test_reproduction_bundle_is_sealed_names_the_original_and_passes_audit(happy: dict, tiny_bundle: Path) -> None:
     doc = happy["doc"]
     repro = Path(doc["bundle"])
@@ -225,11 +230,18 @@ def test_code_that_cannot_start_names_the_changed_file(tiny_bundle: Path, tmp_pa
     materialise_snapshot((tiny_bundle / formats.CODE_SNAPSHOT).read_bytes(), code)
     script = code / "training" / "train.py"
     script.write_text(script.read_text() + "\ndef broken(:\n")
-    said: list[str] = []
-    out = reproduce(tiny_bundle, Options(code=code, workdir=tmp_path / "w"), said.append)
-    assert out.exit_status == 2 and "before its run started" in out.headline
-    assert "training/train.py" in out.headline and "SyntaxError" in out.headline
-    assert any("1 files differ from the original's" in line for line in said)
+    work = tmp_path / "w"
+    proc = cli("reproduce", str(tiny_bundle), "--code", str(code), "--workdir", str(work), "--json", tmp=tmp_path)
+    doc = json.loads(proc.stdout)
+    assert proc.returncode == 2 and "before its run started" in doc["headline"]
+    assert "training/train.py" in doc["headline"] and "SyntaxError" in doc["headline"]
+    assert "1 files differ from the original's" in proc.stderr
+    # a process was started: the work folder is kept and the verdict never says that nothing ran
+    assert doc["training_exit_status"] == 1 and doc["command"][1:3] == ["-m", "training.train"]
+    assert (work / "training.log").is_file() and doc["workdir"] == str(work) and str(work) in doc["headline"]
+    proc = cli("reproduce", str(tiny_bundle), "--code", str(code), "--workdir", str(tmp_path / "w2"), tmp=tmp_path)
+    assert proc.returncode == 2 and "nothing ran" not in proc.stdout + proc.stderr
+    assert "verdict: refused after the training ran (exit status 1); work folder kept" in proc.stdout
 
 
 def test_changed_byte_in_a_data_file_is_refused_before_step_0(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -358,3 +370,148 @@ def test_moved_bundle_reproduces_after_its_checkout_was_deleted(tmp_path: Path) 
     repro = Path(doc["bundle"])
     assert "MARK-OF-THE-DELETED-CHECKOUT" in (Path(doc["workdir"]) / "training.log").read_text()
     assert diff_bundles(moved, repro)["same"]["code"]
+
+
+# --- issues 10 and 18: untrusted code, the sandbox, where the bundle went, consistency, resumed runs ------
+
+
+needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
+
+
+@needs_bwrap
+def test_sandbox_does_not_change_the_numbers(tiny_bundle: Path, tmp_path: Path) -> None:
+    proc = cli("reproduce", str(tiny_bundle), "--workdir", str(tmp_path / "w"), "--sandbox", "--steps", "6",
+               tmp=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "verdict: reproduced (bitwise): 6 steps (steps 1–6): every batch and loss, and 1 checkpoint" in proc.stdout
+    # before anything runs, it says that it executes the bundle's code, and how it is contained
+    before = proc.stdout.split("  | ", 1)[0]
+    n_files = len(formats.read_json(tiny_bundle / formats.CODE_JSON)["files"])
+    assert f"executing the bundle's code: {n_files} files from its source snapshot, entry point -m training.train" \
+        in before
+    assert "sandboxed (bubblewrap): no network" in before
+
+
+@needs_bwrap
+def test_sandbox_contains_a_snapshot_that_writes_outside(bundle_copy: Path, tmp_path: Path) -> None:
+    code = tmp_path / "code"
+    materialise_snapshot((bundle_copy / formats.CODE_SNAPSHOT).read_bytes(), code)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    targets = [outside / "canary.txt", bundle_copy / "planted.txt", REPO / ".sandbox-canary"]
+    init = code / "training" / "__init__.py"
+    init.write_text(init.read_text() + f"""
+import socket as _socket
+for _p in {[str(t) for t in targets]!r}:
+    try:
+        with open(_p, "w") as _f:
+            _f.write("escaped")
+        print("WROTE", _p, flush=True)
+    except OSError as _e:
+        print("CONTAINED", _p, type(_e).__name__, flush=True)
+print("INTERFACES", sorted(_n for _, _n in _socket.if_nameindex()), flush=True)
+""")
+    try:
+        out = reproduce(bundle_copy, Options(code=code, workdir=tmp_path / "w", steps=1, sandbox=True))
+        log = (tmp_path / "w" / "training.log").read_text()
+        assert not any(t.exists() for t in targets), log[-3000:]
+    finally:
+        for t in targets:
+            t.unlink(missing_ok=True)
+    assert log.count("CONTAINED") == 3 and "WROTE" not in log and "INTERFACES ['lo']" in log
+    assert out.exit_status == 1 and out.verdict == NOT_CLAIMED  # it ran (other code: no claim), in its folder
+    assert out.report.sandbox["network"] is False and out.bundle is not None and out.bundle.is_relative_to(
+        tmp_path / "w")
+
+
+def test_no_sandbox_available_is_a_clear_refusal(tiny_bundle: Path, tmp_path: Path) -> None:
+    env = offline_env(tmp_path)
+    env["PATH"] = str(tmp_path / "empty")  # no bwrap to be found
+    work = tmp_path / "w"
+    proc = subprocess.run([sys.executable, "-m", "provenance.cli", "reproduce", str(tiny_bundle), "--workdir",
+                           str(work), "--sandbox"], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert proc.returncode == 2
+    assert "--sandbox: no sandbox is available: bubblewrap (bwrap) is not installed" in proc.stderr
+    assert "verdict: refused (nothing ran)" in proc.stdout and not work.exists()
+
+
+def test_bundle_written_elsewhere_is_found_and_named(tiny_bundle: Path, tmp_path: Path) -> None:
+    code = tmp_path / "code"
+    materialise_snapshot((tiny_bundle / formats.CODE_SNAPSHOT).read_bytes(), code)
+    train = code / "training" / "train.py"
+    text = train.read_text()
+    assert text.count("runs_dir=cfg.run.runs_dir") == 1
+    train.write_text(text.replace("runs_dir=cfg.run.runs_dir", 'runs_dir="elsewhere"'))
+    init = code / "training" / "__init__.py"  # and a script that ignores PROV_RUNS_DIR too
+    init.write_text(init.read_text() + '\nimport os as _os\n_os.environ.pop("PROV_RUNS_DIR", None)\n')
+    work = tmp_path / "w"
+    out = reproduce(tiny_bundle, Options(code=code, workdir=work, steps=2))
+    assert out.bundle is not None and out.bundle.parent == work / "code" / "elsewhere", out.headline
+    assert out.exit_status == 1 and out.verdict == NOT_CLAIMED  # it ran and matched; other code: no claim
+    assert out.report.reproduction["path"] == str(out.bundle) and not out.report.reproduction["where_expected"]
+    assert f"bundle written to {out.bundle}" in out.headline
+    assert (out.bundle / REPORT).is_file() and out.report.scope["steps_checked"] == 2
+
+
+def test_a_bundle_failing_its_consistency_audit_never_exits_0(bundle_copy: Path, tmp_path: Path) -> None:
+    shutil.rmtree(bundle_copy / formats.MODEL_DIR)  # "completed", without its final model
+    seal_folder(bundle_copy)
+    said: list[str] = []
+    out = reproduce(bundle_copy, Options(workdir=tmp_path / "w", steps=2), said.append)
+    assert out.exit_status == 1 and out.verdict == NOT_CLAIMED, out.headline
+    causes = [out.report.cause, *out.report.other_causes]
+    assert [c["kind"] for c in causes] == ["audit"] and "consistency audit" in out.headline
+    assert out.report.original["consistency_failures"]
+    assert any(line.startswith("audit: consistency fails:") for line in said)
+
+
+def test_steps_on_a_resumed_run(tiny_bundle: Path, tmp_path: Path) -> None:
+    from conftest import train
+
+    k = min(e["step"] for e in formats.read_json(tiny_bundle / formats.CHECKPOINT_INDEX)["checkpoints"])
+    train(tmp_path, f"run.resume_from={tiny_bundle / formats.checkpoint_name(k)}")
+    resumed = only_run(tmp_path / "runs")
+    assert min(losses(resumed)) == k + 1
+    out = reproduce(resumed, Options(workdir=tmp_path / "w", steps=2))
+    assert out.exit_status == 0 and out.verdict == BITWISE, out.headline
+    scope = out.report.scope
+    assert (scope["first_step"], scope["last_step"], scope["steps_checked"]) == (k + 1, k + 2, 2)
+
+
+def test_unreadable_bundle_is_refused_without_traceback_or_work_folder(bundle_copy: Path, tmp_path: Path) -> None:
+    def drop_digest(o):
+        del o["checkpoints"][0]["sha256"]
+
+    index = formats.read_json(bundle_copy / formats.CHECKPOINT_INDEX)
+    drop_digest(index)
+    formats.atomic_write_json(bundle_copy / formats.CHECKPOINT_INDEX, index)
+    seal_folder(bundle_copy)
+    work = tmp_path / "a" / "b"
+    proc = cli("reproduce", str(bundle_copy), "--workdir", str(work), tmp=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.startswith("error: ")
+    assert "verdict: refused (nothing ran)" in proc.stdout
+    assert not (tmp_path / "a").exists()  # nothing left behind, not even the parent it created
+
+
+def test_package_differences_are_named_before_the_run(bundle_copy: Path, happy: dict) -> None:
+    from provenance.reproduce import env_check
+
+    env = formats.read_json(bundle_copy / formats.ENV_JSON)
+    env["packages"]["evaluate"] = "0.4.0"  # installed only where the original ran; its training never imported it
+    env["imported_distributions"] = {n: v for n, v in env["packages"].items() if n in ("numpy", "torch")}
+    formats.atomic_write_json(bundle_copy / formats.ENV_JSON, env)
+    seal_folder(bundle_copy)
+    orig = read_original(bundle_copy, root_of(bundle_copy))
+    said: list[str] = []
+    env_check(orig, {}, Options(), said.append)
+    assert any("package evaluate" in line and "not imported by the training" in line for line in said), said
+    assert not any("no bitwise claim will be made" in line for line in said)
+    last = max(losses(bundle_copy))
+    assert decide(orig, Path(happy["doc"]["bundle"]), Plan(1, None, last), 0, [])["verdict"] == BITWISE
+    _with_other_numpy(bundle_copy)  # numpy is imported: known before the run, and no claim after it
+    orig = read_original(bundle_copy, root_of(bundle_copy))
+    said.clear()
+    env_check(orig, {}, Options(), said.append)
+    assert any("known before the run: no bitwise claim will be made across package numpy 0.0.1" in line
+               for line in said), said

@@ -17,28 +17,35 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     def say(line: str) -> None:
         print(line, file=out, flush=True)
 
-    echo = None
-    if not args.quiet:
-        def echo(line: str) -> None:
-            print(f"  | {line}", file=out, flush=True)
+    def echo(line: str) -> None:
+        print(f"  | {line}", file=out, flush=True)
 
     opts = Options(steps=args.steps, from_step=args.from_step, workdir=Path(args.workdir) if args.workdir else None,
                    data_root=Path(args.data_root).resolve() if args.data_root else None, sets=list(args.set),
-                   code=Path(args.code) if args.code else None, strict_env=args.strict_env, echo=echo)
-    outcome = reproduce(args.bundle, opts, say=say)
+                   code=Path(args.code) if args.code else None, strict_env=args.strict_env,
+                   sandbox=args.sandbox, echo=None if args.quiet else echo)
+    # --quiet: no progress and no training output; only the verdict (and an error)
+    outcome = reproduce(args.bundle, opts, say=None if args.quiet else say)
+    rep = outcome.report
     if as_json:
-        doc = {**outcome.report.to_dict(), "bundle": str(outcome.bundle) if outcome.bundle else None,
+        doc = {**rep.to_dict(), "bundle": str(outcome.bundle) if outcome.bundle else None,
                "root_digest": f"sha256:{outcome.root_digest}" if outcome.root_digest else None,
                "workdir": str(outcome.workdir) if outcome.workdir else None}
         sys.stdout.write(json.dumps(doc, sort_keys=True, indent=2, ensure_ascii=False) + "\n")
         return outcome.exit_status
-    print("", file=out)
+    if not args.quiet:
+        print("", file=out)
     if outcome.verdict == "refused":
         print(f"error: {outcome.headline}", file=sys.stderr)
-        print("verdict: refused (nothing ran)")
+        if rep.training_exit_status is None:
+            print("verdict: refused (nothing ran)")
+        else:  # a process was started: never "nothing ran"
+            print(f"verdict: refused after the training ran (exit status {rep.training_exit_status}); "
+                  f"work folder kept: {outcome.workdir}")
         return outcome.exit_status
     print(f"verdict: {outcome.headline}")
-    rep = outcome.report
+    if args.quiet:
+        return outcome.exit_status
     for c in rep.other_causes[:8]:
         print(f"  also differs: {c['summary']}")
     d = rep.durations
@@ -56,12 +63,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "reproduce", help="re-run a bundle's training and check it step by step against the original",
         description="Audit BUNDLE, materialise its code, compare the environment, verify its data, re-run the "
                     "training with the recorded config and data order, and compare every batch, loss (bitwise) "
-                    "and checkpoint digest. Exit status: 0 reproduced (bitwise); 1 diverged, incomplete, or "
-                    "matched without a bitwise claim; 2 refused (integrity, data, --strict-env, bad input).")
+                    "and checkpoint digest. This EXECUTES THE BUNDLE'S CODE (--sandbox contains it). "
+                    "Exit status: 0 reproduced (bitwise); 1 diverged, incomplete, or matched without a "
+                    "bitwise claim; 2 refused (integrity, data, --strict-env, no sandbox, bad input).")
     p.add_argument("bundle", help="a run folder (runs/<run_id>) or a release archive (.tar, .tar.gz)")
     g = p.add_argument_group("what to check")
     g.add_argument("--steps", type=int, default=None, metavar="N",
-                   help="check N steps (from step 1, or after --from-step K) and stop")
+                   help="check N steps (from the original's first step, or after --from-step K) and stop")
     g.add_argument("--from-step", type=int, default=None, metavar="K",
                    help="restore the original's checkpoint of step K (weights, optimizer, RNG) and check from K+1")
     g = p.add_argument_group("where")
@@ -70,6 +78,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(default: .cache/reproduce/<run_id>-<time>)")
     g.add_argument("--data-root", default=None, metavar="DIR",
                    help="a folder holding the datasets' files (checked against the manifests before step 0)")
+    g.add_argument("--sandbox", action="store_true",
+                   help="run the training under bubblewrap: no network, the file system read-only except the "
+                        "work folder, a private /tmp (refused when no sandbox is available)")
     g = p.add_argument_group("perturbations (a bitwise claim is never made across one)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the recorded config, e.g. train.lr=0.001; repeatable")
@@ -77,5 +88,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--strict-env", action="store_true", help="refuse when the environment differs in any way")
     g = p.add_argument_group("output")
     g.add_argument("--json", action="store_true", help="print the reproduction report as JSON on stdout")
-    g.add_argument("--quiet", action="store_true", help="do not echo the training's output")
+    g.add_argument("--quiet", action="store_true",
+                   help="print only the verdict: no progress lines and no training output")
     p.set_defaults(func=cmd_reproduce)

@@ -31,13 +31,26 @@ import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from provenance import diff as pdiff
 from provenance import formats
 from provenance.bundle import folder_lock, seal_folder_locked
 from provenance.replay import REPLAY_ENV, STOP_ENV
 from provenance.reproduce.check import SUMMARY_SCHEMA, check_reproduction
-from provenance.reproduce.command import build_command, child_env, config_yaml, prepare_code, run_child
+from provenance.reproduce.command import (
+    DATA_ROOT_ENV,
+    RUNS_DIR_ENV,
+    TRAINING_LOG,
+    build_command,
+    child_env,
+    config_yaml,
+    entry_point,
+    find_sandbox,
+    prepare_code,
+    run_child,
+    sandboxed,
+)
 from provenance.reproduce.environment import current_env, env_check
 from provenance.reproduce.options import (
     EXIT_DIVERGED,
@@ -47,8 +60,17 @@ from provenance.reproduce.options import (
     Options,
     Refused,
     Say,
+    printable,
 )
-from provenance.reproduce.plan import Original, Plan, audit_original, parse_sets, plan_steps, read_original
+from provenance.reproduce.plan import (
+    Original,
+    Plan,
+    audit_failures,
+    audit_original,
+    parse_sets,
+    plan_steps,
+    read_original,
+)
 from provenance.reproduce.staging import dataset_keys, locate_data, stage
 from provenance.reproduce.verdict import (
     BITWISE,
@@ -95,42 +117,78 @@ def reproduce(bundle: str | os.PathLike[str], opts: Options | None = None, say: 
     t0 = time.monotonic()
     try:
         return _reproduce(Path(bundle), opts, say, t0)
-    except (Refused, OSError, ValueError) as exc:  # ValueError includes formats.FormatError
-        message = str(exc) if isinstance(exc, Refused) else f"{type(exc).__name__}: {exc}"
-        details = exc.details if isinstance(exc, Refused) else {}
+    except Exception as exc:  # a hostile bundle's odd content is a refusal, never a traceback
+        if isinstance(exc, Refused):
+            message, details = str(exc), dict(exc.details)
+        else:
+            message, details = f"{printable(str(bundle))}: cannot be reproduced: {type(exc).__name__}: {exc}", {}
+        started = details.pop("started", None)
         report = Report.refusal(message, {"path": str(bundle)}, **details)
-        return Outcome(EXIT_REFUSED, REFUSED, f"refused: {message}", report)
+        if started is not None:  # the training ran: say so, and where its work folder is
+            report.command = started["command"]
+            report.training_exit_status = started["exit_status"]
+        workdir = Path(started["workdir"]) if started else None
+        return Outcome(EXIT_REFUSED, REFUSED, f"refused: {message}", report, workdir=workdir)
 
 
 def _reproduce(src: Path, opts: Options, say: Say, t0: float) -> Outcome:
     if not src.exists():
         raise Refused(f"{src}: no such bundle")
-    digest, _audit_report = audit_original(src, say)
+    digest, audit_report = audit_original(src, say)
     archive_input = src.is_file()
     run_id = None
     if not archive_input:
         run_json = src / formats.RUN_JSON
         run_id = (formats.read_json(run_json).get("run_id") if run_json.is_file() else None) or src.name
-    workdir = (opts.workdir or default_workdir(run_id or src.name.split(".")[0])).resolve()
+    if opts.sandbox:
+        find_sandbox()  # refuse before making anything when there is no working sandbox
+    workdir = (opts.workdir or default_workdir(str(run_id or src.name.split(".")[0]))).resolve()
     if workdir.exists() and any(workdir.iterdir()):
         raise Refused(f"--workdir {workdir}: not empty; a reproduction starts in an empty folder")
-    made_workdir = not workdir.exists()
+    made = _missing_ancestors(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        return _in_workdir(src, digest, archive_input, workdir, opts, say, t0)
-    except (Refused, OSError, ValueError):
-        if any((workdir / "runs").glob(f"*/{formats.RUN_JSON}")):
-            raise  # a run was written: keep everything for inspection
-        if made_workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
+        return _in_workdir(src, digest, audit_report, archive_input, workdir, opts, say, t0)
+    except BaseException:
+        if (workdir / TRAINING_LOG).exists():
+            raise  # the training started: keep everything (its bundle included) for inspection
+        if made:
+            shutil.rmtree(made[0], ignore_errors=True)  # what this reproduction created, its parents too
         else:
             for child in workdir.iterdir():
                 shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
         raise
 
 
-def _in_workdir(src: Path, digest: str, archive_input: bool, workdir: Path, opts: Options, say: Say,
-                t0: float) -> Outcome:
+def _missing_ancestors(path: Path) -> list[Path]:
+    """`path` and its parents that do not exist yet, outermost first."""
+    out = []
+    while not path.exists() and path != path.parent:
+        out.append(path)
+        path = path.parent
+    return out[::-1]
+
+
+def _find_bundle(workdir: Path, runs_dir: Path, orig: Original) -> Path | None:
+    """The reproduction's bundle: in runs_dir (PROV_RUNS_DIR) as asked, or wherever under the work folder
+    the script wrote it (a run.json that names this original)."""
+    found = sorted(p for p in runs_dir.iterdir() if (p / formats.RUN_JSON).is_file()) if runs_dir.is_dir() else []
+    if found:
+        return found[-1]
+    for run_json in sorted(workdir.glob("**/" + formats.RUN_JSON)):
+        if (workdir / "original") in run_json.parents:
+            continue
+        try:
+            info = formats.read_json(run_json)
+        except (OSError, ValueError):
+            continue
+        if isinstance(info, dict) and (info.get("reproduces") or {}).get("root_digest") == orig.root_digest:
+            return run_json.parent
+    return None
+
+
+def _in_workdir(src: Path, digest: str, audit_report: Any, archive_input: bool, workdir: Path, opts: Options,
+                say: Say, t0: float) -> Outcome:
     if archive_input:
         from provenance.archive import ArchiveError, extract
 
@@ -152,7 +210,7 @@ def _in_workdir(src: Path, digest: str, archive_input: bool, workdir: Path, opts
     say(f"original: {orig.run.get('run_id')} ({orig.run.get('status')}, {max(orig.metric_steps)} steps, "
         f"{len(orig.checkpoints)} checkpoints); checking {scope}")
     resumed = pdiff.flatten(orig.config).get("run.resume_from")
-    if resumed and opts.from_step is None and not Path(resumed).is_file():
+    if resumed and opts.from_step is None and not Path(str(resumed)).is_file():
         raise Refused(f"the original resumed from the checkpoint {resumed}, which is not here; reproduce the run "
                       "that saved it, or check this one's own steps with --from-step K")
     flat = pdiff.flatten(orig.config)
@@ -160,15 +218,19 @@ def _in_workdir(src: Path, digest: str, archive_input: bool, workdir: Path, opts
         was = flat.get(key, "(not set)")
         say(f"config: --set {key}: {fmt_value(was)} → {fmt_value(value)}" + ("" if was == value else
                                                                    " (no bitwise claim across a difference)"))
+    consistency = audit_failures(audit_report)
     pre_env = env_check(orig, sets, opts, say)
     staged = locate_data(orig, opts, say)
+    bwrap = find_sandbox() if opts.sandbox else None
 
     code_dir, data_dir, runs_dir = workdir / "code", workdir / "data", workdir / "runs"
-    code_differs = prepare_code(orig, opts, code_dir, say)
+    n_files, code_differs = prepare_code(orig, opts, code_dir, say)
     data_dir.mkdir()
     stage(staged, data_dir)
     config_path = workdir / "config.yaml"
     config_path.write_bytes(config_yaml(orig.config))
+    # where the bundle goes and the data root: PROV_RUNS_DIR / PROV_DATA_ROOT in the child's environment
+    # (read by start_run); for scripts whose config has the keys, also as key=value overrides
     overrides = []
     if "data.root" in flat:
         overrides.append(f"data.root={data_dir}")
@@ -180,22 +242,47 @@ def _in_workdir(src: Path, digest: str, archive_input: bool, workdir: Path, opts
         overrides.append(f"run.resume_from={orig.root / formats.checkpoint_name(opts.from_step)}")
     overrides += opts.sets
     cmd = build_command(orig, opts, code_dir, config_path, overrides)
-    env = child_env(orig, stop)
-    say("running: " + " ".join(cmd))
-    say(f"  in {code_dir} with {REPLAY_ENV}={orig.root}" + (f" {STOP_ENV}={stop}" if stop is not None else ""))
-    rc, train_wall = run_child(cmd, code_dir, env, workdir / "training.log", opts)
+    env = child_env(orig, stop, runs_dir, data_dir)
+    run_cmd = cmd
+    if bwrap is not None:
+        readable = [orig.root, *(s.source for s in staged if s.source is not None)]
+        if resumed:
+            readable.append(Path(str(resumed)))
+        run_cmd = sandboxed(cmd, bwrap, workdir, code_dir, readable)
+    say(f"executing the bundle's code: {n_files} files from "
+        + (f"--code {opts.code}" if opts.code else "its source snapshot")
+        + f", entry point {entry_point(orig.argv)}, command: {' '.join(cmd)}")
+    say("  " + ("sandboxed (bubblewrap): no network, the file system read-only but the work folder "
+                f"{workdir}, /tmp empty and private" if bwrap is not None else
+                "NOT sandboxed: it can read and write whatever you can (--sandbox contains it)"))
+    say(f"  in {code_dir} with {REPLAY_ENV}={orig.root} {RUNS_DIR_ENV}={runs_dir} {DATA_ROOT_ENV}={data_dir}"
+        + (f" {STOP_ENV}={stop}" if stop is not None else ""))
+    rc, train_wall = run_child(run_cmd, code_dir, env, workdir / TRAINING_LOG, opts)
+    started = {"command": cmd, "exit_status": rc, "workdir": str(workdir)}
 
-    found = sorted(p for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []
-    if not found:
-        tail = (workdir / "training.log").read_text(errors="replace").splitlines()[-15:]
+    repro = _find_bundle(workdir, runs_dir, orig)
+    if repro is None:
+        tail = (workdir / TRAINING_LOG).read_text(errors="replace").splitlines()[-15:]
         errors = [ln for ln in tail if ln.startswith("error:")]
+        kept = f" The work folder is kept: {workdir}."
         if rc == 2 and errors:
-            raise Refused("the training refused to start, and wrote nothing: " + " / ".join(errors), exit_status=rc)
+            raise Refused("the training started and refused to run, and wrote no bundle: " + " / ".join(errors)
+                          + kept, started=started)
         hint = f" The code differs from the original's in: {', '.join(code_differs[:5])}." if code_differs else ""
-        raise Refused(f"the training exited with status {rc} before its run started; nothing was written.{hint} "
-                      "Last lines:\n  " + "\n  ".join(tail), exit_status=rc, code_differs=code_differs)
-    repro = found[-1]
-    decision = decide(orig, repro, plan, rc, pre_env, PATH_KEYS | frozenset(k for k, _ in redirects))
+        if rc == 0:
+            raise Refused(f"the training ran and exited with status 0, but its bundle is neither in "
+                          f"{RUNS_DIR_ENV}={runs_dir} nor anywhere under the work folder: the script does not "
+                          f"write where prov reproduce asked (start_run reads {RUNS_DIR_ENV}).{kept}",
+                          started=started)
+        raise Refused(f"the training exited with status {rc} before its run started; it wrote no bundle.{hint}"
+                      f"{kept} Last lines:\n  " + "\n  ".join(tail), started=started, code_differs=code_differs)
+    elsewhere = runs_dir not in repro.parents
+    if elsewhere:
+        say(f"reproduction: the script wrote its bundle to {repro}, not under {RUNS_DIR_ENV}={runs_dir}")
+    decision = decide(orig, repro, plan, rc, pre_env, PATH_KEYS | frozenset(k for k, _ in redirects),
+                      consistency=consistency)
+    if elsewhere:
+        decision["headline"] += f" (bundle written to {repro}, not under {runs_dir})"
     repro_run = formats.read_json(repro / formats.RUN_JSON)
     report = Report(
         verdict=decision["verdict"],
@@ -206,8 +293,10 @@ def _in_workdir(src: Path, digest: str, archive_input: bool, workdir: Path, opts
         cause=decision["cause"],
         other_causes=decision["causes"][1:],
         scope={**decision["scope"], "from_step": opts.from_step},
-        original={"run_id": orig.run.get("run_id"), "root_digest": orig.root_digest, "path": str(src)},
-        reproduction={"run_id": repro_run.get("run_id")},
+        original={"run_id": orig.run.get("run_id"), "root_digest": orig.root_digest, "path": str(src),
+                  "consistency_failures": consistency},
+        reproduction={"run_id": repro_run.get("run_id"), "path": str(repro), "expected_under": str(runs_dir),
+                      "where_expected": not elsewhere},
         environment={"differences": decision["environment_differences"],
                      "before_run": decision["pre_run_environment_differences"], "strict": opts.strict_env},
         overrides={"set": list(opts.sets), "code": str(opts.code) if opts.code else None,
@@ -215,6 +304,8 @@ def _in_workdir(src: Path, digest: str, archive_input: bool, workdir: Path, opts
                    "data_keys": {k: str(v) for k, v in redirects}},
         data=[s.to_dict() for s in staged],
         command=cmd,
+        sandbox={"kind": "bubblewrap", "network": False, "writable": [str(workdir), "/tmp (private tmpfs)"]}
+        if bwrap is not None else None,
         training_exit_status=rc,
         durations={"original_s": orig.run.get("duration_s"), "reproduction_s": repro_run.get("duration_s"),
                    "training_wall_s": round(train_wall, 3)},

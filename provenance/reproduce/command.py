@@ -4,6 +4,7 @@ command line and environment of the training child, and running it."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path, PurePath
@@ -17,6 +18,9 @@ from provenance.replay import REPLAY_ENV, STOP_ENV
 from provenance.reproduce.options import Options, Refused, Say
 from provenance.reproduce.plan import Original
 
+# where the child writes its bundle and finds its data (read by start_run; the API's contract with prov reproduce)
+RUNS_DIR_ENV, DATA_ROOT_ENV = "PROV_RUNS_DIR", "PROV_DATA_ROOT"
+TRAINING_LOG = "training.log"  # in the work folder: the child's output; it exists once the child started
 # environment variables that can change the numbers: set to their recorded values in the child
 # (only those whose prefix provenance.capture.env records, so that "absent" is known too)
 NUMERIC_ENV_VARS = ("PYTHONHASHSEED", "OMP_NUM_THREADS", "OMP_DYNAMIC", "OMP_SCHEDULE", "MKL_NUM_THREADS",
@@ -48,8 +52,9 @@ def _git_isolate(code: Path, label: str) -> None:
                       "could not be made a repository of its own; choose --workdir outside it")
 
 
-def prepare_code(orig: Original, opts: Options, dest: Path, say: Say) -> list[str]:
-    """Materialise the code to run into dest; return the files that differ from the original's."""
+def prepare_code(orig: Original, opts: Options, dest: Path, say: Say) -> tuple[int, list[str]]:
+    """Materialise the code to run into dest; return its number of files and those that differ from the
+    original's."""
     if opts.code is not None:
         folder = opts.code.resolve()
         if not folder.is_dir():
@@ -74,7 +79,7 @@ def prepare_code(orig: Original, opts: Options, dest: Path, say: Say) -> list[st
     if differ:
         say(f"code: {len(differ)} files differ from the original's (no bitwise claim across a difference): "
             + ", ".join(differ[:10]) + (" ..." if len(differ) > 10 else ""))
-    return differ
+    return len(digests), differ
 
 
 # --- the command --------------------------------------------------------------------------------------
@@ -82,6 +87,11 @@ def prepare_code(orig: Original, opts: Options, dest: Path, say: Say) -> list[st
 
 def _looks_like_config(arg: str) -> bool:
     return "=" not in arg and arg.endswith((".yaml", ".yml", ".json"))
+
+
+def entry_point(argv: list[str]) -> str:
+    """What the recorded command runs: `-m module`, or the script."""
+    return f"-m {argv[2]}" if argv[1] == "-m" and len(argv) >= 3 else argv[1]
 
 
 def build_command(orig: Original, opts: Options, code_dir: Path, config_path: Path,
@@ -108,10 +118,11 @@ def build_command(orig: Original, opts: Options, code_dir: Path, config_path: Pa
     return [*head, *rest, *overrides]
 
 
-def child_env(orig: Original, stop: int | None) -> dict[str, str]:
+def child_env(orig: Original, stop: int | None, runs_dir: Path, data_dir: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({REPLAY_ENV: str(orig.root), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled",
-                "PYTHONDONTWRITEBYTECODE": "1", "DVC_NO_ANALYTICS": "1"})
+    env.update({REPLAY_ENV: str(orig.root), RUNS_DIR_ENV: str(runs_dir), DATA_ROOT_ENV: str(data_dir),
+                "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "PYTHONDONTWRITEBYTECODE": "1",
+                "DVC_NO_ANALYTICS": "1"})
     if stop is not None:
         env[STOP_ENV] = str(stop)
     else:
@@ -129,11 +140,54 @@ def child_env(orig: Original, stop: int | None) -> dict[str, str]:
     return env
 
 
+# --- the sandbox (--sandbox): bubblewrap, network off, the file system read-only but the work folder ---
+
+
+def find_sandbox() -> str:
+    """The bubblewrap executable, checked to work here; Refused (before anything runs) otherwise."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        raise Refused("--sandbox: no sandbox is available: bubblewrap (bwrap) is not installed "
+                      "(Debian/Ubuntu: apt-get install bubblewrap); nothing ran")
+    probe = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-net",
+             "--die-with-parent", "true"]
+    try:
+        done = subprocess.run(probe, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise Refused(f"--sandbox: bubblewrap does not start here ({exc}); nothing ran") from None
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise Refused(f"--sandbox: bubblewrap cannot make a sandbox here ({why}; user namespaces may be "
+                      "disabled); nothing ran")
+    return bwrap
+
+
+def sandboxed(cmd: list[str], bwrap: str, workdir: Path, cwd: Path, readable: list[Path]) -> list[str]:
+    """`cmd` under bubblewrap: no network, / read-only, /tmp an empty tmpfs, /dev and /proc fresh, the
+    work folder the only writable place; `readable` (e.g. the original bundle) stay visible read-only
+    even where they lie under /tmp."""
+    args = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+            "--unshare-net", "--unshare-ipc", "--unshare-uts", "--die-with-parent", "--new-session"]
+    seen: set[str] = set()
+    for p in readable:
+        p = p.resolve()
+        if p.exists() and str(p) not in seen and (p == Path("/tmp") or Path("/tmp") in p.parents):
+            seen.add(str(p))
+            args += ["--ro-bind", str(p), str(p)]
+    w = str(workdir.resolve())
+    args += ["--bind", w, w, "--chdir", str(cwd.resolve())]
+    return [*args, "--", *cmd]
+
+
 def run_child(cmd: list[str], cwd: Path, env: dict[str, str], log_path: Path, opts: Options) -> tuple[int, float]:
+    """Run the training child; its output goes to log_path, which exists only once the process started."""
     t0 = time.monotonic()
-    with open(log_path, "wb") as log:
+    try:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
+    except OSError as exc:
+        raise Refused(f"the training command could not be started ({exc}); nothing ran") from None
+    with open(log_path, "wb") as log:
         assert proc.stdout is not None
         try:
             for raw in proc.stdout:

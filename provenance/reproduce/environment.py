@@ -47,8 +47,13 @@ def env_check(orig: Original, sets: dict[str, Any], opts: Options, say: Say) -> 
             f"{len(orig.env.get('packages') or {})} packages, torch {torch_v}, {planned['num_threads']} threads, "
             f"{(orig.env.get('hardware') or {}).get('cpu_model')})")
     for d in diffs:
-        tag = "" if d["significant"] else " (cannot change the numbers)"
+        tag = "" if d["significant"] else f" ({d.get('why', 'cannot change the numbers')})"
         say(f"environment: differs: {pdiff.env_line(d)}{tag}")
+    significant = [d for d in diffs if d["significant"]]
+    if significant and not opts.strict_env:
+        say("environment: known before the run: no bitwise claim will be made across "
+            + "; ".join(pdiff.env_line(d) for d in significant[:5]) + (" ..." if len(significant) > 5 else "")
+            + " (every step is still checked; --strict-env refuses instead)")
     if opts.strict_env and diffs:
         raise Refused("--strict-env: the environment differs from the recorded one: "
                       + "; ".join(pdiff.env_line(d) for d in diffs), differences=diffs)

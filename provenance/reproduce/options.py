@@ -18,6 +18,11 @@ PATH_KEYS = frozenset({"run.runs_dir", "data.root", "run.resume_from"})
 THREAD_KEYS = frozenset({"run.threads"})
 
 
+def printable(text: str) -> str:
+    """`text` with control characters escaped (a bundle's names never forge lines of output)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class Refused(Exception):
     """The reproduction was refused (exit status 2); the message says why. `details` go into the report."""
 
@@ -35,6 +40,7 @@ class Options:
     sets: list[str] = field(default_factory=list)  # key=value config overrides (never bitwise)
     code: Path | None = None  # run this code folder instead of the bundle's snapshot (never bitwise)
     strict_env: bool = False  # any environment difference refuses
+    sandbox: bool = False  # run the training under bubblewrap: no network, read-only but the work folder
     python: str = sys.executable
     echo: Callable[[str], None] | None = None  # receives the training's output, line by line
     timeout: float | None = None

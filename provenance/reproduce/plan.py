@@ -9,7 +9,7 @@ from typing import Any
 
 from provenance import diff as pdiff
 from provenance import formats
-from provenance.reproduce.options import PATH_KEYS, Options, Refused, Say
+from provenance.reproduce.options import PATH_KEYS, Options, Refused, Say, printable
 
 
 def audit_original(path: Path, say: Say) -> tuple[str, Any]:
@@ -30,11 +30,15 @@ def audit_original(path: Path, say: Say) -> tuple[str, Any]:
             problems.insert(0, "the bundle is not sealed (manifest.json is missing)")
         raise Refused(f"{path}: the bundle fails its integrity check: " + "; ".join(problems[:10])
                       + (f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""), failures=problems)
-    warnings = [f"{c.name}: {e.message}" for c in report.checks for e in c.errors]
     say(f"audit: integrity ok ({i.files} files, root sha256:{i.root_manifest})")
-    for w in warnings[:10]:
-        say(f"audit: warning: consistency: {w}")
+    for w in audit_failures(report)[:10]:
+        say(f"audit: consistency fails: {w} (no bitwise claim for a bundle that fails its audit)")
     return i.root_manifest or "", report
+
+
+def audit_failures(report: Any) -> list[str]:
+    """The consistency errors of an audit report, one line each."""
+    return [printable(f"{c.name}: {e.message}") for c in report.checks for e in c.errors]
 
 
 # --- reading the original ------------------------------------------------------------------------

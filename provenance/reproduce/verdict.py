@@ -42,6 +42,7 @@ class Report:
     overrides: dict[str, Any] = field(default_factory=dict)
     data: list[dict[str, Any]] = field(default_factory=list)
     command: list[str] | None = None
+    sandbox: dict[str, Any] | None = None
     training_exit_status: int | None = None
     durations: dict[str, Any] = field(default_factory=dict)
     replay_summary: dict[str, Any] = field(default_factory=dict)
@@ -137,8 +138,10 @@ def find_causes(d: dict[str, Any], first: dict[str, Any] | None, summary: dict[s
 
 
 def decide(orig: Original, repro: Path, plan: Plan, training_rc: int,
-           pre_env: list[dict[str, Any]], path_keys: frozenset[str] = PATH_KEYS) -> dict[str, Any]:
-    """The verdict: from the replay's summary and the diff of the two bundles."""
+           pre_env: list[dict[str, Any]], path_keys: frozenset[str] = PATH_KEYS,
+           consistency: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The verdict: from the replay's summary and the diff of the two bundles. `consistency`: the
+    original's consistency audit failures; a bundle that fails its audit is never reproduced bitwise."""
     first_step, stop, expected_last = plan.first_step, plan.stop, plan.expected_last
     summary_path = repro / SUMMARY
     summary = formats.read_json(summary_path) if summary_path.is_file() else {}
@@ -155,6 +158,10 @@ def decide(orig: Original, repro: Path, plan: Plan, training_rc: int,
     steps_expected = sum(1 for s in orig.metric_steps if first_step <= s <= expected_last)
     complete = training_rc == 0 and last_checked == expected_last and steps_checked == steps_expected
     causes = find_causes(d, first, summary, path_keys)
+    if consistency:
+        causes.append({"kind": "audit", "failures": list(consistency),
+                       "summary": f"the original fails its consistency audit ({len(consistency)} error(s)): "
+                                  + "; ".join(consistency[:3])})
     scope = {"first_step": first_step, "last_step": expected_last, "stop_after": stop,
              "steps_checked": steps_checked, "steps_expected": steps_expected,
              "checkpoints_checked": summary.get("checkpoints_checked", len(expected_ckpts) - len(missing_ckpts)),
