@@ -402,11 +402,14 @@ def assess(reader: BundleReader, required_class: str | None = None) -> OpennessR
         found("model_architecture", [f"{formats.MODEL_DIR}/config.json"], f"{', '.join(map(str, arch))}")
     else:
         missing("model_architecture", "no model/config.json naming the architecture")
+    roles = _output_roles(x.load_json(formats.OUTPUTS_INDEX), x.files)  # a wrapped command's outputs
     weights = [f for f in x.under(formats.MODEL_DIR) if f.endswith(".safetensors")]
+    weights += [p for p, fmt in roles.get("weights", []) if fmt == "safetensors"]
     if weights:
         found("final_parameters", weights, "safetensors")
     else:
         other = [f for f in x.under(formats.MODEL_DIR) if f.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+        other += [p for p, fmt in roles.get("weights", []) if fmt != "safetensors"]
         missing("final_parameters", "no model/*.safetensors" + (
             f" ({', '.join(other)} is pickle-based and is not counted)" if other else ""))
     missing("technical_report", "supply it as run.documents.technical_report (a file in the bundle or a URL)")
@@ -431,7 +434,7 @@ def assess(reader: BundleReader, required_class: str | None = None) -> OpennessR
         undescribed = sorted(set(x.manifests) - set(described))
         missing("data_card", "no data manifest" if not x.manifests else
                 f"data manifests without a source or license: {', '.join(undescribed)}")
-    samples = x.under("samples") + x.under("outputs")
+    samples = x.under("samples") + [p for p, _ in roles.get("sample_output", [])]
     if samples:
         found("sample_outputs", samples)
     else:
@@ -526,6 +529,7 @@ def assess(reader: BundleReader, required_class: str | None = None) -> OpennessR
     else:
         missing("data_preprocessing_code", "no data preparation code (data manifests' source.code) in the snapshot")
     ckpts = [f for f in x.under(formats.CHECKPOINT_DIR) if f.endswith(".safetensors")]
+    ckpts += [p for p, _ in roles.get("checkpoint", [])]
     if ckpts:
         found("intermediate_parameters", ckpts, f"{len(ckpts)} checkpoints")
     else:
@@ -579,3 +583,19 @@ def _data_license(c: Component, licenses: list[str | None], source: str) -> None
         return
     c.license = " AND ".join(stated) if len(stated) > 1 else stated[0]
     c.license_source = source
+
+
+def _output_roles(index: Any, files: Any) -> dict[str, list[tuple[str, str | None]]]:
+    """{role: [(bundle path, format)]} from outputs/index.json (roles given by `prov run`, from the bytes)."""
+    out: dict[str, list[tuple[str, str | None]]] = {}
+    if not isinstance(index, dict) or not isinstance(index.get("outputs"), list):
+        return out
+    for entry in index["outputs"]:
+        for f in (entry.get("files") or []) if isinstance(entry, dict) else []:
+            if not isinstance(f, dict) or not isinstance(f.get("role"), str):
+                continue
+            where = f.get("bundle_path")
+            if isinstance(where, str) and where in files:
+                fmt = f.get("format") if isinstance(f.get("format"), dict) else {}
+                out.setdefault(f["role"], []).append((where, fmt.get("format")))
+    return out

@@ -173,3 +173,115 @@ def test_sniff_formats(tmp_path: Path) -> None:
     assert sniff(tmp_path / "m.bin")["format"] == "pickle"
     (tmp_path / "x.bin").write_bytes(b"random bytes")
     assert sniff(tmp_path / "x.bin") is None
+
+
+# --- issue 10.4: what a wrapped run's code snapshot leaves out; output roles from content; keygen -o ----
+
+WRITER = textwrap.dedent('''
+    import sys
+    from pathlib import Path
+    out = Path(sys.argv[1])
+    out.mkdir(exist_ok=True)
+    (out / "result.txt").write_text("x" * 100000)
+''')
+
+
+def _code_files(root: Path) -> set[str]:
+    return set(formats.read_json(root / formats.CODE_JSON)["files"])
+
+
+def test_wrapped_runs_keep_runs_outputs_and_data_out_of_the_snapshot(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    (work / "corpus").mkdir(parents=True)
+    (work / "corpus" / "a.txt").write_text("some data\n")
+    (work / "w.py").write_text(WRITER)
+    env = offline_env(tmp_path)
+    roots = []
+    for _ in range(2):
+        proc = prov("run", "--runs-dir", "results", "--data", "corpus", "--outputs", "out", "--",
+                    sys.executable, "w.py", "out", cwd=work, env=env)
+        assert proc.returncode == 0, proc.stderr
+        roots = sorted((work / "results").iterdir())
+    assert len(roots) == 2
+    for root in roots:
+        assert _code_files(root) == {"w.py"}, _code_files(root)
+        excluded = formats.read_json(root / formats.CODE_JSON)["snapshot"]["excluded_paths"]
+        assert {"results", "out", "corpus"} <= set(excluded)
+    # the same in git, with a runs/ folder that .gitignore does not cover: the patch does not grow
+    subprocess.run(["git", "init", "-q", str(work)], check=True)
+    subprocess.run(["git", "-C", str(work), "add", "w.py"], check=True)
+    subprocess.run(["git", "-C", str(work), "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "w"],
+                   check=True)
+    patches = []
+    for _ in range(2):
+        proc = prov("run", "--runs-dir", "runs", "--data", "corpus", "--outputs", "out", "--",
+                    sys.executable, "w.py", "out", cwd=work, env=env)
+        assert proc.returncode == 0, proc.stderr
+        newest = max((work / "runs").iterdir(), key=lambda p: p.stat().st_mtime_ns)
+        patches.append((newest / formats.CODE_DIFF).read_bytes())
+        code = formats.read_json(newest / formats.CODE_JSON)
+        assert not [n for n in code["untracked_files"] if n.split("/")[0] in ("runs", "out", "corpus")], code
+        assert set(code["files"]) == {"w.py"}, code["files"]
+    assert patches[0] == patches[1] and b"runs/" not in patches[1] and b"xxxxxxxx" not in patches[1]
+
+
+HF_LIKE = textwrap.dedent('''
+    import dataclasses, sys
+    from pathlib import Path
+    import torch
+    from safetensors.torch import save_file
+
+    @dataclasses.dataclass
+    class TrainingArguments:
+        output_dir: str = "out"
+        learning_rate: float = 5e-5
+
+    out = Path(sys.argv[1])
+    (out / "checkpoint-2").mkdir(parents=True, exist_ok=True)
+    (out / "samples").mkdir(exist_ok=True)
+    w = {"weight": torch.zeros(2, 2)}
+    save_file(w, str(out / "model.safetensors"))
+    save_file(w, str(out / "checkpoint-2" / "model.safetensors"))
+    torch.save({"state": {0: {"exp_avg": torch.zeros(2)}}, "param_groups": [{"lr": 0.1}]},
+               out / "checkpoint-2" / "optimizer.pt")
+    torch.save(TrainingArguments(), out / "training_args.bin")
+    torch.save(TrainingArguments(), out / "checkpoint-2" / "training_args.bin")
+    (out / "config.json").write_text('{"model_type": "gpt2"}')
+    (out / "samples" / "generations.txt").write_text("once upon a time\\n")
+    (out / "all_results.json").write_text("{}")
+''')
+
+
+def test_output_roles_come_from_content_and_feed_the_openness_assessment(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "hf_like.py").write_text(HF_LIKE)
+    proc = prov("run", "--runs-dir", str(tmp_path / "runs"), "--outputs", "out", "--",
+                sys.executable, "hf_like.py", "out", cwd=work, env=offline_env(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    root = only_run(tmp_path / "runs")
+    index = formats.read_json(root / "outputs" / "index.json")
+    roles = {f["path"]: f.get("role") for f in index["outputs"][0]["files"]}
+    assert roles == {"model.safetensors": "weights", "checkpoint-2/model.safetensors": "checkpoint",
+                     "checkpoint-2/optimizer.pt": "training_state", "training_args.bin": "training_state",
+                     "checkpoint-2/training_args.bin": "training_state", "config.json": "model_config",
+                     "samples/generations.txt": "sample_output", "all_results.json": None}
+    assert sorted(index["model_files"]) == ["out/checkpoint-2/model.safetensors", "out/model.safetensors"]
+    import provenance.integrations.checks  # noqa: F401
+    from provenance.audit import audit
+
+    report = audit(root).openness
+    assert report.component("final_parameters").found
+    assert report.component("final_parameters").files == ["outputs/out/model.safetensors"]
+    assert report.component("sample_outputs").files == ["outputs/out/samples/generations.txt"]
+    assert "outputs/out/checkpoint-2/model.safetensors" in report.component("intermediate_parameters").files
+
+
+def test_keygen_takes_the_private_keys_path(tmp_path: Path) -> None:
+    proc = prov("keygen", "-o", str(tmp_path / "key.pem"), env=offline_env(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "key.pem").is_file() and (tmp_path / "key.pub.pem").is_file()
+    assert (tmp_path / "key.pem").stat().st_mode & 0o777 == 0o600
+    assert b"PRIVATE KEY" in (tmp_path / "key.pem").read_bytes()
+    again = prov("keygen", "-o", str(tmp_path / "key.pem"), env=offline_env(tmp_path))
+    assert again.returncode == 2 and "already exists" in again.stderr

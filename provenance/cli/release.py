@@ -150,7 +150,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("keygen", help="make an EC P-256 release key pair (private key mode 0600)")
-    p.add_argument("-o", "--output", default=DEFAULT_KEY_DIR, metavar="DIR",
-                   help=f"folder for release-key.pem and release-key.pub.pem (default: {DEFAULT_KEY_DIR})")
+    p.add_argument("-o", "--output", default=DEFAULT_KEY_DIR, metavar="DIR|KEY.pem",
+                   help="folder for release-key.pem and release-key.pub.pem, or the private key's own path "
+                        f"(a name ending in .pem or .key; the public key goes beside it as NAME.pub.pem) "
+                        f"(default: {DEFAULT_KEY_DIR})")
     p.add_argument("--force", action="store_true", help="replace an existing key")
     p.set_defaults(func=cmd_keygen)

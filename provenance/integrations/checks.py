@@ -18,7 +18,7 @@ from provenance import audit, formats
 from provenance.audit.checks_training import check_checkpoints, check_metrics, check_model
 from provenance.integrations.captured import captured_checkpoints
 from provenance.integrations.layout import COMMAND_JSON, COMMAND_SCHEMA, OUTPUTS_INDEX, OUTPUTS_SCHEMA, WANDB_JSON
-from provenance.integrations.outputs import sniff
+from provenance.integrations.outputs import MODEL_ROLES, sniff
 
 
 def _is_wrapped(view: audit.BundleView) -> bool:
@@ -59,7 +59,7 @@ def check_command(view: audit.BundleView, out: audit.CheckResult) -> None:
         for entry in index.get("outputs") or []:
             for f in entry.get("files") or []:
                 n_files += 1
-                n_models += "role" in f
+                n_models += f.get("role") in MODEL_ROLES
                 _check_output_file(view, out, f)
     elif rec.get("outputs"):
         out.error("command.json names outputs but outputs/index.json is missing", file=COMMAND_JSON)

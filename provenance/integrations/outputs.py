@@ -9,6 +9,7 @@ never by loading them: a pickle is named as such and never unpickled.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import struct
@@ -109,14 +110,115 @@ def sniff(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     return None
 
 
-def role(rel: str, fmt: dict[str, Any] | None) -> str | None:
-    """'checkpoint' or 'weights' for model files, None for other files."""
-    if fmt is None:
+# roles of output files (outputs/index.json "role"); the openness assessment reads them
+WEIGHTS, CHECKPOINT, TRAINING_STATE, MODEL_CONFIG, SAMPLE_OUTPUT, LOG = (
+    "weights", "checkpoint", "training_state", "model_config", "sample_output", "log")
+MODEL_ROLES = (WEIGHTS, CHECKPOINT)  # files that hold a model's tensors
+_STATE_NAMES = ("optimizer", "scheduler", "rng_state", "training_args", "trainer_state", "scaler")
+_CONFIG_NAMES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                 "special_tokens_map.json", "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model",
+                 "added_tokens.json", "preprocessor_config.json", "chat_template.jinja")
+_SAMPLE_HINTS = ("sample", "generation", "generated", "prediction", "completion", "outputs_of")
+_SAMPLE_SUFFIXES = (".txt", ".md", ".json", ".jsonl", ".csv", ".tsv", ".html", ".png", ".jpg", ".jpeg",
+                    ".gif", ".webp", ".wav", ".mp3", ".flac", ".svg")
+_LOG_SUFFIXES = (".log",)
+_MAX_PICKLE_SCAN = 64 << 20
+
+
+def pickle_holds_tensors(data: bytes) -> bool | None:
+    """Whether a pickle stream rebuilds tensors, read opcode by opcode (never executed); None if unreadable."""
+    import pickletools
+
+    found_globals: list[str] = []
+    stream = io.BytesIO(data)
+    try:
+        # a legacy torch.save is several pickles in a row (magic number, protocol, system info, the object)
+        for _ in range(4):
+            if stream.tell() >= len(data):
+                break
+            recent: list[str] = []
+            for op, arg, _pos in pickletools.genops(stream):
+                if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8") and isinstance(arg, str):
+                    recent = [*recent, arg][-2:]
+                elif op.name == "GLOBAL" and isinstance(arg, str):
+                    found_globals.append(arg.replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(recent) == 2:
+                    found_globals.append(".".join(recent))
+    except Exception:  # a truncated or malformed stream (or raw storage bytes after the pickles)
+        if not found_globals:
+            return None
+    return any("_rebuild_tensor" in g or g.endswith("Storage") or "_rebuild_parameter" in g
+               for g in found_globals)
+
+
+def _zip_holds_tensors(path: Path) -> bool | None:
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+            pkl = next((n for n in names if n == "data.pkl" or n.endswith("/data.pkl")), None)
+            if pkl is None:
+                return None
+            if any("/data/" in n for n in names):  # tensor storages are stored as <archive>/data/<key>
+                return True
+            info = z.getinfo(pkl)
+            if info.file_size > _MAX_PICKLE_SCAN:
+                return None
+            return pickle_holds_tensors(z.read(pkl))
+    except (zipfile.BadZipFile, OSError, KeyError, ValueError):
         return None
-    if fmt["format"] in ("zip", "npy", "hdf5") and Path(rel).suffix not in _MODEL_SUFFIXES:
-        return None  # an archive or array that is not named as a model file
+
+
+def role(rel: str, fmt: dict[str, Any] | None, path: Path | None = None) -> str | None:
+    """What an output file is, from its bytes first and its name second.
+
+    'weights' (tensors of a model), 'checkpoint' (tensors saved mid-run, by their path:
+    checkpoint-500/, ckpt, step-...), 'training_state' (an optimizer, scheduler or RNG
+    state, or a pickle without tensors such as an HF `training_args.bin`), 'model_config'
+    (config and tokenizer files), 'sample_output' (text, tables or media under a folder or
+    name that says samples, generations or predictions), 'log'; None for anything else.
+    """
     low = rel.lower()
-    return "checkpoint" if any(h in low for h in _CHECKPOINT_HINTS) else "weights"
+    base = low.rsplit("/", 1)[-1]
+    in_checkpoint = any(h in low for h in _CHECKPOINT_HINTS)
+    if fmt is not None:
+        kind = fmt.get("format")
+        if kind in ("zip", "npy", "hdf5") and Path(rel).suffix not in _MODEL_SUFFIXES:
+            return None  # an archive or array that is not named as a model file
+        tensors: bool | None = True
+        if kind == "pytorch-zip" and path is not None:
+            tensors = _zip_holds_tensors(path)
+        elif kind == "pickle" and path is not None:
+            try:
+                with open(path, "rb") as f:
+                    tensors = pickle_holds_tensors(f.read(_MAX_PICKLE_SCAN))
+            except OSError:
+                tensors = None
+        elif kind == "safetensors" and not fmt.get("tensors"):
+            tensors = False
+        if tensors is False:
+            return TRAINING_STATE  # e.g. training_args.bin: a pickled object, no tensors
+        if any(base.startswith(n) for n in _STATE_NAMES):
+            return TRAINING_STATE
+        return CHECKPOINT if in_checkpoint else WEIGHTS
+    if base in _CONFIG_NAMES:
+        return MODEL_CONFIG if not in_checkpoint else None
+    if base.endswith(_LOG_SUFFIXES) or base.startswith("events.out.tfevents"):
+        return LOG
+    if any(h in low for h in _SAMPLE_HINTS) and base.endswith(_SAMPLE_SUFFIXES):
+        return SAMPLE_OUTPUT
+    return None
+
+
+def files_by_role(index: dict[str, Any]) -> dict[str, list[str]]:
+    """{role: [bundle path (or outputs/<label>/<path> when only hashed)]} of an outputs index."""
+    out: dict[str, list[str]] = {}
+    for entry in index.get("outputs") or []:
+        for f in entry.get("files") or []:
+            r = f.get("role")
+            if isinstance(r, str):
+                where = f.get("bundle_path") or f"{OUTPUTS_DIR}/{entry.get('label')}/{f.get('path')}"
+                out.setdefault(r, []).append(where)
+    return out
 
 
 def _label(path: Path, taken: set[str]) -> str:
@@ -207,12 +309,13 @@ def collect_outputs(writer: BundleWriter, declared: list[str], cwd: Path, before
                     item["bundle_path"] = bundle_rel
                 if fmt is not None:
                     item["format"] = fmt
-                r = role(rel, fmt)
+                r = role(rel, fmt, writer.path(bundle_rel) if copy else src)
                 if r is not None:
                     item["role"] = r
                 entry["files"].append(item)
         entries.append(entry)
     index = {"schema": OUTPUTS_SCHEMA, "copied": copy, "outputs": entries,
-             "model_files": [f"{e['label']}/{f['path']}" for e in entries for f in e["files"] if "role" in f]}
+             "model_files": [f"{e['label']}/{f['path']}" for e in entries for f in e["files"]
+                             if f.get("role") in MODEL_ROLES]}
     writer.write_json(OUTPUTS_INDEX, index)
     return index

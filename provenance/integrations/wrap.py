@@ -160,10 +160,12 @@ def wrap(command: Sequence[str], *, name: str | None = None, data: Sequence[str]
     fwd = _Forwarder()
     record: dict[str, Any] = {"schema": COMMAND_SCHEMA, "command": command, "cwd_name": work.name}
     sampler = {"kind": "captured", "evidence": formats.capture_paths(0).order} if capture else None
-    with start_run(config, name=name or default_name(command), runs_dir=runs_dir, seed=0, threads=None,
-                   deterministic=False, datasets=specs, argv=command, code_root=work, license=license,
-                   callbacks=callbacks,
-                   sampler=sampler) as run:
+    run = start_run(config, name=name or default_name(command), runs_dir=runs_dir, seed=0, threads=None,
+                    deterministic=False, datasets=specs, argv=command, code_root=work, license=license,
+                    callbacks=callbacks, sampler=sampler)
+    # the code snapshot never takes in the runs folder (excluded by the run), declared outputs or data
+    run.code_exclude = [*out_paths, *((work / parse_data_arg(d)[1]).resolve() for d in data)]
+    with run:
         assert run.writer is not None
         env = dict(os.environ)
         added = {"PROV_WRAPPER_RUN": str(run.root.resolve())}

@@ -70,14 +70,20 @@ def generate_key(out_dir: str | os.PathLike[str], force: bool = False) -> tuple[
     even for a moment); an existing key is never overwritten unless force is set.
     """
     out = Path(out_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True, mode=0o700)
-    priv_path, pub_path = out / KEY_NAME, out / PUBLIC_KEY_NAME
+    if out.suffix.lower() in (".pem", ".key") and not out.is_dir():
+        # `prov keygen -o key.pem` names the private key itself (the public key goes beside it: key.pub.pem)
+        priv_path, pub_path = out, out.with_name(f"{out.stem}.pub{out.suffix}")
+        out = out.parent
+        out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    else:
+        out.mkdir(parents=True, exist_ok=True, mode=0o700)
+        priv_path, pub_path = out / KEY_NAME, out / PUBLIC_KEY_NAME
     if priv_path.exists() and not force:
         raise SigningError(f"{priv_path}: a key already exists; not overwriting it (use --force to replace it)")
     key = ec.generate_private_key(ec.SECP256R1())
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
-    fd, tmp = tempfile.mkstemp(prefix=f".{KEY_NAME}.", suffix=".tmp", dir=out)  # mkstemp: mode 0600
+    fd, tmp = tempfile.mkstemp(prefix=f".{priv_path.name}.", suffix=".tmp", dir=out)  # mkstemp: mode 0600
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(pem)

@@ -105,6 +105,7 @@ class Run:
         self.datasets = list(datasets)
         self.argv = list(sys.argv if argv is None else argv)
         self.code_root = code_root
+        self.code_exclude: list[Path] = []  # more paths kept out of the code snapshot (`prov run --outputs`)
         self.license = license
         self.documents = dict(documents or {})
         self.callbacks = list(callbacks)
@@ -146,9 +147,10 @@ class Run:
 
     # --- lifecycle ----------------------------------------------------------------------
     def __enter__(self) -> Run:
-        redactor = Redactor()
+        redactor = Redactor(argv=self.argv)  # secrets of the environment and of the command line
         # capture before writing anything: a failure here is loud and leaves no folder behind
-        code = capture_code(self.code_root)
+        code = capture_code(self.code_root, redactor=redactor,  # never the runs, the data or declared outputs
+                            exclude=[self.runs_dir, *(s.root for s in self.datasets), *self.code_exclude])
         self._components("on_prepare")
         manifests = [(spec, verified_manifest(spec)) for spec in self.datasets]
         documents = _local_documents(self.documents)
@@ -185,7 +187,8 @@ class Run:
         if facts is not None:
             self._run_info["distributed"] = facts
         if self.ranks.writes_shared:
-            w.write_json(formats.CONFIG_JSON, {"config": self.config, "digest": formats.config_digest(self.config),
+            w.write_json(formats.CONFIG_JSON, {"config": self.config,
+                                               "digest": formats.config_digest(redactor.obj(self.config)),
                                                "argv": self.argv, "cwd_name": Path.cwd().name})
             w.write_json(formats.CODE_JSON, code.facts)
             w.write_bytes(formats.CODE_DIFF, code.diff, redact=True)
