@@ -165,6 +165,7 @@ def test_prov_note_never_writes_through_a_notes_symlink(tiny_bundle: Path, tmp_p
     root = box / tiny_bundle.name
     shutil.copytree(tiny_bundle, root)
     (box / "outside" / "notes.jsonl").write_bytes(b"")
+    (root / formats.NOTES).unlink(missing_ok=True)
     (root / formats.NOTES).symlink_to(box / "outside" / "notes.jsonl")
     _checked(tmp_path, box, lambda: prov("note", str(root), "x", env_dir=tmp_path / "env"), "notes.jsonl",
              "symbolic link")
