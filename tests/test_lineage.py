@@ -402,3 +402,12 @@ def test_make_pipeline(tmp_path: Path) -> None:
     report = audit_lineage(merged, Store([tmp_path / "pipe"]))
     assert report.ok and len(report.graph.nodes) == 7
     assert {e["kind"] for _, e, _ in report.graph.parent_edges()} == {"data", "tokenizer", "init", "merge"}
+
+
+@pytest.mark.slow
+def test_merge_reproduces_bitwise(graph_runs: Path, tmp_path: Path) -> None:
+    runs = copy_runs(graph_runs, tmp_path)
+    merged = by_name(runs, "merged")
+    r = prov_subprocess("reproduce", str(merged), env=offline_env(tmp_path))
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert "reproduced (bitwise)" in r.stdout and "1 checkpoint digest" in r.stdout

@@ -189,6 +189,17 @@ def cmd_store_find(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from provenance.lineage.merge import MergeError, merge
 
+    inputs, runs_dir = [], args.runs_dir
+    for item in args.inputs:  # `key=value` overrides, as `prov reproduce` passes them (run.runs_dir only)
+        key, eq, value = item.partition("=")
+        if eq and not Path(item).exists() and "/" not in key:
+            if key != "run.runs_dir":
+                print(f"error: {key}: prov merge takes only the override run.runs_dir=DIR", file=sys.stderr)
+                return 2
+            runs_dir = value
+        else:
+            inputs.append(item)
+    args.inputs, args.runs_dir = inputs, runs_dir
     try:
         weights = [float(w) for w in args.weights.split(",")] if args.weights else None
         notes = [(args.note, args.note_category, args.note_about)] if args.note else []

@@ -124,11 +124,13 @@ def merge(inputs: Sequence[str | os.PathLike[str]], weights: Sequence[float] | N
     files = [weights_file(p) for p in inputs]
     template = model_folder(inputs[0])
     method = "uniform" if len(set(weights)) == 1 else "weighted"
-    config = {"merge": {"method": method, "inputs": [str(f) for f in files], "weights": list(weights),
+    config = {"run": {"runs_dir": str(runs_dir), "name": name, "threads": threads},
+              "merge": {"method": method, "inputs": [str(f) for f in files], "weights": list(weights),
                         "digests": [formats.digest_str(file_digest(f)) for f in files],
                         "template": str(template), "dtype": "float32 accumulation, in input order"}}
-    argv = [sys.executable, "-m", "provenance.cli", "merge", *map(str, inputs), "--weights",
-            ",".join(repr(w) for w in weights), "--runs-dir", str(runs_dir), "--name", name]
+    # options first, inputs last: `prov reproduce` appends run.runs_dir=DIR, which lands among the inputs
+    argv = [sys.executable, "-m", "provenance.cli", "merge", "--weights", ",".join(repr(w) for w in weights),
+            "--runs-dir", str(runs_dir), "--name", name, "--threads", str(threads), *map(str, inputs)]
     import torch
 
     records = [formats.note_record(text, category, None, [], 1, about=about) for text, category, about in notes]
@@ -145,6 +147,7 @@ def merge(inputs: Sequence[str | os.PathLike[str]], weights: Sequence[float] | N
         n_params = sum(int(t.numel()) for t in merged.values())
         run.record_batch(1, [])  # a merge reads no training samples
         run.log(1, merged_inputs=len(files), tensors=len(merged), parameters=n_params)  # one step: the merge
+        run.checkpoint(1, model)  # the merged weights as a checkpoint too: `prov reproduce` compares its digest
         run.save_model(model, tokenizer)
         for rec in records:  # notes (with --about) go in before the seal
             formats.append_line(run.writer.path(formats.NOTES), run.writer.redactor.text(formats.dumps_line(rec)))

@@ -52,6 +52,10 @@ def _cls(report: LineageReport | None, n: Node) -> str:
     return f"  audit {'PASS' if na.ok else 'FAIL'}  class {cls or 'none'}"
 
 
+def _short(text: str, n: int = 160) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
 def render_text(g: Graph, report: LineageReport | None = None) -> str:
     lines: list[str] = []
     add = lines.append
@@ -96,7 +100,15 @@ def render_text(g: Graph, report: LineageReport | None = None) -> str:
     if notes:
         add("")
         add("NOTES (in time order)")
+        overrides: dict[str, int] = {}
+        for n, rec in notes:  # the automatic one-per-key override notes: counted, not listed
+            if rec.get("category") == "override":
+                overrides[n.bundle.run_id] = overrides.get(n.bundle.run_id, 0) + 1
+        for rid, count in overrides.items():
+            add(f"  {_printable(rid)}: {count} config override notes (prov lineage --json lists them)")
         for n, rec in notes:
+            if rec.get("category") == "override":
+                continue
             about = rec.get("about")
             target = ""
             if isinstance(about, str):
@@ -104,7 +116,7 @@ def render_text(g: Graph, report: LineageReport | None = None) -> str:
                 hit = next((r for r in names if r.startswith(hexd)), None)
                 target = f"  about {names[hit] if hit else about}"
             add(f"  {str(rec.get('time', ''))[:19]}  {_printable(n.bundle.run_id)}  [{rec.get('category')}]"
-                f"{_printable(target)}  {_printable(str(rec.get('text')))}")
+                f"{_printable(target)}  {_printable(_short(str(rec.get('text'))))}")
     problems = report.problems if report is not None else g.problems
     if report is not None and any(na.report is not None for na in report.audits.values()):
         add("")
@@ -155,7 +167,7 @@ def render_html(g: Graph, report: LineageReport | None = None) -> str:
     cols: dict[int, list[Node]] = {}
     for n in order:
         cols.setdefault(n.depth, []).append(n)
-    bw, bh, gx, gy = 230, 62, 120, 34
+    bw, bh, gx, gy = 200, 62, 70, 30
     pos: dict[str, tuple[int, int]] = {}
     for d, ns in cols.items():
         for i, n in enumerate(ns):
@@ -189,7 +201,7 @@ def render_html(g: Graph, report: LineageReport | None = None) -> str:
         svg.append(f'<rect x="{x}" y="{y}" width="{bw}" height="{bh}" rx="6" fill="{fill}" stroke="{stroke}"/>')
         svg.append(f'<text x="{x + 8}" y="{y + 17}" font-weight="bold">{esc(_printable(n.bundle.name)[:34])}</text>')
         svg.append(f'<text x="{x + 8}" y="{y + 33}">{esc(n.bundle.status)} · class {esc(cls)}</text>')
-        svg.append(f'<text x="{x + 8}" y="{y + 49}" font-family="monospace">sha256:{n.root[:20]}…</text>')
+        svg.append(f'<text x="{x + 8}" y="{y + 49}" font-family="monospace">sha256:{n.root[:16]}…</text>')
     svg.append("</svg>")
     rows = "".join(
         f"<tr><td>{esc(_printable(n.bundle.name))}</td><td><code>{esc(_printable(n.bundle.run_id))}</code></td>"
