@@ -121,6 +121,12 @@ def config_digest(config: dict[str, Any]) -> str:
     return digest_str(hashlib.sha256(canon.encode()).hexdigest())
 
 
+def command_digest(argv: list[str]) -> str:
+    """Digest of a recorded command line (config.json "command_digest"): sha256 of its canonical JSON."""
+    canon = json.dumps(list(argv), separators=(",", ":"), ensure_ascii=False)
+    return digest_str(hashlib.sha256(canon.encode()).hexdigest())
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write via a temp file in the same folder, fsync, then rename over the target."""
     path = Path(path)

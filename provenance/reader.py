@@ -290,7 +290,8 @@ def _open_regular(path: Path) -> IO[bytes]:
 class TarMember:
     name: str
     size: int
-    sha256: str
+    sha256: str  # "" for a folder
+    is_dir: bool = False
 
 
 class Bundle:
@@ -471,7 +472,7 @@ class Bundle:
                 raise BundleFileError(rel, f"cannot be read as safetensors ({exc})") from None
 
     def tar_members(self, rel: str, limits: Limits | None = None) -> list[TarMember]:
-        """Every file member of a tar inside the bundle with its sha256, through archive.iter_tar (which
+        """Every member of a tar inside the bundle, files with their sha256, through archive.iter_tar (which
         refuses escaping, absolute, link, device and clashing members); BundleFileError names the first."""
         lim = limits or self.limits.archive
         out: list[TarMember] = []
@@ -479,6 +480,7 @@ class Bundle:
             with self.open(rel) as f, open_tar_stream(f) as tar:
                 for m in iter_tar(tar, rel, lim):
                     if m.is_dir:
+                        out.append(TarMember(m.name, 0, "", True))
                         continue
                     src = tar.extractfile(m.info)
                     h = hashlib.sha256()

@@ -272,3 +272,42 @@ def test_cli_refuses_with_exit_status_two(tmp_path: Path) -> None:
     doc = json.loads(proc.stdout)
     assert doc["verdict"] == "refused" and doc["exit_status"] == 2 and "run/evil" in doc["refused"]["message"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.tar"]
+
+
+def _snapshot(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+    return _tar(members)
+
+
+@pytest.mark.parametrize("case,says", [
+    ("escape", "'../x' escapes the destination"),
+    ("absolute", "'/tmp/x' has an absolute path"),
+    ("symlink", "is a symbolic link"),
+    ("device", "is a character device"),
+    ("clash", "needs 'train.py' to be a folder, but it is a file"),
+])
+def test_code_snapshot_is_checked_like_an_archive(bundle_copy: Path, case: str, says: str) -> None:
+    """A snapshot member that `prov reproduce` could not unpack safely fails the audit's code check."""
+    snap = bundle_copy / formats.CODE_SNAPSHOT
+    with tarfile.open(snap) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers() if m.isfile()]  # type: ignore[union-attr]
+    extra = {"escape": _file("../x"), "absolute": _file("/tmp/x"),
+             "symlink": (_info("evil", tarfile.SYMTYPE, link="/etc/passwd"), None),
+             "device": (_info("dev", tarfile.CHRTYPE), None),
+             "clash": _file("train.py/inner.py")}[case]
+    if case == "clash":
+        members = [m for m in members if m[0].name != "train.py"] + [_file("train.py"), extra]
+    else:
+        members.append(extra)
+    snap.write_bytes(_snapshot(members))
+    # code.json lists exactly the snapshot's regular files with their digests: only the tar's shape is wrong
+    import hashlib
+
+    files = {m.name: f"sha256:{hashlib.sha256(d).hexdigest()}" for m, d in members if d is not None}
+    edit_json(bundle_copy / formats.CODE_JSON, lambda c: c.update(files=files, snapshot={
+        **(c.get("snapshot") or {}), "file_count": len(files)}))
+    seal_folder(bundle_copy)
+    r = audit(bundle_copy)
+    assert not r.ok and r.check("code").status == "fail"
+    msgs = [f.message for f in r.check("code").errors]
+    assert any(says in m for m in msgs), msgs
+    assert all(f.file == formats.CODE_SNAPSHOT for f in r.check("code").errors)

@@ -103,5 +103,8 @@ def _audit_bundle(bundle: Bundle, target: str, require_class: str | None, progre
     info = view.run_info
     run = {k: info.get(k) for k in ("run_id", "name", "status", "exit_status", "license")}
     run["reproduces"] = info.get("reproduces") if isinstance(info.get("reproduces"), dict) else None
+    cfg = view.try_json(formats.CONFIG_JSON)
+    argv = cfg.get("argv") if isinstance(cfg, dict) else None
+    run["command"] = argv if isinstance(argv, list) and all(isinstance(a, str) for a in argv) else None
     return AuditReport(target=target, kind=bundle.kind, integrity=integrity, checks=results, openness=openness,
                        run=run, archive_sha256=bundle.archive_sha256)

@@ -75,10 +75,23 @@ def check_config(view: BundleView, out: CheckResult) -> None:
     actual = formats.config_digest(cfg["config"])
     if stated != actual:
         out.error("the config does not match its digest", file=f, expected=str(stated), actual=actual)
-    argv = cfg.get("argv")
-    if argv is not None and (not isinstance(argv, list) or not all(isinstance(a, str) for a in argv)):
-        out.warn("'argv' is not a list of strings", file=f)
     out.summary = f"digest {actual[:19]}... matches" if stated == actual else "digest differs"
+    argv = cfg.get("argv")
+    if argv is None:
+        return
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+        out.error("'argv' is not a list of strings", file=f)
+        return
+    bound = cfg.get("command_digest")
+    if bound is None:
+        out.warn("the recorded command (argv) is not bound by a command_digest (written before command digests)",
+                 file=f)
+    elif bound != formats.command_digest(argv):
+        out.error("the recorded command (argv) does not match its command_digest", file=f, expected=str(bound),
+                  actual=formats.command_digest(argv))
+    else:
+        out.summary += "; command digest matches"
+
 
 
 def check_notes(view: BundleView, out: CheckResult) -> None:

@@ -3,6 +3,7 @@ with a control character (a resource named "x\\nINTEGRITY    PASS" cannot forge 
 
 from __future__ import annotations
 
+import shlex
 from typing import TYPE_CHECKING
 
 from provenance.openness import CLASS_NAMES
@@ -31,6 +32,9 @@ def render_text(r: AuditReport, max_findings: int = 20) -> str:
     run = r.run
     add(f"run: {run.get('run_id') or '?'}  name {run.get('name') or '?'}  status {run.get('status') or '?'}"
         + (f"  license {run.get('license')}" if run.get("license") else ""))
+    if run.get("command"):  # what `prov reproduce` re-runs (its interpreter, the recorded config in its place)
+        add(f"command: {shlex.join(run['command'])}  (recorded; `prov reproduce` runs it, executing the bundle's "
+            "code)")
     if r.archive_sha256:
         add(f"archive: sha256:{r.archive_sha256}")
     add("")

@@ -14,6 +14,7 @@ from typing import TextIO
 from provenance.archive import DEFAULT_LIMITS as ARCHIVE_LIMITS
 from provenance.archive import PackError, pack
 from provenance.audit import DEFAULT_LIMITS, EXIT_REFUSED, AuditRefused, audit, refusal_to_dict
+from provenance.untrusted import escape
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -96,7 +97,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     except AuditRefused as exc:
         if args.json:  # ensure_ascii: a hostile name cannot break the output's encoding
             sys.stdout.write(json.dumps(refusal_to_dict(args.bundle, str(exc)), sort_keys=True, indent=2) + "\n")
-        print(f"error: refused: {exc}", file=sys.stderr)  # stderr escapes what it cannot encode
+        print(f"error: refused: {escape(str(exc))}", file=sys.stderr)  # one line: nothing raw from the bundle
         return EXIT_REFUSED
     if args.lineage:  # the whole graph: every ancestor and every edge (provenance.lineage.check)
         from provenance.cli.lineage import audit_graph

@@ -187,9 +187,11 @@ class Run:
         if facts is not None:
             self._run_info["distributed"] = facts
         if self.ranks.writes_shared:
+            argv = w.redactor.obj(list(self.argv))  # as written (secrets redacted): what the digest binds
             w.write_json(formats.CONFIG_JSON, {"config": self.config,
                                                "digest": formats.config_digest(redactor.obj(self.config)),
-                                               "argv": self.argv, "cwd_name": Path.cwd().name})
+                                               "argv": argv, "command_digest": formats.command_digest(argv),
+                                               "cwd_name": Path.cwd().name})
             w.write_json(formats.CODE_JSON, code.facts)
             w.write_bytes(formats.CODE_DIFF, code.diff, redact=True)
             w.write_bytes(formats.CODE_SNAPSHOT, code.snapshot)
