@@ -77,7 +77,8 @@ def test_fresh_bundle_passes_and_reports_its_class(tiny_bundle: Path) -> None:
     assert weights.files == ["model/model.safetensors"] and weights.license == "Apache-2.0" and weights.met
     assert o.component("datasets").license == "CC0-1.0"
     assert {it.id: it.found for it in o.fully_open} == {"weights": True, "data": True, "training_code": True,
-                                                        "logs": True, "decision_notes": False}
+                                                        "logs": True, "decision_notes": True}
+    assert (tiny_bundle / formats.NOTES).is_file()  # a run records its decisions by default (run.purpose, ...)
     doc = json.loads(report.to_json())
     assert doc["schema"] == "fullyopen.audit/v1" and doc["ok"] is True and doc["exit_status"] == 0
     assert doc["openness"]["highest_class"] is None
