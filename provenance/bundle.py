@@ -249,11 +249,32 @@ def add_note(root: str | os.PathLike[str], text: str, category: str = "other", *
         raise BundleError(f"{root}: not a run folder ({formats.RUN_JSON} is missing)")
     rec = formats.note_record(text, category, author, links or [], step, details=details)
     with folder_lock(root):
-        formats.append_line(root / formats.NOTES, Redactor().text(formats.dumps_line(rec)))
         info = formats.read_json(root / formats.RUN_JSON)
-        if info.get("status") != "running" and (root / formats.MANIFEST).exists():
+        sealed = info.get("status") != "running" and (root / formats.MANIFEST).exists()
+        before = _unchanged_seal(root) if sealed else None  # never seal over a tampered bundle
+        formats.append_line(root / formats.NOTES, Redactor().text(formats.dumps_line(rec)))
+        if before is not None:
+            old = before[1].get(formats.NOTES)
+            new = hash_files([root / formats.NOTES])[root / formats.NOTES]
+            change = {"path": formats.NOTES, "change": "modified" if old else "added",
+                      "sha256_before": formats.digest_str(old) if old else None,
+                      "sha256_after": formats.digest_str(new)}
+            formats.append_line(root / formats.RESEALS, formats.dumps_line(formats.reseal_record(
+                before[0], [change], f"a {category} note was added", "provenance.bundle.add_note")))
             return rec, seal_folder_locked(root)
     return rec, None
+
+
+def _unchanged_seal(root: Path) -> tuple[str, dict[str, str]]:
+    """(root hex, {name: hex}) of the seal, after checking that no file changed since; BundleError names them."""
+    root_hex, resources = formats.parse_oms_statement(formats.read_json(root / formats.MANIFEST))
+    names = sealable_files(root)
+    hashed = hash_files([root / n for n in names]) if names else {}
+    changed = sorted({n for n in names if resources.get(n) != hashed[root / n]} | (set(resources) - set(names)))
+    if changed:
+        raise BundleError(f"{root}: the bundle changed since it was sealed ({', '.join(changed[:5])}"
+                          f"{' …' if len(changed) > 5 else ''}); refusing to seal over it")
+    return root_hex, resources
 
 
 def seal_folder(root: Path, known: dict[str, tuple[int, int, str]] | None = None,

@@ -289,3 +289,18 @@ def test_prov_seal_right_after_kill_9_of_a_real_training_seals_the_zombie(tmp_pa
     finally:
         child.kill()
         child.wait(timeout=60)
+
+
+def test_the_python_add_note_never_seals_over_a_tampered_bundle(bundle_copy: Path) -> None:
+    from provenance.bundle import BundleError, add_note
+
+    _, digest = add_note(bundle_copy, "checked by hand", "evaluation")
+    root_hex, resources = formats.parse_oms_statement(json.loads((bundle_copy / formats.MANIFEST).read_text()))
+    assert digest == root_hex
+    records, problems = verify_reseals(resources, root_hex, (bundle_copy / formats.RESEALS).read_bytes())
+    assert problems == [] and records[0]["changed"] == [formats.NOTES]
+    _flip_byte(bundle_copy / formats.CODE_SNAPSHOT)
+    notes = (bundle_copy / formats.NOTES).read_bytes()
+    with pytest.raises(BundleError, match=r"code/source\.tar"):
+        add_note(bundle_copy, "looks fine", "other")
+    assert (bundle_copy / formats.NOTES).read_bytes() == notes
