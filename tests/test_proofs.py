@@ -50,8 +50,8 @@ def _flip_one_char(value: str) -> str:
     return value[:i] + ("A" if value[i] != "A" else "B") + value[i + 1:]
 
 
-@pytest.mark.parametrize("where", ["leaf", "file_path", "dataset_path", "manifest", "resources", "trained",
-                                   "order_ids", "steps"])
+@pytest.mark.parametrize("where", ["leaf", "file_path", "dataset_path", "commitment", "entry", "resources",
+                                   "trained", "order_ids", "steps"])
 def test_one_changed_byte_of_the_proof_is_rejected(tiny_bundle: Path, where: str) -> None:
     sample = _order(tiny_bundle)[0].sample_ids[0]
     good = prove(tiny_bundle, sample=sample)
@@ -61,8 +61,10 @@ def test_one_changed_byte_of_the_proof_is_rejected(tiny_bundle: Path, where: str
         bad["record"]["data_text"] = _flip_one_char(bad["record"]["data_text"])
     elif where in ("file_path", "dataset_path"):
         bad["leaves"][0][where][0] = _flip_one_char(bad["leaves"][0][where][0].upper()).lower()
-    elif where == "manifest":
-        bad["dataset"]["manifest_text"] = bad["dataset"]["manifest_text"].replace('"records": ', '"records":  ', 1)
+    elif where == "commitment":
+        bad["dataset"]["commitment_text"] = bad["dataset"]["commitment_text"].replace('"files": ', '"files":  ', 1)
+    elif where == "entry":
+        bad["leaves"][0]["entry"]["first_sample"] += 1
     elif where == "resources":
         bad["bundle"]["resources"][0][1] = _flip_one_char(bad["bundle"]["resources"][0][1].upper()).lower()
     elif where == "trained":
@@ -163,3 +165,27 @@ def test_prov_data_manifest_reports_cache_use(tmp_path: Path, capsys: pytest.Cap
     assert "took 140 bytes in 1 files from the hash cache" in capsys.readouterr().err
     assert out1.read_bytes() == out2.read_bytes()
     assert main(["data", "manifest", str(tmp_path / "nope")]) == 2
+
+
+def test_audit_recomputes_the_merkle_roots_and_the_commitment(tiny_bundle: Path, tmp_path: Path) -> None:
+    from provenance.audit import audit
+    from provenance.bundle import seal_folder
+    from provenance.capture.data import commitment
+
+    b = tmp_path / "b"
+    shutil.copytree(tiny_bundle, b)
+    mpath = b / "data" / "tiny-corpus" / "manifest.json"
+    m = json.loads(mpath.read_text())
+    entry = next(e for e in m["files"] if e["path"] == "train.jsonl")
+    entry["merkle_root"] = "sha256:" + "1" * 64  # a root the data does not give, consistently committed
+    formats.atomic_write_json(mpath, m)
+    formats.atomic_write_json(b / "data" / "tiny-corpus" / "commitment.json", commitment(m))
+    seal_folder(b)
+    report = audit(b)
+    assert not report.ok
+    text = json.dumps(report.to_dict())
+    assert "train.jsonl" in text and "Merkle root" in text
+    # a commitment that does not match its manifest
+    formats.atomic_write_json(b / "data" / "tiny-corpus" / "commitment.json", {**commitment(m), "files": 99})
+    seal_folder(b)
+    assert "does not match the Merkle roots" in json.dumps(audit(b).to_dict())

@@ -78,10 +78,25 @@ def check_data(view: BundleView, out: CheckResult) -> None:
             for rel in view.under(files_dir):
                 if rel[len(files_dir) + 1:] not in listed:
                     out.error(f"{rel} is not listed in {mrel}", file=rel, actual=sha(view.digest(rel)))
+            if isinstance(m.get("merkle"), dict) and len(listed) == len(entries) and all(
+                    view.has(f"{files_dir}/{p}") for p in listed):  # recompute the Merkle roots (one read each)
+                from provenance.capture.data import merkle_problems
+
+                for rel, problem in merkle_problems(m, view.root / files_dir):
+                    out.error(problem, file=f"{files_dir}/{rel}" if rel else mrel)
         else:
             for rel in view.under(base):
-                if rel not in (mrel, f"{base}/{formats.CROISSANT_NAME}"):
+                if rel not in (mrel, f"{base}/{formats.CROISSANT_NAME}", f"{base}/{formats.DATA_COMMITMENT}"):
                     out.warn(f"{rel} lies in the dataset's folder but the manifest bundles no files", file=rel)
+        crel = f"{base}/{formats.DATA_COMMITMENT}"
+        if view.has(crel):
+            from provenance.capture.data import commitment
+
+            try:
+                if view.json(crel) != commitment(m):
+                    out.error(f"does not match the Merkle roots and sample ids of {mrel}", file=crel)
+            except BundleFileError as exc:
+                out.error(exc.message, file=crel)
         samples = m.get("samples")
         if samples is not None:
             if not isinstance(samples, dict) or not is_int(samples.get("count")) or samples["count"] < 0:

@@ -19,7 +19,7 @@ from typing import Any
 from provenance.datasets import merkle
 from provenance.datasets.hashcache import HashCache, default_cache
 from provenance.datasets.scan import ScanError, Stats, default_scheme, is_text_scheme, scan_files
-from provenance.formats import DATA_MANIFEST_SCHEMA, FormatError, read_json
+from provenance.formats import DATA_COMMITMENT_SCHEMA, DATA_MANIFEST_SCHEMA, FormatError, read_json
 
 _LINE_FORMATS = (".jsonl", ".txt", ".csv", ".tsv")
 
@@ -59,17 +59,42 @@ def count_records(path: Path) -> int | None:
 
 _USE_DEFAULT_CACHE: Any = object()
 MERKLE_TREE = "RFC 9162 Merkle tree: leaf H(0x00||data), node H(0x01||left||right)"
-FILE_LEAF = "b'fullyopen-file/v1\\0' + compact sorted JSON of the entry's leaf, leaves, merkle_root, path, sha256, size"
+FILE_LEAF = ("b'fullyopen-file/v1\\0' + compact sorted JSON of the entry's leaf, leaves, merkle_root, path, sha256, "
+             "size (and first_sample, samples where present)")
 SORTED_LEAF = "the 32-byte leaf hashes of every text record of every file, sorted bytewise"
+
+
+FILE_LEAF_KEYS = ("leaf", "leaves", "merkle_root", "path", "sha256", "size")
+FILE_SAMPLE_KEYS = ("first_sample", "samples")  # files whose records or windows are samples
+
+
+def file_leaf_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a file entry that its leaf in the dataset's Merkle tree commits to."""
+    return {k: entry[k] for k in (*FILE_LEAF_KEYS, *FILE_SAMPLE_KEYS) if k in entry}
 
 
 def file_leaf_data(entry: dict[str, Any]) -> bytes:
     """The leaf that stands for one file in its dataset's Merkle tree."""
     import json
 
-    keys = ("leaf", "leaves", "merkle_root", "path", "sha256", "size")
-    canon = json.dumps({k: entry[k] for k in keys}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    canon = json.dumps(file_leaf_entry(entry), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return b"fullyopen-file/v1\0" + canon.encode()
+
+
+def commitment(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The dataset's commitment (data/<name>/commitment.json): its Merkle roots and what a sample id
+    means, small whatever the dataset's size, so that a proof chains to the seal in O(log n) bytes."""
+    mk = manifest.get("merkle")
+    if not isinstance(mk, dict):
+        return None
+    lay = manifest.get("layout") or {"type": "lines"}
+    samples: dict[str, Any] = {"layout": lay.get("type"), "count": (manifest.get("samples") or {}).get("count")}
+    if lay.get("type") == "token-stream":
+        samples.update({"window": lay.get("window"), "sample": lay.get("sample"), "dtype": lay.get("dtype")})
+    return {"schema": DATA_COMMITMENT_SCHEMA, "dataset": manifest.get("name"),
+            **{k: mk[k] for k in ("algorithm", "tree", "file_leaf", "root", "files", "sorted_leaf", "sorted_root",
+                                  "sorted_leaves")},
+            "samples": samples}
 
 
 def _layout_scheme(layout: dict[str, Any] | None, rel: str) -> str | None:
@@ -113,6 +138,19 @@ def build_manifest(spec: DatasetSpec, workers: int | None = None, *, cache: Hash
             text_leaves += [raw[i:i + 32] for i in range(0, len(raw), 32)]
         files.append(entry)
     files.sort(key=lambda e: e["path"])
+    lay = None
+    if spec.layout is not None:
+        from provenance.datasets.layouts import LayoutError, assign_samples, describe
+
+        try:
+            lay = describe(spec.layout, files)
+        except LayoutError as exc:
+            raise DataMismatch(f"dataset '{spec.name}': {exc}") from None
+        assign_samples(lay, files)
+    elif spec.samples_file is not None:
+        e = next(e for e in files if e["path"] == spec.samples_file)
+        if isinstance(e.get("records"), int):
+            e["first_sample"], e["samples"] = 0, e["records"]
     file_tree = merkle.root_of_hashes((merkle.leaf_hash(file_leaf_data(e), algorithm) for e in files), algorithm)
     text_leaves.sort()
     sorted_tree = merkle.root_of_hashes((merkle.leaf_hash(h, algorithm) for h in text_leaves), algorithm)
@@ -128,18 +166,51 @@ def build_manifest(spec: DatasetSpec, workers: int | None = None, *, cache: Hash
                    "sorted_leaves": len(text_leaves)},
         **spec.extra,
     }
-    if spec.layout is not None:
-        from provenance.datasets.layouts import LayoutError, describe
-
-        try:
-            lay = manifest["layout"] = describe(spec.layout, files)
-        except LayoutError as exc:
-            raise DataMismatch(f"dataset '{spec.name}': {exc}") from None
+    if lay is not None:
+        manifest["layout"] = lay
         manifest["samples"] = {"layout": lay["type"], "id": lay["id"], "count": lay["count"]}
     if spec.samples_file is not None and spec.layout is None:
         rec = next(e for e in files if e["path"] == spec.samples_file).get("records")
         manifest["samples"] = {"file": spec.samples_file, "id": "0-based record (line) number", "count": rec}
     return manifest
+
+
+def merkle_problems(manifest: dict[str, Any], folder: Path) -> list[tuple[str, str]]:
+    """(file, problem) for every Merkle root of the manifest that the files in `folder` do not give
+    (each file read once, or found unchanged in the hash cache); [] when every root holds."""
+    mk = manifest.get("merkle")
+    if not isinstance(mk, dict):
+        return []
+    entries = [e for e in manifest.get("files", []) if isinstance(e, dict) and "merkle_root" in e]
+    algorithm = str(mk.get("algorithm", "sha256"))
+    problems: list[tuple[str, str]] = []
+    cache = default_cache()
+    try:
+        facts = scan_files([(folder / e["path"], str(e["leaf"])) for e in entries], algorithm=algorithm, cache=cache)
+    except (ScanError, ValueError) as exc:
+        return [("", f"cannot recompute the Merkle roots: {exc}")]
+    finally:
+        if cache is not None:
+            cache.close()
+    text: list[bytes] = []
+    for e, f in zip(entries, facts, strict=True):
+        if f["merkle_root"] != e["merkle_root"] or f["leaves"] != e.get("leaves"):
+            problems.append((e["path"], f"its Merkle root is {f['merkle_root']} over {f['leaves']} leaves, the "
+                                        f"manifest says {e['merkle_root']} over {e.get('leaves')}"))
+        if is_text_scheme(f["leaf"]):
+            raw = f.get("_leaf_hashes", b"")
+            text += [raw[i:i + 32] for i in range(0, len(raw), 32)]
+    if len(entries) == len(manifest.get("files", [])):
+        files = sorted(manifest["files"], key=lambda e: e["path"])
+        root = merkle.root_of_hashes((merkle.leaf_hash(file_leaf_data(e), algorithm) for e in files), algorithm)
+        if f"{algorithm}:{root.hex()}" != mk.get("root"):
+            problems.append(("", f"merkle.root is {mk.get('root')}, the files' entries give {algorithm}:{root.hex()}"))
+        text.sort()
+        sroot = merkle.root_of_hashes((merkle.leaf_hash(h, algorithm) for h in text), algorithm)
+        if f"{algorithm}:{sroot.hex()}" != mk.get("sorted_root") or len(text) != mk.get("sorted_leaves"):
+            problems.append(("", f"merkle.sorted_root is {mk.get('sorted_root')}, the records give "
+                                 f"{algorithm}:{sroot.hex()} over {len(text)} leaves"))
+    return problems
 
 
 def compare_manifests(expected: dict[str, Any], actual: dict[str, Any], where: str = "") -> None:

@@ -142,30 +142,47 @@ def locate_sample(manifest: dict[str, Any], sample: int) -> tuple[str, int]:
     return loc["file"], loc["token_start"] // chunk
 
 
-def samples_of_leaf(manifest: dict[str, Any], file: str, index: int) -> set[int]:
-    """The sample ids whose bytes are the record `index` of `file` (empty for other files).
-    Token chunks: only the window-sampled ids whose window starts in the chunk."""
-    try:
-        lay = layout_of(manifest)
-    except LayoutError:
-        return set()
-    if lay["type"] == "lines":
-        n = lay.get("count")
-        return {index} if file == lay.get("file") and (not isinstance(n, int) or index < n) else set()
-    shards = _per_shard(manifest, lay)
+def assign_samples(lay: dict[str, Any], files: list[dict[str, Any]]) -> None:
+    """Give each shard's entry its first sample id and its number of samples (committed in its leaf)."""
+    by_path = {e["path"]: e for e in files}
     start = 0
-    for s, n in shards:
-        if s == file:
-            if lay["type"] == "documents":
-                return {start + index} if index < n else set()
-            if lay["sample"] != "window":
-                return set()
-            chunk = int(_entries(manifest)[file]["leaf"].rsplit(":", 1)[1])
-            w = int(lay["window"])
-            lo, hi = index * chunk, (index + 1) * chunk
-            return {start + k for k in range(-(-lo // w), min(n, -(-hi // w)))}
+    for s in lay["shards"]:
+        e = by_path[s]
+        if lay["type"] == "documents":
+            n = int(e.get("records", 0))
+        else:
+            t, w = int(e.get("tokens", 0)), int(lay["window"])
+            n = t // w if lay["sample"] == "window" else max(0, t - w + 1)
+        e["first_sample"], e["samples"] = start, n
         start += n
+
+
+def leaf_samples(entry: dict[str, Any], index: int, samples: dict[str, Any]) -> set[int]:
+    """The sample ids whose bytes are leaf `index` of the file `entry` describes, from what the dataset's
+    commitment and the file's leaf commit to. Records (lines, documents): the record's own id. Token
+    chunks (window ids): the windows that start in the chunk. Offset ids: none (any offset would do)."""
+    if not isinstance(entry.get("first_sample"), int) or not isinstance(entry.get("samples"), int):
+        return set()
+    first, n = entry["first_sample"], entry["samples"]
+    scheme = str(entry.get("leaf", ""))
+    if scheme == "lines" or scheme.startswith("records:"):
+        return {first + index} if 0 <= index < n else set()
+    if scheme.startswith("tokens:") and samples.get("sample") == "window":
+        chunk, w = int(scheme.rsplit(":", 1)[1]), int(samples["window"])
+        lo, hi = index * chunk, (index + 1) * chunk
+        return {first + k for k in range(-(-lo // w), min(n, -(-hi // w)))}
     return set()
+
+
+def samples_of_leaf(manifest: dict[str, Any], file: str, index: int) -> set[int]:
+    """leaf_samples for a file of a manifest."""
+    from provenance.capture.data import commitment
+
+    entry = _entries(manifest).get(file)
+    c = commitment(manifest)
+    if entry is None or c is None:
+        return set()
+    return leaf_samples(entry, index, c["samples"])
 
 
 def sample_bytes(manifest: dict[str, Any], root: Path, sample: int) -> bytes:

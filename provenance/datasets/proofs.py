@@ -6,8 +6,10 @@ A proof (schema PROOF_SCHEMA in formats.py, JSON) chains, link by link, to the b
 
 1. the record's bytes → its leaf hash → the file's Merkle root (an RFC 9162 inclusion path), for
    every copy of the record that the prover found in the dataset's text files;
-2. the file's entry in the data manifest → the dataset's Merkle root over its files (another path);
-3. the data manifest itself (its exact text) → its sha256, one of the resources of the seal;
+2. the file's entry (the fields its leaf commits to: path, size, sha256, leaves, Merkle root, and
+   the first sample id and number of samples it holds) → the dataset's root over its files;
+3. the dataset's commitment (data/<name>/commitment.json, its exact text: a few hundred bytes
+   whatever the dataset's size, written with the manifest) → its sha256, a resource of the seal;
 4. the seal's resource digests in order → the root digest (as model-signing computes it);
 5. the data order: each rank's header (which dataset the ids index) and step records (32 bytes a
    step: step, count, chain digest), plus the ids of every step that trained the record, each step's
@@ -30,12 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from provenance import formats
-from provenance.capture.data import file_leaf_data
+from provenance.capture.data import commitment, file_leaf_data, file_leaf_entry
 from provenance.datasets import merkle
+from provenance.datasets.layouts import leaf_samples
 from provenance.datasets.scan import ScanError, is_text_scheme, scan_file
 from provenance.hashing import root_digest
 
-ORDER_INLINE_LIMIT = 16 << 20  # include every step's ids (a complete list of steps) up to this many bytes
+ORDER_INLINE_LIMIT = 1 << 20  # include every step's ids (a complete list of steps) up to this many bytes
 
 
 class ProofError(ValueError):
@@ -166,12 +169,6 @@ def _sample_leaf(manifest: dict[str, Any], sample: int) -> tuple[str, int]:
         raise ProofError(str(exc)) from None
 
 
-def _samples_of_leaf(manifest: dict[str, Any], file: str, index: int) -> set[int]:
-    from provenance.datasets.layouts import samples_of_leaf
-
-    return samples_of_leaf(manifest, file, index)
-
-
 def _order_evidence(bundle: _Bundle, dataset: str, wanted: set[int]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     trained: list[dict[str, Any]] = []
     ranks = []
@@ -219,10 +216,15 @@ def prove(bundle_path: Path, *, text: str | None = None, file: Path | None = Non
         raise ProofError(f"{bundle.root}: no dataset {name!r} ({mrel} is not in the bundle)")
     manifest_text = bundle.sealed_bytes(mrel).decode("utf-8")
     manifest = json.loads(manifest_text)
-    mk = manifest.get("merkle")
-    if not isinstance(mk, dict):
-        raise ProofError(f"{mrel}: the manifest has no Merkle commitment (made before fullyopen recorded them)")
-    algorithm = mk["algorithm"]
+    crel = f"{formats.DATA_DIR}/{name}/{formats.DATA_COMMITMENT}"
+    if crel not in bundle.resources or not isinstance(manifest.get("merkle"), dict):
+        raise ProofError(f"{bundle.root}: dataset {name!r} has no Merkle commitment ({crel}): the bundle was made "
+                         f"before fullyopen recorded them")
+    commit_text = bundle.sealed_bytes(crel).decode("utf-8")
+    commit = json.loads(commit_text)
+    if commit != commitment(manifest):
+        raise ProofError(f"{crel} does not match the dataset's manifest")
+    algorithm = commit["algorithm"]
     files = manifest["files"]
     query: dict[str, Any]
     target_file: str | None = None
@@ -270,7 +272,7 @@ def prove(bundle_path: Path, *, text: str | None = None, file: Path | None = Non
         "algorithm": algorithm,
         "bundle": {"root_digest": formats.digest_str(bundle.root_hex), "run": bundle.root.name,
                    "resources": [[n, bundle.resources[n]] for n in bundle.names]},
-        "dataset": {"name": name, "manifest_file": mrel, "manifest_text": manifest_text},
+        "dataset": {"name": name, "commitment_file": crel, "commitment_text": commit_text},
     }
     if target_file is None:
         assert doc is not None
@@ -299,10 +301,10 @@ def prove(bundle_path: Path, *, text: str | None = None, file: Path | None = Non
     leaves = []
     wanted: set[int] = set()
     for fi, i, fh in copies:
-        leaves.append({"file": files[fi]["path"], "file_index": fi, "index": i,
+        leaves.append({"file": files[fi]["path"], "file_index": fi, "index": i, "entry": file_leaf_entry(files[fi]),
                        "file_path": [h.hex() for h in merkle.inclusion_path(fh, i, algorithm)],
                        "dataset_path": [h.hex() for h in merkle.inclusion_path(file_hashes, fi, algorithm)]})
-        wanted |= _samples_of_leaf(manifest, files[fi]["path"], i)
+        wanted |= leaf_samples(files[fi], i, commit["samples"])
     record: dict[str, Any] = {}
     try:
         record["data_text"] = data.decode("utf-8")
@@ -404,15 +406,16 @@ def _verify(proof: Any, root: str | None, bundle: Path | None) -> None:
 
     # 3. the data manifest
     d = proof["dataset"]
-    mtext: str = d["manifest_text"]
-    sealed(d["manifest_file"], mtext.encode("utf-8"))
-    if d["manifest_file"] != f"{formats.DATA_DIR}/{d['name']}/manifest.json":
-        raise ProofError(f"{d['manifest_file']} is not the manifest of dataset {d['name']!r}")
-    manifest = json.loads(mtext)
-    mk = manifest["merkle"]
+    ctext: str = d["commitment_text"]
+    sealed(d["commitment_file"], ctext.encode("utf-8"))
+    if d["commitment_file"] != f"{formats.DATA_DIR}/{d['name']}/{formats.DATA_COMMITMENT}":
+        raise ProofError(f"{d['commitment_file']} is not the commitment of dataset {d['name']!r}")
+    mk = json.loads(ctext)
+    if mk.get("schema") != formats.DATA_COMMITMENT_SCHEMA or mk.get("dataset") != d["name"]:
+        raise ProofError(f"{d['commitment_file']} is not a data commitment of dataset {d['name']!r}")
     if mk["algorithm"] != algorithm:
-        raise ProofError(f"the manifest's Merkle trees use {mk['algorithm']}, the proof {algorithm}")
-    files = manifest["files"]
+        raise ProofError(f"the dataset's Merkle trees use {mk['algorithm']}, the proof {algorithm}")
+    n_files = int(mk["files"])
     if proof.get("claim") == "non-membership":
         _verify_absence(proof, mk, algorithm)
         return
@@ -422,8 +425,6 @@ def _verify(proof: Any, root: str | None, bundle: Path | None) -> None:
     rec = proof["record"]
     data = rec["data_text"].encode("utf-8") if "data_text" in rec else _unb64(rec.get("data_b64"), "record data")
     lh = merkle.leaf_hash(data, algorithm)
-    from provenance.datasets.layouts import samples_of_leaf
-
     wanted: set[int] = set()
     seen = set()
     if not proof["leaves"]:
@@ -433,19 +434,19 @@ def _verify(proof: Any, root: str | None, bundle: Path | None) -> None:
         if (fi, li) in seen:
             raise ProofError(f"leaf {li} of file #{fi} is listed twice")
         seen.add((fi, li))
-        if not 0 <= fi < len(files) or files[fi]["path"] != leaf["file"]:
-            raise ProofError(f"file #{fi} of the manifest is not {leaf['file']}")
-        entry = files[fi]
+        entry = leaf["entry"]
+        if not 0 <= fi < n_files or entry["path"] != leaf["file"]:
+            raise ProofError(f"file #{fi} of the dataset is not {leaf['file']}")
         file_root = merkle.root_from_path(lh, li, int(entry["leaves"]), _path(leaf["file_path"], "file_path"),
                                           algorithm)
         if file_root is None or file_root != _digest_hex(entry["merkle_root"], algorithm, "merkle_root"):
             raise ProofError(f"the record is not leaf {li} of {leaf['file']}: its path does not lead to the "
                              f"file's Merkle root {entry['merkle_root']}")
-        ds_root = merkle.root_from_path(merkle.leaf_hash(file_leaf_data(entry), algorithm), fi, len(files),
+        ds_root = merkle.root_from_path(merkle.leaf_hash(file_leaf_data(entry), algorithm), fi, n_files,
                                         _path(leaf["dataset_path"], "dataset_path"), algorithm)
         if ds_root is None or ds_root != _digest_hex(mk["root"], algorithm, "merkle.root"):
             raise ProofError(f"{leaf['file']}'s entry does not lead to the dataset's Merkle root {mk['root']}")
-        wanted |= samples_of_leaf(manifest, leaf["file"], li)
+        wanted |= leaf_samples(entry, li, mk["samples"])
     # the query is about this record
     q = proof["query"]
     if "text" in q:

@@ -30,7 +30,7 @@ from typing import Any
 from provenance import formats
 from provenance.bundle import BundleError, BundleWriter
 from provenance.capture.code import capture_code
-from provenance.capture.data import DatasetSpec, verified_manifest
+from provenance.capture.data import DatasetSpec, commitment, verified_manifest
 from provenance.capture.env import capture_env
 from provenance.capture.process import process_identity
 from provenance.capture.state import apply_determinism, seed_everything
@@ -366,6 +366,8 @@ class Run:
                 self.writer.copy_file(spec.root / entry["path"], f"{base}/files/{entry['path']}", entry["sha256"])
             manifest["bundled_files"] = f"{base}/files"
         self.writer.write_json(f"{base}/manifest.json", manifest)
+        if (commit := commitment(manifest)) is not None:  # Merkle roots for proofs (prov prove)
+            self.writer.write_json(f"{base}/{formats.DATA_COMMITMENT}", commit)
 
     def batch(self, step: int, compute: Callable[[int], Sequence[int]]) -> list[int]:
         """The sample ids of this step: computed by `compute(step)`, recorded, and returned: train on these.
