@@ -192,3 +192,15 @@ def test_gzip_records_are_the_decompressed_lines(tmp_path: Path) -> None:
     facts = scan_file(p, "records:jsonl.gz")
     assert facts["records"] == 50 and facts["merkle_root"] == "sha256:" + _mth(lines).hex()
     assert facts["sha256"] == hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_blake3_manifests_name_their_algorithm(corpus: Path) -> None:
+    blake3 = pytest.importorskip("blake3")
+    m = build_manifest(_spec(corpus, ["train.jsonl"]), cache=None, algorithm="blake3")
+    e = m["files"][0]
+    data = (corpus / "train.jsonl").read_bytes()
+    assert e["sha256"] == hashlib.sha256(data).hexdigest() and e["blake3"] == blake3.blake3(data).hexdigest()
+    assert e["merkle_root"].startswith("blake3:") and m["merkle"]["root"].startswith("blake3:")
+    lines = data.split(b"\n")[:-1]
+    assert e["merkle_root"] == "blake3:" + merkle.root_of_hashes(
+        (merkle.leaf_hash(x, "blake3") for x in lines), "blake3").hex()

@@ -130,6 +130,8 @@ def build_manifest(spec: DatasetSpec, workers: int | None = None, *, cache: Hash
     for f, fact in zip(spec.files, facts, strict=True):
         entry: dict[str, Any] = {"path": f, "size": fact["size"], "sha256": fact["sha256"], "leaf": fact["leaf"],
                                  "leaves": fact["leaves"], "merkle_root": fact["merkle_root"]}
+        if algorithm != "sha256":  # the whole-file digest in that algorithm too (model-signing accepts blake3)
+            entry[algorithm] = fact[algorithm]
         if "records" in fact and (f.endswith(_LINE_FORMATS) or is_text_scheme(fact["leaf"])
                                   or fact["leaf"].startswith("tokens:")):
             entry["tokens" if fact["leaf"].startswith("tokens:") else "records"] = fact["records"]

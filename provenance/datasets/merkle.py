@@ -32,7 +32,13 @@ def hasher(algorithm: str = "sha256") -> Callable[[], object]:
     raise ValueError(f"unknown hash algorithm {algorithm!r} (sha256 or blake3)")
 
 
+def _sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
 def _h(algorithm: str) -> HashFn:
+    if algorithm == "sha256":
+        return _sha256
     new = hasher(algorithm)
 
     def h(data: bytes) -> bytes:
@@ -83,10 +89,19 @@ class Streaming:
 
 
 def root_of_hashes(leaf_hashes: Iterable[bytes], algorithm: str = "sha256") -> bytes:
-    s = Streaming(algorithm)
-    for lh in leaf_hashes:
-        s.add_hash(lh)
-    return s.root()
+    """MTH over leaf hashes, level by level (the same tree as Streaming, fewer Python calls)."""
+    level = list(leaf_hashes)
+    if not level:
+        return empty_root(algorithm)
+    node = _h(algorithm)
+    # RFC 9162's split at the largest power of two equals pairing left to right, level by level, with
+    # an odd last node promoted unchanged
+    while len(level) > 1:
+        nxt = [node(b"\x01" + level[i] + level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    return level[0]
 
 
 def _split(n: int) -> int:

@@ -279,6 +279,7 @@ def scan_file(path: Path, scheme: str, algorithm: str = "sha256",
     and the leaf hashes (raw bytes, under '_leaf_hashes') of text records, or of any file when `keep`."""
     leaves = _splitter(path, scheme, algorithm, keep)
     h = hashlib.sha256()
+    alt: Any = merkle.hasher(algorithm)() if algorithm != "sha256" else None  # e.g. a whole-file blake3 too
     buf = _buffer()
     view = memoryview(buf)
     size = 0
@@ -288,6 +289,8 @@ def scan_file(path: Path, scheme: str, algorithm: str = "sha256",
             if not n:
                 break
             h.update(view[:n])
+            if alt is not None:
+                alt.update(view[:n])
             leaves.feed(view[:n])
             size += n
             if progress is not None:
@@ -295,6 +298,8 @@ def scan_file(path: Path, scheme: str, algorithm: str = "sha256",
     leaves.finish()
     facts: dict[str, Any] = {"size": size, "sha256": h.hexdigest(), "leaf": scheme, "leaves": leaves.tree.count,
                              "merkle_root": f"{algorithm}:{leaves.tree.root().hex()}"}
+    if alt is not None:
+        facts[algorithm] = alt.hexdigest()
     rec = leaves.records()
     if rec is not None:
         facts["records"] = rec
@@ -372,56 +377,94 @@ def _cache_kind(scheme: str, algorithm: str) -> str:
     return f"scan/v1|{algorithm}|{scheme}"
 
 
-def _cached_scan(path: Path, scheme: str, algorithm: str, cache: HashCache | None, stats: Stats,
-                 progress: Callable[[int], None] | None) -> dict[str, Any]:
-    kind = _cache_kind(scheme, algorithm)
+def _lookup(path: Path, scheme: str, algorithm: str, cache: HashCache | None) -> tuple[StatKey, dict[str, Any] | None]:
     try:
         before = StatKey.of(path)
     except OSError as exc:
         raise ScanError(f"{path}: cannot be read ({exc.strerror})") from None
-    if cache is not None:
-        hit = cache.get(before, kind)
-        if hit is not None and hit.get("size") == before.size:
-            facts = dict(hit)
-            if "_leaf_hashes" in facts:
-                facts["_leaf_hashes"] = bytes.fromhex(facts["_leaf_hashes"])
-            stats.add(before.size, cached=True)
-            return facts
+    if cache is None:
+        return before, None
+    hit = cache.get(before, _cache_kind(scheme, algorithm))
+    if hit is None or hit.get("size") != before.size:
+        return before, None
+    facts = dict(hit)
+    if "_leaf_hashes" in facts:
+        facts["_leaf_hashes"] = bytes.fromhex(facts["_leaf_hashes"])
+    return before, facts
+
+
+def _fresh_scan(path: Path, scheme: str, algorithm: str, cache: HashCache | None, before: StatKey,
+                progress: Callable[[int], None] | None) -> dict[str, Any]:
     made = now_ns()
     try:
         facts = scan_file(path, scheme, algorithm, progress)
     except OSError as exc:
         raise ScanError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    stats.add(facts["size"], cached=False)
     if cache is not None:
-        after = StatKey.of(path)
+        try:
+            after = StatKey.of(path)
+        except OSError:
+            return facts
         stored = dict(facts)
         if "_leaf_hashes" in stored:
             stored["_leaf_hashes"] = stored["_leaf_hashes"].hex()
-        cache.put(before, after, kind, stored, made)
+        cache.put(before, after, _cache_kind(scheme, algorithm), stored, made)
+    return facts
+
+
+def _cached_scan(path: Path, scheme: str, algorithm: str, cache: HashCache | None, stats: Stats,
+                 progress: Callable[[int], None] | None) -> dict[str, Any]:
+    before, facts = _lookup(path, scheme, algorithm, cache)
+    if facts is not None:
+        stats.add(before.size, cached=True)
+        return facts
+    facts = _fresh_scan(path, scheme, algorithm, cache, before, progress)
+    stats.add(facts["size"], cached=False)
     return facts
 
 
 def scan_files(items: Sequence[tuple[Path, str]], algorithm: str = "sha256", cache: HashCache | None = None,
                workers: int | None = None, stats: Stats | None = None,
                progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
-    """Facts of many (path, scheme) files, in the order given; largest files start first."""
+    """Facts of many (path, scheme) files, in the order given. The cache is asked first for every file
+    (stat and lookup, in this thread); the files it does not know are read, largest first, on every core."""
     stats = stats if stats is not None else Stats()
     workers = workers or default_workers()
-    order = sorted(range(len(items)), key=lambda i: -_size(items[i][0]))
     out: list[dict[str, Any] | None] = [None] * len(items)
-
-    def one(i: int) -> None:
-        p, s = items[i]
-        out[i] = _cached_scan(p, s, algorithm, cache, stats, progress)
-
+    todo: list[tuple[int, StatKey]] = []
     try:
-        if workers == 1 or len(items) <= 1:
-            for i in order:
-                one(i)
+        keys = []
+        for p, _s in items:
+            try:
+                keys.append(StatKey.of(p))
+            except OSError as exc:
+                raise ScanError(f"{p}: cannot be read ({exc.strerror})") from None
+        hits = cache.get_many([(k, _cache_kind(s, algorithm)) for k, (_p, s) in zip(keys, items, strict=True)]) \
+            if cache is not None else [None] * len(items)
+        for i, (before, hit) in enumerate(zip(keys, hits, strict=True)):
+            if hit is not None and hit.get("size") == before.size:
+                facts = dict(hit)
+                if "_leaf_hashes" in facts:
+                    facts["_leaf_hashes"] = bytes.fromhex(facts["_leaf_hashes"])
+                stats.add(before.size, cached=True)
+                out[i] = facts
+            else:
+                todo.append((i, before))
+        todo.sort(key=lambda t: -t[1].size)
+
+        def one(job: tuple[int, StatKey]) -> None:
+            i, before = job
+            p, s = items[i]
+            facts = _fresh_scan(p, s, algorithm, cache, before, progress)
+            stats.add(facts["size"], cached=False)
+            out[i] = facts
+
+        if workers == 1 or len(todo) <= 1:
+            for job in todo:
+                one(job)
         else:
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prov-scan") as pool:
-                list(pool.map(one, order))
+                list(pool.map(one, todo))
     finally:
         if cache is not None:
             cache.flush()
