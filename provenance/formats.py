@@ -270,7 +270,7 @@ def reseal_record(previous_root_digest: str, changes: Sequence[dict[str, Any]], 
 
 ORDER_SCHEMA_V1 = "fullyopen.data-order/v1"
 ORDER_SCHEMAS = {ORDER_SCHEMA_V1: 1, "fullyopen.data-order/v2": 2}
-ORDER_WRITE_VERSION = 1  # what a run writes now
+ORDER_WRITE_VERSION = 2  # what a run writes now (64-bit ids)
 ORDER_SCHEMA = "fullyopen.data-order/v2" if ORDER_WRITE_VERSION == 2 else ORDER_SCHEMA_V1
 ORDER_STEP_RECORD = struct.Struct("<II24s")
 ORDER_CHAIN_SEED = bytes(24)
@@ -280,6 +280,16 @@ _ORDER_IDS = {1: ("ids.u32", "I", 4, b"fullyopen-order-v1"), 2: ("ids.u64", "Q",
 def order_paths(rank: int, version: int = ORDER_WRITE_VERSION) -> tuple[str, str, str]:
     base = f"{ORDER_DIR}/rank{rank}"
     return f"{base}.json", f"{base}.{_ORDER_IDS[version][0]}", f"{base}.steps.bin"
+
+
+def order_id_width(version: int) -> int:
+    """Bytes a sample id: 4 in v1, 8 in v2."""
+    return _ORDER_IDS[version][2]
+
+
+def order_ids_version(ids_name: str) -> int:
+    """The order version of an ids file, by its suffix (.ids.u64: 2, .ids.u32: 1)."""
+    return 2 if ids_name.endswith(".u64") else 1
 
 
 def order_version(header: Any) -> int:
@@ -381,7 +391,7 @@ def read_order(ids_path: Path, steps_path: Path) -> Iterator[OrderStep]:
             if alt.exists():
                 ids_path = alt
                 break
-    version = 2 if ids_path.name.endswith(".u64") else 1
+    version = order_ids_version(ids_path.name)
     ids_all = ids_path.read_bytes() if ids_path.exists() else b""
     steps_raw = steps_path.read_bytes() if steps_path.exists() else b""
     yield from decode_order(ids_all, steps_raw, version)

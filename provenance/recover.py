@@ -278,17 +278,19 @@ def _trim_order(root: Path, files: dict[str, os.stat_result]) -> list[str]:
     prefix = formats.ORDER_DIR + "/"
     for steps_rel in sorted(f for f in files if f.startswith(prefix) and f.endswith(".steps.bin")
                             and f.count("/") == 1 and f[len(prefix):].startswith("rank")):
-        ids_rel = steps_rel[: -len(".steps.bin")] + ".ids.u32"
+        stem = steps_rel[: -len(".steps.bin")]
+        ids_rel = next((f"{stem}.{x}" for x in ("ids.u64", "ids.u32") if f"{stem}.{x}" in files), f"{stem}.ids.u64")
+        width = formats.order_id_width(formats.order_ids_version(ids_rel))
         raw = read_file(root, steps_rel, 1 << 30)
         usable = len(raw) - len(raw) % formats.ORDER_STEP_RECORD.size
         n_ids = sum(n for _s, n, _c in formats.ORDER_STEP_RECORD.iter_unpack(raw[:usable]))
         if usable != len(raw):
             _truncate(root, steps_rel, usable)
             repaired.append(steps_rel)
-        if ids_rel in files and files[ids_rel].st_size != 4 * n_ids:
-            if files[ids_rel].st_size < 4 * n_ids:
+        if ids_rel in files and files[ids_rel].st_size != width * n_ids:
+            if files[ids_rel].st_size < width * n_ids:
                 raise BundleError(f"{ids_rel}: holds fewer sample ids than its step records claim; refused")
-            _truncate(root, ids_rel, 4 * n_ids)
+            _truncate(root, ids_rel, width * n_ids)
             repaired.append(ids_rel)
     return repaired
 

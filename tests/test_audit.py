@@ -285,7 +285,7 @@ def test_order_with_an_undefined_sample_id_fails(bundle_copy: Path) -> None:
     _rewrite_order(bundle_copy, lambda step, ids: [10**6, *ids[1:]] if step == 5 else ids, fix_chain=True)
     f = failing(reseal_and_audit(bundle_copy))
     assert list(f) == ["order"], f
-    assert "step 5 refers to sample id 1000000" in f["order"][0] and "order/rank0.ids.u32" in f["order"][0]
+    assert "step 5 refers to sample id 1000000" in f["order"][0] and "order/rank0.ids.u64" in f["order"][0]
 
 
 def test_order_with_a_broken_chain_fails(bundle_copy: Path) -> None:

@@ -75,10 +75,11 @@ def test_data_order_is_what_the_loop_used(tiny_bundle: Path) -> None:
     cfg = load(Config, Path(__file__).parents[1] / "configs" / "tiny-lm.yaml", TINY)
     assert (s["seed"], s["batch_size"]) == (cfg.run.seed, cfg.train.batch_size)
     sampler = EpochSampler(s["n_samples"], s["batch_size"], s["seed"])
-    ids = (tiny_bundle / "order" / "rank0.ids.u32").read_bytes()
+    assert hdr["schema"] == "fullyopen.data-order/v2" and hdr["ids_dtype"] == "uint64-le"
+    ids = (tiny_bundle / "order" / "rank0.ids.u64").read_bytes()
     steps = (tiny_bundle / "order" / "rank0.steps.bin").read_bytes()
-    assert len(ids) == 4 * 12 * s["batch_size"] and len(steps) == 32 * 12  # 4 B/sample, 32 B/step
-    all_ids = struct.unpack(f"<{len(ids) // 4}I", ids)
+    assert len(ids) == 8 * 12 * s["batch_size"] and len(steps) == 32 * 12  # 8 B/sample, 32 B/step
+    all_ids = struct.unpack(f"<{len(ids) // 8}Q", ids)
     n_samples = _json(tiny_bundle / "data" / "tiny-corpus" / "manifest.json")["samples"]["count"]
     prev = bytes(24)
     for k in range(12):
@@ -86,7 +87,7 @@ def test_data_order_is_what_the_loop_used(tiny_bundle: Path) -> None:
         batch = list(all_ids[k * n:(k + 1) * n])
         assert step == k + 1 and batch == sampler.batch(step)
         assert all(0 <= i < n_samples for i in batch)
-        h = hashlib.sha256(b"fullyopen-order-v1" + prev + struct.pack("<II", step, n) + ids[4 * k * n:4 * (k + 1) * n])
+        h = hashlib.sha256(b"fullyopen-order-v2" + prev + struct.pack("<II", step, n) + ids[8 * k * n:8 * (k + 1) * n])
         assert chain == h.digest()[:24]
         prev = chain
 
@@ -143,19 +144,21 @@ def test_a_run_folder_is_never_reused(tmp_path: Path) -> None:
 
 
 def test_order_chain_detects_a_changed_batch(tiny_bundle: Path, tmp_path: Path) -> None:
-    ids = bytearray((tiny_bundle / "order" / "rank0.ids.u32").read_bytes())
+    ids = bytearray((tiny_bundle / "order" / "rank0.ids.u64").read_bytes())
     steps_path = tiny_bundle / "order" / "rank0.steps.bin"
-    assert formats.verify_order_chain(formats.read_order(tiny_bundle / "order" / "rank0.ids.u32", steps_path)) is None
-    ids[4 * 8 * 3] ^= 1  # a sample of step 4
-    (tmp_path / "ids").write_bytes(bytes(ids))
-    broken = formats.verify_order_chain(formats.read_order(tmp_path / "ids", steps_path))
+    assert formats.verify_order_chain(formats.read_order(tiny_bundle / "order" / "rank0.ids.u64", steps_path)) is None
+    ids[8 * 8 * 3] ^= 1  # a sample of step 4
+    (tmp_path / "rank0.ids.u64").write_bytes(bytes(ids))
+    broken = formats.verify_order_chain(formats.read_order(tmp_path / "rank0.ids.u64", steps_path))
     assert broken == (3, 4)
 
 
 def test_batch_digest_is_sha256_of_the_little_endian_ids() -> None:
-    ids = [3, 0, 2**32 - 1, 17]
-    expected = "sha256:" + hashlib.sha256(struct.pack("<4I", *ids)).hexdigest()
+    ids = [3, 0, 2**32 - 1, 17, 2**40 + 5]  # 64-bit ids (v2)
+    expected = "sha256:" + hashlib.sha256(struct.pack("<5Q", *ids)).hexdigest()
     assert formats.batch_digest(ids) == formats.ids_digest(formats.encode_ids(ids)) == expected
+    v1 = ids[:4]
+    assert formats.batch_digest(v1, 1) == "sha256:" + hashlib.sha256(struct.pack("<4I", *v1)).hexdigest()
 
 
 def test_a_default_run_records_its_purpose_and_overrides_as_decisions(tiny_bundle: Path) -> None:

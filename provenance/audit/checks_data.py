@@ -128,7 +128,7 @@ def check_order(view: BundleView, out: CheckResult) -> None:
     headers: dict[int, str] = {}
     binaries: set[int] = set()
     for rel in view.under(formats.ORDER_DIR):
-        mt = re.fullmatch(rf"{formats.ORDER_DIR}/rank(\d+)\.(json|ids\.u32|steps\.bin)", rel)
+        mt = re.fullmatch(rf"{formats.ORDER_DIR}/rank(\d+)\.(json|ids\.u32|ids\.u64|steps\.bin)", rel)
         if mt is None:
             out.warn("not a data-order file", file=rel)
             continue
@@ -147,8 +147,8 @@ def check_order(view: BundleView, out: CheckResult) -> None:
         except BundleFileError as exc:
             out.error(exc.message, file=hrel)
             continue
-        if not isinstance(hdr, dict) or hdr.get("schema") != formats.ORDER_SCHEMA:
-            out.error("not a data-order header", file=hrel, expected=formats.ORDER_SCHEMA)
+        if not isinstance(hdr, dict) or hdr.get("schema") not in formats.ORDER_SCHEMAS:
+            out.error("not a data-order header", file=hrel, expected=" or ".join(formats.ORDER_SCHEMAS))
             continue
         if hdr.get("rank") != rank:
             out.error(f"states rank {hdr.get('rank')!r} but is named rank{rank}", file=hrel)
@@ -167,8 +167,9 @@ def check_order(view: BundleView, out: CheckResult) -> None:
         if n_samples is not None and is_int(declared) and declared != n_samples:
             out.error(f"the sampler draws from {declared} samples, the manifest of {dataset!r} defines {n_samples}",
                       file=hrel, expected=str(n_samples), actual=str(declared))
-        _, ids_rel, steps_rel = formats.order_paths(rank)
-        steps = _verify_order_stream(view, out, ids_rel, steps_rel, n_samples, dataset)
+        version = formats.ORDER_SCHEMAS[hdr["schema"]]  # v1: uint32 ids (.ids.u32), v2: uint64 (.ids.u64)
+        _, ids_rel, steps_rel = formats.order_paths(rank, version)
+        steps = _verify_order_stream(view, out, ids_rel, steps_rel, n_samples, dataset, version)
         if steps is None:
             continue
         if rank == 0:
@@ -182,8 +183,9 @@ def check_order(view: BundleView, out: CheckResult) -> None:
 
 
 def _verify_order_stream(view: BundleView, out: CheckResult, ids_rel: str, steps_rel: str,
-                         n_samples: int | None, dataset: Any) -> list[int] | None:
-    """Stream one rank's order: chain, contiguity, id bounds, exact sizes. Returns its steps."""
+                         n_samples: int | None, dataset: Any, version: int = 1) -> list[int] | None:
+    """Stream one rank's order (v1 or v2): chain, contiguity, id bounds, exact sizes. Returns its steps."""
+    width = formats.order_id_width(version)
     if not view.has(steps_rel) and not view.has(ids_rel):
         return []
     for rel in (ids_rel, steps_rel):
@@ -208,21 +210,21 @@ def _verify_order_stream(view: BundleView, out: CheckResult, ids_rel: str, steps
                     out.error(f"step {step} follows step {steps[-1]}: the order's steps must be contiguous",
                               file=steps_rel)
                 steps.append(step)
-                if 4 * n > ids_size - consumed:
+                if width * n > ids_size - consumed:
                     out.error(f"step {step} claims {n} sample ids but the file ends first (truncated)",
                               file=ids_rel)
                     return steps
-                ids_bytes = fi.read(4 * n)
+                ids_bytes = fi.read(width * n)
                 consumed += len(ids_bytes)
                 if chain_ok:
-                    expect = formats.chain_next(prev_chain, step, ids_bytes)
+                    expect = formats.chain_next(prev_chain, step, ids_bytes, version)
                     if expect != chain:
                         out.error(f"the digest chain breaks at step {step}: this step's batch, or an earlier one, "
                                   "was changed", file=steps_rel, expected=expect.hex(), actual=chain.hex())
                         chain_ok = False
                     prev_chain = chain
                 if n_samples is not None and n:
-                    ids = array.array("I")
+                    ids = array.array("I" if width == 4 else "Q")
                     ids.frombytes(ids_bytes)
                     if sys.byteorder == "big":  # pragma: no cover
                         ids.byteswap()

@@ -34,7 +34,8 @@ def _trim_jsonl(path: Path) -> bool:
 
 def _trim_order(root: Path, rank: int) -> bool:
     """Whole step records, and exactly the ids they claim (a kill between the two writes leaves extra ids)."""
-    _, ids_rel, steps_rel = formats.order_paths(rank)
+    _, ids_rel, steps_rel, version = formats.order_files(root, rank)
+    width = formats.order_id_width(version)
     steps_path, ids_path = root / steps_rel, root / ids_rel
     if not steps_path.is_file():
         return False
@@ -46,9 +47,9 @@ def _trim_order(root: Path, rank: int) -> bool:
         with open(steps_path, "r+b") as f:
             f.truncate(usable)
         changed = True
-    if ids_path.is_file() and ids_path.stat().st_size > 4 * n_ids:
+    if ids_path.is_file() and ids_path.stat().st_size > width * n_ids:
         with open(ids_path, "r+b") as f:
-            f.truncate(4 * n_ids)
+            f.truncate(width * n_ids)
         changed = True
     return changed
 
@@ -68,7 +69,7 @@ def _metrics_and_order_agree(root: Path, rank: int) -> None:
     paths = formats.capture_paths(rank)
     order_steps = [int(r["step"]) for r in formats.read_jsonl(root / paths.order) if isinstance(r.get("step"), int)]
     metric_steps = [int(r["step"]) for r in formats.read_jsonl(root / paths.metrics) if isinstance(r.get("step"), int)]
-    _, ids_rel, steps_rel = formats.order_paths(rank)
+    _, ids_rel, steps_rel, version = formats.order_files(root, rank)
     native = [s.step for s in formats.read_order(root / ids_rel, root / steps_rel)]
     last = min((max(x) if x else 0) for x in (order_steps, metric_steps, native))
     for rel, steps in ((paths.order, order_steps), (paths.metrics, metric_steps)):
@@ -84,7 +85,7 @@ def _metrics_and_order_agree(root: Path, rank: int) -> None:
         with open(root / steps_rel, "r+b") as f:
             f.truncate(keep_n * formats.ORDER_STEP_RECORD.size)
         with open(root / ids_rel, "r+b") as f:
-            f.truncate(4 * n_ids)
+            f.truncate(formats.order_id_width(version) * n_ids)
 
 
 def _first(calls: list[dict[str, Any]], prefix: str) -> Any:

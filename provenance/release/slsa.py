@@ -123,7 +123,8 @@ def build_statement(f: Facts) -> dict[str, Any]:
     }
     byproducts = [{"name": n, "uri": f"file:{n}", "digest": _sha(f.resources[n])}
                   for n in (formats.RUN_JSON, formats.CONFIG_JSON, formats.METRICS, formats.EVALS, formats.EVENTS,
-                            formats.NOTES, formats.CHECKPOINT_INDEX, *formats.order_paths(0))
+                            formats.NOTES, formats.CHECKPOINT_INDEX, *formats.order_paths(0),
+                            formats.order_paths(0, 1)[1])
                   if n in f.resources]
     return {
         "_type": formats.INTOTO_STATEMENT,
