@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -272,7 +271,7 @@ def _rewrite_order(root: Path, change: Any, fix_chain: bool) -> None:
     ids_out, steps_out, prev = b"", b"", formats.ORDER_CHAIN_SEED
     for st in steps:
         ids = list(change(st.step, list(st.sample_ids)))
-        raw = struct.pack(f"<{len(ids)}I", *ids)
+        raw = formats.encode_ids(ids)
         chain = formats.chain_next(prev, st.step, raw) if fix_chain else st.chain
         ids_out += raw
         steps_out += formats.ORDER_STEP_RECORD.pack(st.step, len(ids), chain)

@@ -120,3 +120,23 @@ def test_tiny_lm_tokens_trains_audits_proves_and_reproduces_bitwise(tmp_path: Pa
     assert audit(b).ok
     verify_proof(prove(b, sample=3))
     assert main(["reproduce", str(b)]) == 0
+
+
+def test_parquet_shards_rows_are_documents_and_a_missing_column_names_the_file(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    texts = [f"parquet document {i}" for i in range(120)]
+    pq.write_table(pa.table({"text": texts[:70], "n": list(range(70))}), tmp_path / "a.parquet", row_group_size=16)
+    pq.write_table(pa.table({"text": texts[70:]}), tmp_path / "b.parquet")
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"text": f"json {i}"}) + "\n" for i in range(5)))
+    spec = DatasetSpec(name="p", root=tmp_path, files=["a.parquet", "b.parquet", "c.jsonl"], source={},
+                       layout={"type": "documents"})
+    m = build_manifest(spec, cache=None)
+    assert [e["records"] for e in m["files"]] == [70, 50, 5] and m["layout"]["count"] == 125
+    for sid in random.Random(3).sample(range(120), 20):
+        assert sample_bytes(m, tmp_path, sid) == texts[sid].encode()
+    assert json.loads(sample_bytes(m, tmp_path, 122)) == {"text": "json 2"}
+    pq.write_table(pa.table({"body": texts[70:]}), tmp_path / "b.parquet")
+    with pytest.raises(DataMismatch, match=r"b\.parquet: parquet file has no column 'text'"):
+        build_manifest(spec, cache=None)

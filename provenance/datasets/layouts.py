@@ -26,7 +26,7 @@ from provenance import formats
 from provenance.datasets.scan import TOKEN_DTYPES, ScanError, iter_records, leaf_span
 
 LAYOUTS = ("lines", "documents", "token-stream")
-DOC_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
+DOC_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
 TOKEN_SUFFIXES = (".bin", ".npy")
 
 

@@ -16,6 +16,7 @@ there for the same scheme; the cached facts are exactly what a fresh scan writes
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 import zlib
@@ -33,6 +34,7 @@ BLOCK = 4 << 20
 DEFAULT_BLOCK_LEAF = 1 << 20  # blocks:1048576 for files that are not records or tokens
 DEFAULT_TOKEN_CHUNK = 4096  # tokens per leaf of a token stream: 8 KiB uint16 leaves keep proofs small
 LINE_SUFFIXES = (".jsonl", ".txt", ".csv", ".tsv")
+PARQUET_COLUMN = "text"  # the column whose values are a parquet shard's records
 TOKEN_DTYPES = {"uint16": 2, "uint32": 4}
 _local = threading.local()
 
@@ -71,6 +73,8 @@ def default_scheme(rel: str) -> str:
     for suffix in (".jsonl.gz", ".jsonl.zst"):
         if rel.endswith(suffix):
             return f"records:{suffix[1:]}"
+    if rel.endswith(".parquet"):
+        return f"records:parquet:{PARQUET_COLUMN}"
     return f"blocks:{DEFAULT_BLOCK_LEAF}"
 
 
@@ -219,6 +223,46 @@ class _Records(_Lines):
         super().finish()
 
 
+class _Parquet(_Leaves):
+    """Records of a parquet shard: the values of one text column, row by row. Parquet is decoded from its
+    footer, not from a stream, so these leaves come from a second read (pyarrow), after the sha256 pass."""
+
+    def __init__(self, algorithm: str, path: Path, column: str) -> None:
+        super().__init__(algorithm, True)
+        self._path, self._column = path, column
+        self._rows = 0
+
+    def feed(self, block: memoryview) -> None:
+        pass
+
+    def values(self) -> Iterator[bytes]:
+        try:
+            import pyarrow.parquet as pq
+
+            pf = pq.ParquetFile(self._path)
+        except Exception as exc:
+            raise ScanError(f"{self._path.name}: not a readable parquet file ({exc})") from None
+        if self._column not in pf.schema_arrow.names:
+            raise ScanError(f"{self._path.name}: parquet file has no column {self._column!r} "
+                            f"(columns: {', '.join(pf.schema_arrow.names)})")
+        for batch in pf.iter_batches(columns=[self._column], batch_size=8192):
+            for v in batch.column(0).to_pylist():
+                if isinstance(v, bytes):
+                    yield v
+                elif isinstance(v, str):
+                    yield v.encode("utf-8")
+                else:  # a null or non-text value: its canonical JSON
+                    yield json.dumps(v, ensure_ascii=False, sort_keys=True).encode("utf-8")
+
+    def finish(self) -> None:
+        for v in self.values():
+            self.leaf(v)
+            self._rows += 1
+
+    def records(self) -> int | None:
+        return self._rows
+
+
 def _npy_data_offset(path: Path) -> tuple[int, str]:
     import numpy as np
 
@@ -242,9 +286,11 @@ def _splitter(path: Path, scheme: str, algorithm: str, keep: bool = False) -> _L
     if kind == "lines":
         return _Lines(algorithm, True)
     if kind == "records":
+        if rest.startswith("parquet:"):
+            return _Parquet(algorithm, path, rest.split(":", 1)[1])
         codec = {"jsonl": "", "jsonl.gz": "gz", "jsonl.zst": "zst"}.get(rest)
         if codec is None:
-            raise ScanError(f"{name}: unknown document format {rest!r} (jsonl, jsonl.gz, jsonl.zst)")
+            raise ScanError(f"{name}: unknown document format {rest!r} (jsonl, jsonl.gz, jsonl.zst, parquet:COLUMN)")
         return _Records(algorithm, True, codec, name)
     if kind == "blocks":
         b = _Blocks(algorithm, int(rest))
@@ -322,6 +368,9 @@ class _Collect(_Records):
 def iter_records(path: Path, scheme: str) -> Iterator[bytes]:
     """The records (leaves) of a text file in order, decompressed, without their newline."""
     kind, _, rest = scheme.partition(":")
+    if kind == "records" and rest.startswith("parquet:"):
+        yield from _Parquet("sha256", path, rest.split(":", 1)[1]).values()
+        return
     if kind == "lines":
         codec = ""
     elif kind == "records":
