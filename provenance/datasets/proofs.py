@@ -140,6 +140,31 @@ def _leaf_hashes(path: Path, entry: dict[str, Any], algorithm: str) -> list[byte
     return [raw[i:i + 32] for i in range(0, len(raw), 32)]
 
 
+def _text_leaf_hashes(bundle: _Bundle, manifest: dict[str, Any], algorithm: str) -> dict[str, list[bytes]]:
+    """{path: leaf hashes} of every text file of the dataset, in one bulk pass: files the hash cache knows
+    unchanged are not read again. Each file must give its manifest entry's sha256 and Merkle root."""
+    from provenance.datasets.hashcache import default_cache
+    from provenance.datasets.scan import scan_files
+
+    entries = [e for e in manifest["files"] if is_text_scheme(e["leaf"])]
+    cache = default_cache()
+    try:
+        facts = scan_files([(_data_file(bundle, manifest, e), e["leaf"]) for e in entries], algorithm, cache=cache)
+    except ScanError as exc:
+        raise ProofError(str(exc)) from None
+    finally:
+        if cache is not None:
+            cache.close()
+    out = {}
+    for e, f in zip(entries, facts, strict=True):
+        if f["sha256"] != e["sha256"] or f["merkle_root"] != e.get("merkle_root"):
+            raise ProofError(f"dataset '{manifest.get('name')}': {e['path']} does not match its manifest entry "
+                             f"(sha256:{e['sha256']})")
+        raw = f["_leaf_hashes"]
+        out[e["path"]] = [raw[i:i + 32] for i in range(0, len(raw), 32)]
+    return out
+
+
 def _leaf_bytes(path: Path, entry: dict[str, Any], index: int) -> bytes:
     """The bytes of leaf `index` of a file (records: the decompressed record)."""
     from provenance.datasets.scan import read_leaf
@@ -259,10 +284,9 @@ def prove(bundle_path: Path, *, text: str | None = None, file: Path | None = Non
         doc = document_bytes(Path(file).read_bytes())
         query = {"document_sha256": hashlib.sha256(doc).hexdigest(), "document": Path(file).name}
         lh = merkle.leaf_hash(doc, algorithm)
+        text_leaves = _text_leaf_hashes(bundle, manifest, algorithm)
         for e in files:
-            if not is_text_scheme(e["leaf"]):
-                continue
-            hashes = _leaf_hashes(_data_file(bundle, manifest, e), e, algorithm)
+            hashes = text_leaves.get(e["path"], [])
             if lh in hashes:
                 target_file, target_index = e["path"], hashes.index(lh)
                 break
@@ -277,12 +301,13 @@ def prove(bundle_path: Path, *, text: str | None = None, file: Path | None = Non
     if target_file is None:
         assert doc is not None
         proof["claim"] = "non-membership"
-        proof["absent"] = _absence(bundle, manifest, merkle.leaf_hash(doc, algorithm), algorithm)
+        proof["absent"] = _absence(text_leaves, merkle.leaf_hash(doc, algorithm), algorithm)
         return proof
     file_index = next(i for i, e in enumerate(files) if e["path"] == target_file)
     entry = files[file_index]
     path = _data_file(bundle, manifest, entry)
-    hashes = _leaf_hashes(path, entry, algorithm)
+    text_leaves = _text_leaf_hashes(bundle, manifest, algorithm) if is_text_scheme(entry["leaf"]) else {}
+    hashes = text_leaves[target_file] if text_leaves else _leaf_hashes(path, entry, algorithm)
     if not 0 <= target_index < len(hashes):
         raise ProofError(f"{target_file}: has no leaf {target_index} ({len(hashes)} leaves)")
     data = doc if doc is not None else _leaf_bytes(path, entry, target_index)
@@ -293,8 +318,8 @@ def prove(bundle_path: Path, *, text: str | None = None, file: Path | None = Non
     for fi, e in enumerate(files):
         if fi == file_index:
             fh = hashes
-        elif is_text_scheme(e["leaf"]) and is_text_scheme(entry["leaf"]):
-            fh = _leaf_hashes(_data_file(bundle, manifest, e), e, algorithm)
+        elif e["path"] in text_leaves:
+            fh = text_leaves[e["path"]]
         else:
             continue
         copies += [(fi, i, fh) for i, h in enumerate(fh) if h == lh or (fi == file_index and i == target_index)]
@@ -330,12 +355,8 @@ def _ordered_dataset(bundle: _Bundle) -> str:
     raise ProofError(f"{bundle.root}: no data order names a dataset; pass --dataset")
 
 
-def _absence(bundle: _Bundle, manifest: dict[str, Any], target: bytes, algorithm: str) -> dict[str, Any]:
-    leaves: list[bytes] = []
-    for e in manifest["files"]:
-        if is_text_scheme(e["leaf"]):
-            leaves += _leaf_hashes(_data_file(bundle, manifest, e), e, algorithm)
-    leaves.sort()
+def _absence(text_leaves: dict[str, list[bytes]], target: bytes, algorithm: str) -> dict[str, Any]:
+    leaves = sorted(h for hashes in text_leaves.values() for h in hashes)
     sorted_hashes = [merkle.leaf_hash(h, algorithm) for h in leaves]
     i = bisect_left(leaves, target)
     if i < len(leaves) and leaves[i] == target:
