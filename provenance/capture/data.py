@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from provenance.datasets import merkle
-from provenance.datasets.hashcache import HashCache, default_cache
+from provenance.datasets.hashcache import HashCache, StatKey, default_cache, now_ns
 from provenance.datasets.scan import ScanError, Stats, default_scheme, is_text_scheme, scan_files
 from provenance.formats import DATA_COMMITMENT_SCHEMA, DATA_MANIFEST_SCHEMA, FormatError, read_json
 
@@ -108,23 +108,60 @@ def _layout_scheme(layout: dict[str, Any] | None, rel: str) -> str | None:
 
 def build_manifest(spec: DatasetSpec, workers: int | None = None, *, cache: HashCache | None = _USE_DEFAULT_CACHE,
                    stats: Stats | None = None, algorithm: str = "sha256") -> dict[str, Any]:
-    """The manifest of spec's files; unchanged files' facts come from the hash cache (the same bytes)."""
+    """The manifest of spec's files; unchanged files' facts come from the hash cache (the same bytes).
+
+    When no file of the dataset changed since its last manifest (every file's device, inode, size
+    and mtime as then, none racy), the dataset's entries and roots come from one cache entry."""
+    import hashlib
+    import json
+
     paths = [spec.root / f for f in spec.files]
+    keys: list[StatKey] = []
     for f, p in zip(spec.files, paths, strict=True):
-        if not p.is_file():
+        try:
+            keys.append(StatKey.of(p))
+        except OSError:
+            keys.append(StatKey(0, 0, -1, 0))
+        if keys[-1].size < 0 or not p.is_file():
             raise DataMismatch(f"dataset '{spec.name}': file {f} is missing (looked in {spec.root})")
     own_cache = cache is _USE_DEFAULT_CACHE
     if own_cache:
         cache = default_cache()
     schemes = [spec.leaf_schemes.get(f) or _layout_scheme(spec.layout, f) or default_scheme(f) for f in spec.files]
+    listing = json.dumps([algorithm, spec.layout, spec.samples_file,
+                          [[f, s, k.dev, k.ino, k.size, k.mtime_ns] for f, s, k in zip(spec.files, schemes, keys,
+                                                                                       strict=True)]],
+                         sort_keys=True, separators=(",", ":"))
+    kind = "dataset/v1|" + hashlib.sha256(listing.encode()).hexdigest()
+    whole = StatKey(0, 0, len(keys), max((k.mtime_ns for k in keys), default=0))
+    made = now_ns()
+    try:
+        hit = cache.get(whole, kind) if cache is not None else None
+        if hit is not None and isinstance(hit.get("files"), list):
+            if stats is not None:
+                for k in keys:
+                    stats.add(k.size, cached=True)
+            files, roots, lay = hit["files"], hit["roots"], hit["layout"]
+        else:
+            files, roots, lay = _dataset_facts(spec, paths, schemes, algorithm, cache, workers, stats)
+            if cache is not None:
+                cache.put(whole, whole, kind, {"files": files, "roots": roots, "layout": lay}, made)
+                cache.flush()
+    finally:
+        if own_cache and cache is not None:
+            cache.close()
+    return _manifest_of(spec, files, roots, lay, algorithm)
+
+
+def _dataset_facts(spec: DatasetSpec, paths: list[Path], schemes: list[str], algorithm: str,
+                   cache: HashCache | None, workers: int | None,
+                   stats: Stats | None) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any] | None]:
+    """The files' entries, the dataset's roots and its layout record, from the files (or their cache entries)."""
     try:
         facts = scan_files(list(zip(paths, schemes, strict=True)), algorithm=algorithm, cache=cache,
                            workers=workers, stats=stats)
     except ScanError as exc:
         raise DataMismatch(f"dataset '{spec.name}': {exc}") from None
-    finally:
-        if own_cache and cache is not None:
-            cache.close()
     files = []
     text_leaves: list[bytes] = []
     for f, fact in zip(spec.files, facts, strict=True):
@@ -156,16 +193,22 @@ def build_manifest(spec: DatasetSpec, workers: int | None = None, *, cache: Hash
     file_tree = merkle.root_of_hashes((merkle.leaf_hash(file_leaf_data(e), algorithm) for e in files), algorithm)
     text_leaves.sort()
     sorted_tree = merkle.root_of_hashes((merkle.leaf_hash(h, algorithm) for h in text_leaves), algorithm)
+    roots = {"root": f"{algorithm}:{file_tree.hex()}", "sorted_root": f"{algorithm}:{sorted_tree.hex()}",
+             "sorted_leaves": len(text_leaves)}
+    return files, roots, lay
+
+
+def _manifest_of(spec: DatasetSpec, files: list[dict[str, Any]], roots: dict[str, Any], lay: dict[str, Any] | None,
+                 algorithm: str) -> dict[str, Any]:
     manifest: dict[str, Any] = {
         "schema": DATA_MANIFEST_SCHEMA,
         "name": spec.name,
         "source": spec.source,
         "license": spec.license,
         "files": files,
-        "merkle": {"algorithm": algorithm, "tree": MERKLE_TREE, "file_leaf": FILE_LEAF,
-                   "root": f"{algorithm}:{file_tree.hex()}", "files": len(files),
-                   "sorted_leaf": SORTED_LEAF, "sorted_root": f"{algorithm}:{sorted_tree.hex()}",
-                   "sorted_leaves": len(text_leaves)},
+        "merkle": {"algorithm": algorithm, "tree": MERKLE_TREE, "file_leaf": FILE_LEAF, "root": roots["root"],
+                   "files": len(files), "sorted_leaf": SORTED_LEAF, "sorted_root": roots["sorted_root"],
+                   "sorted_leaves": roots["sorted_leaves"]},
         **spec.extra,
     }
     if lay is not None:
