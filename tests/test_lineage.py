@@ -235,6 +235,17 @@ def test_hostile_bundles_in_a_store(graph_runs: Path, tmp_path: Path) -> None:
     assert any(p.kind == "ancestor-audit" and stage2.name in p.message for p in report.problems)
 
 
+def test_hostile_lineage_json_is_refused_by_name(graph_runs: Path, tmp_path: Path) -> None:
+    """A deeply nested lineage.json, sealed (so the seal does not stop it): refused, named, no crash."""
+    runs = copy_runs(graph_runs, tmp_path)
+    stage2 = by_name(runs, "stage2")
+    (stage2 / formats.LINEAGE_JSON).write_text("[" * 100_000 + "]" * 100_000)
+    seal_folder(stage2)
+    g = build_graph(stage2, Store([runs]))
+    assert [p.kind for p in g.problems] == ["bad-lineage"] and "nested" in g.problems[0].message
+    assert stage2.name in g.problems[0].message
+
+
 def test_cycle_in_declared_edges(graph_runs: Path, tmp_path: Path) -> None:
     """A bundle whose seal claims a forged root digest and declares the consumer as its parent."""
     runs = copy_runs(graph_runs, tmp_path)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provenance import formats
+from provenance import formats, untrusted
 from provenance.hashing import sha256_bytes
 from provenance.store import Store, StoredBundle, read_bundle
 
@@ -100,11 +100,9 @@ def read_edges(b: StoredBundle) -> tuple[list[dict[str, Any]], str | None]:
     if sha256_bytes(data) != sealed:
         return [], f"{b.run_id}: {rel} does not match its sealed digest (tampered); not followed"
     try:
-        import json
-
-        return formats.parse_lineage(json.loads(data), f"{b.run_id}: {rel}"), None
-    except (UnicodeDecodeError, ValueError) as exc:  # json.JSONDecodeError and FormatError are ValueErrors
-        return [], str(exc)
+        return formats.parse_lineage(untrusted.loads(data), f"{b.run_id}: {rel}"), None
+    except ValueError as exc:  # UntrustedJSONError (depth, size, numbers, UTF-8) and FormatError
+        return [], f"{b.run_id}: {rel}: {exc}" if isinstance(exc, untrusted.UntrustedJSONError) else str(exc)
 
 
 def _read_notes(b: StoredBundle) -> list[dict[str, Any]]:
