@@ -15,26 +15,23 @@ which the audit checks (`verify_reseals`).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
 import stat
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from provenance import formats
+from provenance import formats, untrusted
 from provenance.bundle import BundleError, folder_lock, seal_folder_locked
 from provenance.capture.process import process_state
 from provenance.hashing import hash_files, root_digest, sha256_bytes
+from provenance.reader import BundleFileError as ReaderFileError
+from provenance.reader import HeaderError, read_safetensors_header
 
-MAX_JSON_DEPTH = 64  # deeper JSON is refused as hostile
-MAX_INT_DIGITS = 64  # a longer integer literal is refused as hostile
 MAX_ENTRIES = 1_000_000  # files and folders in a run folder
 MAX_TREE_DEPTH = 32
-MAX_SAFETENSORS_HEADER = 100 << 20  # the format's own limit
 _OPEN_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -165,49 +162,12 @@ def append_line(root: Path, rel: str, line: str) -> None:
         os.close(fd)
 
 
-def _bounded_int(text: str) -> int:
-    if len(text.lstrip("-")) > MAX_INT_DIGITS:
-        raise ValueError(f"an integer of {len(text)} digits")
-    return int(text)
-
-
-def _depth_ok(data: bytes) -> bool:
-    """Whether JSON text nests no deeper than MAX_JSON_DEPTH (strings skipped)."""
-    if data.count(b"[") + data.count(b"{") <= MAX_JSON_DEPTH:
-        return True
-    depth = 0
-    in_str = esc = False
-    for ch in data:
-        if in_str:
-            if esc:
-                esc = False
-            elif ch == 0x5C:
-                esc = True
-            elif ch == 0x22:
-                in_str = False
-        elif ch == 0x22:
-            in_str = True
-        elif ch in (0x5B, 0x7B):
-            depth += 1
-            if depth > MAX_JSON_DEPTH:
-                return False
-        elif ch in (0x5D, 0x7D):
-            depth -= 1
-    return True
-
-
 def loads(data: bytes, where: str) -> Any:
-    """json.loads with bounds; BundleError naming `where` for anything malformed or hostile."""
-    if len(data) < 1 << 16 and not _depth_ok(data):  # larger texts: the recursion guard below
-        raise BundleError(f"{printable(where)}: JSON nested more than {MAX_JSON_DEPTH} deep; refused")
+    """Bounded JSON (provenance.untrusted: UTF-8, depth, digits, size); BundleError naming `where`."""
     try:
-        return json.loads(data, parse_int=_bounded_int)
-    except RecursionError:
-        raise BundleError(f"{printable(where)}: JSON nested too deeply; refused") from None
-    except UnicodeDecodeError:
-        raise BundleError(f"{printable(where)}: not UTF-8 text; refused") from None
-    except ValueError as exc:  # JSONDecodeError, or an over-long integer
-        raise BundleError(f"{printable(where)}: malformed JSON ({printable(str(exc))[:200]}); refused") from None
+        return untrusted.loads(data)
+    except untrusted.UntrustedJSONError as exc:
+        raise BundleError(f"{printable(where)}: {printable(str(exc))[:200]}; refused") from None
 
 
 def read_json(root: Path, rel: str) -> Any:
@@ -298,29 +258,16 @@ def _trim_order(root: Path, files: dict[str, os.stat_result]) -> list[str]:
 def _checkpoint_tokens(root: Path, rel: str, size: int) -> int:
     """tokens_seen from a checkpoint's safetensors header, read with bounds (never loaded)."""
     fd = _open(root / rel, os.O_RDONLY)
-    try:
-        head = os.read(fd, 8)
-        if len(head) < 8:
-            raise BundleError(f"{rel}: not a safetensors file (shorter than its header); refused")
-        (n,) = struct.unpack("<Q", head)
-        if n > MAX_SAFETENSORS_HEADER or n + 8 > size:
-            raise BundleError(f"{rel}: its safetensors header claims {n} bytes, more than the file or the "
-                              f"{MAX_SAFETENSORS_HEADER}-byte limit holds; refused")
-        raw = b""
-        while len(raw) < n:
-            b = os.read(fd, n - len(raw))
-            if not b:
-                break
-            raw += b
-    finally:
-        os.close(fd)
-    header = loads(raw, f"{rel} (safetensors header)")
-    meta = header.get("__metadata__") if isinstance(header, dict) else None
-    text = meta.get("fullyopen") if isinstance(meta, dict) else None
-    if not isinstance(text, str):
-        raise BundleError(f"{rel}: not a fullyopen checkpoint (no 'fullyopen' metadata); refused")
-    rec = loads(text.encode(), f"{rel} (checkpoint metadata)")
-    tokens = rec.get("tokens_seen", 0) if isinstance(rec, dict) else None
+    with os.fdopen(fd, "rb") as f:
+        try:
+            header = read_safetensors_header(f, size)
+            if "fullyopen" not in header.metadata:
+                raise ValueError("not a fullyopen checkpoint (no 'fullyopen' metadata)")
+            meta = header.fullyopen_metadata()
+        except (HeaderError, ReaderFileError, ValueError) as exc:
+            raise BundleError(f"{printable(rel)}: {printable(str(exc))[:200]} (its safetensors header); "
+                              "refused, nothing changed") from None
+    tokens = meta.get("tokens_seen", 0) if isinstance(meta, dict) else None
     if isinstance(tokens, str) and tokens.isascii() and tokens.isdigit() and len(tokens) <= 20:
         tokens = int(tokens)  # the checkpoint's metadata holds strings
     if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
