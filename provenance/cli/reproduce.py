@@ -23,7 +23,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     opts = Options(steps=args.steps, from_step=args.from_step, workdir=Path(args.workdir) if args.workdir else None,
                    data_root=Path(args.data_root).resolve() if args.data_root else None, sets=list(args.set),
                    code=Path(args.code) if args.code else None, strict_env=args.strict_env,
-                   sandbox=args.sandbox, echo=None if args.quiet else echo)
+                   sandbox=args.sandbox, echo=None if args.quiet else echo, args=args.args)
     # --quiet: no progress and no training output; only the verdict (and an error)
     outcome = reproduce(args.bundle, opts, say=None if args.quiet else say)
     rep = outcome.report
@@ -85,6 +85,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the recorded config, e.g. train.lr=0.001; repeatable")
     g.add_argument("--code", default=None, metavar="DIR", help="run this code folder instead of the snapshot")
+    g.add_argument("--args", default=None, metavar='"ARGS"',
+                   help="a wrapped command (prov run): replace the arguments after its script (never bitwise)")
     g.add_argument("--strict-env", action="store_true", help="refuse when the environment differs in any way")
     g = p.add_argument_group("output")
     g.add_argument("--json", action="store_true", help="print the reproduction report as JSON on stdout")

@@ -39,6 +39,7 @@ from typing import Any
 
 from provenance import formats
 from provenance.capture import inject, wrapped
+from provenance.capture.code import git_toplevel
 from provenance.capture.data import DatasetSpec
 from provenance.hashing import sha256_file
 from provenance.integrations.layout import COMMAND_JSON, COMMAND_SCHEMA, OUTPUTS_INDEX
@@ -158,7 +159,8 @@ def wrap(command: Sequence[str], *, name: str | None = None, data: Sequence[str]
     out_paths = [(work / o).resolve() for o in outputs]
     before = snapshot_stats(out_paths)
     fwd = _Forwarder()
-    record: dict[str, Any] = {"schema": COMMAND_SCHEMA, "command": command, "cwd_name": work.name}
+    record: dict[str, Any] = {"schema": COMMAND_SCHEMA, "command": command, "cwd_name": work.name,
+                              "cwd_in_code": _cwd_in_code(work)}
     sampler = {"kind": "captured", "evidence": formats.capture_paths(0).order} if capture else None
     run = start_run(config, name=name or default_name(command), runs_dir=runs_dir, seed=0, threads=None,
                     deterministic=False, datasets=specs, argv=command, code_root=work, license=license,
@@ -233,6 +235,18 @@ def wrap(command: Sequence[str], *, name: str | None = None, data: Sequence[str]
                                                     else "CommandInterrupted", "message": message, "traceback": ""}
         run.finish(status, exit_status, error)
     return exit_status, run
+
+
+def _cwd_in_code(work: Path) -> str:
+    """The working folder relative to the code snapshot's root (the git top level, or the folder itself):
+    where a reproduction runs the command, so that its relative paths resolve."""
+    top = git_toplevel(work)
+    if top is None:
+        return "."
+    try:
+        return work.relative_to(top.resolve()).as_posix() or "."
+    except ValueError:
+        return "."
 
 
 def _finish_capture(run: Run, record: dict[str, Any]) -> None:

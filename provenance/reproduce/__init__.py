@@ -201,6 +201,12 @@ def _in_workdir(src: Path, digest: str, audit_report: Any, archive_input: bool, 
         say(f"original: unpacked {src} into {root}")
     else:
         root = src.resolve()
+    from provenance.reproduce import wrapped
+
+    if wrapped.is_wrapped(root):  # `prov run -- COMMAND`: re-run it whole, compare the captured records
+        return wrapped.reproduce_wrapped(root, digest, src, workdir, opts, say, t0)
+    if opts.args is not None:
+        raise Refused("--args: only a wrapped command (prov run) takes arguments; use --set key=value")
     orig = read_original(root, digest)
     plan = plan_steps(orig, opts)
     sets = parse_sets(opts.sets, orig.config)

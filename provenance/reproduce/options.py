@@ -39,6 +39,7 @@ class Options:
     data_root: Path | None = None  # a folder holding the datasets' files
     sets: list[str] = field(default_factory=list)  # key=value config overrides (never bitwise)
     code: Path | None = None  # run this code folder instead of the bundle's snapshot (never bitwise)
+    args: str | None = None  # a wrapped command's arguments after its script, replacing the recorded ones
     strict_env: bool = False  # any environment difference refuses
     sandbox: bool = False  # run the training under bubblewrap: no network, read-only but the work folder
     python: str = sys.executable

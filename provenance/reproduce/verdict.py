@@ -48,6 +48,7 @@ class Report:
     replay_summary: dict[str, Any] = field(default_factory=dict)
     diff: dict[str, Any] = field(default_factory=dict)
     refused: dict[str, Any] | None = None
+    wrapped: dict[str, Any] | None = None  # a wrapped command (prov run): its command, evidence, exit status
     schema: str = REPORT_SCHEMA
 
     @classmethod
