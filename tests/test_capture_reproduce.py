@@ -101,3 +101,29 @@ def test_dataloader_bundle_reproduces_bitwise_by_sample_ids(tmp_path: Path) -> N
     assert rc == 0 and doc["verdict"] == "reproduced (bitwise)", doc["headline"]
     assert doc["wrapped"]["evidence"] == {"sample-ids": 6}
     assert doc["scope"]["checkpoints_checked"] == 3
+
+
+@pytest.mark.slow
+def test_unmodified_hf_trainer_script_is_captured_and_reproduces(tmp_path: Path) -> None:
+    work = tmp_path / "o" / "work"
+    work.mkdir(parents=True)
+    shutil.copy(SCRIPTS / "capture_hf_trainer.py", work)
+    proc = prov("run", "--runs-dir", str(tmp_path / "o" / "runs"), "--", sys.executable, "capture_hf_trainer.py", "out",
+                cwd=work, env=offline_env(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    root = only_run(tmp_path / "o" / "runs")
+    side = json.loads((work / "out" / "side.json").read_text())
+    metrics = list(formats.read_jsonl(root / formats.METRICS))
+    assert [v for m in metrics for v in m["micro_losses"]] == side["losses"]  # exact, not the Trainer's rounded log
+    order = [i for s in formats.read_order(*(root / p for p in formats.order_paths(0)[1:])) for i in s.sample_ids]
+    assert order == side["fetched"][: len(order)] and len(order) == 6 * 2 * 4  # in order, despite fetching ahead
+    assert formats.read_json(root / formats.RUN_JSON)["seed"] == 42
+    logged = list(formats.read_jsonl(root / formats.capture_paths(0).logged))
+    assert [r["script_step"] for r in logged if "loss" in r["values"]] == [2, 4, 6]
+    roles = {(e["step"], Path(e["path"]).name): e["role"]
+             for e in formats.read_json(root / formats.CHECKPOINT_INDEX)["checkpoints"]}
+    assert roles[(3, "model.safetensors")] == "weights" and roles[(6, "optimizer.pt")] == "optimizer"
+    assert_sealed(root)
+    rc, doc = _reproduce(root, tmp_path)
+    assert rc == 0 and doc["verdict"] == "reproduced (bitwise)", doc["headline"]
+    assert doc["scope"]["checkpoints_checked"] == 10

@@ -12,9 +12,10 @@ It records, through public torch hooks where they exist and thin wrappers elsewh
 * the step — a global optimizer step post-hook; the first optimizer to step is the clock;
   each step's learning rate of every param group;
 * the data order — the sample indices each DataLoader iterator hands out (its index
-  iterator, wrapped), attributed to the micro-step whose backward follows, grouped by
-  optimizer step; where a micro-step has none (iterable datasets, tensors sliced by hand),
-  the sha256 of the input tensors of its first forward (a global forward pre-hook);
+  iterator, wrapped), attributed to the micro-step whose first forward (a global forward
+  pre-hook) follows, first in first out (a loader that fetches ahead, as accelerate does,
+  stays in order), grouped by optimizer step; where a micro-step has none (iterable
+  datasets, tensors sliced by hand), the sha256 of the input tensors of that forward;
 * the exact loss — the value of every scalar `Tensor.backward()`, summed per step in order
   (the float bits recorded), and what the script logs through wandb, TensorBoard or the
   HF Trainer;
@@ -193,13 +194,13 @@ class Recorder:
         self.native_chain = formats.ORDER_CHAIN_SEED
         self.capture_chain = formats.ORDER_CHAIN_SEED
         # the current micro-step and optimizer step
-        self.pending: list[tuple[int, list[int]]] = []  # (loader key, ids) handed out since the last backward
+        self.pending: list[tuple[int, list[int]]] = []  # (loader number, ids) handed out, not yet trained on
         self.step_ids: list[int] = []
         self.step_loaders: list[int] = []
         self.micro_losses: list[Any] = []
         self.micro_steps = 0
         self.micro_content: str | None = None
-        self.micro_had_ids = False
+        self.micro_ids: tuple[int, list[int]] | None = None
         self.step_content: list[str] = []
         self.digest_done = False
         self.seed_depth = 0
@@ -270,7 +271,7 @@ class Recorder:
         self.step += 1
         if self.step == 1:
             self.guard("facts", self._facts, opt)
-        self._commit_micro()
+        self._commit_micro(backward=False)
         step = self.step
         losses = [float(t.item()) for t in self.micro_losses]
         total: float | None = None
@@ -314,7 +315,6 @@ class Recorder:
         self._metrics.line(rec)
         self.step_ids, self.step_loaders, self.step_content = [], [], []
         self.micro_losses, self.micro_steps = [], 0
-        self.pending = []
         self.digest_done = False
 
     def _facts(self, opt: Any) -> None:
@@ -342,24 +342,37 @@ class Recorder:
         formats.atomic_write_json(self.root / self.paths.facts, facts)
 
     # --- micro-steps ----------------------------------------------------------------------------
-    def _commit_micro(self) -> None:
-        """Attribute the batches handed out since the last backward (of the loader used last) to the step."""
-        if self.pending:
-            last = self.pending[-1][0]
-            for key, ids in self.pending:
-                if key == last:
-                    self.step_ids.extend(ids)
-            self.step_loaders.append(last)
-            self.pending = []
+    def _take_pending(self) -> tuple[int, list[int]] | None:
+        """The batch a micro-step trains on: the oldest one handed out by the DataLoader used last.
+
+        A loader that fetches ahead (accelerate, the HF Trainer) leaves the next batches pending;
+        batches of other loaders handed out in between (evaluations) are dropped."""
+        if not self.pending:
+            return None
+        last = self.pending[-1][0]
+        i = next(j for j, e in enumerate(self.pending) if e[0] == last)
+        taken = self.pending[i]
+        self.pending = [e for j, e in enumerate(self.pending) if j != i and e[0] == last]
+        return taken
+
+    def _commit_micro(self, backward: bool) -> None:
+        """Add the micro-step's evidence (sample ids, else the content digest of its input) to the step."""
+        if self.micro_ids is None and backward and self.micro_content is None:
+            self.micro_ids = self._take_pending()  # a micro-step whose forward ran no nn.Module
+        if self.micro_ids is not None:
+            key, ids = self.micro_ids
+            self.step_ids.extend(ids)
+            self.step_loaders.append(key)
         elif self.micro_content is not None:
             self.step_content.append(self.micro_content)
+        self.micro_ids = None
         self.micro_content = None
 
     def on_backward(self, tensor: Any) -> None:
         if tensor.numel() == 1 and tensor.requires_grad:
             self.micro_losses.append(tensor.detach())
         self.micro_steps += 1
-        self._commit_micro()
+        self._commit_micro(backward=True)
         self.digest_done = False
 
     def loader_number(self, index_sampler: Any) -> int:
@@ -378,7 +391,8 @@ class Recorder:
         if not torch.is_grad_enabled():
             return  # an evaluation: not a micro-step's input
         self.digest_done = True
-        if self.pending:
+        self.micro_ids = self._take_pending()
+        if self.micro_ids is not None:
             return  # the micro-step carries sample ids
         found: list[Any] = []
         _tensors(args, found)
@@ -457,7 +471,7 @@ class Recorder:
                 while chunk := f.read(1 << 22):
                     h.update(chunk)
                     size += len(chunk)
-            entry.update({"sha256": h.hexdigest(), "size": size})
+            entry.update({"sha256": h.hexdigest(), "size": size, "hashed_on": threading.current_thread().name})
             self._ckpts.line(entry)
             if self.rank == 0 and self.active():
                 with self._index_lock:
