@@ -38,7 +38,7 @@ from provenance.hashing import sha256_file
 from provenance.replay import STEPS_LOG, SUMMARY, first_divergence
 from provenance.reproduce.check import SUMMARY_SCHEMA
 from provenance.reproduce.options import EXIT_DIVERGED, EXIT_REPRODUCED, Options, Refused, Say
-from provenance.reproduce.verdict import BITWISE, DIVERGED, INCOMPLETE, NOT_CLAIMED, REPORT, REPORT_SCHEMA, Report
+from provenance.reproduce.verdict import BITWISE, DIVERGED, INCOMPLETE, NOT_CLAIMED, REPORT, Report
 
 COMMAND_JSON = "command.json"  # provenance.integrations.layout.COMMAND_JSON (integrations sit above)
 OUTPUTS_INDEX = "outputs/index.json"
