@@ -29,7 +29,7 @@ SCRIPTS = Path(__file__).parent / "scripts"
 def _work(tmp: Path) -> Path:
     work = tmp / "work"
     work.mkdir()
-    for name in ("capture_nanogpt.py", "capture_dataloader.py", "capture_failing_hook.py"):
+    for name in ("capture_nanogpt.py", "capture_dataloader.py", "capture_failing_hook.py", "capture_ddp.py"):
         shutil.copy(SCRIPTS / name, work / name)
     rng = np.random.default_rng(0)
     rng.integers(0, 64, size=3000).astype(np.uint16).tofile(work / "tokens.bin")
@@ -181,3 +181,22 @@ def test_killed_command_still_audits(tmp_path: Path) -> None:
     steps = [m["step"] for m in _metrics(root)]
     order = list(formats.read_order(*(root / p for p in formats.order_paths(0)[1:])))
     assert steps == [s.step for s in order] == list(range(1, len(steps) + 1)) and len(steps) >= 3
+
+
+def test_torchrun_workers_are_captured_per_rank(tmp_path: Path) -> None:
+    work = _work(tmp_path)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = prov("run", "--runs-dir", "runs", "--", str(torchrun), "--standalone", "--nproc_per_node=2",
+                "capture_ddp.py", "out", cwd=work, env=offline_env(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    root = only_run(work / "runs")
+    for rank in (0, 1):
+        side = json.loads((work / "out" / f"rank{rank}.json").read_text())
+        _, ids, steps, _v = formats.order_files(root, rank)
+        assert [list(s.sample_ids) for s in formats.read_order(root / ids, root / steps)] == side["order"]
+        metrics = formats.capture_paths(rank).metrics
+        assert [m["loss"] for m in formats.read_jsonl(root / metrics)] == side["losses"]
+    assert not (root / formats.capture_paths(2).order).exists()  # the launcher stepped nothing
+    index = formats.read_json(root / formats.CHECKPOINT_INDEX)["checkpoints"]
+    assert [(e["step"], e["path"], e["role"]) for e in index] == [(4, "out/weights.pt", "weights")]
+    assert_sealed(root)

@@ -103,7 +103,7 @@ def finalize(root: Path) -> dict[str, Any]:
             if _trim_jsonl(root / rel):
                 repaired.append(rel)
         if _trim_order(root, rank):
-            repaired.append(formats.order_paths(rank)[2])
+            repaired.append(formats.order_files(root, rank)[2])
         _metrics_and_order_agree(root, rank)
     p0 = formats.capture_paths(0)
     hashed = list(formats.read_jsonl(root / p0.checkpoints))
@@ -172,7 +172,7 @@ class Captured:
 
 def read(root: Path, rank: int = 0) -> Captured:
     paths = formats.capture_paths(rank)
-    _, ids_rel, steps_rel = formats.order_paths(rank)
+    _, ids_rel, steps_rel, _v = formats.order_files(root, rank)
     native = {s.step: s.sample_ids for s in formats.read_order(root / ids_rel, root / steps_rel)}
     metrics = {int(r["step"]): r for r in formats.read_jsonl(root / paths.metrics) if isinstance(r.get("step"), int)}
     steps: dict[int, CapturedStep] = {}
