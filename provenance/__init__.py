@@ -1,7 +1,8 @@
 """fullyopen: every training run ships its complete, verifiable artifact bundle.
 
-Public API: `start_run` (a context manager around a training loop), `Callback`
-(lifecycle observer), `DatasetSpec` (what a script declares about its data).
+Public API (docs/api.md): `start_run` (a context manager around a training loop), `Callback`
+(lifecycle observer), `DatasetSpec` (what a script declares about its data), `data_path` (a data
+path as a reproduction redirects it, through $PROV_DATA_ROOT).
 Imported lazily, so that light commands (`prov note`, `prov audit`) never load torch.
 """
 
@@ -18,6 +19,7 @@ _EXPORTS = {
     "RunInterrupted": "provenance.run",
     "Callback": "provenance.run",
     "DatasetSpec": "provenance.capture.data",
+    "data_path": "provenance.capture.data",
     "DataMismatch": "provenance.capture.data",
     "ConfigError": "provenance.config",
 }

@@ -542,8 +542,11 @@ def divergence_text(first: dict[str, Any], a: str = "the original", b: str = "th
     if k == "order":
         if first.get("detail"):
             return f"the batch of step {s}: {first['detail']}"
+        used = {True: f"; {b} trained on the replayed batch of {a}",  # run.batch: its return value was read
+                False: f"; {b} did not use the replayed batch (run.batch's return value was never read, or "
+                       "run.record_batch recorded the script's own)"}.get(first.get("replayed"), "")
         return (f"the batch of step {s} differs: {b} has sample {first.get('computed_sample')} where {a} had "
-                f"{first.get('recorded_sample')} (position {first.get('position')})")
+                f"{first.get('recorded_sample')} (position {first.get('position')}){used}")
     if k == "checkpoint":
         return (f"the checkpoint of step {s} differs: {first.get('expected')} in {a}, {first.get('actual')} "
                 f"in {b}")

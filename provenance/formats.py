@@ -26,6 +26,7 @@ DATA_MANIFEST_SCHEMA = "fullyopen.data-manifest/v1"
 CHECKPOINT_INDEX_SCHEMA = "fullyopen.checkpoint-index/v1"
 NOTE_SCHEMA = "fullyopen.note/v1"
 DATA_COMMITMENT_SCHEMA = "fullyopen.data-commitment/v1"  # data/<dataset>/commitment.json: Merkle roots, sample ids
+TORCH_MODULE_SCHEMA = "fullyopen.torch-module/v1"  # model/config.json of a plain torch.nn.Module (run.save_model)
 PROOF_SCHEMA = "fullyopen.data-proof/v1"  # prov prove: a record's membership (or absence) and when it was trained
 CHECKPOINT_SCHEMA = "fullyopen.checkpoint/v1"  # metadata of a training-state checkpoint (capture/state.py)
 WRAPPED_COMMAND_SCHEMA = "fullyopen.wrapped-command/v1"  # command.json of `prov run`

@@ -23,7 +23,7 @@ def _sealed(root: Path) -> set[str]:
 
 
 def _open(tmp: Path, **kw: Any) -> Run:
-    (tmp / "src").mkdir(exist_ok=True)
+    (tmp / "src").mkdir(parents=True, exist_ok=True)
     (tmp / "src" / "train.py").write_text("print('hi')\n")
     return start_run({"lr": 0.1}, name="api", runs_dir=tmp / "runs", seed=1, threads=1,
                      code_root=tmp / "src", capture_output=False, argv=["python", "train.py"], **kw)
@@ -159,3 +159,145 @@ def test_add_note_to_a_sealed_bundle_reseals_it(tmp_path: Path) -> None:
     assert _read_jsonl(run.root / formats.NOTES)[-1] == rec and rec["step"] == 3
     with pytest.raises(ValueError, match="category"):
         add_note(run.root, "x", "nonsense")
+
+
+def _original(tmp: Path, batches: list[list[int]]) -> Path:
+    with _open(tmp / "orig") as run:
+        for step, ids in enumerate(batches, 1):
+            run.record_batch(step, ids)
+            run.log(step, loss=1.0 / step)
+    return run.root
+
+
+def _replay_summary(root: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    return formats.read_json(root / "reproduction" / "summary.json"), _read_jsonl(root / "reproduction/steps.jsonl")
+
+
+def test_record_batch_is_compared_in_a_replay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    orig = _original(tmp_path, [[1, 2], [3, 4], [5, 6]])
+    monkeypatch.setenv("PROV_REPLAY", str(orig))
+    with _open(tmp_path / "same") as run:  # the same loop: every batch and loss matches
+        for step, ids in enumerate([[1, 2], [3, 4], [5, 6]], 1):
+            run.record_batch(step, ids)
+            run.log(step, loss=1.0 / step)
+    summary, _ = _replay_summary(run.root)
+    assert summary["bitwise"] is True and summary["last_step"] == 3 and summary["steps_checked"] == 3
+    with _open(tmp_path / "other") as run:  # the loop chose another batch at step 2: detected, not replayed
+        for step, ids in enumerate([[1, 2], [4, 3], [5, 6]], 1):
+            run.record_batch(step, ids)
+            run.log(step, loss=1.0 / step)
+    summary, steps = _replay_summary(run.root)
+    first = summary["first_divergence"]
+    assert summary["bitwise"] is False and summary["last_step"] == 3
+    assert first["kind"] == "order" and first["step"] == 2 and first["replayed"] is False
+    assert steps[1]["order"] == "differs" and steps[1]["replayed"] is False and steps[1]["source"] == "record_batch"
+    recorded = list(formats.read_order(run.root / "order/rank0.ids.u32", run.root / "order/rank0.steps.bin"))
+    assert list(recorded[1].sample_ids) == [4, 3]  # what the loop trained on, not the original's
+
+
+def test_an_unused_replayed_batch_is_a_warning_not_a_claim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from provenance.diff import divergence_text
+
+    orig = _original(tmp_path, [[1, 2], [3, 4]])
+    monkeypatch.setenv("PROV_REPLAY", str(orig))
+    with _open(tmp_path / "ignored") as run:
+        for step in (1, 2):
+            run.batch(step, lambda s: [s * 10, s * 10 + 1])  # the return value is dropped
+            run.log(step, loss=1.0 / step)
+    summary, steps = _replay_summary(run.root)
+    assert summary["first_divergence"]["replayed"] is False and [s["replayed"] for s in steps] == [False, False]
+    events = [e for e in _read_jsonl(run.root / formats.EVENTS) if e["event"] == "replayed_batch_unused"]
+    assert [e["step"] for e in events] == [1, 2]
+    assert "did not use the replayed batch" in divergence_text(summary["first_divergence"])
+    with _open(tmp_path / "used") as run:
+        for step in (1, 2):
+            ids = run.batch(step, lambda s: [s * 10, s * 10 + 1])
+            _ = [i + 1 for i in ids]  # the loop reads the ids it was given
+            run.log(step, loss=1.0 / step)
+    summary, steps = _replay_summary(run.root)
+    assert summary["first_divergence"]["replayed"] is True and [s["replayed"] for s in steps] == [True, True]
+    assert not [e for e in _read_jsonl(run.root / formats.EVENTS) if e["event"] == "replayed_batch_unused"]
+    assert "trained on the replayed batch" in divergence_text(summary["first_divergence"])
+    recorded = list(formats.read_order(run.root / "order/rank0.ids.u32", run.root / "order/rank0.steps.bin"))
+    assert [list(s.sample_ids) for s in recorded] == [[1, 2], [3, 4]]
+
+
+def test_a_reproduction_records_a_reproduction_note(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    orig = _original(tmp_path, [[1, 2]])
+    monkeypatch.setenv("PROV_REPLAY", str(orig))
+    with _open(tmp_path / "r") as run:
+        run.record_batch(1, [1, 2])
+        run.log(1, loss=1.0)
+    (note,) = [n for n in _read_jsonl(run.root / formats.NOTES) if n["category"] == "reproduction"]
+    assert note["step"] == 0 and note["details"]["original_run_id"] == orig.name
+    assert note["details"]["original_root_digest"] == formats.parse_oms_statement(
+        formats.read_json(orig / formats.MANIFEST))[0]
+
+
+def test_env_vars_redirect_the_runs_folder_and_relative_data_roots(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from provenance import DatasetSpec, data_path
+
+    staged = tmp_path / "staged"
+    (staged / "data" / "toy").mkdir(parents=True)
+    (staged / "data" / "toy" / "a.txt").write_text("x\ny\n")
+    monkeypatch.setenv("PROV_RUNS_DIR", str(tmp_path / "elsewhere"))
+    monkeypatch.setenv("PROV_DATA_ROOT", str(staged))
+    spec = DatasetSpec(name="toy", root=Path("data/toy"), files=["a.txt"], source={"type": "local"})
+    assert spec.root == staged / "data" / "toy" and data_path("data/toy") == spec.root
+    assert data_path(tmp_path / "abs") == tmp_path / "abs"  # absolute paths are kept
+    with _open(tmp_path, datasets=[spec]) as run:
+        run.log(1, loss=1.0)
+    assert run.root.parent == tmp_path / "elsewhere"
+    assert formats.read_json(run.root / formats.RUN_JSON)["data_roots"] == {"toy": "data/toy"}
+    assert (run.root / "data" / "toy" / "files" / "a.txt").read_text() == "x\ny\n"
+
+
+def test_the_default_argv_is_the_real_command_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from conftest import REPO, offline_env
+
+    script = tmp_path / "src" / "sub" / "t.py"
+    script.parent.mkdir(parents=True)
+    script.write_text("import sys\nfrom provenance.run.core import command_line\n"
+                      "print(command_line(sys.argv[1]))\n")
+    out = subprocess.run([sys.executable, "-u", "-X", "dev", str(script), str(tmp_path / "src"), "a=1"],
+                         capture_output=True, text=True, cwd=REPO, env=offline_env(tmp_path), check=True).stdout
+    assert out.strip() == repr([sys.executable, "sub/t.py", str(tmp_path / "src"), "a=1"])
+
+
+def test_indexed_dataset_keeps_every_column() -> None:
+    from provenance.integrations.hf import IndexedDataset
+
+    rows = [{"input_ids": [1, 2], "attention_mask": [1, 1], "labels": [1, 2]},
+            {"input_ids": [3], "attention_mask": [1], "labels": [-100]}]
+    ds = IndexedDataset(rows)
+    assert ds[1] == {"input_ids": [3], "attention_mask": [1], "labels": [-100], "sample_id": 1}
+    assert IndexedDataset([[5, 6]])[0] == {"input_ids": [5, 6], "sample_id": 0}
+    with pytest.raises(ValueError, match="sample_id"):
+        _ = IndexedDataset([{"sample_id": 3}])[0]
+
+
+def test_save_model_of_a_plain_module_is_audited_as_the_final_model(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from provenance.audit import audit
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    with _open(tmp_path) as run:
+        run.record_batch(1, [0, 1])
+        run.log(1, loss=0.5)
+        run.save_model(model, init_args={"layers": [4, 8, 1]})
+    desc = formats.read_json(run.root / "model" / "config.json")
+    assert desc["schema"] == formats.TORCH_MODULE_SCHEMA and desc["class"] == "torch.nn.modules.container.Sequential"
+    assert desc["init_args"] == {"layers": [4, 8, 1]} and desc["parameters"] == 4 * 8 + 8 + 8 + 1
+    assert desc["tensors"]["0.weight"] == {"shape": [8, 4], "dtype": "float32"}
+    weights = load_file(str(run.root / "model" / "model.safetensors"))
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    check = audit(run.root).check("model")
+    assert check.status == "pass", check.findings
+    assert "49 parameters" in check.summary

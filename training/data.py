@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from provenance.capture.data import DatasetSpec, load_manifest
+from provenance.capture.data import DatasetSpec, data_path, load_manifest
 from training import corpus
 from training.config import DataConfig, TokenizerConfig
 
@@ -18,7 +18,7 @@ EOS, PAD = "<|endoftext|>", "<|pad|>"
 
 
 def corpus_dir(cfg: DataConfig) -> Path:
-    return Path(cfg.root) / f"{cfg.name}-v{corpus.GENERATOR_VERSION}-seed{cfg.generator_seed}"
+    return data_path(cfg.root) / f"{cfg.name}-v{corpus.GENERATOR_VERSION}-seed{cfg.generator_seed}"
 
 
 def prepare_corpus(cfg: DataConfig, root_override: Path | None = None) -> DatasetSpec:

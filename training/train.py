@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import yaml
 
-from provenance import ConfigError, DataMismatch, start_run
+from provenance import ConfigError, DataMismatch, data_path, start_run
 from provenance.config import load, override_changes, to_dict
 from provenance.integrations.wandb import WandbCallback
 from provenance.lineage import LineageCallback
@@ -157,9 +157,8 @@ def corpus_spec(cfg: DataConfig) -> Any:
 
 def tokenizer_dir(cfg: Config, corpus: Any) -> Any:
     """Next to a generated corpus; under data.root for a local or hub corpus (never inside someone's data)."""
-    from pathlib import Path
 
-    base = corpus.root if cfg.data.source == "generated" else Path(cfg.data.root) / f"{cfg.data.name}-tokenizer"
+    base = corpus.root if cfg.data.source == "generated" else data_path(cfg.data.root) / f"{cfg.data.name}-tokenizer"
     return base / f"tokenizer-bpe{cfg.tokenizer.vocab_size}"
 
 

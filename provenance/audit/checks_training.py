@@ -161,6 +161,29 @@ def _gpt2_parameters(cfg: dict[str, Any], shapes: dict[str, list[int]]) -> tuple
 
 PARAMETER_FORMULAS["gpt2"] = _gpt2_parameters
 
+
+def _torch_module_parameters(cfg: dict[str, Any], shapes: dict[str, list[int]]) -> tuple[int, set[str], list[str]]:
+    """A plain torch module saved by run.save_model: the tensors its config.json describes, shape for shape."""
+    rel = f"{formats.MODEL_DIR}/config.json"
+    described = cfg.get("tensors")
+    if cfg.get("schema") != formats.TORCH_MODULE_SCHEMA or not isinstance(described, dict):
+        raise BundleFileError(rel, f"model_type torch-module needs schema {formats.TORCH_MODULE_SCHEMA} and tensors")
+    expected = 0
+    for name, t in described.items():
+        shape = t.get("shape") if isinstance(t, dict) else None
+        if not isinstance(shape, list) or not all(is_int(d) and d >= 0 for d in shape):
+            raise BundleFileError(rel, f"tensors.{name}.shape must be a list of non-negative integers")
+        if shapes.get(name, shape) != shape:
+            raise BundleFileError(rel, f"tensor {name!r} is {shapes[name]} in the weights, {shape} in the description")
+        n = 1
+        for d in shape:
+            n *= d
+        expected += n
+    return expected, set(), [f"{cfg.get('class')}"]
+
+
+PARAMETER_FORMULAS["torch-module"] = _torch_module_parameters
+
 # run config (config.json "config.model") keys -> model/config.json keys, per model type
 _RUN_CONFIG_KEYS = {"gpt2": {"n_layer": "n_layer", "n_head": "n_head", "n_embd": "n_embd",
                              "block_size": "n_positions", "vocab_size": "vocab_size"}}

@@ -45,6 +45,23 @@ class DatasetSpec:
     # what a sample id means (provenance.datasets.layouts): None is `lines` (samples_file's line numbers);
     # {"type": "documents"} or {"type": "token-stream", "dtype": "uint16", "window": 64, "sample": "window"}
     layout: dict[str, Any] | None = None
+    declared_root: str | None = None  # `root` as the script gave it (set on creation; see data_path)
+
+    def __post_init__(self) -> None:
+        if self.declared_root is None:
+            self.declared_root = Path(self.root).as_posix()
+        self.root = data_path(self.root)
+
+
+DATA_ROOT_ENV = "PROV_DATA_ROOT"  # a reproduction's data folder: relative data paths resolve under it
+
+
+def data_path(path: str | os.PathLike[str]) -> Path:
+    """Where a data path points: under $PROV_DATA_ROOT when that is set and the path is relative (a
+    reproduction stages the datasets there), else the path as given. DatasetSpec roots resolve so."""
+    p = Path(path)
+    root = os.environ.get(DATA_ROOT_ENV)
+    return Path(root).absolute() / p if root and not p.is_absolute() else p
 
 
 def count_records(path: Path) -> int | None:

@@ -154,3 +154,56 @@ def load_checkpoint(path: str | os.PathLike[str], model: torch.nn.Module,
     if restore_rng:
         set_rng_state(tensors, meta)
     return {"step": int(meta["step"]), "tokens_seen": int(meta["tokens_seen"]), "extra": json.loads(meta["extra"])}
+
+
+TORCH_MODULE_TYPE = "torch-module"  # model/config.json model_type of a plain torch.nn.Module
+
+
+def _jsonable_arg(v: Any) -> Any:
+    if v is None or isinstance(v, bool | int | float | str):
+        return v
+    if isinstance(v, list | tuple):
+        return [_jsonable_arg(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable_arg(x) for k, x in v.items()}
+    if isinstance(v, torch.nn.Module):
+        return {"module": f"{type(v).__module__}.{type(v).__qualname__}", "repr": repr(v)}
+    raise TypeError(f"init_args: {type(v).__name__} is not JSON-representable")
+
+
+def save_module(folder: str | os.PathLike[str], module: torch.nn.Module,
+                init_args: dict[str, Any] | None = None) -> None:
+    """A plain torch module as a folder: model.safetensors (its state dict; tied tensors stored once each
+    name) and config.json describing it (class, constructor arguments where given, every tensor's shape
+    and dtype, the parameter count, the module tree as repr). Load it with `load_module(folder, module)`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    seen: dict[int, str] = {}
+    for k, v in module.state_dict().items():
+        t = v.detach().contiguous()
+        if t.data_ptr() in seen:
+            t = t.clone()  # safetensors refuses shared storage: a tied tensor is stored under each name
+        seen.setdefault(t.data_ptr(), k)
+        tensors[k] = t
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    cls = type(module)
+    desc = {
+        "schema": formats.TORCH_MODULE_SCHEMA,
+        "model_type": TORCH_MODULE_TYPE,
+        "architectures": [f"{cls.__module__}.{cls.__qualname__}"],
+        "class": f"{cls.__module__}.{cls.__qualname__}",
+        "init_args": _jsonable_arg(init_args) if init_args is not None else None,
+        "parameters": sum(p.numel() for p in module.parameters()),
+        "tensors": {k: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+                    for k, t in sorted(tensors.items())},
+        "repr": repr(module),
+        "load": "module.load_state_dict(safetensors.torch.load_file('model.safetensors'))",
+    }
+    (folder / "config.json").write_text(json.dumps(desc, indent=2, sort_keys=True) + "\n")
+
+
+def load_module(folder: str | os.PathLike[str], module: torch.nn.Module) -> torch.nn.Module:
+    """Load a folder written by save_module into `module` (built with the recorded init_args)."""
+    module.load_state_dict(load_file(str(Path(folder) / "model.safetensors")))
+    return module

@@ -37,7 +37,7 @@ recorded order is compared with them step by step, like every other loss and che
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +57,14 @@ _TIMING = ("runtime", "per_second")
 
 
 class IndexedDataset(torch.utils.data.Dataset):
-    """A map-style dataset of token-id lists whose items carry their index as `sample_id`."""
+    """A map-style dataset whose items carry their index as `sample_id`.
 
-    def __init__(self, samples: Sequence[Sequence[int]], with_ids: bool = True) -> None:
+    `samples` is any indexable dataset: token-id lists (an item becomes {"input_ids": [...]}) or
+    records such as the rows of a Hugging Face `datasets.Dataset` (every column is kept: input_ids,
+    attention_mask, labels, ...).
+    """
+
+    def __init__(self, samples: Any, with_ids: bool = True) -> None:
         self.samples = samples
         self.with_ids = with_ids
 
@@ -67,7 +72,13 @@ class IndexedDataset(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        item: dict[str, Any] = {"input_ids": list(self.samples[i])}
+        sample = self.samples[i]
+        if isinstance(sample, Mapping):
+            if SAMPLE_ID in sample:
+                raise ValueError(f"IndexedDataset: item {i} already has a '{SAMPLE_ID}' column")
+            item: dict[str, Any] = dict(sample)
+        else:
+            item = {"input_ids": list(sample)}
         if self.with_ids:
             item[SAMPLE_ID] = int(i)
         return item

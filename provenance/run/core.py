@@ -29,7 +29,7 @@ from typing import Any
 
 from provenance import formats
 from provenance.bundle import BundleError, BundleWriter
-from provenance.capture.code import capture_code
+from provenance.capture.code import capture_code, git_toplevel
 from provenance.capture.data import DatasetSpec, commitment, verified_manifest
 from provenance.capture.env import capture_env
 from provenance.capture.process import process_identity
@@ -69,6 +69,31 @@ def _local_documents(documents: dict[str, str]) -> dict[str, tuple[Path, str]]:
     return out
 
 
+RUNS_DIR_ENV = "PROV_RUNS_DIR"  # where start_run writes the bundle (a reproduction sets it); wins over runs_dir
+_INTERPRETER_OPTIONS_WITH_VALUE = ("-X", "-W", "--check-hash-based-pycs")
+
+
+def command_line(code_root: str | os.PathLike[str] | None = None) -> list[str]:
+    """The real command line of this process, as `prov reproduce` can run it again:
+    [this interpreter, "-m", module, args...] or [this interpreter, script, args...], with a script
+    inside the code root (the git checkout, else the folder) named relative to it, as in the snapshot.
+    Interpreter options (-u, -X dev, ...) are left out: a reproduction picks its own interpreter."""
+    orig = list(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
+    args, i = orig[1:], 0
+    while i < len(args) and args[i].startswith("-") and args[i] not in ("-m", "-c", "-"):
+        i += 2 if args[i] in _INTERPRETER_OPTIONS_WITH_VALUE else 1
+    rest = args[i:]
+    if rest and rest[0] not in ("-m", "-c", "-"):
+        script = Path(rest[0])
+        start = Path(code_root or Path.cwd()).resolve()
+        root = git_toplevel(start) or start
+        try:
+            rest[0] = script.resolve().relative_to(root).as_posix()
+        except ValueError:
+            pass  # a script outside the code root keeps its path
+    return [sys.executable, *rest]
+
+
 def _new_run_id(name: str) -> str:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:40] or "run"
@@ -98,12 +123,12 @@ class Run:
         self.start_notes = list(notes)
         self.overrides = [dict(o) for o in overrides]
         self.name = name
-        self.runs_dir = Path(runs_dir)
+        self.runs_dir = Path(os.environ.get(RUNS_DIR_ENV) or runs_dir)
         self.seed = seed
         self.threads = threads
         self.deterministic = deterministic
         self.datasets = list(datasets)
-        self.argv = list(sys.argv if argv is None else argv)
+        self.argv = command_line(code_root) if argv is None else list(argv)
         self.code_root = code_root
         self.code_exclude: list[Path] = []  # more paths kept out of the code snapshot (`prov run --outputs`)
         self.license = license
@@ -182,6 +207,8 @@ class Run:
             "documents": dict(self.documents),
             "reproduces": self.reproduces,
             "datasets": [spec.name for spec in self.datasets],
+            # each dataset's root as the script declared it: a reproduction stages it at $PROV_DATA_ROOT/<root>
+            "data_roots": {spec.name: spec.declared_root or Path(spec.root).as_posix() for spec in self.datasets},
         }
         facts = self.ranks.facts()
         if facts is not None:
@@ -436,13 +463,24 @@ class Run:
         self.event("restored", step=state["step"], checkpoint=str(path), sha256=hexd)
         return state["step"], state["tokens_seen"]
 
-    def save_model(self, model: Any, tokenizer: Any = None) -> str:
-        """Save the final model in save_pretrained form (loadable by from_pretrained)."""
+    def save_model(self, model: Any, tokenizer: Any = None, *, init_args: dict[str, Any] | None = None) -> str:
+        """Save the final model into model/ (rank 0).
+
+        A model with `save_pretrained` (transformers, diffusers, PEFT...) is saved that way (loadable
+        by from_pretrained), with its tokenizer. Any other torch.nn.Module is saved as its state dict
+        (model/model.safetensors) with model/config.json describing it: its class, the constructor
+        arguments given as `init_args` (JSON), every tensor's shape and dtype, its repr.
+        """
         w = self._open_writer()
         if not self.ranks.writes_shared:
             return formats.MODEL_DIR
         tmp = w.path(f".{formats.MODEL_DIR}.tmp")
-        model.save_pretrained(tmp, safe_serialization=True)
+        if hasattr(model, "save_pretrained"):
+            model.save_pretrained(tmp, safe_serialization=True)
+        else:
+            from provenance.capture.state import save_module
+
+            save_module(tmp, model, init_args)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         os.replace(tmp, w.path(formats.MODEL_DIR))
