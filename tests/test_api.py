@@ -301,3 +301,69 @@ def test_save_model_of_a_plain_module_is_audited_as_the_final_model(tmp_path: Pa
     check = audit(run.root).check("model")
     assert check.status == "pass", check.findings
     assert "49 parameters" in check.summary
+
+
+def test_prov_version_matches_the_distribution(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import tomllib
+
+    from conftest import REPO, offline_env
+
+    import provenance
+
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    out = subprocess.run([sys.executable, "-m", "provenance.cli", "--version"], capture_output=True, text=True,
+                         cwd=REPO, env=offline_env(tmp_path))
+    assert out.returncode == 0 and out.stdout.strip() == f"prov (fullyopen) {declared}"
+    assert provenance.__version__ == declared
+
+
+_BAR_SCRIPT = """
+import sys, time
+from provenance import start_run
+from provenance.run.progress import ProgressBar
+with start_run({}, name="bar", runs_dir=sys.argv[1], code_root=sys.argv[2], argv=["python", "t.py"],
+               callbacks=[ProgressBar(5)]) as run:
+    for step in range(1, 6):
+        run.record_batch(step, [step])
+        print(f"plain line {step}", flush=True)
+        run.log(step, loss=1.0 / step, tokens=100, step_time=0.01)
+"""
+
+
+def test_progress_bar_draws_on_a_terminal_and_never_into_the_logs(tmp_path: Path) -> None:
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    from conftest import REPO, offline_env
+
+    (tmp_path / "src").mkdir()
+    script = tmp_path / "bar.py"
+    script.write_text(_BAR_SCRIPT)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "runs"), str(tmp_path / "src")], cwd=REPO,
+                            env={**offline_env(tmp_path), "COLUMNS": "120"}, stdout=slave, stderr=slave)
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert proc.wait(timeout=120) == 0, seen.decode(errors="replace")
+    text = seen.decode(errors="replace")
+    assert "loss=0.2000" in text and "tok/s=10,000" in text and "5/5" in text
+    (root,) = (tmp_path / "runs").iterdir()
+    stdout_log = (root / "logs" / "stdout.log").read_text()
+    assert "plain line 5" in stdout_log and "\r" not in stdout_log and "tok/s" not in stdout_log
+    assert "tok/s" not in (root / "logs" / "stderr.log").read_text()
+    # not a terminal: no bar at all
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "runs2"), str(tmp_path / "src")], cwd=REPO,
+                         env=offline_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "tok/s" not in out.stdout + out.stderr and "plain line 5" in out.stdout

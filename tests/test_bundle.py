@@ -176,3 +176,8 @@ def test_a_default_run_records_its_purpose_and_overrides_as_decisions(tiny_bundl
     assert report.check("notes").status == "pass"
     item = next(i for i in report.openness.fully_open if i.id == "decision_notes")
     assert item.found and item.files == ["notes.jsonl"]
+
+
+def test_our_model_construction_does_not_warn(tiny_bundle: Path) -> None:
+    stderr = (tiny_bundle / "logs" / "stderr.log").read_text()
+    assert "loss_type" not in stderr and "unrecognized" not in stderr

@@ -25,6 +25,7 @@ from provenance.integrations.wandb import WandbCallback
 from provenance.lineage import LineageCallback
 from provenance.lineage.merge import load_weights
 from provenance.replay import WorldSizeMismatch
+from provenance.run.progress import ProgressBar
 from training import corpus as corpus_gen
 from training import tokens
 from training.config import Config, DataConfig
@@ -221,7 +222,8 @@ def train(cfg: Config, inv: Invocation) -> int:
                    documents=cfg.run.documents, sampler=sampler_info, purpose=cfg.run.purpose, notes=inv.notes,
                    overrides=inv.overrides,
                    callbacks=[WandbCallback(cfg.run.wandb, cfg.run.wandb_project, cfg.run.wandb_entity),
-                              LineageCallback(init=cfg.run.init_from, resume=cfg.run.resume_from)]) as run:
+                              LineageCallback(init=cfg.run.init_from, resume=cfg.run.resume_from),
+                              ProgressBar(cfg.train.steps)]) as run:
         texts = load_texts(corpus)
         block = cfg.model.block_size
         train_ids = tokens.windows(token_spec) if token_spec else encode(tokenizer, texts["train"], block)
@@ -233,6 +235,7 @@ def train(cfg: Config, inv: Invocation) -> int:
             vocab_size=len(tokenizer), n_positions=m.block_size, n_embd=m.n_embd, n_layer=m.n_layer,
             n_head=m.n_head, resid_pdrop=m.dropout, embd_pdrop=m.dropout, attn_pdrop=m.dropout,
             bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=pad_id, loss_type="ForCausalLM"))
+        model.loss_type = "ForCausalLM"  # transformers derives it from the class name and warns on every loss
         decay = [p for p in model.parameters() if p.dim() >= 2]
         no_decay = [p for p in model.parameters() if p.dim() < 2]
         t = cfg.train

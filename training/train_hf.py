@@ -89,6 +89,7 @@ def train(cfg: HFConfig, inv: Invocation) -> int:
             vocab_size=len(tokenizer), n_positions=m.block_size, n_embd=m.n_embd, n_layer=m.n_layer,
             n_head=m.n_head, resid_pdrop=m.dropout, embd_pdrop=m.dropout, attn_pdrop=m.dropout,
             bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=pad_id, loss_type="ForCausalLM"))
+        model.loss_type = "ForCausalLM"  # transformers derives it from the class name and warns on every loss
         print(f"model: {sum(p.numel() for p in model.parameters()):,} parameters; "
               f"{len(train_ids):,} training samples", flush=True)
         args = TrainingArguments(

@@ -15,7 +15,10 @@ from collections.abc import Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from provenance import __version__
+
     parser = argparse.ArgumentParser(prog="prov", description="fullyopen: provable, fully open training runs")
+    parser.add_argument("--version", action="version", version=f"prov (fullyopen) {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):

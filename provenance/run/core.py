@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 from provenance import formats
 from provenance.bundle import BundleError, BundleWriter
@@ -368,6 +368,18 @@ class Run:
             raise BundleError(f"run.append_jsonl: {rel} is written by the run itself")
         if self.ranks.writes_shared:
             w.log(rel).write_line(record)
+
+    def terminal(self, fd: int = 2) -> IO[str] | None:
+        """A text stream on the terminal behind stdout (1) or stderr (2), bypassing the run's capture,
+        or None when that is not a terminal. For progress displays that must not end up in the logs."""
+        real = self._output.terminal_fd(fd)
+        real = fd if real is None else real
+        try:
+            if not os.isatty(real):
+                return None
+            return open(os.dup(real), "w", buffering=1, encoding="utf-8", errors="replace")
+        except OSError:
+            return None
 
     def _open_writer(self) -> BundleWriter:
         if self.writer is None:
