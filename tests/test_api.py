@@ -367,3 +367,37 @@ def test_progress_bar_draws_on_a_terminal_and_never_into_the_logs(tmp_path: Path
     out = subprocess.run([sys.executable, str(script), str(tmp_path / "runs2"), str(tmp_path / "src")], cwd=REPO,
                          env=offline_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "tok/s" not in out.stdout + out.stderr and "plain line 5" in out.stdout
+
+
+def test_a_plain_pytorch_loop_trains_audits_and_reproduces_bitwise(tmp_path: Path) -> None:
+    """The issue's 'done when': a 30-line plain loop from the README's API section alone, in a git checkout."""
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import REPO, offline_env
+
+    work = tmp_path / "project"
+    work.mkdir()
+    shutil.copy(REPO / "tests" / "scripts" / "plain_loop.py", work / "train.py")
+    env = offline_env(tmp_path)
+    env["PYTHONPATH"] = str(REPO)
+    for args in (["init", "-q"], ["add", "train.py"], ["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm",
+                                                       "x"]):
+        subprocess.run(["git", *args], cwd=work, check=True, env=env)
+    (work / ".gitignore").write_text("runs/\ndata/\n")
+    out = subprocess.run([sys.executable, "train.py"], cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    (root,) = (work / "runs").iterdir()
+    cfg = formats.read_json(root / formats.CONFIG_JSON)
+    assert cfg["argv"] == [sys.executable, "train.py"]
+    audit_out = subprocess.run([sys.executable, "-m", "provenance.cli", "audit", str(root)], cwd=REPO, env=env,
+                               capture_output=True, text=True, timeout=300)
+    assert audit_out.returncode == 0, audit_out.stdout + audit_out.stderr
+    assert "entry point train.py" in subprocess.run(
+        [sys.executable, "-m", "provenance.cli", "audit", str(root), "--json"], cwd=REPO, env=env,
+        capture_output=True, text=True, timeout=300).stdout
+    rep = subprocess.run([sys.executable, "-m", "provenance.cli", "reproduce", str(root), "--workdir",
+                          str(tmp_path / "w")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert rep.returncode == 0, rep.stdout + rep.stderr
+    assert "bitwise" in rep.stdout

@@ -73,6 +73,11 @@ def locate_data(orig: Original, opts: Options, say: Say) -> list[StagedData]:
         kind = src.get("type")
         local = src.get("local_path")
         rel = _placement(local, recorded_root, name)
+        declared = (orig.run.get("data_roots") or {}).get(name) if isinstance(orig.run, dict) else None
+        if recorded_root is None and isinstance(declared, str) and declared and \
+                not PurePath(declared).is_absolute() and ".." not in PurePath(declared).parts:
+            # no data.root key to redirect: the script's relative DatasetSpec root resolves at $PROV_DATA_ROOT/<root>
+            rel = PurePath(declared).as_posix()
         files = [e for e in man.get("files", []) if isinstance(e, dict) and isinstance(e.get("path"), str)]
         if kind == "derived":
             out.append(StagedData(name, "derived", rel=rel, files=files,
