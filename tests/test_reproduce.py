@@ -26,6 +26,7 @@ from provenance.reproduce import (
     DIVERGED,
     NOT_CLAIMED,
     REPORT,
+    WITHIN,
     Options,
     Plan,
     decide,
@@ -165,6 +166,11 @@ def test_other_seed_diverges_at_step_1_config_seed(tiny_bundle: Path, tmp_path: 
     assert (doc["cause"]["a"], doc["cause"]["b"]) == (1337, 7)
     assert doc["scope"]["last_step"] == 3 and doc["scope"]["steps_checked"] == 3  # --steps 3
     assert "run.seed 1337 → 7" in doc["headline"]
+    # the data order is always compared exactly: no tolerance makes another batch reproduce
+    orig = read_original(tiny_bundle, root_of(tiny_bundle))
+    loose = decide(orig, Path(doc["bundle"]), Plan(1, 3, 3), 0, [], tolerance="loss=1e9,ckpt=1e9")
+    assert loose["verdict"] == DIVERGED and loose["first_divergence"]["step"] == 1
+    assert loose["first_divergence"]["kind"] == "order"
 
 
 def test_other_learning_rate_diverges_at_step_2_config_lr(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -175,6 +181,10 @@ def test_other_learning_rate_diverges_at_step_2_config_lr(tiny_bundle: Path, tmp
     assert (first["step"], first["kind"]) == (2, "loss") and first["order_matched"]
     assert out.report.cause["kind"] == "config" and out.report.cause["key"] == "train.lr"
     assert out.report.cause["logged_values_differ"]["lr"] == 1
+    # within any tolerance, another config is never "reproduced"
+    orig = read_original(tiny_bundle, root_of(tiny_bundle))
+    loose = decide(orig, out.bundle, Plan(1, 4, 4), 0, [], tolerance="loss=1e9,ckpt=1e9")
+    assert loose["verdict"] == NOT_CLAIMED and loose["exit_status"] == 1 and loose["cause"]["key"] == "train.lr"
 
 
 def test_other_thread_count_is_named_as_environment(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -207,6 +217,20 @@ def test_other_thread_count_is_named_as_environment(tiny_bundle: Path, tmp_path:
         assert ckpt_steps[0] == first["step"] and (loss_step is None or loss_step > first["step"])
     proc = cli("diff", str(tiny_bundle), str(out.bundle))
     assert f"first divergence: step {first['step']} ({first['kind']})" in proc.stdout
+    # issue 15: the same bundles under a tolerance; another thread count is real non-bitwise noise
+    orig = read_original(tiny_bundle, root_of(tiny_bundle))
+    plan = Plan(1, None, max(losses(tiny_bundle)))
+    loose = decide(orig, out.bundle, plan, 0, [], tolerance="loss=1e-2,ckpt=1e-2")
+    assert loose["verdict"] == WITHIN and loose["exit_status"] == 0 and "loss relative difference ≤ 0.01" in \
+        loose["headline"]
+    assert where(loose["first_difference"]) == where(first) and loose["first_divergence"] is None
+    assert loose["tolerance"]["max_loss_rel"] <= 1e-2 and loose["tolerance"]["max_ckpt_rel_l2"] <= 1e-2
+    auto = decide(orig, out.bundle, plan, 0, [], tolerance="auto")
+    assert auto["tolerance"]["mode"] == "bounds" and "thread count 2 → 1" in auto["tolerance"]["why"]
+    assert auto["verdict"] == WITHIN  # float32 noise of 12 steps stays far below auto's 1e-3
+    strict = decide(orig, out.bundle, plan, 0, [], tolerance="loss=0,ckpt=0")
+    assert strict["verdict"] == DIVERGED and where(strict["first_divergence"]) == where(first)
+    assert "out of tolerance" in strict["headline"]
 
 
 def test_one_changed_line_in_the_training_script_is_named(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -515,3 +539,40 @@ def test_package_differences_are_named_before_the_run(bundle_copy: Path, happy: 
     env_check(orig, {}, Options(), said.append)
     assert any("known before the run: no bitwise claim will be made across package numpy 0.0.1" in line
                for line in said), said
+
+
+# --- issue 15: tolerances -------------------------------------------------------------------------------
+
+
+def test_bad_tolerance_is_refused_before_anything_runs(tiny_bundle: Path, tmp_path: Path) -> None:
+    for bad, says in (("loss=abc,ckpt=1e-3", "loss='abc' is not a number"), ("loss=1e-3", "give both"),
+                      ("speed=3", "expected auto, bitwise or loss=<rel>,ckpt=<rel>"), ("loss=-1,ckpt=0", "≥ 0")):
+        work = tmp_path / bad.replace("=", "_").replace(",", "_")
+        proc = cli("reproduce", str(tiny_bundle), "--workdir", str(work), "--tolerance", bad, tmp=tmp_path)
+        assert proc.returncode == 2 and f"--tolerance {bad!r}" in proc.stderr and says in proc.stderr, proc.stderr
+        assert "verdict: refused (nothing ran)" in proc.stdout and not work.exists()
+
+
+def test_checkpoints_compared_tensor_by_tensor(tiny_bundle: Path, tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from provenance.reproduce import compare_checkpoints
+
+    k = min(e["step"] for e in formats.read_json(tiny_bundle / formats.CHECKPOINT_INDEX)["checkpoints"])
+    src = tiny_bundle / formats.checkpoint_name(k)
+    same = compare_checkpoints(src, src)
+    assert same["max_rel_l2"] == 0.0 and not same["worst"] and same["tensors"] > 3
+    tensors = load_file(str(src))
+    name = next(n for n, t in tensors.items() if n.startswith("model.") and t.dtype == torch.float32 and t.numel() > 8)
+    original = tensors[name].clone()
+    tensors[name] = original * 1.001
+    out = tmp_path / "perturbed.safetensors"
+    save_file(tensors, str(out))
+    cmp = compare_checkpoints(src, out)
+    expected = float((original.double() * 0.001).norm() / original.double().norm())
+    assert cmp["worst"][0]["tensor"] == name and abs(cmp["worst"][0]["rel_l2"] - expected) < 1e-6
+    assert len(cmp["worst"]) == 1 and not cmp["mismatched"]
+    tensors[name] = original[:1]
+    save_file(tensors, str(out))
+    assert compare_checkpoints(src, out)["mismatched"][0]["tensor"] == name

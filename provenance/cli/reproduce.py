@@ -23,7 +23,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     opts = Options(steps=args.steps, from_step=args.from_step, workdir=Path(args.workdir) if args.workdir else None,
                    data_root=Path(args.data_root).resolve() if args.data_root else None, sets=list(args.set),
                    code=Path(args.code) if args.code else None, strict_env=args.strict_env,
-                   sandbox=args.sandbox, echo=None if args.quiet else echo, args=args.args)
+                   sandbox=args.sandbox, tolerance=args.tolerance, echo=None if args.quiet else echo,
+                   args=args.args)
     # --quiet: no progress and no training output; only the verdict (and an error)
     outcome = reproduce(args.bundle, opts, say=None if args.quiet else say)
     rep = outcome.report
@@ -64,14 +65,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Audit BUNDLE, materialise its code, compare the environment, verify its data, re-run the "
                     "training with the recorded config and data order, and compare every batch, loss (bitwise) "
                     "and checkpoint digest. This EXECUTES THE BUNDLE'S CODE (--sandbox contains it). "
-                    "Exit status: 0 reproduced (bitwise); 1 diverged, incomplete, or matched without a "
-                    "bitwise claim; 2 refused (integrity, data, --strict-env, no sandbox, bad input).")
+                    "Exit status: 0 reproduced (bitwise, or within --tolerance); 1 diverged, incomplete, or "
+                    "matched without a claim; 2 refused (integrity, data, --strict-env, no sandbox, bad input).")
     p.add_argument("bundle", help="a run folder (runs/<run_id>) or a release archive (.tar, .tar.gz)")
     g = p.add_argument_group("what to check")
     g.add_argument("--steps", type=int, default=None, metavar="N",
                    help="check N steps (from the original's first step, or after --from-step K) and stop")
     g.add_argument("--from-step", type=int, default=None, metavar="K",
                    help="restore the original's checkpoint of step K (weights, optimizer, RNG) and check from K+1")
+    g.add_argument("--tolerance", default="bitwise", metavar="auto|bitwise|loss=REL,ckpt=REL",
+                   help="bitwise (the default), or bounds within which a reproduction that is not bitwise still "
+                        "reproduces: loss=<relative loss difference>,ckpt=<relative L2 of each checkpoint tensor>; "
+                        "auto: bitwise where the environment is the recorded one, otherwise loss=1e-3,ckpt=1e-3. "
+                        "The data order is always compared exactly")
     g = p.add_argument_group("where")
     g.add_argument("--workdir", default=None, metavar="DIR",
                    help="an empty folder for the code, data and the reproduction's bundle "

@@ -72,6 +72,7 @@ from provenance.reproduce.plan import (
     read_original,
 )
 from provenance.reproduce.staging import dataset_keys, locate_data, stage
+from provenance.reproduce.tolerance import Tolerance, compare_checkpoints, parse_tolerance
 from provenance.reproduce.verdict import (
     BITWISE,
     DIVERGED,
@@ -80,16 +81,45 @@ from provenance.reproduce.verdict import (
     REFUSED,
     REPORT,
     REPORT_SCHEMA,
+    WITHIN,
     Report,
     decide,
     find_causes,
     fmt_value,
 )
 
-__all__ = ["BITWISE", "DIVERGED", "EXIT_DIVERGED", "EXIT_REFUSED", "EXIT_REPRODUCED", "INCOMPLETE", "NOT_CLAIMED",
-           "REFUSED", "REPORT", "REPORT_SCHEMA", "SUMMARY_SCHEMA", "Options", "Original", "Outcome", "Plan", "Refused",
-           "Report", "build_command", "check_reproduction", "current_env", "decide", "default_workdir",
-           "env_check", "find_causes", "read_original", "reproduce"]
+__all__ = [
+    "BITWISE",
+    "DIVERGED",
+    "EXIT_DIVERGED",
+    "EXIT_REFUSED",
+    "EXIT_REPRODUCED",
+    "INCOMPLETE",
+    "NOT_CLAIMED",
+    "REFUSED",
+    "REPORT",
+    "REPORT_SCHEMA",
+    "SUMMARY_SCHEMA",
+    "WITHIN",
+    "Options",
+    "Original",
+    "Outcome",
+    "Plan",
+    "Refused",
+    "Report",
+    "Tolerance",
+    "build_command",
+    "check_reproduction",
+    "compare_checkpoints",
+    "current_env",
+    "decide",
+    "default_workdir",
+    "env_check",
+    "find_causes",
+    "parse_tolerance",
+    "read_original",
+    "reproduce",
+]
 
 
 @dataclass
@@ -209,6 +239,7 @@ def _in_workdir(src: Path, digest: str, audit_report: Any, archive_input: bool, 
         raise Refused("--args: only a wrapped command (prov run) takes arguments; use --set key=value")
     orig = read_original(root, digest)
     plan = plan_steps(orig, opts)
+    parse_tolerance(opts.tolerance)  # bad input refuses before anything runs
     sets = parse_sets(opts.sets, orig.config)
     first_step, stop, expected_last = plan.first_step, plan.stop, plan.expected_last
     scope = f"steps {first_step}–{expected_last}" + (f" (from the checkpoint of step {opts.from_step})"
@@ -286,7 +317,7 @@ def _in_workdir(src: Path, digest: str, audit_report: Any, archive_input: bool, 
     if elsewhere:
         say(f"reproduction: the script wrote its bundle to {repro}, not under {RUNS_DIR_ENV}={runs_dir}")
     decision = decide(orig, repro, plan, rc, pre_env, PATH_KEYS | frozenset(k for k, _ in redirects),
-                      consistency=consistency)
+                      consistency=consistency, tolerance=opts.tolerance)
     if elsewhere:
         decision["headline"] += f" (bundle written to {repro}, not under {runs_dir})"
     repro_run = formats.read_json(repro / formats.RUN_JSON)
@@ -315,6 +346,8 @@ def _in_workdir(src: Path, digest: str, audit_report: Any, archive_input: bool, 
         training_exit_status=rc,
         durations={"original_s": orig.run.get("duration_s"), "reproduction_s": repro_run.get("duration_s"),
                    "training_wall_s": round(train_wall, 3)},
+        tolerance=decision.get("tolerance"),
+        first_difference=decision.get("first_difference"),
         replay_summary=decision["summary"],
         diff={k: v for k, v in decision["diff"].items() if k not in ("a", "b")},
     )

@@ -10,7 +10,7 @@ from provenance import formats
 from provenance.audit import Check
 from provenance.replay import STEPS_LOG, SUMMARY
 from provenance.reproduce.options import EXIT_REPRODUCED
-from provenance.reproduce.verdict import BITWISE, DIVERGED, REPORT, REPORT_SCHEMA
+from provenance.reproduce.verdict import BITWISE, DIVERGED, REPORT, REPORT_SCHEMA, WITHIN
 
 SUMMARY_SCHEMA = formats.REPRODUCTION_SCHEMA
 CHECK_NAME, CHECK_TITLE = "reproduction", "reproduction report"
@@ -87,6 +87,11 @@ def check_reproduction(view: Any, out: Any) -> None:
     if verdict == BITWISE and report.get("exit_status") != EXIT_REPRODUCED:
         out.error("a bitwise reproduction has exit status 0", file=REPORT, expected="0",
                   actual=repr(report.get("exit_status")))
+    if verdict == WITHIN and report.get("exit_status") != EXIT_REPRODUCED:
+        out.error("a reproduction within tolerance has exit status 0", file=REPORT, expected="0",
+                  actual=repr(report.get("exit_status")))
+    if verdict == WITHIN and any(r.get("order") in ("differs", "not recorded") for r in steps):
+        out.error(f"says {WITHIN!r}, but a batch differs (order is always compared exactly)", file=REPORT)
     if verdict == DIVERGED and (report.get("first_divergence") or {}).get("step") is None:
         out.error("says diverged, but names no first divergent step", file=REPORT)
     out.summary = f"reproduces {rep.get('run_id')} (sha256:{str(rep.get('root_digest'))[:12]}…): {verdict}"

@@ -12,11 +12,13 @@ from provenance import formats
 from provenance.replay import SUMMARY, first_divergence
 from provenance.reproduce.options import EXIT_DIVERGED, EXIT_REFUSED, EXIT_REPRODUCED, PATH_KEYS, THREAD_KEYS
 from provenance.reproduce.plan import Original, Plan
+from provenance.reproduce.tolerance import check_bounds, out_of_bounds_text, resolve
 
 REPORT = "reproduction/report.json"
 REPORT_SCHEMA = formats.REPRODUCTION_REPORT_SCHEMA
 
 BITWISE = "reproduced (bitwise)"
+WITHIN = "reproduced (within tolerance)"
 DIVERGED = "diverged"
 NOT_CLAIMED = "not claimed bitwise"
 INCOMPLETE = "incomplete"
@@ -43,6 +45,8 @@ class Report:
     data: list[dict[str, Any]] = field(default_factory=list)
     command: list[str] | None = None
     sandbox: dict[str, Any] | None = None
+    tolerance: dict[str, Any] | None = None  # what --tolerance asked, what was used, why; the bounds' figures
+    first_difference: dict[str, Any] | None = None  # the first bitwise difference (under a tolerance)
     training_exit_status: int | None = None
     durations: dict[str, Any] = field(default_factory=dict)
     replay_summary: dict[str, Any] = field(default_factory=dict)
@@ -140,9 +144,10 @@ def find_causes(d: dict[str, Any], first: dict[str, Any] | None, summary: dict[s
 
 def decide(orig: Original, repro: Path, plan: Plan, training_rc: int,
            pre_env: list[dict[str, Any]], path_keys: frozenset[str] = PATH_KEYS,
-           consistency: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+           consistency: list[str] | tuple[str, ...] = (), tolerance: str = "bitwise") -> dict[str, Any]:
     """The verdict: from the replay's summary and the diff of the two bundles. `consistency`: the
-    original's consistency audit failures; a bundle that fails its audit is never reproduced bitwise."""
+    original's consistency audit failures; a bundle that fails its audit is never reproduced bitwise.
+    `tolerance` (--tolerance): bitwise, auto, or loss=<rel>,ckpt=<rel> (reproduce.tolerance)."""
     first_step, stop, expected_last = plan.first_step, plan.stop, plan.expected_last
     summary_path = repro / SUMMARY
     summary = formats.read_json(summary_path) if summary_path.is_file() else {}
@@ -172,6 +177,37 @@ def decide(orig: Original, repro: Path, plan: Plan, training_rc: int,
                            "environment_differences": env_all, "pre_run_environment_differences": pre_env,
                            "diff": d}
     rng = f"steps {first_step}–{expected_last}"
+    order = {"threads": 0, "hardware": 1, "torch": 2, "python": 3, "os": 4, "packages": 5}
+    significant_env = [pdiff.env_line(x) for x in sorted((x for x in env_all if x["significant"]),
+                                                         key=lambda x: order.get(x["category"], 9))]
+    tol = resolve(tolerance, significant_env)
+    out["tolerance"] = tol.to_dict()
+    # within tolerance: only across environment differences (threads, CPU, packages) and numerics, never
+    # across another config, code, data or a bundle failing its audit
+    noise_only = all(c["kind"] in ("environment", "numerics") for c in causes)
+    if tol.mode == "bounds":
+        b = check_bounds(orig.root, orig.checkpoints, repro, first_step, expected_last, tol)
+        out["tolerance"].update({k: v for k, v in b.items() if k != "first_out"})
+        out["first_difference"] = first
+        if b["first_out"] is not None:
+            oob = b["first_out"]
+            cause = causes[0] if causes else None
+            out.update(first_divergence=oob, verdict=DIVERGED, exit_status=EXIT_DIVERGED, cause=cause,
+                       bitwise=False, headline=f"diverged at step {oob['step']}: {out_of_bounds_text(oob)}; most "
+                       "likely cause: " + (cause["summary"] if cause else "unknown") + f" (tolerance: {tol.text()})")
+            return out
+        out["first_divergence"] = None
+        if complete and noise_only:
+            diff_note = ("bitwise equal" if first is None else
+                         f"first bitwise difference at step {first['step']} ({first['kind']}); largest relative loss "
+                         f"difference {b['max_loss_rel']:.3g}, largest checkpoint relative L2 "
+                         f"{b['max_ckpt_rel_l2']:.3g}")
+            out.update(verdict=WITHIN, exit_status=EXIT_REPRODUCED, cause=causes[0] if causes else None,
+                       bitwise=False, headline=f"{WITHIN}: {steps_checked} steps ({rng}): every batch exact, every "
+                       f"loss and {scope['checkpoints_checked']} checkpoints within tolerance ({tol.text()}; "
+                       f"{tol.why}): {diff_note}")
+            return out
+        first = None  # within bounds: judged below as incomplete, or not claimed across a difference
     if first is not None:
         cause = causes[0] if causes else None
         out.update(verdict=DIVERGED, exit_status=EXIT_DIVERGED, cause=cause, bitwise=False,
@@ -186,9 +222,11 @@ def decide(orig: Original, repro: Path, plan: Plan, training_rc: int,
         out.update(verdict=INCOMPLETE, exit_status=EXIT_DIVERGED, cause=causes[0] if causes else None,
                    bitwise=False, headline=f"incomplete: {what}; no divergence before that")
     elif causes:
+        matched = ("every batch matched and every loss and checkpoint was within tolerance" if tol.mode == "bounds"
+                   else "every loss and checkpoint digest matched")
         out.update(verdict=NOT_CLAIMED, exit_status=EXIT_DIVERGED, cause=causes[0], bitwise=False,
-                   headline=f"every loss and checkpoint digest of {rng} matched, but no bitwise claim is made "
-                            "across a difference: " + "; ".join(c["summary"] for c in causes[:5]))
+                   headline=f"{matched} in {rng}, but no claim is made across a difference: "
+                            + "; ".join(c["summary"] for c in causes[:5]))
     else:
         out.update(verdict=BITWISE, exit_status=EXIT_REPRODUCED, cause=None, bitwise=True,
                    headline=f"{BITWISE}: {steps_checked} steps ({rng}): every batch and loss, and "
