@@ -81,12 +81,13 @@ def changed(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
     _edit_json(b / formats.CHECKPOINT_INDEX, ckpt)
     # the first sample of step 3 replaced by another id
-    _, ids_rel, steps_rel = formats.order_paths(0)
+    _, ids_rel, steps_rel, version = formats.order_files(b, 0)
+    width = formats.order_id_width(version)  # 4 bytes an id in order v1, 8 in v2
     steps = list(formats.read_order(b / ids_rel, b / steps_rel))
-    offset = 4 * sum(len(s.sample_ids) for s in steps if s.step < 3)
+    offset = width * sum(len(s.sample_ids) for s in steps if s.step < 3)
     ids = bytearray((b / ids_rel).read_bytes())
-    old = int.from_bytes(ids[offset:offset + 4], "little")
-    ids[offset:offset + 4] = (old ^ 1).to_bytes(4, "little")
+    old = int.from_bytes(ids[offset:offset + width], "little")
+    ids[offset:offset + width] = (old ^ 1).to_bytes(width, "little")
     (b / ids_rel).write_bytes(bytes(ids))
     return b
 
@@ -156,7 +157,7 @@ def _replay_of(a: Path, b: Path) -> dict | None:
     r = Replay(a)
     for e in formats.read_json(b / formats.CHECKPOINT_INDEX)["checkpoints"]:
         r.checkpoint(e["step"], e["sha256"])
-    _, ids_rel, steps_rel = formats.order_paths(0)
+    _, ids_rel, steps_rel, _version = formats.order_files(b, 0)
     metrics = {m["step"]: m for m in formats.read_jsonl(b / formats.METRICS)}
     for st in formats.read_order(b / ids_rel, b / steps_rel):
         _, rec = r.batch(st.step, list(st.sample_ids))
