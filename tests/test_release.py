@@ -32,6 +32,7 @@ from provenance.release.signing import (
 )
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore:ConjunctiveGraph is deprecated:DeprecationWarning")
 
 
@@ -724,3 +725,29 @@ def test_audit_trusts_only_the_pinned_key(released: Path, keys: tuple[Path, Path
     assert main(["audit", str(forged), "--no-progress"]) == 0  # intact, signed by the key it carries
     assert main(["audit", str(forged), "--trust", str(keys[1]), "--no-progress"]) == 1
     assert main(["audit", str(released), "--trust", str(tmp_path / "missing.pem"), "--no-progress"]) == 2
+
+
+# --- 9. the default config's release is MOF class I and fully open (issue 10, item 5) -------------------------
+
+
+def test_default_config_release_is_class_one_and_fully_open(released: Path) -> None:
+    from provenance.audit import audit
+
+    report = audit(released)
+    op = report.openness
+    assert op.highest_class == "I", op.class_missing("I")
+    assert op.fully_open_ok, [i.to_dict() for i in op.fully_open if not i.found]
+    run = json.loads((released / formats.RUN_JSON).read_text())
+    for key, src in (("technical_report", "docs/model/technical-report.md"), ("data_card", "docs/model/data-card.md"),
+                     ("research_paper", "docs/model/paper.md")):
+        rel = run["documents"][key]  # shipped in the bundle, so the audit (and a reader) can check it
+        assert (released / rel).read_bytes() == (REPO / src).read_bytes()
+        assert rel in op.component(key).files
+    # the technical report's intended uses and limitations are the ML-BOM's considerations
+    from provenance.release.facts import markdown_section_items
+
+    report_text = (REPO / "docs/model/technical-report.md").read_text()
+    bom = json.loads((released / formats.CYCLONEDX_BOM).read_text())
+    cons = bom["components"][0]["modelCard"]["considerations"]
+    assert cons["technicalLimitations"] == markdown_section_items(report_text, "limitation") != []
+    assert cons["useCases"] == markdown_section_items(report_text, "intended use") != []
