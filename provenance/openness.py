@@ -14,7 +14,7 @@ it is given. It never opens a document that lies outside the bundle and never fe
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, Protocol
@@ -262,6 +262,9 @@ class _Inputs:
                 hdr = load_json(rel)
                 if isinstance(hdr, dict) and isinstance(hdr.get("dataset"), str) and hdr["dataset"]:
                     self.order_datasets.add(hdr["dataset"])
+        self.entry = _entry_point(self.argv, self.snapshot)
+        self.roles = _output_roles(load_json(formats.OUTPUTS_INDEX), self.files) \
+            if formats.OUTPUTS_INDEX in self.files else {}
 
     def under(self, folder: str) -> list[str]:
         return sorted(f for f in self.files if f.startswith(folder.rstrip("/") + "/"))
@@ -346,127 +349,132 @@ def _dataset_available(name: str, m: dict[str, Any], files: set[str]) -> tuple[b
                            f"and its source ({src.get('type', 'unknown')}) is not public")
 
 
-def assess(reader: BundleReader, required_class: str | None = None) -> OpennessReport:
-    """Score a bundle against the MOF and the fully open list.
+# --- one evidence function per component -----------------------------------------------------
+# Each takes the gathered inputs and returns Evidence (found, with its files) or Missing (why not).
+# A component that a run.documents entry already satisfies keeps that, and gains the bundle's files.
 
-    Never raises on a malformed bundle: what cannot be read counts as missing.
-    """
-    if required_class is not None and required_class not in CLASSES:
-        raise ValueError(f"unknown MOF class {required_class!r} (expected I, II or III)")
-    x = _Inputs(reader)
-    load_json = x.load_json
-    comps = {c.id: Component(c.id, c.name, c.mof_class, c.optional) for c in COMPONENTS}
-    kinds = {c.id: c.kind for c in COMPONENTS}
-    run_lic = x.run_license
 
-    def use_run_license(c: Component, source: str = "run.json license") -> None:
-        c.license, c.license_source = run_lic, source if run_lic else None
+@dataclass
+class Evidence:
+    files: list[str]
+    note: str = ""
+    links: list[str] = field(default_factory=list)
+    data_licenses: list[str | None] | None = None  # a data component: the manifests' licenses, not the run's
+    own_licenses: bool = False  # each part has its own license (supporting libraries): no single one applies
 
-    # documents first: they may satisfy any component
-    doc_report: list[dict[str, Any]] = []
-    for key, value in sorted(x.documents.items(), key=lambda kv: str(kv[0])):
-        nk = _norm_key(str(key))
-        cid = nk if nk in COMPONENT_IDS else DOCUMENT_ALIASES.get(nk)
-        kind, where, note = resolve_document(value, x.files)
-        doc_report.append({"key": str(key), "component": cid, "value": value if isinstance(value, str) else None,
-                           "present": kind is not None, "kind": kind, "where": where, "note": note})
-        if cid is None or kind is None:
-            continue
-        c = comps[cid]
-        c.found = True
-        (c.links if kind == "link" else c.files).append(where)
-        c.note = f"from run.documents['{key}']" + (f"; {note}" if note else "")
-        use_run_license(c, "run.json license (covers what is released with the run)")
 
-    def found(cid: str, files_: Iterable[str], note: str = "", links: Iterable[str] = ()) -> Component:
-        c = comps[cid]
-        if c.found:  # a document already satisfies it; add the bundle's own evidence
-            c.files.extend(f for f in files_ if f not in c.files)
-            return c
-        c.found = True
-        c.files = list(files_)
-        c.links = list(links)
-        c.note = note
-        use_run_license(c)
-        return c
+@dataclass
+class Missing:
+    note: str
 
-    def missing(cid: str, note: str) -> None:
-        c = comps[cid]
-        if not c.found:
-            c.note = note
 
-    # Class III ---------------------------------------------------------------------------
-    mcfg = load_json(f"{formats.MODEL_DIR}/config.json")
+Found = Evidence | Missing
+
+
+def _output_roles(index: Any, files: Collection[str]) -> dict[str, list[tuple[str, str | None]]]:
+    """{role: [(bundle path, format)]} from outputs/index.json: the roles `prov run` gave each declared
+    output from its bytes (weights, checkpoint, training_state, model_config, sample_output, log)."""
+    out: dict[str, list[tuple[str, str | None]]] = {}
+    if not isinstance(index, dict) or not isinstance(index.get("outputs"), list):
+        return out
+    for entry in index["outputs"]:
+        for f in (entry.get("files") or []) if isinstance(entry, dict) else []:
+            if not isinstance(f, dict) or not isinstance(f.get("role"), str):
+                continue
+            where = f.get("bundle_path")
+            if isinstance(where, str) and where in files:
+                fmt = f.get("format") if isinstance(f.get("format"), dict) else {}
+                out.setdefault(f["role"], []).append((where, fmt.get("format")))
+    return out
+
+
+def _ev_model_architecture(x: _Inputs) -> Found:
+    mcfg = x.load_json(f"{formats.MODEL_DIR}/config.json")
     if isinstance(mcfg, dict) and (mcfg.get("architectures") or mcfg.get("model_type")):
         arch = mcfg.get("architectures") or [mcfg.get("model_type")]
-        found("model_architecture", [f"{formats.MODEL_DIR}/config.json"], f"{', '.join(map(str, arch))}")
-    else:
-        missing("model_architecture", "no model/config.json naming the architecture")
-    roles = _output_roles(x.load_json(formats.OUTPUTS_INDEX), x.files)  # a wrapped command's outputs
+        return Evidence([f"{formats.MODEL_DIR}/config.json"], ", ".join(map(str, arch)))
+    return Missing("no model/config.json naming the architecture")
+
+
+def _ev_final_parameters(x: _Inputs) -> Found:
     weights = [f for f in x.under(formats.MODEL_DIR) if f.endswith(".safetensors")]
-    weights += [p for p, fmt in roles.get("weights", []) if fmt == "safetensors"]
+    weights += [p for p, fmt in x.roles.get("weights", []) if fmt == "safetensors"]
     if weights:
-        found("final_parameters", weights, "safetensors")
-    else:
-        other = [f for f in x.under(formats.MODEL_DIR) if f.endswith((".bin", ".pt", ".pth", ".ckpt"))]
-        other += [p for p, fmt in roles.get("weights", []) if fmt != "safetensors"]
-        missing("final_parameters", "no model/*.safetensors" + (
-            f" ({', '.join(other)} is pickle-based and is not counted)" if other else ""))
-    missing("technical_report", "supply it as run.documents.technical_report (a file in the bundle or a URL)")
+        return Evidence(weights, "safetensors")
+    other = [f for f in x.under(formats.MODEL_DIR) if f.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+    other += [p for p, fmt in x.roles.get("weights", []) if fmt != "safetensors"]
+    return Missing("no model/*.safetensors" + (f" ({', '.join(other)} is pickle-based and is not counted)"
+                                               if other else ""))
+
+
+def _ev_technical_report(x: _Inputs) -> Found:
+    return Missing("supply it as run.documents.technical_report (a file in the bundle or a URL)")
+
+
+def _ev_evaluation_results(x: _Inputs) -> Found:
     if x.nonempty(formats.EVALS):
-        found("evaluation_results", [formats.EVALS])
-    else:
-        missing("evaluation_results", f"{formats.EVALS} is missing or empty")
+        return Evidence([formats.EVALS])
+    return Missing(f"{formats.EVALS} is missing or empty")
+
+
+def _ev_model_card(x: _Inputs) -> Found:
     card = [f for f in (formats.MODEL_CARD, "MODEL_CARD.md", "README.md") if f in x.files]
     if card:
-        found("model_card", card)
-    else:
-        missing("model_card", f"supply it as run.documents.model_card, or write {formats.MODEL_CARD} "
-                "(`prov release` does)")
-    described = {n: m for n, m in x.manifests.items() if m.get("source") and m.get("license")}
+        return Evidence(card)
+    return Missing(f"supply it as run.documents.model_card, or write {formats.MODEL_CARD} (`prov release` does)")
+
+
+def _ev_data_card(x: _Inputs) -> Found:
+    described = {n for n, m in x.manifests.items() if m.get("source") and m.get("license")}
     croissant = [f"{formats.DATA_DIR}/{n}/{formats.CROISSANT_NAME}" for n in sorted(x.manifests)]
     if x.manifests and all(f in x.files for f in croissant):
-        found("data_card", croissant, "Croissant data cards")
-    elif x.manifests and len(described) == len(x.manifests):
-        found("data_card", [f"{formats.DATA_DIR}/{n}/manifest.json" for n in sorted(x.manifests)],
-              "machine-readable data cards (source, license, files, digests, record counts)")
-    else:
-        undescribed = sorted(set(x.manifests) - set(described))
-        missing("data_card", "no data manifest" if not x.manifests else
-                f"data manifests without a source or license: {', '.join(undescribed)}")
-    samples = x.under("samples") + [p for p, _ in roles.get("sample_output", [])]
-    if samples:
-        found("sample_outputs", samples)
-    else:
-        missing("sample_outputs", "optional: supply it as run.documents.sample_outputs")
+        return Evidence(croissant, "Croissant data cards")
+    if x.manifests and len(described) == len(x.manifests):
+        return Evidence([f"{formats.DATA_DIR}/{n}/manifest.json" for n in sorted(x.manifests)],
+                        "machine-readable data cards (source, license, files, digests, record counts)")
+    if not x.manifests:
+        return Missing("no data manifest")
+    return Missing(f"data manifests without a source or license: {', '.join(sorted(set(x.manifests) - described))}")
 
-    # Class II ----------------------------------------------------------------------------
-    entry = _entry_point(x.argv, x.snapshot)
-    if x.snapshot:
-        if entry is not None:
-            found("training_code", [formats.CODE_SNAPSHOT], f"entry point {entry} (+{len(x.snapshot) - 1} files)")
-        elif not any(isinstance(a, str) and (a == "-m" or a.endswith(".py")) for a in x.argv):
-            found("training_code", [formats.CODE_SNAPSHOT], f"{len(x.snapshot)} files (entry point not recorded)")
-        else:
-            missing("training_code", "the entry point named in config.json argv is not in the code snapshot")
-    else:
-        missing("training_code", f"no {formats.CODE_SNAPSHOT} with files listed in {formats.CODE_JSON}")
+
+def _ev_sample_outputs(x: _Inputs) -> Found:
+    samples = x.under("samples") + [p for p, _ in x.roles.get("sample_output", [])]
+    if samples:
+        return Evidence(samples)
+    return Missing("optional: supply it as run.documents.sample_outputs")
+
+
+def _ev_training_code(x: _Inputs) -> Found:
+    if not x.snapshot:
+        return Missing(f"no {formats.CODE_SNAPSHOT} with files listed in {formats.CODE_JSON}")
+    if x.entry is not None:
+        return Evidence([formats.CODE_SNAPSHOT], f"entry point {x.entry} (+{len(x.snapshot) - 1} files)")
+    if not any(isinstance(a, str) and (a == "-m" or a.endswith(".py")) for a in x.argv):
+        return Evidence([formats.CODE_SNAPSHOT], f"{len(x.snapshot)} files (entry point not recorded)")
+    return Missing("the entry point named in config.json argv is not in the code snapshot")
+
+
+def _ev_inference_code(x: _Inputs) -> Found:
     hits = _snapshot_hits(x.snapshot, _INFERENCE_RE)
     if hits:
-        found("inference_code", [formats.CODE_SNAPSHOT], f"in the snapshot: {', '.join(hits)}")
-    else:
-        missing("inference_code", "no inference script in the code snapshot; add one to the repository or supply "
-                "run.documents.inference_code")
+        return Evidence([formats.CODE_SNAPSHOT], f"in the snapshot: {', '.join(hits)}")
+    return Missing("no inference script in the code snapshot; add one to the repository or supply "
+                   "run.documents.inference_code")
+
+
+def _ev_evaluation_code(x: _Inputs) -> Found:
     hits = _snapshot_hits(x.snapshot, _EVAL_RE)
     if hits:
-        found("evaluation_code", [formats.CODE_SNAPSHOT], f"in the snapshot: {', '.join(hits)}")
-    elif entry is not None and x.nonempty(formats.EVALS):
-        found("evaluation_code", [formats.CODE_SNAPSHOT],
-              f"the evaluations in {formats.EVALS} were logged by {entry}, which is in the snapshot")
-    else:
-        missing("evaluation_code", "no evaluation code in the code snapshot")
-    eval_files: list[str] = []
-    eval_lic: list[str | None] = []
+        return Evidence([formats.CODE_SNAPSHOT], f"in the snapshot: {', '.join(hits)}")
+    if x.entry is not None and x.nonempty(formats.EVALS):
+        return Evidence([formats.CODE_SNAPSHOT],
+                        f"the evaluations in {formats.EVALS} were logged by {x.entry}, which is in the snapshot")
+    return Missing("no evaluation code in the code snapshot")
+
+
+def _ev_evaluation_data(x: _Inputs) -> Found:
+    files: list[str] = []
+    lic: list[str | None] = []
     for name, m in sorted(x.manifests.items()):
         ok, _, links, _ = _dataset_available(name, m, x.files)
         if not ok:
@@ -474,48 +482,49 @@ def assess(reader: BundleReader, required_class: str | None = None) -> OpennessR
         hits = [e["path"] for e in m.get("files", []) if isinstance(e, dict) and isinstance(e.get("path"), str)
                 and _EVAL_DATA_RE.search(e["path"])]
         if hits:
-            eval_files += [f"{formats.DATA_DIR}/{name}/files/{h}" if not links else f"{formats.DATA_DIR}/{name}: {h}"
-                           for h in hits]
-            eval_lic.append(m.get("license") if isinstance(m.get("license"), str) else None)
-    if eval_files:
-        c = found("evaluation_data", eval_files)
-        _data_license(c, eval_lic, "data manifest license")
-    else:
-        missing("evaluation_data", "no validation / evaluation / test files among the bundled datasets")
-    env = load_json(formats.ENV_JSON)
+            files += [f"{formats.DATA_DIR}/{name}/files/{h}" if not links else f"{formats.DATA_DIR}/{name}: {h}"
+                      for h in hits]
+            lic.append(m.get("license") if isinstance(m.get("license"), str) else None)
+    if files:
+        return Evidence(files, data_licenses=lic)
+    return Missing("no validation / evaluation / test files among the bundled datasets")
+
+
+def _ev_supporting_libraries(x: _Inputs) -> Found:
+    env = x.load_json(formats.ENV_JSON)
     if isinstance(env, dict) and isinstance(env.get("packages"), dict) and env["packages"]:
         lock = [s for s in x.snapshot if re.search(r"(^|/)(requirements[^/]*\.(txt|lock)|pyproject\.toml|"
                                                    r"poetry\.lock|uv\.lock|environment\.ya?ml)$", s)]
-        c = found("supporting_libraries", [formats.ENV_JSON],
-                  f"{len(env['packages'])} packages with exact versions" + (f"; {', '.join(lock)}" if lock else ""))
-        c.license, c.license_source, c.license_open = None, "each package's own license", None
-    else:
-        missing("supporting_libraries", f"optional: no package list in {formats.ENV_JSON}")
+        return Evidence([formats.ENV_JSON], f"{len(env['packages'])} packages with exact versions"
+                        + (f"; {', '.join(lock)}" if lock else ""), own_licenses=True)
+    return Missing(f"optional: no package list in {formats.ENV_JSON}")
 
-    # Class I -----------------------------------------------------------------------------
+
+def _ev_datasets(x: _Inputs) -> Found:
     training = sorted(x.order_datasets) or sorted(n for n, m in x.manifests.items() if m.get("samples")) \
         or sorted(x.manifests)
-    ds_files: list[str] = []
-    ds_links: list[str] = []
-    ds_lic: list[str | None] = []
-    ds_notes: list[str] = []
+    files: list[str] = []
+    links: list[str] = []
+    lic: list[str | None] = []
+    notes: list[str] = []
     for name in training:
         m = x.manifests.get(name)
         if m is None:
-            ds_notes.append(f"'{name}' has no {formats.DATA_DIR}/{name}/manifest.json")
+            notes.append(f"'{name}' has no {formats.DATA_DIR}/{name}/manifest.json")
             continue
-        ok, f_, links, note = _dataset_available(name, m, x.files)
+        ok, f_, links_, note = _dataset_available(name, m, x.files)
         if ok:
-            ds_files += f_
-            ds_links += links
-            ds_lic.append(m.get("license") if isinstance(m.get("license"), str) else None)
+            files += f_
+            links += links_
+            lic.append(m.get("license") if isinstance(m.get("license"), str) else None)
         else:
-            ds_notes.append(note)
-    if training and not ds_notes:
-        c = found("datasets", ds_files, f"training data: {', '.join(training)}", ds_links)
-        _data_license(c, ds_lic, "data manifest license")
-    else:
-        missing("datasets", "; ".join(ds_notes) or "no data manifest in the bundle")
+            notes.append(note)
+    if training and not notes:
+        return Evidence(files, f"training data: {', '.join(training)}", links, data_licenses=lic)
+    return Missing("; ".join(notes) or "no data manifest in the bundle")
+
+
+def _ev_data_preprocessing_code(x: _Inputs) -> Found:
     pre: list[str] = []
     for m in x.manifests.values():
         src = m.get("source") if isinstance(m.get("source"), dict) else {}
@@ -525,46 +534,126 @@ def assess(reader: BundleReader, required_class: str | None = None) -> OpennessR
                 pre.append(c_)
     pre = pre or _snapshot_hits(x.snapshot, _PREPROCESS_RE)
     if pre:
-        found("data_preprocessing_code", [formats.CODE_SNAPSHOT], f"in the snapshot: {', '.join(sorted(pre))}")
-    else:
-        missing("data_preprocessing_code", "no data preparation code (data manifests' source.code) in the snapshot")
+        return Evidence([formats.CODE_SNAPSHOT], f"in the snapshot: {', '.join(sorted(pre))}")
+    return Missing("no data preparation code (data manifests' source.code) in the snapshot")
+
+
+def _ev_intermediate_parameters(x: _Inputs) -> Found:
     ckpts = [f for f in x.under(formats.CHECKPOINT_DIR) if f.endswith(".safetensors")]
-    ckpts += [p for p, _ in roles.get("checkpoint", [])]
+    ckpts += [p for p, _ in x.roles.get("checkpoint", [])]
     if ckpts:
-        found("intermediate_parameters", ckpts, f"{len(ckpts)} checkpoints")
-    else:
-        missing("intermediate_parameters", f"no checkpoints in {formats.CHECKPOINT_DIR}/")
-    missing("research_paper", "supply it as run.documents.research_paper (a file in the bundle or a URL)")
+        return Evidence(ckpts, f"{len(ckpts)} checkpoints")
+    return Missing(f"no checkpoints in {formats.CHECKPOINT_DIR}/")
+
+
+def _ev_research_paper(x: _Inputs) -> Found:
+    return Missing("supply it as run.documents.research_paper (a file in the bundle or a URL)")
+
+
+def _ev_model_metadata(x: _Inputs) -> Found:
     meta = [f for f in (f"{formats.MODEL_DIR}/config.json", f"{formats.MODEL_DIR}/generation_config.json",
                         formats.RUN_JSON, formats.CONFIG_JSON) if f in x.files]
     if f"{formats.MODEL_DIR}/config.json" in meta:
-        found("model_metadata", meta)
-    else:
-        missing("model_metadata", "optional: no model/config.json")
+        return Evidence(meta)
+    return Missing("optional: no model/config.json")
 
-    for cid, c in comps.items():
-        if c.license_source is None and c.found and c.license is None and cid != "supporting_libraries":
-            c.note = (c.note + "; " if c.note else "") + "no license stated"
-        if cid != "supporting_libraries":
-            c.license_open = license_is_open(c.license, kinds[cid])
 
-    # the fully open list -------------------------------------------------------------------
+EVIDENCE: dict[str, Callable[[_Inputs], Found]] = {  # one evidence function per component, in COMPONENTS order
+    "model_architecture": _ev_model_architecture,
+    "final_parameters": _ev_final_parameters,
+    "technical_report": _ev_technical_report,
+    "evaluation_results": _ev_evaluation_results,
+    "model_card": _ev_model_card,
+    "data_card": _ev_data_card,
+    "sample_outputs": _ev_sample_outputs,
+    "training_code": _ev_training_code,
+    "inference_code": _ev_inference_code,
+    "evaluation_code": _ev_evaluation_code,
+    "evaluation_data": _ev_evaluation_data,
+    "supporting_libraries": _ev_supporting_libraries,
+    "datasets": _ev_datasets,
+    "data_preprocessing_code": _ev_data_preprocessing_code,
+    "intermediate_parameters": _ev_intermediate_parameters,
+    "research_paper": _ev_research_paper,
+    "model_metadata": _ev_model_metadata,
+}
+
+
+def _documents(x: _Inputs, comps: dict[str, Component]) -> list[dict[str, Any]]:
+    """run.documents entries first: each may satisfy any component (the run's license covers it)."""
+    report: list[dict[str, Any]] = []
+    for key, value in sorted(x.documents.items(), key=lambda kv: str(kv[0])):
+        nk = _norm_key(str(key))
+        cid = nk if nk in COMPONENT_IDS else DOCUMENT_ALIASES.get(nk)
+        kind, where, note = resolve_document(value, x.files)
+        report.append({"key": str(key), "component": cid, "value": value if isinstance(value, str) else None,
+                       "present": kind is not None, "kind": kind, "where": where, "note": note})
+        if cid is None or kind is None:
+            continue
+        c = comps[cid]
+        c.found = True
+        (c.links if kind == "link" else c.files).append(where)
+        c.note = f"from run.documents['{key}']" + (f"; {note}" if note else "")
+        c.license = x.run_license
+        c.license_source = "run.json license (covers what is released with the run)" if x.run_license else None
+    return report
+
+
+def _apply(c: Component, ev: Found, x: _Inputs) -> None:
+    if isinstance(ev, Missing):
+        if not c.found:
+            c.note = ev.note
+        return
+    if c.found:  # a document already satisfies it; add the bundle's own evidence
+        c.files.extend(f for f in ev.files if f not in c.files)
+        return
+    c.found, c.files, c.links, c.note = True, list(ev.files), list(ev.links), ev.note
+    c.license, c.license_source = x.run_license, "run.json license" if x.run_license else None
+    if ev.data_licenses is not None:
+        _data_license(c, ev.data_licenses, "data manifest license")
+    if ev.own_licenses:
+        c.license, c.license_source = None, "each package's own license"
+
+
+def _fully_open(x: _Inputs, comps: dict[str, Component]) -> list[FullyOpenItem]:
     notes_n = len(x.reader.try_jsonl(formats.NOTES) or []) if formats.NOTES in x.files else 0
     logs = [f for f in (formats.METRICS, formats.EVENTS, formats.EVALS, formats.STDOUT, formats.STDERR)
             if f in x.files]
-    fo = [
+    have_logs = formats.METRICS in x.files and formats.EVENTS in x.files
+    return [
         _item("weights", comps["final_parameters"]),
         _item("data", comps["datasets"]),
         _item("training_code", comps["training_code"]),
-        FullyOpenItem("logs", "Logs", formats.METRICS in x.files and formats.EVENTS in x.files, logs,
-                      note="" if formats.METRICS in x.files and formats.EVENTS in x.files
-                      else f"{formats.METRICS} and {formats.EVENTS} are both needed"),
+        FullyOpenItem("logs", "Logs", have_logs, logs,
+                      note="" if have_logs else f"{formats.METRICS} and {formats.EVENTS} are both needed"),
         FullyOpenItem("decision_notes", "Decision notes", notes_n > 0, [formats.NOTES] if notes_n else [],
                       note=f"{notes_n} notes" if notes_n
                       else f"no notes in {formats.NOTES} (add them with `prov note`)"),
     ]
-    return OpennessReport(components=[comps[c.id] for c in COMPONENTS], fully_open=fo, run_license=run_lic,
-                          documents=doc_report, required_class=required_class)
+
+
+def assess(reader: BundleReader, required_class: str | None = None) -> OpennessReport:
+    """Score a bundle against the MOF and the fully open list.
+
+    Never raises on a malformed bundle: what cannot be read counts as missing.
+    """
+    if required_class is not None and required_class not in CLASSES:
+        raise ValueError(f"unknown MOF class {required_class!r} (expected I, II or III)")
+    x = _Inputs(reader)
+    comps = {c.id: Component(c.id, c.name, c.mof_class, c.optional) for c in COMPONENTS}
+    doc_report = _documents(x, comps)
+    for spec in COMPONENTS:
+        _apply(comps[spec.id], EVIDENCE[spec.id](x), x)
+    for spec in COMPONENTS:
+        c = comps[spec.id]
+        if spec.id == "supporting_libraries":  # each package has its own license: no single verdict
+            c.license_open = None
+            continue
+        if c.license_source is None and c.found and c.license is None:
+            c.note = (c.note + "; " if c.note else "") + "no license stated"
+        c.license_open = license_is_open(c.license, spec.kind)
+    return OpennessReport(components=[comps[c.id] for c in COMPONENTS], fully_open=_fully_open(x, comps),
+                          run_license=x.run_license, documents=doc_report, required_class=required_class)
 
 
 def _item(iid: str, c: Component) -> FullyOpenItem:
@@ -583,19 +672,3 @@ def _data_license(c: Component, licenses: list[str | None], source: str) -> None
         return
     c.license = " AND ".join(stated) if len(stated) > 1 else stated[0]
     c.license_source = source
-
-
-def _output_roles(index: Any, files: Any) -> dict[str, list[tuple[str, str | None]]]:
-    """{role: [(bundle path, format)]} from outputs/index.json (roles given by `prov run`, from the bytes)."""
-    out: dict[str, list[tuple[str, str | None]]] = {}
-    if not isinstance(index, dict) or not isinstance(index.get("outputs"), list):
-        return out
-    for entry in index["outputs"]:
-        for f in (entry.get("files") or []) if isinstance(entry, dict) else []:
-            if not isinstance(f, dict) or not isinstance(f.get("role"), str):
-                continue
-            where = f.get("bundle_path")
-            if isinstance(where, str) and where in files:
-                fmt = f.get("format") if isinstance(f.get("format"), dict) else {}
-                out.setdefault(f["role"], []).append((where, fmt.get("format")))
-    return out

@@ -64,10 +64,11 @@ def test_fresh_bundle_passes_and_reports_its_class(tiny_bundle: Path) -> None:
     e, v, p, n = model_cfg["n_embd"], model_cfg["vocab_size"], model_cfg["n_positions"], model_cfg["n_layer"]
     expected = v * e + p * e + n * (12 * e * e + 13 * e) + 2 * e  # tied lm_head is not stored
     assert f"{expected:,} parameters" in report.check("model").summary
-    # openness: a run alone cannot write its technical report or model card: no class yet
+    # openness: the default config ships its technical report (run.documents), but a run alone cannot
+    # write its model card (`prov release` does): no class yet
     o = report.openness
     assert o.highest_class is None
-    assert set(o.class_missing("III")) == {"technical_report", "model_card"}
+    assert set(o.class_missing("III")) == {"model_card"}
     found = {c.id for c in o.components if c.found}
     assert {"model_architecture", "final_parameters", "evaluation_results", "data_card", "training_code",
             "evaluation_code", "evaluation_data", "datasets", "data_preprocessing_code",
