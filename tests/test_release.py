@@ -405,7 +405,7 @@ def test_report_of_a_reproduction_bundle(released: Path) -> None:
 
 
 def test_nice_ticks_and_empty_chart() -> None:
-    from provenance.release.report import Chart, Series, nice_ticks, render_chart
+    from provenance.release.charts import Chart, Series, nice_ticks, render_chart
 
     assert nice_ticks(0, 10, 5) == [0, 2, 4, 6, 8, 10]
     assert nice_ticks(0.0003, 0.003, 5)[0] >= 0.0003
