@@ -56,7 +56,6 @@ EVENTS = "logs/events.jsonl"  # lifecycle events and contained observer failures
 STDOUT = "logs/stdout.log"
 STDERR = "logs/stderr.log"
 NOTES = "notes.jsonl"
-OUTPUTS_INDEX = "outputs/index.json"  # `prov run --outputs`: every declared output file with its format and role
 RESEALS = "reseals.jsonl"  # every re-seal of a sealed bundle: the root digest before, what changed, why
 RESEAL_SCHEMA = "fullyopen.reseal/v1"
 CHECKPOINT_DIR = "checkpoints"
