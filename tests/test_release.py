@@ -730,8 +730,15 @@ def test_audit_trusts_only_the_pinned_key(released: Path, keys: tuple[Path, Path
 # --- 9. the default config's release is MOF class I and fully open (issue 10, item 5) -------------------------
 
 
-def test_default_config_release_is_class_one_and_fully_open(released: Path) -> None:
+def test_default_config_release_is_class_one_and_fully_open(released: Path, bundle_copy: Path) -> None:
     from provenance.audit import audit
+
+    # a run of the default config, released as it is (no note added by hand): its purpose is its decision note
+    release(bundle_copy)
+    plain = audit(bundle_copy).openness
+    assert plain.highest_class == "I" and plain.fully_open_ok, (plain.class_missing("I"), plain.to_dict()["fully_open"])
+    notes = [json.loads(x) for x in (bundle_copy / formats.NOTES).read_text().splitlines()]
+    assert notes and notes[0]["step"] == 0
 
     report = audit(released)
     op = report.openness
