@@ -200,3 +200,15 @@ def test_torchrun_workers_are_captured_per_rank(tmp_path: Path) -> None:
     index = formats.read_json(root / formats.CHECKPOINT_INDEX)["checkpoints"]
     assert [(e["step"], e["path"], e["role"]) for e in index] == [(4, "out/weights.pt", "weights")]
     assert_sealed(root)
+
+
+def test_no_capture_leaves_the_command_alone(tmp_path: Path) -> None:
+    work = _work(tmp_path)
+    proc = prov("run", "--runs-dir", "runs", "--no-capture", "--", sys.executable, "capture_failing_hook.py", "out",
+                cwd=work, env=offline_env(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    root = only_run(work / "runs")
+    assert not (root / formats.CAPTURE_DIR).exists() and not (root / formats.METRICS).exists()
+    added = formats.read_json(root / "command.json")["env_added"]
+    assert inject.ENV not in added and "PYTHONPATH" not in added
+    assert_sealed(root)

@@ -23,6 +23,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         status, run = wrap(command, name=args.name, data=args.data, outputs=args.outputs, runs_dir=args.runs_dir,
                            data_in_bundle=args.data_in_bundle, copy_outputs=not args.hash_outputs_only,
+                           capture=not args.no_capture,
                            license=args.license, callbacks=[LineageCallback()])
     except (FileNotFoundError, DataMismatch, BundleError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -65,6 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hash-outputs-only", action="store_true",
                    help="record the outputs' digests without copying them into the bundle")
     p.add_argument("--license", default=None, help="license of what the run releases")
+    p.add_argument("--no-capture", action="store_true",
+                   help="do not inject the capture layer (steps, data order, exact losses, seeds, checkpoints) "
+                        "into the command's Python processes")
     p.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
     p.set_defaults(func=cmd_run)
 

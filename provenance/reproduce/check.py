@@ -60,9 +60,11 @@ def check_reproduction(view: Any, out: Any) -> None:
     if bad:
         out.error(f"the losses compared at steps {bad[:5]} are not the losses this run logged", file=STEPS_LOG)
     index = view.try_json(formats.CHECKPOINT_INDEX) or {}
-    own = {(e.get("step"), e.get("path")): e.get("sha256") for e in index.get("checkpoints", [])
-           if isinstance(e, dict)}  # by step and path: a captured command may save several files at one step
-    badc = [r.get("step") for r in ckpts if own.get((r.get("step"), r.get("checkpoint"))) != r.get("sha256")]
+    entries = [e for e in index.get("checkpoints", []) if isinstance(e, dict)]
+    own = {(e.get("step"), e.get("path")): e.get("sha256") for e in entries}  # a captured command may save
+    own_step = {e.get("step"): e.get("sha256") for e in entries}  # several files at one step
+    badc = [r.get("step") for r in ckpts
+            if own.get((r.get("step"), r.get("checkpoint")), own_step.get(r.get("step"))) != r.get("sha256")]
     if badc:
         out.error(f"the checkpoint digests compared at steps {badc[:5]} are not this run's", file=STEPS_LOG)
     diverged = [r for r in steps if r.get("loss_match") is False or r.get("order") in ("differs", "not recorded")]
