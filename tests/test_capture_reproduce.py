@@ -127,3 +127,11 @@ def test_unmodified_hf_trainer_script_is_captured_and_reproduces(tmp_path: Path)
     rc, doc = _reproduce(root, tmp_path)
     assert rc == 0 and doc["verdict"] == "reproduced (bitwise)", doc["headline"]
     assert doc["scope"]["checkpoints_checked"] == 10
+
+
+def test_sandbox_and_tolerance_are_refused_for_a_wrapped_bundle(nanogpt: Path, tmp_path: Path) -> None:
+    for extra in (["--sandbox"], ["--tolerance", "auto"]):  # never run unsandboxed what was asked sandboxed
+        work = tmp_path / extra[-1].strip("-")
+        proc = prov("reproduce", str(nanogpt), "--workdir", str(work), *extra, cwd=tmp_path, env=offline_env(tmp_path))
+        assert proc.returncode == 2 and "not supported yet for a wrapped (prov run) bundle" in proc.stderr
+        assert "verdict: refused (nothing ran)" in proc.stdout and not work.exists()

@@ -234,6 +234,9 @@ def _in_workdir(src: Path, digest: str, audit_report: Any, archive_input: bool, 
     from provenance.reproduce import wrapped
 
     if wrapped.is_wrapped(root):  # `prov run -- COMMAND`: re-run it whole, compare the captured records
+        if opts.sandbox or opts.tolerance != "bitwise":  # never run unsandboxed what was asked sandboxed
+            what = "--sandbox" if opts.sandbox else f"--tolerance {opts.tolerance}"
+            raise Refused(f"{what}: not supported yet for a wrapped (prov run) bundle; nothing ran")
         return wrapped.reproduce_wrapped(root, digest, src, workdir, opts, say, t0)
     if opts.args is not None:
         raise Refused("--args: only a wrapped command (prov run) takes arguments; use --set key=value")
