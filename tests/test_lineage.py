@@ -411,7 +411,8 @@ def test_make_pipeline(tmp_path: Path) -> None:
     assert "final prov audit --lineage: PASS" in r.stdout
     merged = by_name(tmp_path / "pipe", "merged")
     report = audit_lineage(merged, Store([tmp_path / "pipe"]))
-    assert report.ok and len(report.graph.nodes) == 7
+    assert report.ok, report.failures()
+    assert len(report.graph.nodes) == 7
     assert {e["kind"] for _, e, _ in report.graph.parent_edges()} == {"data", "tokenizer", "init", "merge"}
 
 
