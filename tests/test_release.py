@@ -758,3 +758,67 @@ def test_default_config_release_is_class_one_and_fully_open(released: Path, bund
     cons = bom["components"][0]["modelCard"]["considerations"]
     assert cons["technicalLimitations"] == markdown_section_items(report_text, "limitation") != []
     assert cons["useCases"] == markdown_section_items(report_text, "intended use") != []
+
+
+# --- 10. OMS conformance (OpenSSF model-signing specification v1.0): golden files ------------------------------
+
+
+def _golden_folder(base: Path) -> Path:
+    """A fixed folder: nested paths whose component order differs from plain string order, an empty file,
+    a file named like a signature inside a subfolder (not ignored: only the top-level names are)."""
+    root = base / "golden-model"
+    files = {"config.json": b'{"a": 1}\n', "weights/part-a.bin": b"\x00" * 1024, "weights-b.bin": b"b" * 7,
+             "weights/x/y.txt": b"nested\n", "empty": b"", "sub/release/model.sig": b"not the signature\n"}
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return root
+
+
+def test_seal_matches_the_oms_golden_manifest(tmp_path: Path) -> None:
+    """The seal of a fixed folder is byte for byte the committed golden statement, and follows OMS v1.0:
+    in-toto Statement v1, predicate https://model_signing/signature/v1.0, serialization method 'files'
+    with sha256, resources sorted by path components, root digest = sha256 over the raw digests in order."""
+    from provenance.bundle import seal_folder
+
+    root = _golden_folder(tmp_path)
+    seal_folder(root)
+    got = (root / formats.MANIFEST).read_text()
+    golden = (REPO / "tests/golden/oms-manifest.json").read_text()
+    assert got == golden
+    st = json.loads(got)
+    assert st["_type"] == "https://in-toto.io/Statement/v1"
+    assert st["predicateType"] == "https://model_signing/signature/v1.0"
+    ser = st["predicate"]["serialization"]
+    assert ser["method"] == "files" and ser["hash_type"] == "sha256" and ser["allow_symlinks"] is False
+    assert set(ser["ignore_paths"]) == set(formats.UNSEALED)
+    names = [r["name"] for r in st["predicate"]["resources"]]
+    assert names == ["config.json", "empty", "sub/release/model.sig", "weights/part-a.bin", "weights/x/y.txt",
+                     "weights-b.bin"]  # PurePosixPath order: 'weights' < 'weights-b.bin'
+    for r in st["predicate"]["resources"]:
+        assert r["algorithm"] == "sha256" and r["digest"] == _sha(root / r["name"])
+    raw = b"".join(bytes.fromhex(r["digest"]) for r in st["predicate"]["resources"])
+    assert st["subject"] == [{"name": "golden-model", "digest": {"sha256": hashlib.sha256(raw).hexdigest()}}]
+    # the reference implementation hashes the same folder (same ignored paths) into the same resources, in order
+    import model_signing
+
+    (root / formats.MANIFEST).unlink()
+    manifest = model_signing.hashing.Config().set_ignored_paths(paths=sorted(formats.UNSEALED),
+                                                                ignore_git_paths=True).hash(root)
+    assert [(d.identifier, d.digest.digest_hex) for d in manifest.resource_descriptors()] == \
+        [(r["name"], r["digest"]) for r in st["predicate"]["resources"]]
+
+
+def test_signature_envelope_follows_oms(released: Path) -> None:
+    """The model_signing signature: a Sigstore bundle whose DSSE envelope carries the OMS statement, whose
+    resources (and root digest) are exactly the seal's."""
+    sig = json.loads((released / formats.SIGNATURE).read_text())
+    assert sig["mediaType"].startswith("application/vnd.dev.sigstore.bundle")
+    env = sig["dsseEnvelope"]
+    assert env["payloadType"] == "application/vnd.in-toto+json" and len(env["signatures"]) == 1
+    payload = json.loads(base64.b64decode(env["payload"]))
+    assert payload["predicateType"] == "https://model_signing/signature/v1.0"
+    assert payload["predicate"]["serialization"]["method"] == "files"
+    assert payload["subject"] == json.loads((released / formats.MANIFEST).read_text())["subject"]
+    hint = sig["verificationMaterial"]["publicKey"]["hint"]
+    assert f"sha256:{hint}" == verify_signature(released)["fingerprint"]
