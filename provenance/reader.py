@@ -22,6 +22,7 @@ Rules (the audit's since the first version, now the whole package's):
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 import os
 import stat
@@ -311,6 +312,7 @@ class Bundle:
         self._lock = threading.Lock()
         self._unpacked: Unpacked | None = None
         self._tmp: Path | None = None
+        self._memory: dict[str, bytes] = {}  # an archive's small files, not written to disk until a path is asked
         self.kind = "folder"
         self.archive_sha256: str | None = None
         self.digests: dict[str, str] = {}
@@ -327,6 +329,9 @@ class Bundle:
             raise Refused(f"{path}: not a folder or a regular file; refused")
         else:
             raise Refused(f"{path}: no such file or folder")
+        if self._unpacked is not None:  # every name was checked while unpacking; nothing else is in the folder
+            self.sizes = dict(self._unpacked.sizes)
+            return
         try:
             self.sizes = sizes if sizes is not None else scan_folder(self.root, limits.max_files)
         except BaseException:
@@ -339,7 +344,7 @@ class Bundle:
 
         self._tmp = Path(tempfile.mkdtemp(prefix="prov-unpack-", dir=tmp_dir))
         try:
-            self._unpacked = extract(p, self._tmp, self.limits.archive, progress)
+            self._unpacked = extract(p, self._tmp, self.limits.archive, progress, in_memory=True)
         except ArchiveError as exc:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
@@ -352,6 +357,7 @@ class Bundle:
         self.root = self._unpacked.root
         self.archive_sha256 = self._unpacked.archive_sha256
         self.digests = dict(self._unpacked.digests)
+        self._memory = self._unpacked.memory
 
     def close(self) -> None:
         if self._tmp is not None:
@@ -391,8 +397,8 @@ class Bundle:
         prefix = folder.rstrip("/") + "/"
         return sorted((f for f in self.sizes if f.startswith(prefix)), key=formats.resource_sort_key)
 
-    def path(self, rel: str, where: str | None = None) -> Path:
-        """The on-disk path of a bundle file named by `rel` (e.g. in an index); refuses escapes."""
+    def name(self, rel: str, where: str | None = None) -> str:
+        """`rel` (a name some bundle file gives) checked: a file of the bundle, not escaping it."""
         if not isinstance(rel, str):
             raise BundleFileError(where or "?", f"a path must be a string, got {rel!r}")
         try:
@@ -401,11 +407,27 @@ class Bundle:
             raise BundleFileError(where or rel, f"path {rel!r} escapes the bundle or is malformed; refused") from None
         if clean not in self.sizes:
             raise BundleFileError(where or clean, f"{clean} is not a file of the bundle")
+        return clean
+
+    def path(self, rel: str, where: str | None = None) -> Path:
+        """The on-disk path of a bundle file named by `rel` (e.g. in an index); refuses escapes. A file
+        of an archive that was kept in memory is written out first (into the temporary folder)."""
+        clean = self.name(rel, where)
+        data = self._memory.pop(clean, None)
+        if data is not None:
+            dest = self.root / clean
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+            with os.fdopen(os.open(dest, flags, 0o644), "wb") as f:
+                f.write(data)
         return self.root / clean
 
     def open(self, rel: str, where: str | None = None) -> IO[bytes]:
         """A bundle file opened for reading (regular files of the scan only, never a link)."""
-        path = self.path(rel, where)
+        clean = self.name(rel, where)
+        if clean in self._memory:
+            return io.BytesIO(self._memory[clean])
+        path = self.root / clean
         try:
             return _open_regular(path)
         except OSError as exc:

@@ -24,7 +24,7 @@ def check_reseals(view: audit.BundleView, out: audit.CheckResult) -> None:
     size = view.size(formats.RESEALS)
     if size > view.limits.max_jsonl_bytes:
         raise audit.BundleFileError(formats.RESEALS, f"{size} bytes is larger than the limit; refused")
-    data = (view.root / formats.RESEALS).read_bytes()
+    data = view.read_bytes(formats.RESEALS, view.limits.max_jsonl_bytes)  # through the reader: bounded, no link
     records, problems = verify_reseals(sealed, root_hex, data)
     for p in problems:
         out.error(p, file=formats.RESEALS)

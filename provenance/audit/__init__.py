@@ -93,11 +93,16 @@ def _audit_bundle(bundle: Bundle, target: str, require_class: str | None, progre
     sizes = bundle.sizes
     if formats.RUN_JSON not in sizes and formats.MANIFEST not in sizes:
         raise AuditRefused(f"{target}: not a run bundle (neither {formats.RUN_JSON} nor {formats.MANIFEST} is there)")
+    if formats.MANIFEST in sizes:
+        bundle.path(formats.MANIFEST)  # on disk (an archive's small files are kept in memory)
     root = bundle.root
     manifest = load_manifest(root, sizes, limits) if formats.MANIFEST in sizes else None
     integrity = check_integrity(root, sizes, manifest, bundle.digests or None, progress, workers)
-    view = BundleView(root, sizes, integrity.digests, manifest[1] if manifest else None,
-                      manifest[2] if manifest else None, limits)
+    view: BundleView = bundle
+    view.limits = limits
+    view.digests = integrity.digests
+    view.sealed = manifest[1] if manifest else None
+    view.subject = manifest[2] if manifest else None
     results = run_checks(view, checks)
     openness = assess(view, require_class)
     info = view.run_info

@@ -15,6 +15,9 @@ def check_signature(view: BundleView, out: CheckResult) -> None:
     trusted = trusted_key()
     if trusted is None and not (view.has(formats.SIGNATURE) or view.has(formats.SIGSTORE_SIGNATURE)):
         raise SkipCheck("not signed")
+    for rel in [formats.MANIFEST, *view.under(formats.RELEASE_DIR)]:  # verify_signature reads them from disk
+        if view.has(rel):
+            view.path(rel)
     ok, sentence, res = check_trust(view.root, trusted)  # rehash=False: the audit checks every file itself
     if ok is None and res is None:
         raise SkipCheck("not signed")

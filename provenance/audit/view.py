@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from provenance.reader import Bundle, BundleFileError, ReadLimits, Refused
@@ -31,16 +30,10 @@ class Progress(Protocol):
     def finish(self) -> None: ...
 
 
-class BundleView(Bundle):
-    """The bundle as the checks see it: the reader (provenance.reader.Bundle) of the audited folder,
-    with the digests the integrity pass computed and what the seal states (`sealed`, `subject`)."""
-
-    def __init__(self, root: Path, sizes: dict[str, int], digests: dict[str, str],
-                 sealed: dict[str, str] | None, subject: str | None, limits: ReadLimits = DEFAULT_LIMITS) -> None:
-        super().__init__(root, limits, sizes=sizes)
-        self.digests = digests
-        self.sealed = sealed
-        self.subject = subject
+# The bundle as the checks see it: the reader (provenance.reader.Bundle) of the audited folder or
+# archive, with the digests the integrity pass computed (`digests`) and what the seal states
+# (`sealed`: manifest resources, `subject`: the bundle's name in the seal).
+BundleView = Bundle
 
 
 def is_int(v: Any) -> bool:

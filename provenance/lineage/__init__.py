@@ -11,7 +11,15 @@
 from provenance.lineage.check import LineageReport, audit_lineage
 from provenance.lineage.edges import Consumed, LineageError, declared_edge, infer_edges
 from provenance.lineage.graph import Graph, build_graph
-from provenance.lineage.observer import LineageCallback
+
+
+def __getattr__(name: str) -> object:  # LineageCallback imports the run (torch): only when asked for
+    if name == "LineageCallback":
+        from provenance.lineage.observer import LineageCallback
+
+        return LineageCallback
+    raise AttributeError(f"module 'provenance.lineage' has no attribute {name!r}")
+
 
 __all__ = ["Consumed", "Graph", "LineageCallback", "LineageError", "LineageReport", "audit_lineage", "build_graph",
            "declared_edge", "infer_edges"]
