@@ -32,6 +32,11 @@ $(STAMP): requirements.lock pyproject.toml
 train: install
 	$(PY) -m training.train --config $(CONFIG) $(ARGS)
 
+# the README's training figures, from a fresh run of the default config (minutes; states the CPU)
+.PHONY: figures
+figures: install
+	$(PY) bench/readme_figures.py --write-readme
+
 test: install
 	$(VENV)/bin/ruff check provenance training tests bench
 	$(PY) -m pytest -q
