@@ -159,7 +159,7 @@ class ProvenanceCallback(TrainerCallback):
         if not self.fed:
             return
         try:
-            self.run.batch(step, lambda _s: ids)
+            self.run.record_batch(step, ids)  # the Trainer chose the batch: recorded, and compared in a replay
         except StopRun:  # a replay reached the last step it was asked to check
             self.stopped = True
             control.should_training_stop = True
