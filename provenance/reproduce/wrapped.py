@@ -194,6 +194,8 @@ def reproduce_wrapped(root: Path, digest: str, src: Path, workdir: Path, opts: O
     if opts.from_step is not None:
         raise Refused("--from-step: a wrapped command cannot be resumed from a checkpoint by prov reproduce; "
                         "it re-runs whole")
+    if opts.sandbox:
+        raise Refused("--sandbox: not implemented for a wrapped command (prov run) yet")
     if opts.sets:
         raise Refused("--set: a wrapped command takes no key=value config; use --args \"...\" to change its "
                         "arguments")
