@@ -82,6 +82,8 @@ def check_data(view: BundleView, out: CheckResult) -> None:
                     view.has(f"{files_dir}/{p}") for p in listed):  # recompute the Merkle roots (one read each)
                 from provenance.capture.data import merkle_problems
 
+                for p in listed:  # on disk for merkle_problems (an archive keeps small files in memory)
+                    view.path(f"{files_dir}/{p}")
                 for rel, problem in merkle_problems(m, view.root / files_dir):
                     out.error(problem, file=f"{files_dir}/{rel}" if rel else mrel)
         else:
