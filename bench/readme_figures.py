@@ -48,7 +48,7 @@ def figures(bundle: Path) -> dict[str, Any]:
     last = max(evals)
     return {"untrained": evals[0], "trained": evals[last], "last_step": last, "steps": len(metrics),
             "cpu": hw.get("cpu_model") or "unknown CPU", "cpus": hw.get("cpu_affinity") or hw.get("cpu_count"),
-            "threads": (run.get("determinism") or {}).get("threads"), "duration_s": run.get("duration_s"),
+            "threads": (run.get("determinism") or {}).get("num_threads"), "duration_s": run.get("duration_s"),
             "step_time_median_s": times[len(times) // 2] if times else None, "run_id": run.get("run_id")}
 
 
