@@ -275,6 +275,21 @@ def merkle_problems(manifest: dict[str, Any], folder: Path) -> list[tuple[str, s
     return problems
 
 
+def local_digests(entries: list[dict[str, Any]], folder: Path) -> dict[Path, str]:
+    """{path: hex sha256} of a manifest's files found in `folder`, through the hash cache: files that
+    are unchanged since they were last hashed (by a manifest, a run or an audit) are not read again."""
+    items = [(folder / e["path"], str(e.get("leaf") or default_scheme(e["path"]))) for e in entries]
+    cache = default_cache()
+    try:
+        facts = scan_files(items, cache=cache)
+    except ScanError as exc:
+        raise DataMismatch(str(exc)) from None
+    finally:
+        if cache is not None:
+            cache.close()
+    return {p: f["sha256"] for (p, _), f in zip(items, facts, strict=True)}
+
+
 def compare_manifests(expected: dict[str, Any], actual: dict[str, Any], where: str = "") -> None:
     """Raise DataMismatch on the first file whose size or digest differs, naming both digests."""
     name = expected.get("name", "?")

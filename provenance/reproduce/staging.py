@@ -10,7 +10,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from provenance import diff as pdiff
-from provenance.hashing import hash_files
+from provenance.capture.data import local_digests
 from provenance.reproduce.options import PATH_KEYS, Options, Refused, Say
 from provenance.reproduce.plan import Original
 
@@ -113,7 +113,7 @@ def locate_data(orig: Original, opts: Options, say: Say) -> list[StagedData]:
                 raise Refused(f"dataset '{name}': file {e['path']} is missing from {folder} ({how}); "
                               f"expected sha256:{e.get('sha256')}")
             paths.append(p)
-        digests = hash_files(paths)
+        digests = local_digests(files, folder)  # through the hash cache: unchanged data is not read again
         for e, p in zip(files, paths, strict=True):
             if digests[p] != e.get("sha256") or p.stat().st_size != e.get("size"):
                 raise Refused(_mismatch_message(orig, name, man, e, p, digests[p], how), dataset=name,
