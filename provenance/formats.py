@@ -477,6 +477,38 @@ def checkpoint_name(step: int) -> str:
     return f"{CHECKPOINT_DIR}/step-{step:08d}.safetensors"
 
 
+# A sharded (torch.distributed.checkpoint) checkpoint is a folder checkpoints/step-<N>/ holding DCP's own
+# files (`__<rank>_<i>.distcp` shard files and the `.metadata` file, a pickle: never read by the audit) and
+# ours: rng.rank<R>.json (that rank's RNG states) and shards.rank<R>.json (what rank R wrote and hashed).
+# Its index entry (format "dcp") lists every file with size and sha256, the ranks, the world size and the
+# sharding; its `sha256` is the content digest: over the shard and RNG files (not `.metadata`, which names
+# the folder and a random save id).
+DCP_FORMAT = "dcp"
+DCP_METADATA = ".metadata"
+DCP_SHARDS_SCHEMA = "fullyopen.dcp-shards/v1"
+
+
+def dcp_checkpoint_dir(step: int) -> str:
+    return f"{CHECKPOINT_DIR}/step-{step:08d}"
+
+
+def dcp_rank_files(rank: int) -> tuple[str, str]:
+    """(rng record, shard record) of one rank, inside the checkpoint folder."""
+    return f"rng.rank{rank}.json", f"shards.rank{rank}.json"
+
+
+def dcp_is_shard_of(name: str, rank: int) -> bool:
+    """A DCP shard file written by `rank` (FileSystemWriter names them __<rank>_<i>.distcp)."""
+    return name.startswith(f"__{rank}_") and name.endswith(".distcp")
+
+
+def dcp_content_digest(files: list[dict[str, Any]]) -> str:
+    """The digest of a sharded checkpoint's content: its files but `.metadata`, by name, size and sha256."""
+    rows = sorted((f["path"].rsplit("/", 1)[-1], int(f["size"]), f["sha256"]) for f in files
+                  if not f["path"].endswith("/" + DCP_METADATA))
+    return hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode()).hexdigest()
+
+
 def checkpoint_index(entries: list[dict[str, Any]]) -> dict[str, Any]:
     return {"schema": CHECKPOINT_INDEX_SCHEMA, "checkpoints": sorted(entries, key=lambda e: e["step"])}
 

@@ -74,6 +74,14 @@ def check_checkpoints(view: BundleView, out: CheckResult) -> None:
             out.error(f"checkpoints[{i}] needs a step, a path and a hex sha256", file=idx_rel)
             continue
         step, rel = e["step"], e["path"]
+        if e.get("format") == formats.DCP_FORMAT:
+            if step in seen_steps:
+                out.error(f"step {step} is indexed twice", file=idx_rel)
+            seen_steps.add(step)
+            indexed.update(_check_sharded(view, e, out))
+            if metric_steps and step not in metric_steps:
+                out.error(f"checkpoint step {step} does not appear in {formats.METRICS}", file=rel)
+            continue
         try:
             view.path(rel, where=idx_rel)
         except BundleFileError as exc:  # missing, or a path that escapes the bundle (never opened)
@@ -108,11 +116,79 @@ def check_checkpoints(view: BundleView, out: CheckResult) -> None:
         if mstep is not None and str(mstep) != str(step):
             out.error(f"the checkpoint's own metadata says step {mstep}, the index says {step}", file=rel,
                       expected=str(step), actual=str(mstep))
+    partial: dict[str, list[str]] = {}
     for rel in on_disk:
-        if rel not in indexed:
+        if rel in indexed:
+            continue
+        folder, _, _ = rel.rpartition("/")
+        if folder != formats.CHECKPOINT_DIR and folder.startswith(formats.CHECKPOINT_DIR + "/step-"):
+            partial.setdefault(folder, []).append(rel)  # a sharded checkpoint's folder that was never indexed
+        else:
             out.error(f"{rel} is not in the checkpoint index", file=rel, actual=sha(view.digest(rel)))
-    out.summary = f"{len(indexed)} checkpoints, digests and steps agree" if not out.errors \
-        else f"{len(indexed)} checkpoints indexed"
+    completed = view.run_info.get("status") == "completed"
+    for folder, files in sorted(partial.items()):
+        msg = (f"{folder}/ is an incomplete sharded checkpoint ({len(files)} files, not indexed): "
+               "a rank stopped during the save; it is not a valid checkpoint")
+        if folder in {e.get("path") for e in idx["checkpoints"] if isinstance(e, dict)}:
+            for rel in files:
+                out.error(f"{rel} is not listed in the index entry of its checkpoint", file=rel,
+                          actual=sha(view.digest(rel)))
+        elif completed:
+            out.error(msg, file=folder)
+        else:
+            out.warn(msg, file=folder)
+    out.summary = f"{len(seen_steps)} checkpoints, digests and steps agree" if not out.errors \
+        else f"{len(seen_steps)} checkpoints indexed"
+
+
+def _check_sharded(view: BundleView, e: dict[str, Any], out: CheckResult) -> set[str]:
+    """A DCP checkpoint's index entry against its folder: every file there, with its size and sha256
+    (from the integrity pass: each byte read once), every rank present, the content digest. The pickled
+    `.metadata` is hashed like any file and never parsed. Returns the files it accounts for."""
+    step, rel = e["step"], e["path"].rstrip("/")
+    files, world = e.get("files"), e.get("world_size")
+    if not isinstance(files, list) or not is_int(world) or world < 1:
+        out.error(f"the sharded checkpoint of step {step} needs files and a world size", file=formats.CHECKPOINT_INDEX)
+        return set()
+    if rel != formats.dcp_checkpoint_dir(step):
+        out.warn(f"the sharded checkpoint of step {step} is at {rel}, not {formats.dcp_checkpoint_dir(step)}", file=rel)
+    accounted: set[str] = set()
+    ranks_with_shards: set[int] = set()
+    ok = True
+    for f in files:
+        if not isinstance(f, dict) or not isinstance(f.get("path"), str) or not is_hex64(f.get("sha256")) \
+                or not f["path"].startswith(rel + "/"):
+            out.error(f"the sharded checkpoint of step {step}: a malformed file entry", file=formats.CHECKPOINT_INDEX)
+            ok = False
+            continue
+        frel = f["path"]
+        accounted.add(frel)
+        name = frel.rsplit("/", 1)[-1]
+        if is_int(f.get("rank")) and name.endswith(".distcp") and view.has(frel):
+            ranks_with_shards.add(f["rank"])
+        if not view.has(frel):
+            out.error(f"shard file {frel} of the checkpoint of step {step} (rank {f.get('rank')}) is missing",
+                      file=frel, expected=sha(f["sha256"]))
+            ok = False
+            continue
+        if view.digest(frel) != f["sha256"]:
+            out.error(f"shard file of the checkpoint of step {step} does not match its index", file=frel,
+                      expected=sha(f["sha256"]), actual=sha(view.digest(frel)))
+            ok = False
+        if is_int(f.get("size")) and f["size"] != view.size(frel):
+            out.error(f"has {view.size(frel)} bytes, the index says {f['size']}", file=frel)
+            ok = False
+    missing_ranks = sorted(set(range(world)) - ranks_with_shards)
+    if missing_ranks:
+        out.error(f"the sharded checkpoint of step {step} has no shard file of ranks {missing_ranks} "
+                  f"(world size {world})", file=rel)
+    for r in e.get("ranks") or []:
+        if isinstance(r, dict) and isinstance(r.get("record"), str):
+            accounted.add(r["record"])
+    if ok and formats.dcp_content_digest(files) != e["sha256"]:
+        out.error(f"the content digest of the sharded checkpoint of step {step} does not match its files",
+                  file=formats.CHECKPOINT_INDEX, expected=sha(e["sha256"]))
+    return accounted
 
 
 # parameter count implied by a model config: model_type -> f(config, stored names) -> (expected, ignored names)

@@ -264,7 +264,7 @@ class Run:
             return self.root_digest
         self.status = status
         self._signals.restore()
-        self.recorder.drain()
+        self.recorder.drain(completed=status == "completed")
         if error is not None:
             sys.stderr.write(error["traceback"])
         self._notify("on_finish")
@@ -443,10 +443,16 @@ class Run:
 
     def checkpoint(self, step: int, model: Any, optimizer: Any = None, tokens_seen: int = 0,
                    extra: dict[str, Any] | None = None) -> str:
-        """Save the full training state; its sha256 is computed off the training thread."""
+        """Save the training state; its sha256 is computed off the training thread.
+
+        A plain module: the full state in one safetensors file (rank 0). A distributed state (a module
+        sharded with FSDP2 `fully_shard`, or any torch.distributed.checkpoint state_dict given as a dict):
+        every rank calls this; DCP writes checkpoints/step-<N>/ and each rank hashes its own files."""
         rel = self._rec().checkpoint(step, model, optimizer, tokens_seen, extra)
         if rel is None:  # ranks other than 0 save nothing
             return formats.checkpoint_name(step)
+        if not self.ranks.writes_shared:
+            return rel
         self._notify("on_checkpoint", step, rel)
         return rel
 
@@ -459,6 +465,8 @@ class Run:
         from provenance.capture.state import load_checkpoint
 
         path = Path(path)
+        if path.is_dir():
+            return self._restore_sharded(path, model, optimizer)
         hexd = sha256_file(path)
         index_path = path.parent.parent / formats.CHECKPOINT_INDEX
         if index_path.is_file():
@@ -474,6 +482,42 @@ class Run:
                            "tokens_seen": state["tokens_seen"]})
         self.event("restored", step=state["step"], checkpoint=str(path), sha256=hexd)
         return state["step"], state["tokens_seen"]
+
+    def _restore_sharded(self, folder: Path, model: Any, optimizer: Any) -> tuple[int, int]:
+        """Resume from a DCP checkpoint folder of a bundle: every file is checked against the index
+        entry first (a mismatch names the file), at the world size it was saved with."""
+        from provenance.capture.sharded import load_sharded
+
+        index_path = folder.parent.parent / formats.CHECKPOINT_INDEX
+        if not index_path.is_file():
+            raise ValueError(f"{folder}: a sharded checkpoint is restored from a bundle ({index_path} is missing)")
+        entry = next((e for e in formats.read_json(index_path).get("checkpoints", [])
+                      if e.get("format") == formats.DCP_FORMAT and Path(e["path"]).name == folder.name), None)
+        if entry is None:
+            raise ValueError(f"{folder}: not in {index_path} (an incomplete checkpoint is never restored)")
+        if entry["world_size"] != self.world_size:
+            raise ValueError(f"{folder}: saved at world size {entry['world_size']}, this run has world size "
+                             f"{self.world_size}")
+        bundle = folder.parent.parent
+        for f in entry["files"]:
+            p = bundle / f["path"]
+            if not p.is_file():
+                raise ValueError(f"{p}: missing (the checkpoint index lists it)")
+            hexd = sha256_file(p)
+            if hexd != f["sha256"]:
+                raise ValueError(f"{p}: does not match the checkpoint index: expected sha256:{f['sha256']}, "
+                                 f"found sha256:{hexd}")
+        load_sharded(folder, model, optimizer, self.rank)
+        step, tokens = int(entry["step"]), int(entry.get("tokens_seen", 0))
+        digest = f"sha256:{entry['sha256']}"
+        if self.ranks.writes_shared:
+            self.note(f"restarted from sharded checkpoint {folder.name} at step {step} ({digest})",
+                      category="restart", step=step, links=[str(folder)],
+                      details={"from_step": step, "checkpoint": folder.name, "sha256": digest,
+                               "format": formats.DCP_FORMAT, "world_size": entry["world_size"],
+                               "tokens_seen": tokens})
+        self.event("restored", step=step, checkpoint=str(folder), sha256=entry["sha256"])
+        return step, tokens
 
     def save_model(self, model: Any, tokenizer: Any = None, *, init_args: dict[str, Any] | None = None) -> str:
         """Save the final model into model/ (rank 0).

@@ -7,13 +7,16 @@ off the training thread; a hashed checkpoint is reported back through `on_hashed
 from __future__ import annotations
 
 import os
+import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from provenance import formats
 from provenance.bundle import BundleWriter
+from provenance.capture.sharded import is_sharded, save_sharded
 from provenance.capture.state import save_checkpoint
 from provenance.hashing import sha256_file
 from provenance.run.ranks import RankLayout
@@ -31,6 +34,7 @@ class Recorder:
         self._pending: list[Future[None]] = []
         self._index: list[dict[str, Any]] = []
         self._index_lock = threading.Lock()
+        self._giving_up: float | None = None  # when the run ended without completing (rank 0 stops waiting)
 
     # --- events -------------------------------------------------------------------------
     def event(self, kind: str, **fields: Any) -> None:
@@ -65,7 +69,12 @@ class Recorder:
     def checkpoint(self, step: int, model: Any, optimizer: Any, tokens_seen: int,
                    extra: dict[str, Any] | None) -> str | None:
         """Write the full training state (rank 0); its sha256 is computed off the training thread.
-        Returns the checkpoint's bundle path, None on the other ranks."""
+        Returns the checkpoint's bundle path, None on the other ranks.
+
+        A distributed state (an FSDP2 model, any DCP state_dict) is saved by every rank with
+        torch.distributed.checkpoint into checkpoints/step-<N>/ (see _sharded_checkpoint)."""
+        if is_sharded(model):
+            return self._sharded_checkpoint(step, model, optimizer, tokens_seen, extra)
         if not self.ranks.writes_shared:
             return None
         rel = formats.checkpoint_name(step)
@@ -90,8 +99,86 @@ class Recorder:
         if self.on_hashed is not None:
             self.on_hashed(step, rel, hexd)
 
-    def drain(self) -> None:
-        """Wait for every checkpoint hash. A failed hash must not lose the bundle: it is an event (seal re-hashes)."""
+    # --- sharded checkpoints (DCP) -------------------------------------------------------
+    def _sharded_checkpoint(self, step: int, model: Any, optimizer: Any, tokens_seen: int,
+                            extra: dict[str, Any] | None) -> str:
+        """Collective (every rank): DCP writes each rank's shards, then each rank hashes its own files
+        off the training thread and leaves a shard record; rank 0 indexes the checkpoint once every
+        rank's record is there (a file barrier, off the training thread: no collective from a thread)."""
+        rel = formats.dcp_checkpoint_dir(step)
+        folder = self.writer.path(rel)
+        facts = save_sharded(folder, model, optimizer, self.ranks.rank)
+        self._pending.append(self._pool.submit(self._hash_shards, rel, step, tokens_seen, facts, extra or {}))
+        return rel
+
+    def _hash_shards(self, rel: str, step: int, tokens_seen: int, facts: dict[str, Any],
+                     extra: dict[str, Any]) -> None:
+        folder = self.writer.path(rel)
+        rank = self.ranks.rank
+        rng_name, rec_name = formats.dcp_rank_files(rank)
+        names = [*sorted(p.name for p in folder.iterdir() if formats.dcp_is_shard_of(p.name, rank)), rng_name]
+        if rank == 0:
+            names.append(formats.DCP_METADATA)
+        files = []
+        for name in names:
+            frel = f"{rel}/{name}"
+            hexd = sha256_file(folder / name)
+            self.writer.record_digest(frel, hexd)
+            files.append({"path": frel, "size": (folder / name).stat().st_size, "sha256": hexd, "rank": rank})
+        self.writer.write_json(f"{rel}/{rec_name}", {
+            "schema": formats.DCP_SHARDS_SCHEMA, "rank": rank, "step": step, "host": socket.gethostname(),
+            "local_rank": int(os.environ.get("LOCAL_RANK", rank)), "files": files})
+        if not self.ranks.writes_shared:
+            return
+        records = self._wait_for_ranks(rel, step)
+        if records is None:
+            self.event("checkpoint_incomplete", step=step, path=rel,
+                       reason="not every rank recorded its shards: the checkpoint is not indexed")
+            return
+        all_files = sorted((f for r in records for f in r["files"]), key=lambda f: f["path"])
+        for f in all_files:
+            if f["rank"] != rank:
+                self.writer.record_digest(f["path"], f["sha256"])
+        digest = formats.dcp_content_digest(all_files)
+        entry = {"step": step, "path": rel, "format": formats.DCP_FORMAT, "sha256": digest,
+                 "size": sum(int(f["size"]) for f in all_files), "files": all_files,
+                 "world_size": self.ranks.world_size,
+                 "ranks": [{"rank": r["rank"], "host": r["host"], "local_rank": r["local_rank"],
+                            "rng": f"{rel}/{formats.dcp_rank_files(r['rank'])[0]}",
+                            "record": f"{rel}/{formats.dcp_rank_files(r['rank'])[1]}"} for r in records],
+                 "sharding": facts, "tokens_seen": tokens_seen, "extra": extra, "time": formats.utc_now()}
+        with self._index_lock:
+            self._index = [e for e in self._index if e["step"] != step]
+            self._index.append(entry)
+            self.writer.write_json(formats.CHECKPOINT_INDEX, formats.checkpoint_index(self._index))
+        self.event("checkpoint", step=step, path=rel, sha256=digest, format=formats.DCP_FORMAT,
+                   files=len(all_files))
+        if self.on_hashed is not None:
+            self.on_hashed(step, rel, digest)
+
+    def _wait_for_ranks(self, rel: str, step: int, grace_s: float = 5.0,
+                        timeout_s: float = 3600.0) -> list[dict[str, Any]] | None:
+        """Every rank's shard record of this checkpoint, or None when a rank never wrote it (the run
+        ended without completing and `grace_s` passed, or `timeout_s`)."""
+        folder = self.writer.path(rel)
+        deadline = time.monotonic() + timeout_s
+        want = [folder / formats.dcp_rank_files(r)[1] for r in range(self.ranks.world_size)]
+        while True:
+            if all(p.is_file() for p in want):
+                recs = [formats.read_json(p) for p in want]
+                if all(r.get("rank") == i and r.get("step") == step for i, r in enumerate(recs)):
+                    return recs
+                return None
+            now = time.monotonic()
+            if now > deadline or (self._giving_up is not None and now - self._giving_up > grace_s):
+                return None
+            time.sleep(0.02)
+
+    def drain(self, completed: bool = True) -> None:
+        """Wait for every checkpoint hash. A failed hash must not lose the bundle: it is an event (seal re-hashes).
+        A run that did not complete stops waiting for other ranks' shard records after a grace period."""
+        if not completed:
+            self._giving_up = time.monotonic()
         for f in self._pending:
             try:
                 f.result()
