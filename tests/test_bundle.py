@@ -181,3 +181,4 @@ def test_a_default_run_records_its_purpose_and_overrides_as_decisions(tiny_bundl
 def test_our_model_construction_does_not_warn(tiny_bundle: Path) -> None:
     stderr = (tiny_bundle / "logs" / "stderr.log").read_text()
     assert "loss_type" not in stderr and "unrecognized" not in stderr
+    assert "Writing model shards" not in stderr and "\r" not in stderr  # no progress-bar redraws in the log

@@ -532,7 +532,16 @@ class Run:
             return formats.MODEL_DIR
         tmp = w.path(f".{formats.MODEL_DIR}.tmp")
         if hasattr(model, "save_pretrained"):
-            model.save_pretrained(tmp, safe_serialization=True)
+            # transformers draws a "Writing model shards" bar: carriage-return garbage in the captured stderr
+            hf_logging = sys.modules.get("transformers.utils.logging")
+            quiet = hf_logging is not None and hf_logging.is_progress_bar_enabled()
+            if quiet:
+                hf_logging.disable_progress_bar()
+            try:
+                model.save_pretrained(tmp, safe_serialization=True)
+            finally:
+                if quiet:
+                    hf_logging.enable_progress_bar()
         else:
             from provenance.capture.state import save_module
 
