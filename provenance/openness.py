@@ -539,7 +539,7 @@ def _ev_data_preprocessing_code(x: _Inputs) -> Found:
 
 
 def _ev_intermediate_parameters(x: _Inputs) -> Found:
-    ckpts = [f for f in x.under(formats.CHECKPOINT_DIR) if f.endswith(".safetensors")]
+    ckpts = [f for f in x.under(formats.CHECKPOINT_DIR) if f.endswith((".safetensors", ".distcp"))]  # DCP shards too
     ckpts += [p for p, _ in x.roles.get("checkpoint", [])]
     if ckpts:
         return Evidence(ckpts, f"{len(ckpts)} checkpoints")

@@ -112,3 +112,36 @@ def test_restore_bitwise_and_refuse_tampered_shard(original: Path, tmp_path: Pat
     proc = launch(tmp_path / "refused", 4, copy / formats.dcp_checkpoint_dir(2))
     assert proc.returncode != 0
     assert "__1_0.distcp: does not match the checkpoint index" in proc.stderr
+
+
+def _train(tmp: Path, runs: Path, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess[str]:
+    from conftest import TINY
+
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+            "training.train", "--config", str(REPO / "configs" / "tiny-lm.yaml"), *TINY, "run.threads=1",
+            "train.steps=6", "train.checkpoint_every=3", "train.fsdp=true", f"run.runs_dir={runs}",
+            f"data.root={tmp / 'data'}", *extra]
+    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+
+
+@pytest.mark.slow  # three 2-rank training runs: about a minute on 2 cores
+def test_train_fsdp_audits_and_reproduces_bitwise(tmp_path: Path) -> None:
+    from conftest import offline_env
+
+    env = {**offline_env(tmp_path), "OMP_NUM_THREADS": "1"}
+    proc = _train(tmp_path, tmp_path / "runs", env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    root = only(tmp_path / "runs")
+    report = audit(root)
+    assert report.integrity.ok and report.consistency_ok, report.failures()
+    idx = formats.read_json(root / formats.CHECKPOINT_INDEX)["checkpoints"]
+    assert [(e["step"], e["format"], e["world_size"]) for e in idx] == [(3, "dcp", 2), (6, "dcp", 2)]
+    assert (root / formats.MODEL_DIR / "model.safetensors").is_file()  # the final model, gathered unsharded
+
+    # reproduced at the same world size, from step 0 and from the DCP checkpoint of step 3
+    from3 = (f"run.resume_from={root / formats.dcp_checkpoint_dir(3)}",)
+    for name, extra, steps in (("full", (), 6), ("from3", from3, 3)):
+        proc = _train(tmp_path, tmp_path / name, {**env, "PROV_REPLAY": str(root)}, *extra)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        summary = formats.read_json(only(tmp_path / name) / "reproduction" / "summary.json")
+        assert summary["bitwise"] is True and summary["steps_checked"] == steps, summary

@@ -60,6 +60,9 @@ class TrainConfig:
     eval_batches: int = 8
     arith_eval_size: int = 250
     checkpoint_every: int = 200
+    # shard the model with FSDP2 (torch.distributed.fsdp.fully_shard) under torchrun: checkpoints are then
+    # sharded (torch.distributed.checkpoint, checkpoints/step-<N>/); the data order split is the same
+    fsdp: bool = False
 
 
 @dataclass

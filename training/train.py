@@ -196,6 +196,38 @@ def all_reduce_step(model: Any, loss: torch.Tensor, n_tokens: int, world: int) -
     return stats[0] / world, int(stats[1].item())
 
 
+def shard_model(model: Any) -> Any:
+    """FSDP2: each transformer block is one unit, the root (embeddings, tied head, final norm) another."""
+    from torch.distributed.fsdp import fully_shard
+
+    for block in model.transformer.h:
+        fully_shard(block)
+    fully_shard(model)
+    return model
+
+
+def full_model(model: Any, config: Any) -> Any:
+    """An unsharded copy of an FSDP2 model (collective: every rank calls it; rank 0 gets the weights)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from transformers import GPT2LMHeadModel
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    plain = GPT2LMHeadModel(config)
+    plain.loss_type = "ForCausalLM"
+    if state:
+        plain.load_state_dict(state)
+    return plain
+
+
+def all_reduce_stats(loss: torch.Tensor, n_tokens: int, world: int) -> tuple[torch.Tensor, int]:
+    """The mean of the ranks' losses and the global token count (the gradients are already reduced)."""
+    import torch.distributed as dist
+
+    stats = torch.stack([loss.detach(), torch.tensor(float(n_tokens))])
+    dist.all_reduce(stats)
+    return stats[0] / world, int(stats[1].item())
+
+
 def train(cfg: Config, inv: Invocation) -> int:
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -236,6 +268,13 @@ def train(cfg: Config, inv: Invocation) -> int:
             n_head=m.n_head, resid_pdrop=m.dropout, embd_pdrop=m.dropout, attn_pdrop=m.dropout,
             bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=pad_id, loss_type="ForCausalLM"))
         model.loss_type = "ForCausalLM"  # transformers derives it from the class name and warns on every loss
+        fsdp = cfg.train.fsdp and world > 1
+        if cfg.train.fsdp and world == 1:
+            print("train.fsdp=true on one process: nothing to shard, training unsharded", flush=True)
+        if fsdp:
+            if cfg.run.init_from:
+                load_weights(model, cfg.run.init_from)  # before sharding: the weights are plain tensors
+            shard_model(model)
         decay = [p for p in model.parameters() if p.dim() >= 2]
         no_decay = [p for p in model.parameters() if p.dim() < 2]
         t = cfg.train
@@ -245,14 +284,16 @@ def train(cfg: Config, inv: Invocation) -> int:
         n_params = sum(p.numel() for p in model.parameters())
         print(f"model: {n_params:,} parameters; {len(train_ids):,} training samples", flush=True)
 
-        if cfg.run.init_from:  # warm start from another run's weights (lineage.json records the edge)
+        if cfg.run.init_from and not fsdp:  # warm start from another run's weights (lineage.json records the edge)
             load_weights(model, cfg.run.init_from)
         start_step, tokens_seen, untrained, metrics = 0, 0, None, None
+        evaluates = rank == 0 or fsdp  # a sharded model's forward is collective: every rank evaluates
         if cfg.run.resume_from:
             start_step, tokens_seen = run.restore(cfg.run.resume_from, model, optimizer)
-        elif rank == 0:
+        elif evaluates:
             untrained = evaluate(model, val_ids, arith, tokenizer, cfg, pad_id, eos_id)
-            run.log_eval(0, **untrained)
+            if rank == 0:
+                run.log_eval(0, **untrained)
         for step in range(start_step + 1, t.steps + 1):
             t0 = time.perf_counter()
             batch_ids = run.batch(step, compute_batch)
@@ -263,22 +304,26 @@ def train(cfg: Config, inv: Invocation) -> int:
             loss = model(**batch).loss
             loss.backward()
             n_tokens = int(batch["attention_mask"].sum())
-            if world > 1:
+            if fsdp:  # FSDP2 reduce-scattered (averaged) the gradients in backward
+                loss, n_tokens = all_reduce_stats(loss, n_tokens, world)
+            elif world > 1:
                 loss, n_tokens = all_reduce_step(model, loss, n_tokens, world)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip).item()
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            grad_norm = (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).item()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             tokens_seen += n_tokens
             run.log(step, loss=loss.item(), lr=lr, grad_norm=grad_norm, tokens=n_tokens,
                     tokens_seen=tokens_seen, step_time=time.perf_counter() - t0)
-            if (step % t.eval_every == 0 or step == t.steps) and rank == 0:
+            if (step % t.eval_every == 0 or step == t.steps) and evaluates:
                 metrics = evaluate(model, val_ids, arith, tokenizer, cfg, pad_id, eos_id)
-                run.log_eval(step, **metrics)
-                print(f"step {step}: loss {loss.item():.4f} val_loss {metrics['val_loss']:.4f} "
-                      f"arith {metrics['arith_exact_match']:.3f}", flush=True)
+                if rank == 0:
+                    run.log_eval(step, **metrics)
+                    print(f"step {step}: loss {loss.item():.4f} val_loss {metrics['val_loss']:.4f} "
+                          f"arith {metrics['arith_exact_match']:.3f}", flush=True)
             if step % t.checkpoint_every == 0 or step == t.steps:
                 run.checkpoint(step, model, optimizer, tokens_seen=tokens_seen)
-        run.save_model(model, tokenizer)
+        run.save_model(full_model(model, model.config) if fsdp else model, tokenizer)
     if world > 1:
         import torch.distributed as dist
 

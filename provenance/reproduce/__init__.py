@@ -250,7 +250,7 @@ def _in_workdir(src: Path, digest: str, audit_report: Any, archive_input: bool, 
     say(f"original: {orig.run.get('run_id')} ({orig.run.get('status')}, {max(orig.metric_steps)} steps, "
         f"{len(orig.checkpoints)} checkpoints); checking {scope}")
     resumed = pdiff.flatten(orig.config).get("run.resume_from")
-    if resumed and opts.from_step is None and not Path(str(resumed)).is_file():
+    if resumed and opts.from_step is None and not Path(str(resumed)).exists():
         raise Refused(f"the original resumed from the checkpoint {resumed}, which is not here; reproduce the run "
                       "that saved it, or check this one's own steps with --from-step K")
     flat = pdiff.flatten(orig.config)
@@ -279,7 +279,9 @@ def _in_workdir(src: Path, digest: str, audit_report: Any, archive_input: bool, 
     redirects = dataset_keys(orig, staged, data_dir)
     overrides += [f"{k}={v}" for k, v in redirects]
     if opts.from_step is not None:
-        overrides.append(f"run.resume_from={orig.root / formats.checkpoint_name(opts.from_step)}")
+        sharded = orig.root / formats.dcp_checkpoint_dir(opts.from_step)  # a DCP checkpoint is a folder
+        ckpt = sharded if sharded.is_dir() else orig.root / formats.checkpoint_name(opts.from_step)
+        overrides.append(f"run.resume_from={ckpt}")
     overrides += opts.sets
     cmd = build_command(orig, opts, code_dir, config_path, overrides)
     env = child_env(orig, stop, runs_dir, data_dir)

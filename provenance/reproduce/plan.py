@@ -128,7 +128,8 @@ def plan_steps(orig: Original, opts: Options) -> Plan:
         if k not in orig.checkpoints:
             have = ", ".join(str(s) for s in sorted(orig.checkpoints)) or "none"
             raise Refused(f"--from-step {k}: the original saved no checkpoint at step {k} (checkpoints: {have})")
-        if not (orig.root / formats.checkpoint_name(k)).is_file():
+        if not (orig.root / formats.checkpoint_name(k)).is_file() and \
+                not (orig.root / formats.dcp_checkpoint_dir(k)).is_dir():  # full-state file or DCP folder
             raise Refused(f"--from-step {k}: {formats.checkpoint_name(k)} is missing from the bundle")
         if k >= last:
             raise Refused(f"--from-step {k}: the original's last step is {last}; there is nothing after it to check")
