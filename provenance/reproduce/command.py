@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path, PurePath
 from typing import Any
@@ -169,7 +170,11 @@ def sandboxed(cmd: list[str], bwrap: str, workdir: Path, cwd: Path, readable: li
     args = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
             "--unshare-net", "--unshare-ipc", "--unshare-uts", "--die-with-parent", "--new-session"]
     seen: set[str] = set()
-    for p in readable:
+    # the interpreter, its environment and the installed provenance package stay visible, wherever they lie
+    # (a checkout or a venv under /tmp would otherwise be hidden by the private /tmp)
+    here = [Path(sys.prefix), Path(sys.base_prefix), Path(sys.executable).parent,
+            Path(__file__).resolve().parents[2]]
+    for p in [*here, *readable]:
         p = p.resolve()
         if p.exists() and str(p) not in seen and (p == Path("/tmp") or Path("/tmp") in p.parents):
             seen.add(str(p))
