@@ -75,7 +75,9 @@ class RunConfig:
     threads: int = 2  # torch intra-op threads; CPU runs are bitwise repeatable only at a fixed count
     deterministic: bool = True
     license: str = "Apache-2.0"  # license of the weights and code released with the run
-    resume_from: str | None = path_field(None)  # a checkpoint (.safetensors) to continue from
+    resume_from: str | None = path_field(None)  # a checkpoint (.safetensors, or a DCP folder) to continue from
+    # what a resume may change from the segment it continues: world_size, data, config, or config keys
+    allow_resume_change: list[str] = field(default_factory=list)
     # warm start: the weights (only) of a checkpoint or a bundle's model/; recorded as an `init` lineage edge
     init_from: str | None = path_field(None)
     # documents a run cannot produce by itself: file paths or URLs, checked for presence by audit

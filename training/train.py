@@ -289,7 +289,8 @@ def train(cfg: Config, inv: Invocation) -> int:
         start_step, tokens_seen, untrained, metrics = 0, 0, None, None
         evaluates = rank == 0 or fsdp  # a sharded model's forward is collective: every rank evaluates
         if cfg.run.resume_from:
-            start_step, tokens_seen = run.restore(cfg.run.resume_from, model, optimizer)
+            start_step, tokens_seen = run.restore(cfg.run.resume_from, model, optimizer,
+                                                  allow_change=cfg.run.allow_resume_change)
         elif evaluates:
             untrained = evaluate(model, val_ids, arith, tokenizer, cfg, pad_id, eos_id)
             if rank == 0:

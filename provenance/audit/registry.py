@@ -31,6 +31,7 @@ from pathlib import Path
 from provenance.audit import checks_code, checks_data, checks_run, checks_training
 from provenance.audit.checks_signature import check_signature
 from provenance.audit.results import CheckResult, SkipCheck
+from provenance.audit.segments import check_segments
 from provenance.audit.view import BundleFileError, BundleView
 
 ENTRY_POINT_GROUP = "fullyopen.audit_checks"
@@ -60,6 +61,7 @@ BUILTIN_CHECKS: tuple[Check, ...] = (
     Check("notes", "decision notes", checks_run.check_notes),
     Check("logs", "event and output logs", checks_run.check_logs),
     Check("signature", "release signature", check_signature),
+    Check("segments", "restart segments back to step 0", check_segments),
 )
 
 

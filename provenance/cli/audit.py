@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import threading
 import time
@@ -87,6 +88,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
     bar = None if args.no_progress else ProgressBar()
     from provenance.verify import SigningError, trusting
 
+    if args.segments:  # folders holding a resumed run's previous segments (the `segments` check reads it)
+        from provenance.audit.segments import SEGMENTS_ENV
+
+        os.environ[SEGMENTS_ENV] = os.pathsep.join(str(Path(d).resolve()) for d in args.segments)
+
     try:
         with trusting(args.trust):
             report = audit(args.bundle, require_class=args.require_class, progress=bar, limits=limits,
@@ -147,6 +153,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-unpacked-size", type=parse_size, default=None,
                    help="refuse an archive that unpacks to more than this (e.g. 500G; default 1T)")
     p.add_argument("--workers", type=int, default=None, help="hashing threads (default: every core)")
+    p.add_argument("--segments", action="append", default=None, metavar="DIR",
+                   help="a folder holding the previous segments of a resumed run (repeatable; default: next to it)")
     p.add_argument("--lineage", action="store_true",
                    help="also audit every ancestor and every lineage edge (docs/lineage.md)")
     p.add_argument("--store", action="append", default=None, metavar="DIR",

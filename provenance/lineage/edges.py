@@ -36,10 +36,11 @@ class Consumed:
 
 
 def file_digest(path: str | Path) -> str:
-    """sha256 hex of a consumed file; a model folder means its model.safetensors."""
+    """sha256 hex of a consumed file; a model folder means its model.safetensors, a sharded (DCP)
+    checkpoint folder its rank-0 shard file (a file its producer's bundle lists)."""
     p = Path(path)
     if p.is_dir():
-        p = p / "model.safetensors"
+        p = p / ("__0_0.distcp" if (p / formats.DCP_METADATA).is_file() else "model.safetensors")
     if not p.is_file():
         raise LineageError(f"{path}: no such file to record as a lineage input")
     return sha256_file(p)

@@ -52,6 +52,25 @@ _RESERVED_DIRS = ("code/", "env/", "order/", "checkpoints/", "reproduction/", "r
                   f"{formats.DATA_DIR}/")
 
 
+class ResumeRefused(ConfigError):
+    """A resume the record cannot continue: a checkpoint that does not match its index, or a change
+    (world size, data, config) that was not allowed. The message names the file or the key."""
+
+
+# config keys that differ between segments by nature (where the run is written, what it resumes from)
+_RESUME_KEYS = frozenset({"run.runs_dir", "run.allow_resume_change", "run.name"})
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a.b": value} of a nested config (lists stay values)."""
+    if not isinstance(obj, dict):
+        return {prefix[:-1]: obj}
+    out: dict[str, Any] = {}
+    for k, v in obj.items():
+        out.update(flatten(v, f"{prefix}{k}."))
+    return out
+
+
 def _local_documents(documents: dict[str, str]) -> dict[str, tuple[Path, str]]:
     """Documents given as local files: {key: (source path, bundle path)}. URLs stay links.
 
@@ -154,6 +173,7 @@ class Run:
         self._output = OutputCapture()
         self._signals = SignalGuard()
         self._run_info: dict[str, Any] = {}
+        self._manifests: dict[str, dict[str, Any]] = {}
         self._t0 = 0.0
 
     # --- rank facts (kept as attributes: integrations read them) -----------------------
@@ -178,6 +198,7 @@ class Run:
                             exclude=[self.runs_dir, *(s.root for s in self.datasets), *self.code_exclude])
         self._components("on_prepare")
         manifests = [(spec, verified_manifest(spec)) for spec in self.datasets]
+        self._manifests = {spec.name: m for spec, m in manifests}  # compared with a resumed segment's
         documents = _local_documents(self.documents)
         seed_everything(self.seed)
         determinism = apply_determinism(self.threads, self.deterministic)
@@ -456,34 +477,104 @@ class Run:
         self._notify("on_checkpoint", step, rel)
         return rel
 
-    def restore(self, path: str | os.PathLike[str], model: Any, optimizer: Any = None) -> tuple[int, int]:
+    def restore(self, path: str | os.PathLike[str], model: Any, optimizer: Any = None, *,
+                allow_change: Sequence[str] = ()) -> tuple[int, int]:
         """Resume from a checkpoint: weights, optimizer and RNG states. Returns (step, tokens_seen).
 
-        When the checkpoint sits in a bundle, its sha256 is checked against that
-        bundle's checkpoint index first. The restart is recorded as a `restart` note.
+        When the checkpoint sits in a bundle, its sha256 is checked against that bundle's checkpoint
+        index first, and this run becomes the next *segment* of that bundle's record: run.json's
+        `segment` links the previous bundle (its root digest) and the checkpoint (its digest). A changed
+        world size, data manifest or config is refused (ResumeRefused) unless named in `allow_change`
+        ("world_size", "data", "config" or a config key); an allowed change is recorded as a note.
+        The restart is recorded as a `restart` note (from which step; the previous status and error).
+        A checkpoint folder (checkpoints/step-<N>/) is a sharded DCP checkpoint: every rank calls this.
         """
         from provenance.capture.state import load_checkpoint
 
         path = Path(path)
         if path.is_dir():
-            return self._restore_sharded(path, model, optimizer)
+            return self._restore_sharded(path, model, optimizer, allow_change)
         hexd = sha256_file(path)
         index_path = path.parent.parent / formats.CHECKPOINT_INDEX
         if index_path.is_file():
             entry = next((e for e in formats.read_json(index_path).get("checkpoints", [])
                           if Path(e["path"]).name == path.name), None)
             if entry is not None and entry["sha256"] != hexd:
-                raise ValueError(f"{path}: checkpoint does not match its index: expected sha256:{entry['sha256']}, "
-                                 f"found sha256:{hexd}")
+                raise ResumeRefused(f"{path}: checkpoint does not match its index: expected "
+                                    f"sha256:{entry['sha256']}, found sha256:{hexd}")
+        segment = self._segment_of(path, allow_change) if index_path.is_file() else None
         state = load_checkpoint(path, model, optimizer)
-        self.note(f"restarted from checkpoint {path.name} at step {state['step']} (sha256:{hexd})",
-                  category="restart", step=state["step"], links=[str(path)],
-                  details={"from_step": state["step"], "checkpoint": path.name, "sha256": f"sha256:{hexd}",
-                           "tokens_seen": state["tokens_seen"]})
-        self.event("restored", step=state["step"], checkpoint=str(path), sha256=hexd)
+        self._restarted(path, state["step"], state["tokens_seen"], hexd, segment, {})
         return state["step"], state["tokens_seen"]
 
-    def _restore_sharded(self, folder: Path, model: Any, optimizer: Any) -> tuple[int, int]:
+    def _segment_of(self, ckpt: Path, allow: Sequence[str]) -> dict[str, Any] | None:
+        """The previous segment (the bundle holding the checkpoint), checked against this run: world
+        size, data manifests and config must be the same unless allowed. Every rank checks (a refusal
+        on one rank only would leave the others waiting)."""
+        prev = ckpt.parent.parent
+        if not (prev / formats.RUN_JSON).is_file():
+            return None
+        info = formats.read_json(prev / formats.RUN_JSON)
+        changes: list[dict[str, Any]] = []
+        if int(info.get("world_size", 1)) != self.world_size:
+            changes.append({"what": "world_size", "key": "world_size", "old": info.get("world_size"),
+                            "new": self.world_size})
+        for name, manifest in self._manifests.items():
+            pm = prev / formats.DATA_DIR / name / "manifest.json"
+            old = formats.read_json(pm) if pm.is_file() else None
+            files = sorted((f["path"], f["sha256"]) for f in manifest.get("files", []))
+            if old is None or sorted((f["path"], f["sha256"]) for f in old.get("files", [])) != files:
+                changes.append({"what": "data", "key": f"data.{name}", "old": None if old is None else "manifest",
+                                "new": "a different manifest"})
+        if (prev / formats.CONFIG_JSON).is_file():
+            before = flatten(formats.read_json(prev / formats.CONFIG_JSON).get("config", {}))
+            after = flatten(self.config)
+            for key in sorted(set(before) | set(after)):
+                if key in _RESUME_KEYS or key.split(".")[-1] in ("resume_from", "resume") \
+                        or before.get(key) == after.get(key):
+                    continue
+                changes.append({"what": "config", "key": key, "old": before.get(key), "new": after.get(key)})
+        refused = [c for c in changes if c["what"] not in allow and c["key"] not in allow]
+        if refused:
+            c = refused[0]
+            more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+            raise ResumeRefused(f"resume from {ckpt}: {c['key']} changed: {c['old']!r} in {prev.name}, {c['new']!r} "
+                                f"in this run{more}; allow it with run.allow_resume_change=[{c['what']}]")
+        root = None
+        if (prev / formats.MANIFEST).is_file():
+            root, _ = formats.parse_oms_statement(formats.read_json(prev / formats.MANIFEST))
+        seg = info.get("segment") or {}
+        return {"number": int(seg.get("number", 0)) + 1,
+                "previous": {"run_id": info.get("run_id"), "root_digest": formats.digest_str(root) if root else None,
+                             "status": info.get("status"), "error": (info.get("error") or {}).get("message"),
+                             "error_type": (info.get("error") or {}).get("type"), "path": str(prev)},
+                "changes": changes}
+
+    def _restarted(self, ckpt: Path, step: int, tokens: int, hexd: str, segment: dict[str, Any] | None,
+                   extra: dict[str, Any]) -> None:
+        """Record the restart: run.json's segment link, the `restart` note, the allowed changes."""
+        digest = f"sha256:{hexd}"
+        prev = (segment or {}).get("previous") or {}
+        why = (f"; the previous segment {prev.get('run_id')} ended {prev.get('status')}"
+               + (f" ({prev.get('error_type')}: {prev.get('error')})" if prev.get("error") else "")) if prev else ""
+        if self.ranks.writes_shared:
+            if segment is not None:
+                rel = ckpt.relative_to(Path(prev["path"])).as_posix()
+                self._run_info["segment"] = {"number": segment["number"], "previous": prev,
+                                             "checkpoint": {"path": rel, "step": step, "sha256": digest}}
+                self._write_run_json()
+            self.note(f"restarted from checkpoint {ckpt.name} at step {step} ({digest}){why}",
+                      category="restart", step=step, links=[str(ckpt)],
+                      details={"from_step": step, "checkpoint": ckpt.name, "sha256": digest, "tokens_seen": tokens,
+                               "previous": prev or None, **extra})
+            for c in (segment or {}).get("changes", []):
+                self.note(f"resume changed {c['key']}: {c['old']!r} before, {c['new']!r} now (allowed by "
+                          "run.allow_resume_change)", category="override", step=step,
+                          details={"key": c["key"], "old": c["old"], "new": c["new"], "resume": True})
+        self.event("restored", step=step, checkpoint=str(ckpt), sha256=hexd)
+
+    def _restore_sharded(self, folder: Path, model: Any, optimizer: Any,
+                         allow_change: Sequence[str] = ()) -> tuple[int, int]:
         """Resume from a DCP checkpoint folder of a bundle: every file is checked against the index
         entry first (a mismatch names the file), at the world size it was saved with."""
         from provenance.capture.sharded import load_sharded
@@ -495,28 +586,23 @@ class Run:
                       if e.get("format") == formats.DCP_FORMAT and Path(e["path"]).name == folder.name), None)
         if entry is None:
             raise ValueError(f"{folder}: not in {index_path} (an incomplete checkpoint is never restored)")
-        if entry["world_size"] != self.world_size:
-            raise ValueError(f"{folder}: saved at world size {entry['world_size']}, this run has world size "
+        if entry["world_size"] != self.world_size and "world_size" not in allow_change:
+            raise ResumeRefused(f"{folder}: saved at world size {entry['world_size']}, this run has world size "
                              f"{self.world_size}")
         bundle = folder.parent.parent
         for f in entry["files"]:
             p = bundle / f["path"]
             if not p.is_file():
-                raise ValueError(f"{p}: missing (the checkpoint index lists it)")
+                raise ResumeRefused(f"{p}: missing (the checkpoint index lists it)")
             hexd = sha256_file(p)
             if hexd != f["sha256"]:
-                raise ValueError(f"{p}: does not match the checkpoint index: expected sha256:{f['sha256']}, "
+                raise ResumeRefused(f"{p}: does not match the checkpoint index: expected sha256:{f['sha256']}, "
                                  f"found sha256:{hexd}")
+        segment = self._segment_of(folder, allow_change)
         load_sharded(folder, model, optimizer, self.rank)
         step, tokens = int(entry["step"]), int(entry.get("tokens_seen", 0))
-        digest = f"sha256:{entry['sha256']}"
-        if self.ranks.writes_shared:
-            self.note(f"restarted from sharded checkpoint {folder.name} at step {step} ({digest})",
-                      category="restart", step=step, links=[str(folder)],
-                      details={"from_step": step, "checkpoint": folder.name, "sha256": digest,
-                               "format": formats.DCP_FORMAT, "world_size": entry["world_size"],
-                               "tokens_seen": tokens})
-        self.event("restored", step=step, checkpoint=str(folder), sha256=entry["sha256"])
+        self._restarted(folder, step, tokens, entry["sha256"], segment,
+                        {"format": formats.DCP_FORMAT, "world_size": entry["world_size"]})
         return step, tokens
 
     def save_model(self, model: Any, tokenizer: Any = None, *, init_args: dict[str, Any] | None = None) -> str:
