@@ -58,7 +58,9 @@ class ResumeRefused(ConfigError):
 
 
 # config keys that differ between segments by nature (where the run is written, what it resumes from)
-_RESUME_KEYS = frozenset({"run.runs_dir", "run.allow_resume_change", "run.name"})
+# and where the inputs lie (their content is compared: the data manifests, the checkpoint's digest)
+_RESUME_KEYS = frozenset({"run.runs_dir", "run.allow_resume_change", "run.name", "data.root", "data.path",
+                          "data.manifest", "tokenizer.path"})
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -538,8 +540,9 @@ class Run:
         if refused:
             c = refused[0]
             more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+            name = c["key"] if c["what"] == "config" else c["what"]
             raise ResumeRefused(f"resume from {ckpt}: {c['key']} changed: {c['old']!r} in {prev.name}, {c['new']!r} "
-                                f"in this run{more}; allow it with run.allow_resume_change=[{c['what']}]")
+                                f"in this run{more}; allow it with run.allow_resume_change=[{name}]")
         root = None
         if (prev / formats.MANIFEST).is_file():
             root, _ = formats.parse_oms_statement(formats.read_json(prev / formats.MANIFEST))
