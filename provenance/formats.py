@@ -58,6 +58,7 @@ STDERR = "logs/stderr.log"
 NOTES = "notes.jsonl"
 RESEALS = "reseals.jsonl"  # every re-seal of a sealed bundle: the root digest before, what changed, why
 RESEAL_SCHEMA = "fullyopen.reseal/v1"
+RELEASE_COMMAND = "prov release"  # the command its re-seal records name (a release's own re-seals)
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_INDEX = "checkpoints/index.json"
 MODEL_DIR = "model"  # save_pretrained form of the final model, with its tokenizer

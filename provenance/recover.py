@@ -379,13 +379,22 @@ def verify_existing_seal(root: Path, files: dict[str, os.stat_result]) -> tuple[
     return root_hex, resources
 
 
-def _reseal(root: Path, previous: tuple[str, dict[str, str]], reason: str, command: str) -> str:
-    """Seal again after a legitimate change, recording it in reseals.jsonl; caller holds the lock."""
+def _reseal(root: Path, previous: tuple[str, dict[str, str]], reason: str, command: str,
+            known: dict[str, tuple[int, int, str]] | None = None) -> str:
+    """Seal again after a legitimate change, recording it in reseals.jsonl; caller holds the lock.
+    Files whose (size, mtime_ns) match an entry of `known` are not read again."""
     prev_root, prev = previous
     files = scan_folder(root)
     names = [n for n in _sealable(files) if n != formats.RESEALS]
-    hashed = hash_files([root / n for n in names]) if names else {}
-    now = {n: hashed[root / n] for n in names}
+    known = known or {}
+    now: dict[str, str] = {}
+    for n in names:
+        k = known.get(n)
+        if k is not None and k[0] == files[n].st_size and k[1] == files[n].st_mtime_ns:
+            now[n] = k[2]
+    todo = [n for n in names if n not in now]
+    hashed = hash_files([root / n for n in todo]) if todo else {}
+    now.update({n: hashed[root / n] for n in todo})
     old = {n: d for n, d in prev.items() if n != formats.RESEALS}
     changes = []
     for n in sorted(set(now) | set(old), key=formats.resource_sort_key):
@@ -543,6 +552,23 @@ def seal_run(root: str | os.PathLike[str], force: bool = False, reason: str | No
             digest = seal_folder_locked(root)
         return {"root_digest": digest, "status": info["status"], "repaired": repaired, "indexed": indexed,
                 "resealed": previous is not None, "unchanged": False}
+
+
+def sealed_resources(root: str | os.PathLike[str]) -> tuple[str, dict[str, str]]:
+    """(root hex, {name: hex}) that manifest.json states, without checking the files (the caller just did)."""
+    try:
+        return formats.parse_oms_statement(read_json(Path(root), formats.MANIFEST))
+    except formats.FormatError as exc:
+        raise BundleError(str(exc)) from None
+
+
+def record_reseal(root: str | os.PathLike[str], previous: tuple[str, dict[str, str]], reason: str, command: str,
+                  known: dict[str, tuple[int, int, str]] | None = None) -> str:
+    """Re-seal a bundle whose seal `previous` the caller has just verified (e.g. `prov release` after its
+    audit), recording the change in reseals.jsonl like every legitimate re-seal. New root hex."""
+    root = Path(root)
+    with folder_lock(root):
+        return _reseal(root, previous, reason, command, known)
 
 
 def change_sealed(root: str | os.PathLike[str], change: Any, reason: str, command: str) -> str:

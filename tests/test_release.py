@@ -822,3 +822,20 @@ def test_signature_envelope_follows_oms(released: Path) -> None:
     assert payload["subject"] == json.loads((released / formats.MANIFEST).read_text())["subject"]
     hint = sig["verificationMaterial"]["publicKey"]["hint"]
     assert f"sha256:{hint}" == verify_signature(released)["fingerprint"]
+
+
+def test_a_noted_bundle_released_still_audits_and_records_each_reseal(bundle_copy: Path,
+                                                                      keys: tuple[Path, Path, str]) -> None:
+    """`prov note` on a sealed bundle starts reseals.jsonl; the release's own re-seals must continue that
+    record (an unrecorded re-seal broke the chain, so every noted-then-released bundle failed its audit)."""
+    from provenance.audit import audit
+    from provenance.recover import add_note
+
+    add_note(bundle_copy, "released after review", "other", "tester", [], None)
+    release(bundle_copy, key=keys[0], producer="fullyopen tests")
+    r = audit(bundle_copy)
+    assert r.ok, r.failures()
+    lines = (bundle_copy / formats.RESEALS).read_text().splitlines()
+    commands = [json.loads(x)["command"] for x in lines]
+    assert commands[0] == "prov note" and commands.count("prov release") == 2, commands
+    assert _ms_verify(bundle_copy, keys[1]).returncode == 0

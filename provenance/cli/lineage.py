@@ -8,7 +8,7 @@ from pathlib import Path
 
 from provenance import formats
 from provenance.audit import AuditReport
-from provenance.bundle import BundleError, folder_lock, seal_folder_locked
+from provenance.bundle import BundleError
 from provenance.lineage.check import audit_lineage
 from provenance.lineage.edges import LineageError, declared_edge
 from provenance.lineage.graph import read_edges
@@ -87,13 +87,7 @@ def attach_lineage(args: argparse.Namespace) -> int:
         formats.atomic_write_bytes(root / formats.RELEASE_LINEAGE_HTML, render_html(g, report).encode())
 
     try:
-        if (root / formats.RESEALS).exists():  # a bundle that records its re-seals: record this one too
-            change_sealed(root, write, "prov release --lineage: the ancestors' root digests", "prov release --lineage")
-        else:  # part of the release, whose own re-seal of its documents is not recorded either
-            read_bundle(root)
-            with folder_lock(root):
-                write()
-                seal_folder_locked(root)
+        change_sealed(root, write, "prov release --lineage: the ancestors' root digests", "prov release --lineage")
     except (BundleError, StoreError, OSError) as exc:
         print(f"error: --lineage: {exc}", file=sys.stderr)
         return 2

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from provenance import __version__, formats
-from provenance.bundle import seal_folder
+from provenance.recover import record_reseal, sealed_resources
 from provenance.release import croissant, cyclonedx, eu_summary, evals, modelcard, mot, report, slsa, spdx3
 from provenance.release.facts import Facts, is_release_file
 from provenance.release.signing import (
@@ -170,6 +170,7 @@ def release(run_dir: str | os.PathLike[str], key: str | os.PathLike[str] | None 
         raise ReleaseError(f"{dest}: the audit fails (use --force to release anyway):\n  "
                            + "\n  ".join(pre.failures()[:20]))
     known = _known(dest, pre.integrity.digests)  # before anything is written
+    previous = sealed_resources(dest)  # the seal the audit just verified: every re-seal below is recorded
     for rel in (formats.SIGNATURE, formats.SIGSTORE_SIGNATURE):  # a re-release: the old signatures go
         (dest / rel).unlink(missing_ok=True)
     date = datetime.now(UTC).strftime("%Y-%m-%d")
@@ -197,7 +198,8 @@ def release(run_dir: str | os.PathLike[str], key: str | os.PathLike[str] | None 
                  "reproduction": {"verdict": report.reproduction_verdict(repro_summary)[1]} if repro_summary else None}
     formats.atomic_write_bytes(dest / formats.MODEL_CARD, modelcard.build_card(f, card_info).encode())
     documents["Model card (Hugging Face)"] = formats.MODEL_CARD
-    seal_folder(dest, known)
+    record_reseal(dest, previous, "prov release: the model card and the data cards", formats.RELEASE_COMMAND, known)
+    previous = sealed_resources(dest)
 
     # 3. the audit that the openness record and the report show
     post = audit(dest, progress=progress)
@@ -265,7 +267,8 @@ def release(run_dir: str | os.PathLike[str], key: str | os.PathLike[str] | None 
     html = report.build_report(f, {"date": date, "fingerprint": fp, "verify_command": vcmd, "audit": audit_dict,
                                    "reproduction": repro, "documents": documents})
     formats.atomic_write_bytes(dest / formats.REPORT_HTML, html.encode())
-    root = seal_folder(dest, known)
+    root = record_reseal(dest, previous, "prov release: openness record, SLSA provenance, release documents",
+                         formats.RELEASE_COMMAND, known)
 
     # 5. signatures over exactly the sealed files
     signature = None

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provenance import formats
+from provenance import formats, untrusted
 
 EVAL_FILE = re.compile(r"(valid|eval|test|held[-_]?out|(^|[^a-z])dev([^a-z]|$))", re.IGNORECASE)
 
@@ -162,10 +162,26 @@ class Facts:
         """
         if not self.resources:
             return None
-        from provenance.hashing import root_digest
+        from provenance.hashing import root_digest, sha256_bytes
 
-        names = sorted((n for n in self.resources if not is_release_file(n)), key=formats.resource_sort_key)
-        return root_digest(self.resources[n] for n in names)
+        digests = {n: d for n, d in self.resources.items() if not is_release_file(n)}
+        if formats.RESEALS in digests:  # the release records its own re-seals: take reseals.jsonl as it was before
+            kept = []
+            with open(self.root / formats.RESEALS, "rb") as fh:
+                for line in fh:
+                    try:
+                        rec = untrusted.loads(line)
+                    except ValueError:
+                        rec = None
+                    if isinstance(rec, dict) and str(rec.get("command", "")).startswith(formats.RELEASE_COMMAND):
+                        break
+                    kept.append(line)
+            if kept:
+                digests[formats.RESEALS] = sha256_bytes(b"".join(kept))
+            else:
+                del digests[formats.RESEALS]
+        names = sorted(digests, key=formats.resource_sort_key)
+        return root_digest(digests[n] for n in names)
 
     @property
     def tokens_seen(self) -> int | None:
