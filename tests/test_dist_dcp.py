@@ -145,3 +145,29 @@ def test_train_fsdp_audits_and_reproduces_bitwise(tmp_path: Path) -> None:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         summary = formats.read_json(only(tmp_path / name) / "reproduction" / "summary.json")
         assert summary["bitwise"] is True and summary["steps_checked"] == steps, summary
+
+
+@pytest.mark.slow  # two torchrun launchers meeting through c10d rendezvous on localhost
+def test_two_nodes_one_bundle(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("PROV_REPLAY", None)
+    runs = tmp_path / "runs"  # shared by both "nodes", as a cluster's shared file system
+    args = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d",
+            f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=two-nodes", str(SCRIPT), str(runs), "4"]
+    nodes = [subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    root = only(runs)
+    facts = formats.read_json(root / formats.RUN_JSON)["distributed"]
+    assert facts["nnodes"] == 2 and facts["world_size"] == 2 and facts["launcher"] == "torchrun"
+    assert [(n["node_rank"], n["ranks"], n["local_ranks"]) for n in facts["nodes"]] == [(0, [0], [0]), (1, [1], [0])]
+    assert all(n["launcher"]["torchelastic_run_id"] == "two-nodes" and n["host"] for n in facts["nodes"])
+    report = audit(root)
+    assert report.integrity.ok and report.check("checkpoints").status == "pass"
+    assert report.check("order").status in ("pass", "warn")

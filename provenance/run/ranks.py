@@ -8,6 +8,7 @@ ranks agree on one run id and meet before the seal.
 from __future__ import annotations
 
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -100,13 +101,43 @@ class RankLayout:
                 raise RuntimeError(f"{folder}: rank 0 did not create the run folder within {timeout_s:.0f} s")
             time.sleep(0.05)
 
+    def process_facts(self) -> dict[str, Any]:
+        """This process's place in the job: host, node (torchrun's GROUP_RANK), local rank, launcher facts."""
+        env = os.environ
+        launcher = {k.lower(): env[k] for k in _LAUNCHER_VARS if k in env}
+        return {"rank": self.rank, "host": socket.gethostname(), "pid": os.getpid(),
+                "node_rank": int(env.get("GROUP_RANK", env.get("NODE_RANK", "0"))),
+                "local_rank": int(env.get("LOCAL_RANK", self.rank)),
+                "local_world_size": int(env.get("LOCAL_WORLD_SIZE", self.world_size)), "launcher": launcher}
+
     def facts(self) -> dict[str, Any] | None:
-        """run.json's `distributed` record (None for a single process)."""
+        """run.json's `distributed` record (None for a single process). Collective under a process group:
+        every rank's process facts are gathered, and `nodes` lists every node with its ranks."""
         if not self.distributed:
             return None
         dist = _dist()
+        own = self.process_facts()
+        procs = [own]
+        if dist is not None:
+            procs = [None] * self.world_size  # type: ignore[list-item]
+            dist.all_gather_object(procs, own)
+        nodes: dict[int, dict[str, Any]] = {}
+        for p in sorted(procs, key=lambda p: p["rank"]):
+            n = nodes.setdefault(p["node_rank"], {"node_rank": p["node_rank"], "host": p["host"], "ranks": [],
+                                                  "local_ranks": [], "pids": [], "launcher": p["launcher"]})
+            n["ranks"].append(p["rank"])
+            n["local_ranks"].append(p["local_rank"])
+            n["pids"].append(p["pid"])
         local = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))
         return {"backend": dist.get_backend() if dist is not None else None, "world_size": self.world_size,
-                "local_world_size": local, "nnodes": max(1, self.world_size // max(1, local)),
+                "local_world_size": local, "nnodes": len(nodes) if dist is not None else
+                max(1, self.world_size // max(1, local)),
                 "launcher": "torchrun" if "TORCHELASTIC_RUN_ID" in os.environ else None,
+                "nodes": [nodes[k] for k in sorted(nodes)],
                 "order": "order/rank<R>.*: each rank's own batches", "logs": "logs/*.rank<R>.*: each rank's own"}
+
+
+# what torchrun tells each process about the job (no secrets: ids, sizes, rendezvous endpoint)
+_LAUNCHER_VARS = ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS", "GROUP_RANK",
+                  "GROUP_WORLD_SIZE", "ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                  "LOCAL_WORLD_SIZE", "TORCHELASTIC_USE_AGENT_STORE")
