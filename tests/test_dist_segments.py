@@ -150,3 +150,17 @@ def test_resume_refuses_a_change_unless_allowed(chain: tuple[Path, Path, Path, P
             segment(tmp, runs, 6, resume=ck)
     finally:
         ck.write_bytes(data)
+
+
+def test_node_facts_name_accelerators_and_every_determinism_knob() -> None:
+    from provenance.capture.env import node_facts
+
+    facts = node_facts()
+    t = facts["torch"]
+    assert t["version"] == torch.__version__ and t["distributed_backends"]["gloo"] is True
+    knobs = t["determinism_knobs"]
+    assert knobs["deterministic_algorithms"] == torch.are_deterministic_algorithms_enabled()
+    assert knobs["cuda_matmul_allow_tf32"] == torch.backends.cuda.matmul.allow_tf32
+    assert knobs["cudnn_allow_tf32"] == torch.backends.cudnn.allow_tf32
+    if not torch.cuda.is_available():  # a CPU build records no CUDA facts, and needs none
+        assert t["nccl_version"] is None and "gpus" not in t

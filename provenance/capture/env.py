@@ -13,7 +13,8 @@ from typing import Any
 _ENV_PREFIXES = ("OMP_", "MKL_", "OPENBLAS_", "CUDA_", "CUBLAS_", "CUDNN_", "NCCL_", "TORCH", "PYTORCH_",
                  "HF_", "TRANSFORMERS_", "TOKENIZERS_", "DATASETS_", "WANDB_", "DVC_", "PYTHONHASHSEED",
                  "KMP_", "GOMP_", "LD_PRELOAD", "LD_LIBRARY_PATH", "MASTER_", "WORLD_SIZE", "RANK",
-                 "LOCAL_RANK", "LOCAL_WORLD_SIZE", "XLA_", "TF_", "NVIDIA_", "ATEN_", "ONEDNN_", "DNNL_")
+                 "LOCAL_RANK", "LOCAL_WORLD_SIZE", "XLA_", "TF_", "NVIDIA_", "ATEN_", "ONEDNN_", "DNNL_", "GLOO_",
+                 "TORCHELASTIC_", "GROUP_RANK", "ROLE_")
 
 
 def packages() -> dict[str, str]:
@@ -75,6 +76,9 @@ def torch_facts() -> dict[str, Any]:
         "mkldnn": torch.backends.mkldnn.is_available(),
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
     }
+    facts["determinism_knobs"] = determinism_knobs(torch)
+    facts["distributed_backends"] = _backends(torch)
+    facts["nccl_version"] = _nccl_version(torch)
     if torch.cuda.is_available():
         facts["gpus"] = [
             {"name": torch.cuda.get_device_name(i),
@@ -84,6 +88,80 @@ def torch_facts() -> dict[str, Any]:
         ]
         facts["driver"] = _nvidia_driver()
     return facts
+
+
+def determinism_knobs(torch: Any) -> dict[str, Any]:
+    """Every setting torch exposes that changes which kernels run or how exactly they compute
+    (read, never set; the CUDA ones are reported on CPU builds too, where they have no effect)."""
+    b = torch.backends
+
+    def get(obj: Any, name: str) -> Any:
+        try:
+            v = getattr(obj, name)
+            return v() if callable(v) else v
+        except Exception:  # an attribute a build lacks or cannot answer
+            return None
+
+    knobs = {
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "deterministic_warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+        "deterministic_debug_mode": get(torch, "get_deterministic_debug_mode"),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "cudnn_enabled": get(b.cudnn, "enabled"),
+        "cudnn_deterministic": get(b.cudnn, "deterministic"),
+        "cudnn_benchmark": get(b.cudnn, "benchmark"),
+        "cudnn_allow_tf32": get(b.cudnn, "allow_tf32"),
+        "cuda_matmul_allow_tf32": get(b.cuda.matmul, "allow_tf32"),
+        "cuda_matmul_allow_fp16_reduced_precision_reduction":
+            get(b.cuda.matmul, "allow_fp16_reduced_precision_reduction"),
+        "cuda_matmul_allow_bf16_reduced_precision_reduction":
+            get(b.cuda.matmul, "allow_bf16_reduced_precision_reduction"),
+        "sdp_flash": get(b.cuda, "flash_sdp_enabled"),
+        "sdp_mem_efficient": get(b.cuda, "mem_efficient_sdp_enabled"),
+        "sdp_math": get(b.cuda, "math_sdp_enabled"),
+        "sdp_cudnn": get(b.cuda, "cudnn_sdp_enabled"),
+        "mkldnn_enabled": get(b.mkldnn, "enabled"),
+        "mkldnn_deterministic": get(b.mkldnn, "deterministic"),
+        "num_threads": torch.get_num_threads(),
+        "num_interop_threads": torch.get_num_interop_threads(),
+    }
+    return {k: (v if v is None or isinstance(v, bool | int | float | str) else str(v)) for k, v in knobs.items()}
+
+
+def _backends(torch: Any) -> dict[str, bool]:
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover
+        return {}
+    if not dist.is_available():
+        return {}
+    return {name: bool(getattr(dist, f"is_{name}_available", lambda: False)()) for name in ("gloo", "nccl", "mpi",
+                                                                                          "ucc", "xccl")}
+
+
+def _nccl_version(torch: Any) -> str | None:
+    """NCCL's version where torch was built with it (CUDA builds), else None."""
+    try:
+        if not torch.cuda.is_available():
+            return None
+        v = torch.cuda.nccl.version()
+        return ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
+    except Exception:
+        return None
+
+
+_NODE_PREFIXES = ("NCCL_", "CUDA_", "CUBLAS_", "CUDNN_", "TORCH", "PYTORCH_", "OMP_", "GLOO_")
+
+
+def node_facts() -> dict[str, Any]:
+    """What one node adds to run.json's distributed record: accelerators and the variables that matter
+    (every node's own; env/environment.json holds rank 0's full environment)."""
+    t = torch_facts()
+    keep = ("version", "cuda_version", "cudnn_version", "nccl_version", "gpus", "driver", "determinism_knobs",
+            "distributed_backends")
+    return {"torch": {k: t[k] for k in keep if k in t},
+            "env_vars": {k: v for k, v in training_env_vars().items() if k.startswith(_NODE_PREFIXES)},
+            "cpu_model": cpu_model(), "cpu_count": os.cpu_count()}
 
 
 def _nvidia_driver() -> str | None:

@@ -105,7 +105,9 @@ class RankLayout:
         """This process's place in the job: host, node (torchrun's GROUP_RANK), local rank, launcher facts."""
         env = os.environ
         launcher = {k.lower(): env[k] for k in _LAUNCHER_VARS if k in env}
-        return {"rank": self.rank, "host": socket.gethostname(), "pid": os.getpid(),
+        from provenance.capture.env import node_facts
+
+        return {"rank": self.rank, "host": socket.gethostname(), "pid": os.getpid(), "node": node_facts(),
                 "node_rank": int(env.get("GROUP_RANK", env.get("NODE_RANK", "0"))),
                 "local_rank": int(env.get("LOCAL_RANK", self.rank)),
                 "local_world_size": int(env.get("LOCAL_WORLD_SIZE", self.world_size)), "launcher": launcher}
@@ -124,7 +126,8 @@ class RankLayout:
         nodes: dict[int, dict[str, Any]] = {}
         for p in sorted(procs, key=lambda p: p["rank"]):
             n = nodes.setdefault(p["node_rank"], {"node_rank": p["node_rank"], "host": p["host"], "ranks": [],
-                                                  "local_ranks": [], "pids": [], "launcher": p["launcher"]})
+                                                  "local_ranks": [], "pids": [], "launcher": p["launcher"],
+                                                  "facts": p["node"]})
             n["ranks"].append(p["rank"])
             n["local_ranks"].append(p["local_rank"])
             n["pids"].append(p["pid"])
