@@ -183,7 +183,7 @@ def threads(run: dict[str, Any], env: dict[str, Any]) -> dict[str, Any]:
             "num_interop_threads": det.get("num_interop_threads", torch.get("num_interop_threads"))}
 
 
-IMPORTED_KEY = "imported_distributions"  # env/environment.json: the distributions the training imported
+IMPORTED_KEY = formats.IMPORTED_DISTRIBUTIONS  # env/environment.json: the distributions the training imported
 
 
 def _norm(name: str) -> str:

@@ -48,6 +48,8 @@ CODE_JSON = "code/code.json"  # git facts and the per-file digests of the snapsh
 CODE_DIFF = "code/diff.patch"  # uncommitted changes, untracked files included
 CODE_SNAPSHOT = "code/source.tar"  # the source that ran (deterministic tar)
 ENV_JSON = "env/environment.json"
+# key of ENV_JSON, written when the run ends: {distribution: version} of what the process had imported
+IMPORTED_DISTRIBUTIONS = "imported_distributions"
 DATA_DIR = "data"  # data/<dataset>/manifest.json and data/<dataset>/files/...
 ORDER_DIR = "order"  # order/rank<R>.json, .ids.u32, .steps.bin
 METRICS = "logs/metrics.jsonl"

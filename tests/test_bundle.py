@@ -182,3 +182,13 @@ def test_our_model_construction_does_not_warn(tiny_bundle: Path) -> None:
     stderr = (tiny_bundle / "logs" / "stderr.log").read_text()
     assert "loss_type" not in stderr and "unrecognized" not in stderr
     assert "Writing model shards" not in stderr and "\r" not in stderr  # no progress-bar redraws in the log
+
+
+def test_the_distributions_the_training_imported_are_recorded(tiny_bundle: Path) -> None:
+    """Only packages the training imported can change its numbers: the run records them when it ends,
+    so that a reproduction does not withhold a bitwise claim over a package that was never loaded."""
+    env = formats.read_json(tiny_bundle / formats.ENV_JSON)
+    used = env[formats.IMPORTED_DISTRIBUTIONS]
+    assert {"torch", "transformers", "safetensors"} <= set(used)
+    assert used["torch"] == env["packages"]["torch"]
+    assert "pytest" in env["packages"] and "pytest" not in used  # installed, never imported by training

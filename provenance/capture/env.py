@@ -27,6 +27,24 @@ def packages() -> dict[str, str]:
     return dict(sorted(out.items()))
 
 
+def imported_distributions(modules: list[str] | None = None) -> dict[str, str]:
+    """{distribution: version} of the installed distributions that provide a module imported now.
+
+    Recorded when a run ends: a package the training never imported cannot change its numbers,
+    so a reproduction does not count a difference in it against a bitwise claim.
+    """
+    provides = importlib.metadata.packages_distributions()
+    tops = {m.split(".")[0] for m in (modules if modules is not None else list(sys.modules))}
+    out: dict[str, str] = {}
+    for top in tops:
+        for dist in provides.get(top, ()):
+            try:
+                out[dist] = importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:
+                continue
+    return dict(sorted(out.items()))
+
+
 def cpu_model() -> str | None:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

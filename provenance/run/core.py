@@ -31,7 +31,7 @@ from provenance import formats
 from provenance.bundle import BundleError, BundleWriter
 from provenance.capture.code import capture_code, git_toplevel
 from provenance.capture.data import DatasetSpec, commitment, verified_manifest
-from provenance.capture.env import capture_env
+from provenance.capture.env import capture_env, imported_distributions
 from provenance.capture.process import process_identity
 from provenance.capture.state import apply_determinism, seed_everything
 from provenance.config import ConfigError
@@ -170,6 +170,7 @@ class Run:
         self.root = self.runs_dir / self.run_id
         self.status = "created"
         self.root_digest: str | None = None
+        self._env: dict[str, Any] | None = None  # env/environment.json as written at the start
         self.writer: BundleWriter | None = None
         self.recorder: Recorder | None = None
         self._output = OutputCapture()
@@ -246,6 +247,7 @@ class Run:
             w.write_bytes(formats.CODE_DIFF, code.diff, redact=True)
             w.write_bytes(formats.CODE_SNAPSHOT, code.snapshot)
             w.write_json(formats.ENV_JSON, env)
+            self._env = env
             for spec, manifest in manifests:
                 self._write_dataset(spec, manifest)
             for key, (src, rel) in documents.items():  # shipped, so that an audit can check them
@@ -302,6 +304,9 @@ class Run:
             self._run_info.update({"status": status, "ended_at": formats.utc_now(), "exit_status": exit_status,
                                    "error": error, "duration_s": round(time.monotonic() - self._t0, 3),
                                    "last_step": self.recorder.last_step})
+            if self._env is not None:  # what the training imported, known only now (see capture.env)
+                self._env[formats.IMPORTED_DISTRIBUTIONS] = imported_distributions()
+                w.write_json(formats.ENV_JSON, self._env)
             self._write_run_json()
             self.root_digest = w.seal()
         self._notify("on_end", status, self.root_digest)
