@@ -839,3 +839,22 @@ def test_a_noted_bundle_released_still_audits_and_records_each_reseal(bundle_cop
     commands = [json.loads(x)["command"] for x in lines]
     assert commands[0] == "prov note" and commands.count("prov release") == 2, commands
     assert _ms_verify(bundle_copy, keys[1]).returncode == 0
+
+
+def test_release_forced_past_a_failing_audit_records_the_override(bundle_copy: Path,
+                                                                   keys: tuple[Path, Path, str]) -> None:
+    from provenance.audit import audit
+    from provenance.bundle import seal_folder
+
+    shutil.rmtree(bundle_copy / formats.MODEL_DIR)  # a completed run without its final model fails consistency
+    seal_folder(bundle_copy)
+    with pytest.raises(ReleaseError, match="--force"):
+        release(bundle_copy, key=keys[0])
+    assert "--force" not in (bundle_copy / formats.NOTES).read_text()  # a refusal records nothing
+    release(bundle_copy, key=keys[0], force=True, producer="fullyopen tests")
+    notes = [json.loads(x) for x in (bundle_copy / formats.NOTES).read_text().splitlines()]
+    forced = [n for n in notes if n["category"] == "override" and "--force" in n["text"]]
+    assert len(forced) == 1 and "model" in forced[0]["text"], notes
+    r = audit(bundle_copy)
+    assert r.integrity.ok and not r.ok  # still failing, and the note says who released it anyway
+    assert _ms_verify(bundle_copy, keys[1]).returncode == 0

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from provenance import __version__, formats
-from provenance.recover import record_reseal, sealed_resources
+from provenance.recover import add_note, record_reseal, sealed_resources
 from provenance.release import croissant, cyclonedx, eu_summary, evals, modelcard, mot, report, slsa, spdx3
 from provenance.release.facts import Facts, is_release_file
 from provenance.release.signing import (
@@ -169,6 +169,11 @@ def release(run_dir: str | os.PathLike[str], key: str | os.PathLike[str] | None 
     if not pre.ok and not force:
         raise ReleaseError(f"{dest}: the audit fails (use --force to release anyway):\n  "
                            + "\n  ".join(pre.failures()[:20]))
+    if not pre.ok:  # overriding the audit is a decision: recorded as a note, with what it overrode
+        failures = pre.failures()
+        add_note(dest, f"released with --force although the audit fails ({len(failures)} failure(s)): "
+                 + "; ".join(failures[:5]), "override", producer or None, [], None)
+        pre = audit(dest, progress=progress)
     known = _known(dest, pre.integrity.digests)  # before anything is written
     previous = sealed_resources(dest)  # the seal the audit just verified: every re-seal below is recorded
     for rel in (formats.SIGNATURE, formats.SIGSTORE_SIGNATURE):  # a re-release: the old signatures go
