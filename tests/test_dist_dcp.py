@@ -19,8 +19,8 @@ from provenance.bundle import seal_folder
 SCRIPT = REPO / "tests" / "scripts" / "fsdp_dcp.py"
 
 
-def launch(runs: Path, steps: int, resume: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def launch(runs: Path, steps: int, resume: Path | None = None, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **extra_env}
     env.pop("PROV_REPLAY", None)
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(SCRIPT),
             str(runs), str(steps), *([str(resume)] if resume else [])]
@@ -171,3 +171,21 @@ def test_two_nodes_one_bundle(tmp_path: Path) -> None:
     report = audit(root)
     assert report.integrity.ok and report.check("checkpoints").status == "pass"
     assert report.check("order").status in ("pass", "warn")
+
+
+def test_rank_killed_during_a_save_leaves_no_valid_checkpoint(tmp_path: Path) -> None:
+    proc = launch(tmp_path / "runs", 4, FIXTURE_KILL_RANK1_AT="4")
+    assert proc.returncode != 0
+    root = only(tmp_path / "runs")
+    info = formats.read_json(root / formats.RUN_JSON)
+    assert info["status"] in ("failed", "interrupted")
+    idx = formats.read_json(root / formats.CHECKPOINT_INDEX)
+    # step 4 is never indexed as valid (step 2 only when rank 1 finished hashing it before it died)
+    assert [e["step"] for e in idx["checkpoints"]] in ([2], [])
+    report = audit(root)  # the bundle still audits: sealed, the partial folder a warning naming it
+    ck = report.check("checkpoints")
+    assert report.integrity.ok and ck.status in ("pass", "warn"), ck.findings
+    folder = root / formats.dcp_checkpoint_dir(4)
+    partial = folder.is_dir() and any(folder.iterdir())  # what rank 0 wrote before the collective failed
+    assert not partial or any(f.file == formats.dcp_checkpoint_dir(4) and "incomplete" in f.message
+                              for f in ck.findings), ck.findings

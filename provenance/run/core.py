@@ -288,7 +288,7 @@ class Run:
         if self.writer is None or self.recorder is None or self.status not in ("running",):
             return self.root_digest
         self.status = status
-        self._signals.restore()
+        self._signals.defer()  # a SIGTERM now (a launcher stopping survivors) waits until the seal is written
         self.recorder.drain(completed=status == "completed")
         if error is not None:
             sys.stderr.write(error["traceback"])
@@ -309,6 +309,7 @@ class Run:
                 w.write_json(formats.ENV_JSON, self._env)
             self._write_run_json()
             self.root_digest = w.seal()
+        self._signals.restore()
         self._notify("on_end", status, self.root_digest)
         return self.root_digest
 

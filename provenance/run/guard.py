@@ -109,6 +109,19 @@ class SignalGuard:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._old[sig] = signal.signal(sig, handler)
 
+    def defer(self) -> None:
+        """While the run seals: SIGTERM/SIGINT are noted, not acted on (a launcher that stops the
+        survivors of a failed rank must not leave the bundle half-sealed); restore() ends this."""
+        if not self._old:
+            return
+        self.deferred: list[int] = []
+
+        def note(signum: int, frame: FrameType | None) -> None:
+            self.deferred.append(signum)
+
+        for sig in self._old:
+            signal.signal(sig, note)
+
     def restore(self) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)

@@ -2,11 +2,14 @@
 
     torchrun --standalone --nproc_per_node=2 tests/scripts/fsdp_dcp.py RUNS STEPS [RESUME_FOLDER]
 Every step logs the exact loss; a checkpoint at every even step. With RESUME_FOLDER the run restores
-from that sharded checkpoint first and continues.
+from that sharded checkpoint first and continues. FIXTURE_KILL_RANK1_AT=N: rank 1 SIGKILLs itself as the
+checkpoint of step N begins (rank 0 is then inside the collective DCP save).
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 import torch
@@ -43,6 +46,8 @@ def main() -> int:
             dist.all_reduce(stat)
             run.log(step, loss=stat.item() / world)
             if step % 2 == 0:
+                if os.environ.get("FIXTURE_KILL_RANK1_AT") == str(step) and rank == 1:
+                    os.kill(os.getpid(), signal.SIGKILL)  # rank 1 dies as rank 0 enters the collective save
                 run.checkpoint(step, model, opt, tokens_seen=step * 4)
     dist.destroy_process_group()
     return 0
