@@ -6,15 +6,12 @@ document about a partial bundle still says what is known (and the audit says wha
 
 from __future__ import annotations
 
-import json
-import math
 import re
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provenance import formats, untrusted
+from provenance import formats, reader, untrusted
 
 EVAL_FILE = re.compile(r"(valid|eval|test|held[-_]?out|(^|[^a-z])dev([^a-z]|$))", re.IGNORECASE)
 
@@ -46,22 +43,12 @@ def _dict(x: Any) -> dict[str, Any]:
 
 
 def safetensors_parameters(path: Path) -> tuple[int, list[str]] | None:
-    """(number of parameters, dtypes) from a safetensors header, without loading tensors."""
+    """(number of parameters, dtypes) from a safetensors header (reader's one parser), without loading tensors."""
     try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > 100 << 20:
-                return None
-            header = json.loads(f.read(n))
-    except (OSError, struct.error, ValueError):
+        header = reader.safetensors_header(path)
+    except (OSError, ValueError):  # reader.HeaderError is a ValueError
         return None
-    total, dtypes = 0, set()
-    for name, t in header.items():
-        if name == "__metadata__" or not isinstance(t, dict):
-            continue
-        total += math.prod(int(d) for d in t.get("shape", []))
-        dtypes.add(str(t.get("dtype")))
-    return total, sorted(dtypes)
+    return header.parameters, header.dtypes
 
 
 @dataclass

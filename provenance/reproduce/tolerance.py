@@ -10,13 +10,12 @@ shape or dtype that differs is out of bounds.
 
 from __future__ import annotations
 
-import json
 import math
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from provenance import reader
 from provenance.reproduce.options import Refused
 
 # auto's bounds where the environment differs (another thread count, CPU, BLAS...): float32 noise that
@@ -97,18 +96,14 @@ def loss_rel(a: float, b: float) -> float:
 
 
 def _header(path: Path) -> tuple[dict[str, Any], int]:
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) != 8:
-            raise ValueError(f"{path.name}: not a safetensors file")
-        (n,) = struct.unpack("<Q", raw)
-        if n > _MAX_HEADER or n > path.stat().st_size - 8:
-            raise ValueError(f"{path.name}: safetensors header of {n} bytes")
-        header = json.loads(f.read(n))
-    if not isinstance(header, dict):
-        raise ValueError(f"{path.name}: safetensors header is not an object")
-    header.pop("__metadata__", None)
-    return header, 8 + n
+    """{tensor: {dtype, shape, data_offsets}} and where the data section starts, via the reader's one parser."""
+    try:
+        h = reader.safetensors_header(path, _MAX_HEADER)
+    except reader.HeaderError as exc:
+        raise ValueError(f"{path.name}: {exc}") from None
+    tensors = {name: {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": list(t.offsets)}
+               for name, t in h.tensors.items()}
+    return tensors, 8 + h.header_bytes
 
 
 def compare_checkpoints(a: Path, b: Path, top: int = 5) -> dict[str, Any]:
