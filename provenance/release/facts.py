@@ -31,13 +31,6 @@ def _json(path: Path) -> Any:
         return None
 
 
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    try:
-        return list(formats.read_jsonl(path))
-    except (OSError, formats.FormatError):
-        return []
-
-
 def _dict(x: Any) -> dict[str, Any]:
     return x if isinstance(x, dict) else {}
 
@@ -74,34 +67,55 @@ class Facts:
 
     @classmethod
     def load(cls, root: str | Path) -> Facts:
+        """Every fact, read once through reader.Bundle (bounded; a file that cannot be read is left empty)."""
         root = Path(root)
+        with reader.Bundle(root) as b:
+            return cls._from_bundle(root, b)
+
+    @classmethod
+    def _from_bundle(cls, root: Path, b: reader.Bundle) -> Facts:
+        def js(rel: str) -> Any:
+            return b.try_json(rel)
+
+        def jl(rel: str) -> list[dict[str, Any]]:
+            return b.try_jsonl(rel) or []
+
         manifests: dict[str, dict[str, Any]] = {}
-        data_dir = root / formats.DATA_DIR
-        if data_dir.is_dir():
-            for d in sorted(data_dir.iterdir()):
-                m = _json(d / "manifest.json")
+        for rel in sorted(b.files):
+            parts = rel.split("/")
+            if len(parts) == 3 and parts[0] == formats.DATA_DIR and parts[2] == "manifest.json":
+                m = js(rel)
                 if isinstance(m, dict):
-                    manifests[d.name] = m
+                    manifests[parts[1]] = m
+        manifests = dict(sorted(manifests.items()))
         resources: dict[str, str] = {}
         root_d: str | None = None
         try:
-            root_d, resources = formats.parse_oms_statement(formats.read_json(root / formats.MANIFEST))
-        except (OSError, formats.FormatError):
+            root_d, resources = formats.parse_oms_statement(b.json(formats.MANIFEST))
+        except (reader.BundleFileError, formats.FormatError):
             pass
-        index = _dict(_json(root / formats.CHECKPOINT_INDEX))
+        index = _dict(js(formats.CHECKPOINT_INDEX))
         ckpts = [e for e in index.get("checkpoints", []) if isinstance(e, dict)]
         facts = cls(
-            root=root, run=_dict(_json(root / formats.RUN_JSON)), config=_dict(_json(root / formats.CONFIG_JSON)),
-            code=_dict(_json(root / formats.CODE_JSON)), env=_dict(_json(root / formats.ENV_JSON)),
-            manifests=manifests, metrics=_jsonl(root / formats.METRICS), evals=_jsonl(root / formats.EVALS),
-            notes=_jsonl(root / formats.NOTES), events=_jsonl(root / formats.EVENTS),
+            root=root, run=_dict(js(formats.RUN_JSON)), config=_dict(js(formats.CONFIG_JSON)),
+            code=_dict(js(formats.CODE_JSON)), env=_dict(js(formats.ENV_JSON)),
+            manifests=manifests, metrics=jl(formats.METRICS), evals=jl(formats.EVALS),
+            notes=jl(formats.NOTES), events=jl(formats.EVENTS),
             checkpoints=sorted(ckpts, key=lambda e: e.get("step", 0)),
-            model_config=_dict(_json(root / formats.MODEL_DIR / "config.json")), resources=resources,
-            root_digest=root_d, reproduction=_json(root / "reproduction" / "summary.json"),
-            repro_steps=_jsonl(root / "reproduction" / "steps.jsonl"),
+            model_config=_dict(js(formats.MODEL_DIR + "/config.json")), resources=resources,
+            root_digest=root_d, reproduction=js("reproduction/summary.json"),
+            repro_steps=jl("reproduction/steps.jsonl"),
         )
-        weights = sorted((root / formats.MODEL_DIR).glob("*.safetensors"))
-        counted = [safetensors_parameters(w) for w in weights]
+        weights = sorted(rel for rel in b.files if rel.startswith(formats.MODEL_DIR + "/")
+                         and rel.count("/") == 1 and rel.endswith(".safetensors"))
+        counted: list[tuple[int, list[str]] | None] = []
+        for w in weights:
+            try:
+                h = b.safetensors_header(w)
+            except reader.BundleFileError:
+                counted.append(None)
+                continue
+            counted.append((h.parameters, h.dtypes))
         if weights and all(c is not None for c in counted):
             facts.parameters = sum(c[0] for c in counted if c)
             facts.dtypes = sorted({d for c in counted if c for d in c[1]})
