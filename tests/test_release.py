@@ -341,12 +341,14 @@ def _chromium() -> str | None:
 
 
 def test_report_is_self_contained(released: Path) -> None:
+    import html as htmllib
     import re
 
     html = (released / formats.REPORT_HTML).read_text()
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html, re.IGNORECASE)
     assert "@import" not in html and "url(" not in html
-    assert 'http-equiv="Content-Security-Policy" content="default-src &#x27;none&#x27;;' in html
+    csp = re.search(r'http-equiv="Content-Security-Policy" content="([^"]*)"', html)
+    assert csp and htmllib.unescape(csp.group(1)).startswith("default-src 'none';")
     for needle in ('id="plot-loss"', 'id="plot-lr"', 'id="plot-eval"', 'id="timeline"', 'id="checkpoint-table"',
                    'id="eval-table"', 'id="notes-table"', 'id="verdict-audit"', "lowered the learning rate"):
         assert needle in html, needle
@@ -374,6 +376,25 @@ def test_report_renders_in_headless_chromium(released: Path, tmp_path: Path) -> 
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and shot.stat().st_size > 20_000
     assert not [ln for ln in res.stderr.splitlines() if ":CONSOLE" in ln]
+
+
+def test_report_escapes_hostile_text_from_the_bundle(bundle_copy: Path) -> None:
+    """Text from the bundle (here a decision note's text and author) is escaped in report.html: no markup
+    of the bundle's survives, and the page's own inline script is its only script."""
+    from provenance.bundle import seal_folder
+
+    hostile = "<script>alert(1)</script>"
+    author = '"><img src=x onerror=alert(2)>'
+    with open(bundle_copy / formats.NOTES, "a") as f:
+        f.write(formats.dumps_line(formats.note_record(f"bad {hostile} note", "data", author, [], 3)))
+    seal_folder(bundle_copy)
+    release(bundle_copy)
+    html = (bundle_copy / formats.REPORT_HTML).read_text()
+    assert "bad &lt;script&gt;alert(1)&lt;/script&gt; note" in html  # in the notes table and the timeline's tooltip
+    assert html.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 2
+    assert hostile not in html and "<img" not in html and "onerror=alert(2)>" not in html
+    assert html.count("<script") == 1 and html.count("</script>") == 1  # the page's own
+    assert "&lt;img src=x onerror=alert(2)&gt;" in html
 
 
 def test_report_overlays_a_reproduction(released: Path, tiny_bundle: Path) -> None:

@@ -1,8 +1,10 @@
 """The release report: one self-contained HTML page (no network needed to view it).
 
-Plots are inline SVG drawn here in Python; the page's only script (inline) adds a
-hover read-out to the plots and marks the page rendered. A Content-Security-Policy
-forbids every fetch, so the page cannot load anything from anywhere.
+The page is the Jinja2 template templates/report.html.j2, rendered with autoescape: every value read from
+the bundle is escaped by the template. Plots are inline SVG drawn in charts.py (which escapes their text and
+hands them over as `Markup`); the page's only script (inline, in the template) adds a hover read-out to the
+plots and marks the page rendered. A Content-Security-Policy forbids every fetch, so the page cannot load
+anything from anywhere.
 
 Sections: run summary, verdicts (audit, signature, reproduction), loss and learning-rate
 curves (an original and its reproduction overlaid when both exist), evaluation results,
@@ -11,8 +13,8 @@ timeline of checkpoints and decision notes, data summary, environment.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,6 @@ from provenance.release.charts import (
     Chart,
     Marker,
     Series,
-    esc,
     finite,
     fmt,
     nice_ticks,
@@ -35,94 +36,39 @@ from provenance.release.facts import Facts
 __all__ = ["Chart", "Series", "build_report", "load_reproduction", "nice_ticks", "render_chart",
            "reproduction_verdict"]
 
-# --- page ------------------------------------------------------------------------------------------
-
-
-CSS = """
-:root{--fg:#1f2328;--muted:#57606a;--line:#d0d7de;--bg:#ffffff;--soft:#f6f8fa;--ok:#1a7f37;--bad:#d1242f;
---warn:#9a6700}
-*{box-sizing:border-box}
-body{margin:0;font:14px/1.5 -apple-system,BlinkMacSystemFont,"Segoe UI",Helvetica,Arial,sans-serif;color:var(--fg);
-background:var(--bg)}
-header{padding:20px 32px;border-bottom:1px solid var(--line);background:var(--soft)}
-header h1{margin:0 0 4px;font-size:22px}
-main{padding:8px 32px 40px;max-width:1100px}
-section{margin-top:26px}
-h2{font-size:17px;border-bottom:1px solid var(--line);padding-bottom:4px}
-table{border-collapse:collapse;margin:6px 0;font-size:13px}
-th,td{border:1px solid var(--line);padding:3px 8px;text-align:left;vertical-align:top}
-th{background:var(--soft);font-weight:600}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
-code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12px;word-break:break-all}
-.muted{color:var(--muted)}
-.badge{display:inline-block;padding:1px 8px;border-radius:10px;font-weight:600;font-size:12px;color:#fff}
-.pass{background:var(--ok)}.fail{background:var(--bad)}.warn{background:var(--warn)}.none{background:#8c959f}
-.cards{display:flex;flex-wrap:wrap;gap:12px}
-.card{border:1px solid var(--line);border-radius:6px;padding:10px 14px;min-width:220px;background:var(--bg)}
-.card h3{margin:0 0 6px;font-size:14px}
-svg.chart,svg.timeline{display:block;max-width:100%;height:auto;border:1px solid var(--line);border-radius:6px;
-background:#fff;margin:8px 0}
-svg .grid{stroke:#eaeef2;stroke-width:1}
-svg .frame{fill:none;stroke:#8c959f}
-svg .tick{font-size:11px;fill:var(--muted)}
-svg .axis,svg .lane{font-size:12px;fill:var(--fg)}
-svg .ctitle{font-size:13px;font-weight:600;fill:var(--fg)}
-svg .legend{font-size:12px;fill:var(--fg)}
-svg .series{fill:none;stroke-width:1.8}
-svg .cursor{stroke:#8c959f;stroke-width:1}
-svg .notenum{font-size:9px;fill:#fff;font-weight:700}
-svg .empty{font-size:14px;fill:var(--muted)}
-.readout{min-height:1.5em;font-size:12px;color:var(--muted);font-family:ui-monospace,monospace}
-details{margin:6px 0}
-"""
-
-SCRIPT = """
-(function(){
-  function fmt(v){return Math.abs(v)>=1e5||(Math.abs(v)<1e-3&&v!==0)?v.toExponential(4):(+v.toPrecision(6)).toString();}
-  document.querySelectorAll('svg.chart[data-chart]').forEach(function(svg){
-    var m = JSON.parse(svg.getAttribute('data-chart'));
-    var out = document.getElementById(svg.id + '-readout');
-    var cursor = svg.querySelector('.cursor');
-    svg.addEventListener('mousemove', function(ev){
-      var r = svg.getBoundingClientRect(), vb = svg.viewBox.baseVal;
-      var px = (ev.clientX - r.left) * vb.width / r.width;
-      var x = m.x0 + (px - m.ml) / m.pw * (m.x1 - m.x0);
-      if (px < m.ml || px > m.ml + m.pw) { cursor.setAttribute('visibility','hidden'); return; }
-      cursor.setAttribute('x1', px); cursor.setAttribute('x2', px); cursor.setAttribute('visibility','visible');
-      var parts = m.series.map(function(s){
-        var best = null;
-        s.points.forEach(function(p){ if (best === null || Math.abs(p[0]-x) < Math.abs(best[0]-x)) best = p; });
-        return best ? s.name + ': step ' + best[0] + ' = ' + fmt(best[1]) : '';
-      });
-      if (out) out.textContent = parts.join('   ');
-    });
-    svg.addEventListener('mouseleave', function(){ cursor.setAttribute('visibility','hidden'); });
-  });
-  document.body.setAttribute('data-rendered', 'true');
-})();
-"""
-
 CSP = ("default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:; "
        "connect-src 'none'; form-action 'none'; base-uri 'none'")
 
-
-def _badge(status: Any, text: str | None = None) -> str:
-    s = {True: "pass", False: "fail", None: "none"}.get(status, str(status)) if isinstance(status, bool | None) \
-        else str(status)
-    cls = s if s in ("pass", "fail", "warn") else "none"
-    return f'<span class="badge {cls}">{esc((text or s).upper())}</span>'
+KEY_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "accelerate", "datasets", "numpy",
+                "model-signing")
 
 
-def _kv(rows: Sequence[tuple[str, str]]) -> str:
-    """A two-column table; values are already HTML."""
-    return "<table>" + "".join(f"<tr><th>{esc(k)}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
+def _badge_of(status: Any, text: str | None = None) -> tuple[str, str]:
+    """(css class, label) of a verdict badge: pass/fail/warn, anything else grey."""
+    s = {True: "pass", False: "fail", None: "none"}[status] if isinstance(status, bool | None) else str(status)
+    return (s if s in ("pass", "fail", "warn") else "none"), (text or s).upper()
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], tid: str | None = None) -> str:
-    idattr = f' id="{esc(tid)}"' if tid else ""
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table{idattr}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+@functools.cache
+def _environment() -> Any:
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined,
+                             finalize=lambda v: "—" if v is None else v,  # a missing value shows as a dash
+                             keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
+    env.filters["num"] = fmt
+    env.globals["badge_of"] = _badge_of
+    return env
+
+
+def _pick(d: Any, *keys: str) -> dict[str, Any]:
+    """The named fields of a record (None where absent), so the template never meets a missing key."""
+    return {k: d.get(k) for k in keys} if isinstance(d, dict) else dict.fromkeys(keys)
+
+
+def _dict(v: Any) -> dict[str, Any]:
+    return v if isinstance(v, dict) else {}
 
 
 def _metric_points(records: list[dict[str, Any]], key: str) -> list[tuple[float, float]]:
@@ -217,153 +163,68 @@ def build_report(f: Facts, release: dict[str, Any]) -> str:
         charts.append(Chart("plot-eval-metrics", "Evaluation metrics", "step", "value",
                             [Series(k, _metric_points(f.evals, k), PALETTE[(i + 2) % 6], dots=True)
                              for i, k in enumerate(other)]))
+    drawn = [{"id": c.id, "svg": render_chart(c)} for c in charts]
 
-    out: list[str] = []
-    w = out.append
-    w("<!DOCTYPE html>")
-    w('<html lang="en"><head><meta charset="utf-8">')
-    w(f'<meta http-equiv="Content-Security-Policy" content="{esc(CSP)}">')
-    w('<meta name="viewport" content="width=device-width, initial-scale=1">')
-    w(f"<title>{esc(f.name)} — release report {esc(f.run_id)}</title>")
-    w(f"<style>{CSS}</style></head><body>")
-    w(f"<header><h1>{esc(f.name)}</h1><div class='muted'>Release report of run <code>{esc(f.run_id)}</code>, "
-      f"{esc(release.get('date'))} — generated by fullyopen {esc(__version__)} (<code>prov release</code>)</div>"
-      "</header><main>")
-
-    # summary
     dur = run.get("duration_s")
-    w('<section id="summary"><h2>Run summary</h2>')
-    w(_kv([
-        ("Run", f"<code>{esc(f.run_id)}</code>"), ("Status", esc(run.get("status"))),
-        ("Started / ended", f"{esc(run.get('started_at'))} → {esc(run.get('ended_at'))}"),
-        ("Duration", f"{fmt(dur)} s" if isinstance(dur, int | float) else "—"),
-        ("Steps", fmt(f.last_step)), ("Tokens seen", fmt(f.tokens_seen)),
-        ("Model", f"{esc(f.architecture)}, {fmt(f.parameters)} parameters"),
-        ("License", esc(f.license or "not stated")),
-        ("Command", f"<code>{esc(' '.join(f.argv))}</code>"),
-        ("Code", f"<code>{esc(f.code.get('commit') or 'not in git')}</code>"
-                 + (" (uncommitted changes recorded)" if f.code.get("dirty") else "")),
-        ("Root digest (run files)", f"<code>sha256:{esc(f.content_root_digest)}</code>"),
-    ]))
-    w("</section>")
+    summary_rows = {
+        "status": run.get("status"), "started_at": run.get("started_at"), "ended_at": run.get("ended_at"),
+        "duration_s": dur if isinstance(dur, int | float) else None, "steps": f.last_step,
+        "tokens_seen": f.tokens_seen, "architecture": f.architecture, "parameters": f.parameters,
+        "license": f.license, "command": " ".join(str(a) for a in f.argv), "commit": f.code.get("commit"),
+        "dirty": bool(f.code.get("dirty")), "root_digest": f.content_root_digest,
+    }
 
-    # verdicts
-    w('<section id="verdicts"><h2>Verdicts</h2><div class="cards">')
+    audit_view = None
     if audit:
-        integ = audit.get("integrity") or {}
-        op = audit.get("openness") or {}
-        w(f'<div class="card" id="verdict-audit"><h3>Audit {_badge(audit.get("verdict"))}</h3>'
-          f"<div>integrity: {_badge(bool(integ.get('ok')))} {fmt(integ.get('files'))} files</div>"
-          f"<div>consistency: {_badge(bool((audit.get('consistency') or {}).get('ok')))}</div>"
-          f"<div>MOF class: <b>{esc(op.get('highest_class') or 'none')}</b>; fully open: "
-          f"{esc('yes' if (op.get('fully_open') or {}).get('ok') else 'no')}</div>"
-          f"<div class='muted'>at release time, before the report was added</div></div>")
-    else:
-        w(f'<div class="card" id="verdict-audit"><h3>Audit {_badge(None)}</h3><div>not run</div></div>')
-    fp = release.get("fingerprint")
-    sig_badge = _badge("pass" if fp else None, "signed" if fp else "unsigned")
-    w(f'<div class="card" id="verdict-signature"><h3>Signature {sig_badge}</h3>'
-      + (f"<div>signed with key <code>{esc(fp)}</code></div><div class='muted'>verify: "
-         f"<code>{esc(release.get('verify_command'))}</code></div>" if fp else "<div>not signed</div>") + "</div>")
+        integ, op = _dict(audit.get("integrity")), _dict(audit.get("openness"))
+        consistency = _dict(audit.get("consistency"))
+        audit_view = {
+            "verdict": audit.get("verdict"), "integrity_ok": bool(integ.get("ok")), "files": integ.get("files"),
+            "consistency_ok": bool(consistency.get("ok")), "mof_class": op.get("highest_class"),
+            "fully_open": bool(_dict(op.get("fully_open")).get("ok")),
+            "checks": [_pick(c, "name", "status", "summary") for c in consistency.get("checks") or []
+                       if isinstance(c, dict)],
+            "failures": list(audit.get("failures") or []),
+        }
+
     summary = f.reproduction if isinstance(f.reproduction, dict) else (repro_link or {}).get("summary")
     status, sentence = reproduction_verdict(summary)
     if summary is None and repro_link is not None:
         sentence = (f"reproduction {repro_link.get('run_id')} is linked, but it records no verdict "
                     "(reproduction/summary.json is missing)")
-    w(f'<div class="card" id="verdict-reproduction"><h3>Reproduction {_badge(status)}</h3><div>{esc(sentence)}</div>'
-      + (f"<div class='muted'>{esc(caption)}</div>" if caption else "") + "</div>")
-    w("</div>")
-    if audit:
-        checks = (audit.get("consistency") or {}).get("checks") or []
-        rows = [[f"<code>{esc(c.get('name'))}</code>", _badge(c.get("status")), esc(c.get("summary"))]
-                for c in checks if isinstance(c, dict)]
-        w("<details><summary>Audit checks</summary>" + _table(["check", "status", "summary"], rows, "audit-checks")
-          + "</details>")
-        fails = audit.get("failures") or []
-        if fails:
-            w("<details open><summary>Audit failures</summary><ul>"
-              + "".join(f"<li>{esc(x)}</li>" for x in fails) + "</ul></details>")
-    w("</section>")
 
-    # curves
-    w('<section id="curves"><h2>Training curves</h2>')
-    if caption:
-        w(f"<p class='muted'>{esc(caption)}</p>")
-    for chart in charts[:2]:
-        w(render_chart(chart) + f'<div class="readout" id="{esc(chart.id)}-readout"></div>')
-    if note_markers:
-        w("<p class='muted'>Dashed vertical lines are decision notes (hover for the text).</p>")
-    w("</section>")
-
-    # evaluation
-    w('<section id="evaluation"><h2>Evaluation results</h2>')
-    for chart in charts[2:]:
-        w(render_chart(chart) + f'<div class="readout" id="{esc(chart.id)}-readout"></div>')
-    if f.evals:
-        w(_table(["step", *eval_keys], [[fmt(e.get("step")), *(fmt(e.get(k)) for k in eval_keys)] for e in f.evals],
-                 "eval-table"))
-    else:
-        w("<p>No evaluation was logged.</p>")
-    w("</section>")
-
-    # timeline
-    w('<section id="timeline-section"><h2>Timeline: evaluations, checkpoints, decision notes</h2>')
-    w(render_timeline(f))
-    rows = [[fmt(c.get("step")), f"<code>{esc(c.get('path'))}</code>", fmt(c.get("tokens_seen")), fmt(c.get("size")),
-             f"<code>{esc(c.get('sha256'))}</code>", esc(c.get("time"))] for c in f.checkpoints]
-    w("<h3>Checkpoints</h3>" + (_table(["step", "file", "tokens seen", "bytes", "sha256", "time"], rows,
-                                       "checkpoint-table") if rows else "<p>No checkpoints.</p>"))
-    nrows = [[str(i + 1), fmt(n.get("step")), esc(n.get("category")), esc(n.get("author")), esc(n.get("time")),
-              esc(n.get("text"))] for i, n in enumerate(f.notes)]
-    w("<h3>Decision notes</h3>" + (_table(["#", "step", "category", "author", "time", "note"], nrows, "notes-table")
-                                   if nrows else f"<p>No decision notes (<code>{esc(formats.NOTES)}</code>).</p>"))
-    w("</section>")
-
-    # data
-    w('<section id="data"><h2>Data</h2>')
+    datasets = []
     for name, m in f.manifests.items():
-        src = m.get("source") if isinstance(m.get("source"), dict) else {}
-        role = "training data" if name in f.training_datasets else "used by the run"
-        w(f"<h3>{esc(name)} <span class='muted'>({esc(role)}; source {esc(src.get('type'))}; license "
-          f"{esc(m.get('license') or 'not stated')})</span></h3>")
-        drows = [[f"<code>{esc(e.get('path'))}</code>", fmt(e.get("records")), fmt(e.get("size")),
-                  f"<code>{esc(e.get('sha256'))}</code>"] for e in m.get("files", []) if isinstance(e, dict)]
-        w(_table(["file", "records", "bytes", "sha256"], drows))
-    if not f.manifests:
-        w("<p>No data manifests.</p>")
-    w("</section>")
+        files = m.get("files")
+        datasets.append({"name": name, "role": "training data" if name in f.training_datasets else "used by the run",
+                         "source": _dict(m.get("source")).get("type"), "license": m.get("license"),
+                         "files": [_pick(e, "path", "records", "size", "sha256")
+                                   for e in (files if isinstance(files, list) else []) if isinstance(e, dict)]})
 
-    # environment
     env = f.env
-    py = env.get("python") if isinstance(env.get("python"), dict) else {}
-    torch = env.get("torch") if isinstance(env.get("torch"), dict) else {}
-    hw = env.get("hardware") if isinstance(env.get("hardware"), dict) else {}
-    osd = env.get("os") if isinstance(env.get("os"), dict) else {}
-    pkgs = env.get("packages") if isinstance(env.get("packages"), dict) else {}
-    det = run.get("determinism") if isinstance(run.get("determinism"), dict) else {}
+    py, torch, hw = _dict(env.get("python")), _dict(env.get("torch")), _dict(env.get("hardware"))
+    pkgs, det = _dict(env.get("packages")), _dict(run.get("determinism"))
     gpus = torch.get("gpus") if isinstance(torch.get("gpus"), list) else []
-    w('<section id="environment"><h2>Environment</h2>')
-    w(_kv([
-        ("Python", esc(f"{py.get('implementation', '')} {py.get('version', '')}".strip() or None)),
-        ("torch", esc(torch.get("version"))), ("OS", esc(osd.get("platform"))),
-        ("CPU", esc(f"{hw.get('cpu_model')} — {hw.get('cpu_count')} cores, {hw.get('cpu_affinity')} usable")),
-        ("Memory", f"{fmt(round(hw['ram_bytes'] / 2**30, 1))} GiB" if isinstance(hw.get("ram_bytes"), int) else "—"),
-        ("GPUs", esc(", ".join(str(g.get("name")) for g in gpus) if gpus else "none")),
-        ("Determinism", esc(", ".join(f"{k}={v}" for k, v in sorted(det.items())) or None)),
-        ("Seeds", esc(json.dumps(run.get("seeds"), sort_keys=True))),
-    ]))
-    key = ("torch", "transformers", "tokenizers", "safetensors", "accelerate", "datasets", "numpy", "model-signing")
-    w("<details><summary>" + esc(f"{len(pkgs)} installed packages") + "</summary>"
-      + _table(["package", "version"], [[("<b>" + esc(k) + "</b>") if k in key else esc(k), esc(v)]
-                                        for k, v in sorted(pkgs.items())]) + "</details>")
-    w("</section>")
+    env_view = {
+        "python": f"{py.get('implementation', '')} {py.get('version', '')}".strip() or None,
+        "torch": torch.get("version"), "os": _dict(env.get("os")).get("platform"),
+        "cpu": f"{hw.get('cpu_model')} — {hw.get('cpu_count')} cores, {hw.get('cpu_affinity')} usable",
+        "memory_gib": round(hw["ram_bytes"] / 2**30, 1) if isinstance(hw.get("ram_bytes"), int) else None,
+        "gpus": ", ".join(str(_dict(g).get("name")) for g in gpus),
+        "determinism": ", ".join(f"{k}={v}" for k, v in sorted(det.items())) or None,
+        "seeds": json.dumps(run.get("seeds"), sort_keys=True),
+    }
 
-    # documents
-    docs = release.get("documents") or {}
-    if docs:
-        w('<section id="documents"><h2>Release documents</h2>'
-          + _kv([(k, f"<code>{esc(v)}</code>") for k, v in docs.items()]) + "</section>")
-    w("</main>")
-    w(f"<script>{SCRIPT}</script>")
-    w("</body></html>")
-    return "\n".join(out) + "\n"
+    return _environment().get_template("report.html.j2").render(
+        csp=CSP, name=f.name, run_id=f.run_id, date=release.get("date"), version=__version__, run=summary_rows,
+        audit=audit_view,
+        signature={"fingerprint": release.get("fingerprint"), "verify_command": release.get("verify_command")},
+        reproduction={"status": status, "sentence": sentence}, caption=caption,
+        curve_charts=drawn[:2], eval_charts=drawn[2:], has_note_markers=bool(note_markers),
+        eval_keys=eval_keys, eval_rows=[[e.get("step"), *(e.get(k) for k in eval_keys)] for e in f.evals],
+        timeline=render_timeline(f),
+        checkpoints=[_pick(c, "step", "path", "tokens_seen", "size", "sha256", "time") for c in f.checkpoints],
+        notes=[_pick(n, "step", "category", "author", "time", "text") for n in f.notes], notes_file=formats.NOTES,
+        datasets=datasets, env=env_view,
+        packages=[(k, v, k in KEY_PACKAGES) for k, v in sorted(pkgs.items())],
+        documents=list((release.get("documents") or {}).items()))
