@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from provenance import diff as pdiff
-from provenance import formats
+from provenance import formats, reader
 from provenance.reproduce.options import PATH_KEYS, Options, Refused, Say, printable
 
 
@@ -59,16 +59,28 @@ class Original:
 
 
 def read_original(root: Path, digest: str) -> Original:
+    """What the reproduction needs of the original bundle, read through reader.Bundle (bounded)."""
+    try:
+        bundle = reader.Bundle(root)
+    except reader.Refused as exc:
+        raise Refused(str(exc)) from None
+    with bundle:
+        return _read_original(bundle, root, digest)
+
+
+def _read_original(b: reader.Bundle, root: Path, digest: str) -> Original:
     def rj(rel: str, required: bool = True) -> Any:
-        p = root / rel
-        if not p.is_file():
+        if not b.has(rel):
             if required:
                 raise Refused(f"{root}: {rel} is missing; this bundle cannot be reproduced")
             return {}
         try:
-            return formats.read_json(p)
-        except formats.FormatError as exc:
-            raise Refused(str(exc)) from None
+            val = b.json(rel)
+        except reader.BundleFileError as exc:
+            raise Refused(f"{root}: {exc}") from None
+        if not isinstance(val, dict):
+            raise Refused(f"{root}: {rel} is not a JSON object")
+        return val
 
     cfg = rj(formats.CONFIG_JSON)
     if not isinstance(cfg.get("config"), dict):
@@ -76,14 +88,28 @@ def read_original(root: Path, digest: str) -> Original:
     argv = cfg.get("argv")
     if not isinstance(argv, list) or len(argv) < 2 or not all(isinstance(a, str) for a in argv):
         raise Refused(f"{root}: {formats.CONFIG_JSON} does not record the command line (argv)")
-    if not (root / formats.CODE_SNAPSHOT).is_file():
+    if not b.has(formats.CODE_SNAPSHOT):
         raise Refused(f"{root}: {formats.CODE_SNAPSHOT} is missing: the code that ran is not in the bundle")
     index = rj(formats.CHECKPOINT_INDEX, required=False)
     ckpts = {int(e["step"]): e["sha256"] for e in index.get("checkpoints", [])}
-    steps = [int(r["step"]) for r in formats.read_jsonl(root / formats.METRICS) if isinstance(r.get("step"), int)]
+    records: list[tuple[int, dict[str, Any]]] = []
+    if b.has(formats.METRICS):
+        try:
+            records, problems = b.jsonl(formats.METRICS)
+        except reader.BundleFileError as exc:
+            raise Refused(f"{root}: {exc}") from None
+        bad = [p for p in problems if "terminated" not in p]  # a torn last line (a crash mid-append) is skipped
+        if bad:
+            raise Refused(f"{root}: {formats.METRICS}: {bad[0]}")
+    steps = [int(r["step"]) for _, r in records if isinstance(r.get("step"), int)]
+    manifests: dict[str, dict[str, Any]] = {}
+    for rel in sorted((r for r in b.files if r.startswith(formats.DATA_DIR + "/") and r.count("/") == 2
+                       and r.endswith("/manifest.json")), key=lambda r: r.split("/")[1]):
+        man = rj(rel)
+        manifests[str(man.get("name", rel.split("/")[1]))] = man
     return Original(root=root, root_digest=digest, run=rj(formats.RUN_JSON), config=cfg["config"], argv=argv,
                     code=rj(formats.CODE_JSON), env=rj(formats.ENV_JSON, required=False),
-                    manifests=pdiff.data_manifests(root), checkpoints=ckpts, metric_steps=steps)
+                    manifests=manifests, checkpoints=ckpts, metric_steps=steps)
 
 
 # --- the plan: steps, config overrides ----------------------------------------------------------
