@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from provenance import formats
+from provenance import formats, reader
 
 REPLAY_ENV = "PROV_REPLAY"  # path of the original bundle
 STOP_ENV = "PROV_REPLAY_STOP_AFTER"  # stop after this step (inclusive)
@@ -88,9 +88,13 @@ class Replay:
         _, ids_rel, steps_rel = formats.order_paths(rank)
         self.order = {s.step: s.sample_ids for s in
                       formats.read_order(self.original / ids_rel, self.original / steps_rel)}
-        self.metrics = {int(m["step"]): m for m in formats.read_jsonl(self.original / formats.METRICS)}
-        index_path = self.original / formats.CHECKPOINT_INDEX
-        index = formats.read_json(index_path).get("checkpoints", []) if index_path.exists() else []
+        try:  # the original's records, read through the one bundle reader (bounded)
+            self._bundle = reader.Bundle(self.original)
+        except reader.Refused as exc:
+            raise formats.FormatError(str(exc)) from None
+        self.metrics = {int(m["step"]): m for m in self._jsonl(formats.METRICS)}
+        index = self._json(formats.CHECKPOINT_INDEX).get("checkpoints", []) \
+            if self._bundle.has(formats.CHECKPOINT_INDEX) else []
         self.checkpoints = {int(e["step"]): e["sha256"] for e in index}
         self.first_divergence: dict[str, Any] | None = None
         self._lock = threading.Lock()  # checkpoint digests arrive from the hashing thread
@@ -101,10 +105,29 @@ class Replay:
         self.first_step: int | None = None
         self.last_step: int | None = None
 
+    def _json(self, rel: str) -> Any:
+        try:
+            return self._bundle.json(rel)
+        except reader.BundleFileError as exc:
+            raise formats.FormatError(str(exc)) from None
+
+    def _jsonl(self, rel: str) -> list[dict[str, Any]]:
+        """The records of a JSON-lines file of the original; a torn last line (crash mid-append) is skipped."""
+        if not self._bundle.has(rel):
+            return []
+        try:
+            records, problems = self._bundle.jsonl(rel)
+        except reader.BundleFileError as exc:
+            raise formats.FormatError(str(exc)) from None
+        bad = [p for p in problems if "terminated" not in p]
+        if bad:
+            raise formats.FormatError(f"{rel}: {bad[0]}")
+        return [r for _, r in records]
+
     def data_manifest(self, name: str) -> dict[str, Any] | None:
         """The original's manifest of dataset `name` (None if it had no such dataset)."""
-        path = self.original / formats.DATA_DIR / name / "manifest.json"
-        return formats.read_json(path) if path.is_file() else None
+        rel = f"{formats.DATA_DIR}/{name}/manifest.json"
+        return self._json(rel) if self._bundle.has(rel) else None
 
     @classmethod
     def from_env(cls, rank: int = 0) -> Replay | None:
