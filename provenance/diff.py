@@ -25,7 +25,7 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
-from provenance import formats
+from provenance import formats, reader
 from provenance.replay import STEPS_LOG, first_divergence
 
 # metric keys that measure time, not computation: never compared
@@ -47,6 +47,36 @@ MINOR_HARDWARE_KEYS = frozenset({"cpu_count", "cpu_affinity", "ram_bytes"})
 def _json(root: Path, rel: str, default: Any = None) -> Any:
     p = root / rel
     return formats.read_json(p) if p.is_file() else default
+
+
+def _open(root: Path) -> reader.Bundle:
+    try:
+        return reader.Bundle(root)
+    except reader.Refused as exc:
+        raise formats.FormatError(str(exc)) from None
+
+
+def _bundle_json(bundle: reader.Bundle, rel: str, default: Any = None) -> Any:
+    if not bundle.has(rel):
+        return default
+    try:
+        return bundle.json(rel)
+    except reader.BundleFileError as exc:
+        raise formats.FormatError(str(exc)) from None
+
+
+def _bundle_jsonl(bundle: reader.Bundle, rel: str) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file; a torn last line (crash mid-append) is skipped."""
+    if not bundle.has(rel):
+        return []
+    try:
+        records, problems = bundle.jsonl(rel)
+    except reader.BundleFileError as exc:
+        raise formats.FormatError(str(exc)) from None
+    bad = [p for p in problems if "terminated" not in p]
+    if bad:
+        raise formats.FormatError(f"{rel}: {bad[0]}")
+    return [r for _, r in records]
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -457,18 +487,21 @@ def diff_bundles(a: str | Path, b: str | Path) -> dict[str, Any]:
     for p in (a, b):
         if not (p / formats.RUN_JSON).is_file():
             raise formats.FormatError(f"{p}: not a run bundle ({formats.RUN_JSON} is missing)")
-    run_a, run_b = _json(a, formats.RUN_JSON, {}), _json(b, formats.RUN_JSON, {})
-    env_a, env_b = _json(a, formats.ENV_JSON, {}) or {}, _json(b, formats.ENV_JSON, {}) or {}
-    cfg_a, cfg_b = _json(a, formats.CONFIG_JSON, {}) or {}, _json(b, formats.CONFIG_JSON, {}) or {}
+    with _open(a) as ba, _open(b) as bb:  # the records diffed whole, read through the one bundle reader
+        run_a, run_b = _bundle_json(ba, formats.RUN_JSON, {}), _bundle_json(bb, formats.RUN_JSON, {})
+        env_a, env_b = _bundle_json(ba, formats.ENV_JSON, {}) or {}, _bundle_json(bb, formats.ENV_JSON, {}) or {}
+        cfg_a, cfg_b = _bundle_json(ba, formats.CONFIG_JSON, {}) or {}, _bundle_json(bb, formats.CONFIG_JSON, {}) or {}
+        code_a, code_b = _bundle_json(ba, formats.CODE_JSON, {}) or {}, _bundle_json(bb, formats.CODE_JSON, {}) or {}
+        metrics_a, metrics_b = _bundle_jsonl(ba, formats.METRICS), _bundle_jsonl(bb, formats.METRICS)
+        evals_a, evals_b = _bundle_jsonl(ba, formats.EVALS), _bundle_jsonl(bb, formats.EVALS)
     thr_a, thr_b = threads(run_a, env_a), threads(run_b, env_b)
     env = diff_env(env_a, env_b, thr_a, thr_b)
-    metrics_a, metrics_b = list(formats.read_jsonl(a / formats.METRICS)), list(formats.read_jsonl(b / formats.METRICS))
     d = {
         "schema": formats.DIFF_SCHEMA,
         "a": bundle_info(a),
         "b": bundle_info(b),
         "config": diff_config(cfg_a.get("config") or {}, cfg_b.get("config") or {}),
-        "code": diff_code(_json(a, formats.CODE_JSON, {}) or {}, _json(b, formats.CODE_JSON, {}) or {}),
+        "code": diff_code(code_a, code_b),
         "data": diff_data(a, b),
         "environment": {"differences": env, "threads": [thr_a.get("num_threads"), thr_b.get("num_threads")],
                         "torch": [(env_a.get("torch") or {}).get("version"), (env_b.get("torch") or {}).get("version")],
@@ -476,8 +509,7 @@ def diff_bundles(a: str | Path, b: str | Path) -> dict[str, Any]:
                                       (env_b.get("hardware") or {}).get("cpu_model")],
                         "packages": [len(env_a.get("packages") or {}), len(env_b.get("packages") or {})]},
         "metrics": diff_series(metrics_a, metrics_b, "loss"),
-        "eval": diff_series(list(formats.read_jsonl(a / formats.EVALS)),
-                            list(formats.read_jsonl(b / formats.EVALS)), "val_loss"),
+        "eval": diff_series(evals_a, evals_b, "val_loss"),
         "order": diff_order(a, b),
         "checkpoints": diff_checkpoints(a, b),
         "model": diff_model(a, b),
