@@ -36,8 +36,8 @@ def parse_size(text: str) -> int:
 class ProgressBar:
     """A one-line progress bar on stderr, drawn only on a terminal and only for large inputs."""
 
-    def __init__(self, stream: TextIO = sys.stderr, min_total: int = 64 << 20, force: bool = False) -> None:
-        self.stream = stream
+    def __init__(self, stream: TextIO | None = None, min_total: int = 64 << 20, force: bool = False) -> None:
+        self.stream = stream if stream is not None else sys.stderr  # the stderr of now, not of import time
         self.min_total = min_total
         self.enabled = force or (hasattr(stream, "isatty") and stream.isatty())
         self._lock = threading.Lock()
