@@ -17,6 +17,7 @@ format limits of provenance.formats.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shlex
 import struct
@@ -44,16 +45,21 @@ MINOR_HARDWARE_KEYS = frozenset({"cpu_count", "cpu_affinity", "ram_bytes"})
 # --- reading ------------------------------------------------------------------------------
 
 
-def _json(root: Path, rel: str, default: Any = None) -> Any:
-    p = root / rel
-    return formats.read_json(p) if p.is_file() else default
-
-
 def _open(root: Path) -> reader.Bundle:
     try:
         return reader.Bundle(root)
     except reader.Refused as exc:
         raise formats.FormatError(str(exc)) from None
+
+
+@contextlib.contextmanager
+def _reading(root: Path, bundle: reader.Bundle | None) -> Iterator[reader.Bundle]:
+    """`bundle` when the caller has one open, else `root` opened for this read."""
+    if bundle is not None:
+        yield bundle
+        return
+    with _open(root) as b:
+        yield b
 
 
 def _bundle_json(bundle: reader.Bundle, rel: str, default: Any = None) -> Any:
@@ -89,27 +95,28 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: obj} if prefix else {}
 
 
-def data_manifests(root: Path) -> dict[str, dict[str, Any]]:
-    base = root / formats.DATA_DIR
-    if not base.is_dir():
-        return {}
-    out = {}
-    for d in sorted(base.iterdir()):
-        m = d / "manifest.json"
-        if m.is_file():
-            man = formats.read_json(m)
-            out[str(man.get("name", d.name))] = man
+def data_manifests(root: Path, bundle: reader.Bundle | None = None) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    with _reading(root, bundle) as b:
+        rels = sorted((r for r in b.files if r.startswith(formats.DATA_DIR + "/") and r.count("/") == 2
+                       and r.endswith("/manifest.json")), key=lambda r: r.split("/")[1])
+        for rel in rels:
+            man = _bundle_json(b, rel)
+            if not isinstance(man, dict):
+                raise formats.FormatError(f"{rel}: not a JSON object")
+            out[str(man.get("name", rel.split("/")[1]))] = man
     return out
 
 
-def bundle_info(root: Path) -> dict[str, Any]:
-    run = _json(root, formats.RUN_JSON, {}) or {}
-    root_digest = None
-    if (root / formats.MANIFEST).is_file():
-        try:
-            root_digest = formats.parse_oms_statement(formats.read_json(root / formats.MANIFEST))[0]
-        except formats.FormatError:
-            root_digest = None
+def bundle_info(root: Path, bundle: reader.Bundle | None = None) -> dict[str, Any]:
+    with _reading(root, bundle) as b:
+        run = _bundle_json(b, formats.RUN_JSON, {}) or {}
+        root_digest = None
+        if b.has(formats.MANIFEST):
+            try:
+                root_digest = formats.parse_oms_statement(_bundle_json(b, formats.MANIFEST))[0]
+            except formats.FormatError:
+                root_digest = None
     return {"path": str(root), "run_id": run.get("run_id"), "status": run.get("status"),
             "root_digest": root_digest, "seed": run.get("seed"), "reproduces": run.get("reproduces"),
             "duration_s": run.get("duration_s"), "last_step": run.get("last_step")}
@@ -181,8 +188,10 @@ def bundled_file(root: Path, manifest: dict[str, Any], path: str) -> Path | None
     return p if p.is_file() else None
 
 
-def diff_data(a_root: Path, b_root: Path) -> dict[str, Any]:
-    ma, mb = data_manifests(a_root), data_manifests(b_root)
+def diff_data(a_root: Path, b_root: Path, bundles: tuple[reader.Bundle, reader.Bundle] | None = None
+              ) -> dict[str, Any]:
+    ma = data_manifests(a_root, bundles[0] if bundles else None)
+    mb = data_manifests(b_root, bundles[1] if bundles else None)
     datasets: dict[str, Any] = {}
     for name in sorted(set(ma) & set(mb)):
         fa = {e["path"]: e for e in ma[name].get("files", [])}
@@ -365,13 +374,18 @@ def diff_order(a_root: Path, b_root: Path) -> dict[str, Any]:
     return out
 
 
-def checkpoint_digests(root: Path) -> dict[int, str]:
-    idx = _json(root, formats.CHECKPOINT_INDEX, {}) or {}
+def checkpoint_digests(root: Path, bundle: reader.Bundle | None = None) -> dict[int, str]:
+    if bundle is None and not root.is_dir():
+        return {}
+    with _reading(root, bundle) as b:
+        idx = _bundle_json(b, formats.CHECKPOINT_INDEX, {}) or {}
     return {int(e["step"]): e["sha256"] for e in idx.get("checkpoints", [])}
 
 
-def diff_checkpoints(a_root: Path, b_root: Path) -> dict[str, Any]:
-    ca, cb = checkpoint_digests(a_root), checkpoint_digests(b_root)
+def diff_checkpoints(a_root: Path, b_root: Path, bundles: tuple[reader.Bundle, reader.Bundle] | None = None
+                     ) -> dict[str, Any]:
+    ca = checkpoint_digests(a_root, bundles[0] if bundles else None)
+    cb = checkpoint_digests(b_root, bundles[1] if bundles else None)
     common = sorted(set(ca) & set(cb))
     return {"compared": len(common),
             "differ": [{"step": s, "a": ca[s], "b": cb[s]} for s in common if ca[s] != cb[s]],
@@ -436,25 +450,28 @@ def diff_first_divergence(d: dict[str, Any], a_root: Path, b_root: Path, metrics
     return first_divergence(found)
 
 
-def _resources(root: Path) -> dict[str, str]:
+def _resources(root: Path, bundle: reader.Bundle | None = None) -> dict[str, str]:
     try:
-        return formats.parse_oms_statement(formats.read_json(root / formats.MANIFEST))[1]
+        with _reading(root, bundle) as b:
+            return formats.parse_oms_statement(_bundle_json(b, formats.MANIFEST))[1]
     except (OSError, formats.FormatError):
         return {}
 
 
-def diff_model(a_root: Path, b_root: Path) -> dict[str, Any]:
+def diff_model(a_root: Path, b_root: Path, bundles: tuple[reader.Bundle, reader.Bundle] | None = None
+               ) -> dict[str, Any]:
     prefix = formats.MODEL_DIR + "/"
-    ra = {k: v for k, v in _resources(a_root).items() if k.startswith(prefix)}
-    rb = {k: v for k, v in _resources(b_root).items() if k.startswith(prefix)}
+    ra = {k: v for k, v in _resources(a_root, bundles[0] if bundles else None).items() if k.startswith(prefix)}
+    rb = {k: v for k, v in _resources(b_root, bundles[1] if bundles else None).items() if k.startswith(prefix)}
     return {"files": len(set(ra) | set(rb)),
             "changed": sorted(k for k in set(ra) & set(rb) if ra[k] != rb[k]),
             "only_a": sorted(set(ra) - set(rb)), "only_b": sorted(set(rb) - set(ra))}
 
 
-def _output_files(root: Path) -> dict[str, str]:
+def _output_files(root: Path, bundle: reader.Bundle | None = None) -> dict[str, str]:
     """{label/path: sha256} of outputs/index.json (declared outputs of a wrapped run); {} without one."""
-    idx = _json(root, formats.OUTPUTS_INDEX, {}) or {}
+    with _reading(root, bundle) as b:
+        idx = _bundle_json(b, formats.OUTPUTS_INDEX, {}) or {}
     out: dict[str, str] = {}
     for e in idx.get("outputs", []) if isinstance(idx, dict) else []:
         if not isinstance(e, dict):
@@ -465,8 +482,10 @@ def _output_files(root: Path) -> dict[str, str]:
     return out
 
 
-def diff_outputs(a_root: Path, b_root: Path) -> dict[str, Any]:
-    oa, ob = _output_files(a_root), _output_files(b_root)
+def diff_outputs(a_root: Path, b_root: Path, bundles: tuple[reader.Bundle, reader.Bundle] | None = None
+                 ) -> dict[str, Any]:
+    oa = _output_files(a_root, bundles[0] if bundles else None)
+    ob = _output_files(b_root, bundles[1] if bundles else None)
     common = sorted(set(oa) & set(ob))
     return {"files": len(set(oa) | set(ob)), "same_files": sum(1 for k in common if oa[k] == ob[k]),
             "changed": [{"path": k, "a": oa[k], "b": ob[k]} for k in common if oa[k] != ob[k]],
@@ -487,50 +506,51 @@ def diff_bundles(a: str | Path, b: str | Path) -> dict[str, Any]:
     for p in (a, b):
         if not (p / formats.RUN_JSON).is_file():
             raise formats.FormatError(f"{p}: not a run bundle ({formats.RUN_JSON} is missing)")
-    with _open(a) as ba, _open(b) as bb:  # the records diffed whole, read through the one bundle reader
+    with _open(a) as ba, _open(b) as bb:  # every section reads through the one bundle reader
         run_a, run_b = _bundle_json(ba, formats.RUN_JSON, {}), _bundle_json(bb, formats.RUN_JSON, {})
         env_a, env_b = _bundle_json(ba, formats.ENV_JSON, {}) or {}, _bundle_json(bb, formats.ENV_JSON, {}) or {}
         cfg_a, cfg_b = _bundle_json(ba, formats.CONFIG_JSON, {}) or {}, _bundle_json(bb, formats.CONFIG_JSON, {}) or {}
         code_a, code_b = _bundle_json(ba, formats.CODE_JSON, {}) or {}, _bundle_json(bb, formats.CODE_JSON, {}) or {}
         metrics_a, metrics_b = _bundle_jsonl(ba, formats.METRICS), _bundle_jsonl(bb, formats.METRICS)
         evals_a, evals_b = _bundle_jsonl(ba, formats.EVALS), _bundle_jsonl(bb, formats.EVALS)
-    thr_a, thr_b = threads(run_a, env_a), threads(run_b, env_b)
-    env = diff_env(env_a, env_b, thr_a, thr_b)
-    d = {
-        "schema": formats.DIFF_SCHEMA,
-        "a": bundle_info(a),
-        "b": bundle_info(b),
-        "config": diff_config(cfg_a.get("config") or {}, cfg_b.get("config") or {}),
-        "code": diff_code(code_a, code_b),
-        "data": diff_data(a, b),
-        "environment": {"differences": env, "threads": [thr_a.get("num_threads"), thr_b.get("num_threads")],
-                        "torch": [(env_a.get("torch") or {}).get("version"), (env_b.get("torch") or {}).get("version")],
-                        "cpu_model": [(env_a.get("hardware") or {}).get("cpu_model"),
-                                      (env_b.get("hardware") or {}).get("cpu_model")],
-                        "packages": [len(env_a.get("packages") or {}), len(env_b.get("packages") or {})]},
-        "metrics": diff_series(metrics_a, metrics_b, "loss"),
-        "eval": diff_series(evals_a, evals_b, "val_loss"),
-        "order": diff_order(a, b),
-        "checkpoints": diff_checkpoints(a, b),
-        "model": diff_model(a, b),
-        "outputs": diff_outputs(a, b),
-        "command": diff_command(cfg_a, cfg_b),
-    }
-    d["first_divergence"] = diff_first_divergence(d, a, b, metrics_a, metrics_b)
-    d["same"] = {
-        "config": not (d["config"]["changed"] or d["config"]["only_a"] or d["config"]["only_b"]),
-        "code": not (d["code"]["changed"] or d["code"]["only_a"] or d["code"]["only_b"]),
-        "data": not (d["data"]["only_a"] or d["data"]["only_b"] or any(
-            v["changed"] or v["only_a"] or v["only_b"] for v in d["data"]["datasets"].values())),
-        "environment": not any(x["significant"] for x in env),
-        "metrics": d["metrics"]["first_diff_step"] is None and not d["metrics"]["other_keys"],
-        "eval": d["eval"]["first_diff_step"] is None and not d["eval"]["other_keys"],
-        "order": d["order"]["first_diff_step"] is None,
-        "checkpoints": not d["checkpoints"]["differ"],
-        "model": not (d["model"]["changed"] or d["model"]["only_a"] or d["model"]["only_b"]),
-        "outputs": not (d["outputs"]["changed"] or d["outputs"]["only_a"] or d["outputs"]["only_b"]),
-        "command": d["command"]["same"],
-    }
+        thr_a, thr_b = threads(run_a, env_a), threads(run_b, env_b)
+        env = diff_env(env_a, env_b, thr_a, thr_b)
+        d = {
+            "schema": formats.DIFF_SCHEMA,
+            "a": bundle_info(a, ba),
+            "b": bundle_info(b, bb),
+            "config": diff_config(cfg_a.get("config") or {}, cfg_b.get("config") or {}),
+            "code": diff_code(code_a, code_b),
+            "data": diff_data(a, b, (ba, bb)),
+            "environment": {"differences": env, "threads": [thr_a.get("num_threads"), thr_b.get("num_threads")],
+                            "torch": [(env_a.get("torch") or {}).get("version"),
+                                      (env_b.get("torch") or {}).get("version")],
+                            "cpu_model": [(env_a.get("hardware") or {}).get("cpu_model"),
+                                          (env_b.get("hardware") or {}).get("cpu_model")],
+                            "packages": [len(env_a.get("packages") or {}), len(env_b.get("packages") or {})]},
+            "metrics": diff_series(metrics_a, metrics_b, "loss"),
+            "eval": diff_series(evals_a, evals_b, "val_loss"),
+            "order": diff_order(a, b),
+            "checkpoints": diff_checkpoints(a, b, (ba, bb)),
+            "model": diff_model(a, b, (ba, bb)),
+            "outputs": diff_outputs(a, b, (ba, bb)),
+            "command": diff_command(cfg_a, cfg_b),
+        }
+        d["first_divergence"] = diff_first_divergence(d, a, b, metrics_a, metrics_b)
+        d["same"] = {
+            "config": not (d["config"]["changed"] or d["config"]["only_a"] or d["config"]["only_b"]),
+            "code": not (d["code"]["changed"] or d["code"]["only_a"] or d["code"]["only_b"]),
+            "data": not (d["data"]["only_a"] or d["data"]["only_b"] or any(
+                v["changed"] or v["only_a"] or v["only_b"] for v in d["data"]["datasets"].values())),
+            "environment": not any(x["significant"] for x in env),
+            "metrics": d["metrics"]["first_diff_step"] is None and not d["metrics"]["other_keys"],
+            "eval": d["eval"]["first_diff_step"] is None and not d["eval"]["other_keys"],
+            "order": d["order"]["first_diff_step"] is None,
+            "checkpoints": not d["checkpoints"]["differ"],
+            "model": not (d["model"]["changed"] or d["model"]["only_a"] or d["model"]["only_b"]),
+            "outputs": not (d["outputs"]["changed"] or d["outputs"]["only_a"] or d["outputs"]["only_b"]),
+            "command": d["command"]["same"],
+        }
     return d
 
 
