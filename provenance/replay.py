@@ -65,8 +65,11 @@ def check_world_size(original: str | os.PathLike[str], world_size: int) -> None:
     Each rank's data order and the reduction of gradients across ranks depend on the
     world size: another world size cannot reproduce the run, so it is refused up front.
     """
-    path = Path(original) / formats.RUN_JSON
-    info = formats.read_json(path) if path.is_file() else {}
+    try:
+        with reader.Bundle(original) as b:
+            info = b.json(formats.RUN_JSON) if b.has(formats.RUN_JSON) else {}
+    except (reader.Refused, reader.BundleFileError) as exc:
+        raise formats.FormatError(str(exc)) from None
     recorded = int(info.get("world_size") or 1) if isinstance(info, dict) else 1
     if recorded != world_size:
         how = (f"torchrun --nproc_per_node={recorded} (or WORLD_SIZE={recorded} processes)" if recorded > 1
