@@ -195,3 +195,30 @@ def test_schema_ids_live_only_in_formats() -> None:
             if pattern.search(line):
                 bad.append(f"{path.relative_to(PKG.parent)}:{i}: {line.strip()}")
     assert not bad, "schema ids belong in provenance/formats.py:\n" + "\n".join(bad)
+
+
+def test_every_third_party_import_is_declared() -> None:
+    """Each distribution that provenance/ or training/ imports directly is declared in pyproject.toml
+    (a dependency, or an extra for optional features): nothing works only because another package
+    happened to pull it in."""
+    import importlib.metadata
+    import sys
+    import tomllib
+
+    project = tomllib.loads((PKG.parent / "pyproject.toml").read_text())["project"]
+    reqs = [*project["dependencies"], *(r for extra in project["optional-dependencies"].values() for r in extra)]
+
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    declared = {norm(re.split(r"[\s\[<>=!~;]", r, maxsplit=1)[0]) for r in reqs}
+    provides = importlib.metadata.packages_distributions()
+    tops: set[str] = set()
+    for root in ("provenance", "training"):
+        for path in (PKG.parent / root).rglob("*.py"):
+            tops |= {name.split(".")[0] for name, _ in _imports(path)}
+    third = sorted(t for t in tops if t not in sys.stdlib_module_names and t not in ("provenance", "training"))
+    assert len(third) > 10
+    missing = [f"{t} ({', '.join(provides.get(t, ['not installed']))})" for t in third
+               if not any(norm(d) in declared for d in provides.get(t, [t]))]
+    assert not missing, f"imported but not declared in pyproject.toml: {missing}"
