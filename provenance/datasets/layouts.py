@@ -16,13 +16,13 @@ The layout is recorded in the data manifest (`layout`; a manifest without one is
 from __future__ import annotations
 
 import hashlib
-import os
 import struct
 from bisect import bisect_right
 from pathlib import Path
 from typing import Any
 
 from provenance import formats
+from provenance.datasets.files import data_file_candidates
 from provenance.datasets.scan import TOKEN_DTYPES, ScanError, iter_records, leaf_span
 
 LAYOUTS = ("lines", "documents", "token-stream")
@@ -208,20 +208,9 @@ def sample_bytes(manifest: dict[str, Any], root: Path, sample: int) -> bytes:
 
 # --- resolving a step of a bundle -----------------------------------------------------------
 def _data_path(bundle: Path, manifest: dict[str, Any], rel: str, data_root: str | None) -> Path:
-    cands = []
-    if data_root:
-        cands.append(Path(data_root) / rel)
-    if isinstance(manifest.get("bundled_files"), str):
-        cands.append(bundle / manifest["bundled_files"] / rel)
-    env = os.environ.get("PROV_DATA_ROOT")
-    if env:
-        cands.append(Path(env) / rel)
-    local = (manifest.get("source") or {}).get("local_path")
-    if isinstance(local, str):
-        cands.append(Path(local) / rel)
-    for c in cands:
-        if c.is_file():
-            return c
+    found, cands = data_file_candidates(bundle, manifest, rel, data_root)
+    if found is not None:
+        return found
     raise LayoutError(f"dataset '{manifest.get('name')}': file {rel} is not in the bundle nor at "
                       f"{cands[-1] if cands else 'a recorded path'} (pass --data-root)")
 

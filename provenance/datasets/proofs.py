@@ -26,7 +26,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 from bisect import bisect_left
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from typing import Any
 from provenance import formats
 from provenance.capture.data import commitment, file_leaf_data, file_leaf_entry
 from provenance.datasets import merkle
+from provenance.datasets.files import data_file_candidates
 from provenance.datasets.layouts import leaf_samples
 from provenance.datasets.scan import ScanError, is_text_scheme, scan_file
 from provenance.hashing import root_digest
@@ -112,19 +112,9 @@ class _Bundle:
 def _data_file(bundle: _Bundle, manifest: dict[str, Any], entry: dict[str, Any]) -> Path:
     """Where a dataset file's bytes are: in the bundle, else the recorded local path (or PROV_DATA_ROOT)."""
     rel = entry["path"]
-    bundled = manifest.get("bundled_files")
-    candidates = []
-    if isinstance(bundled, str):
-        candidates.append(bundle.root / bundled / rel)
-    env = os.environ.get("PROV_DATA_ROOT")
-    if env:
-        candidates.append(Path(env) / rel)
-    local = (manifest.get("source") or {}).get("local_path")
-    if isinstance(local, str):
-        candidates.append(Path(local) / rel)
-    for c in candidates:
-        if c.is_file():
-            return c
+    found, candidates = data_file_candidates(bundle.root, manifest, rel)
+    if found is not None:
+        return found
     raise ProofError(f"dataset '{manifest.get('name')}': file {rel} is neither in the bundle nor at "
                      f"{candidates[-1] if candidates else 'a recorded path'} (set PROV_DATA_ROOT)")
 
