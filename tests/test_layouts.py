@@ -140,3 +140,87 @@ def test_parquet_shards_rows_are_documents_and_a_missing_column_names_the_file(t
     pq.write_table(pa.table({"body": texts[70:]}), tmp_path / "b.parquet")
     with pytest.raises(DataMismatch, match=r"b\.parquet: parquet file has no column 'text'"):
         build_manifest(spec, cache=None)
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    ("lines", (None, None)),
+    ("documents", ({"type": "documents"}, None)),
+    ("documents:column=body", ({"type": "documents"}, "body")),
+    ("token-stream:uint16:1024", ({"type": "token-stream", "dtype": "uint16", "window": 1024, "sample": "window"},
+                                  None)),
+    ("token-stream:uint32:2048:offset:8192",
+     ({"type": "token-stream", "dtype": "uint32", "window": 2048, "sample": "offset", "chunk": 8192}, None)),
+    ("token-stream:window=64:sample=offset",
+     ({"type": "token-stream", "dtype": "uint16", "window": 64, "sample": "offset"}, None)),
+])
+def test_layout_strings_declare_what_a_config_declares(text: str, want: tuple[object, object]) -> None:
+    from provenance.datasets.layouts import parse_layout
+
+    assert parse_layout(text) == want
+
+
+@pytest.mark.parametrize(("text", "names"), [
+    ("tokens:uint16:1024", "unknown layout 'tokens'"), ("token-stream:uint8:1024", "dtype must be uint16 or uint32"),
+    ("token-stream:uint16", "needs a window"), ("token-stream:uint16:-4", "window must be a positive integer"),
+    ("token-stream:uint16:64:random", "sample must be window or offset"),
+    ("token-stream:uint16:64:window:0", "chunk must be a positive integer"),
+    ("token-stream:uint16:64:stride=2", "unknown field 'stride'"), ("documents:jsonl", "documents takes only"),
+    ("lines:x", "lines takes no fields"), ("token-stream:window=8:uint16", "positional field 'uint16' after"),
+])
+def test_a_bad_layout_string_is_a_usage_error_naming_the_argument(tmp_path: Path, text: str, names: str,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from provenance.cli import main
+
+    (tmp_path / "t.bin").write_bytes(b"\0" * 64)
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--runs-dir", str(tmp_path / "runs"), "--data", str(tmp_path / "t.bin"), "--data-layout", text,
+              "--", "true"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --data-layout" in err and names in err, err
+    assert not (tmp_path / "runs").exists()  # nothing ran, nothing written
+    with pytest.raises(SystemExit) as exc:  # a layout with no --data before it
+        main(["run", "--data-layout", "documents", "--", "true"])
+    assert exc.value.code == 2 and "must follow the --data" in capsys.readouterr().err
+
+
+def test_prov_run_data_layout_is_recorded_like_a_config_declared_dataset(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from provenance import formats
+    from provenance.cli import main
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    _, arrays = _tokens_dataset(shards)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for k in range(3):
+        (docs / f"d{k}.jsonl").write_text("".join(json.dumps({"text": f"doc {k}.{i}"}) + "\n" for i in range(k + 2)))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("PROV_CACHE_DIR", "off")
+    rc = main(["run", "--runs-dir", str(tmp_path / "runs"), "--no-capture",
+               "--data", f"tok={shards}", "--data-layout", "token-stream:uint16:16:window:64",
+               "--data", f"docs={docs}", "--data-layout", "documents",
+               "--", sys.executable, "-c", "pass"])
+    assert rc == 0
+    (bundle,) = (tmp_path / "runs").iterdir()
+    recorded = formats.read_json(bundle / "data" / "tok" / "manifest.json")
+    declared = build_manifest(DatasetSpec(name="tok", root=shards, files=sorted(arrays), source={},
+                                          layout={"type": "token-stream", "dtype": "uint16", "window": 16,
+                                                  "sample": "window", "chunk": 64}), cache=None)
+    for key in ("layout", "samples", "files", "merkle"):
+        assert recorded[key] == declared[key], key
+    assert recorded["layout"]["count"] == sum(len(a) // 16 for a in arrays.values())
+    doc_m = formats.read_json(bundle / "data" / "docs" / "manifest.json")
+    assert doc_m["layout"]["type"] == "documents" and doc_m["layout"]["count"] == 2 + 3 + 4
+    config = formats.read_json(bundle / formats.CONFIG_JSON)["config"]
+    assert config["data_layouts"] == ["token-stream:uint16:16:window:64", "documents"]
+    # a layout the files do not fit: exit 2, naming the dataset and the file
+    (shards / "odd.bin").write_bytes(b"\0" * 33)
+    assert main(["run", "--runs-dir", str(tmp_path / "runs2"), "--no-capture", "--data", f"tok={shards}",
+                 "--data-layout", "token-stream:uint16:16", "--", sys.executable, "-c", "pass"]) == 2
+    assert not (tmp_path / "runs2").exists()

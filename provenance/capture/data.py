@@ -53,6 +53,19 @@ class DatasetSpec:
         self.root = data_path(self.root)
 
 
+def declare_layout(spec: DatasetSpec, text: str) -> DatasetSpec:
+    """Give spec the layout a string declares (provenance.datasets.layouts.parse_layout's syntax, e.g.
+    `token-stream:uint16:1024` or `documents:column=body`), as a config-declared DatasetSpec.layout."""
+    from provenance.datasets.layouts import parse_layout
+
+    layout, column = parse_layout(text)
+    spec.layout = layout
+    if column is not None:
+        spec.leaf_schemes = {**spec.leaf_schemes,
+                             **{f: f"records:parquet:{column}" for f in spec.files if f.endswith(".parquet")}}
+    return spec
+
+
 DATA_ROOT_ENV = "PROV_DATA_ROOT"  # a reproduction's data folder: relative data paths resolve under it
 
 

@@ -14,14 +14,18 @@ def _error(exc: BaseException) -> int:
 
 def cmd_manifest(args: argparse.Namespace) -> int:
     from provenance import formats
-    from provenance.capture.data import DataMismatch, build_manifest
+    from provenance.capture.data import DataMismatch, build_manifest, declare_layout
     from provenance.datasets.hashcache import HashCache, default_cache
     from provenance.datasets.scan import Stats
     from provenance.integrations.sources import local_dataset
 
     try:
         spec = local_dataset(args.path, name=args.name)
-        if args.layout == "token-stream":
+        if ":" in args.layout:  # the full declaration, as prov run --data-layout takes it
+            declare_layout(spec, args.layout)
+        elif args.layout not in ("lines", "documents", "token-stream"):
+            raise ValueError(f"--layout: unknown layout {args.layout!r} (lines, documents, token-stream[:...])")
+        elif args.layout == "token-stream":
             spec.layout = {"type": "token-stream", "dtype": args.dtype, "window": args.window,
                            "sample": args.sample, "chunk": args.chunk}
         elif args.layout == "documents":
@@ -121,8 +125,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("path")
     m.add_argument("-o", "--output", default=None, help="write here (atomically) instead of stdout")
     m.add_argument("--name", default=None, help="dataset name (default: the folder's name)")
-    m.add_argument("--layout", default="lines", choices=("lines", "documents", "token-stream"),
-                   help="what a sample id means (default lines: the line number of the single line file)")
+    m.add_argument("--layout", default="lines", metavar="LAYOUT",
+                   help="what a sample id means: lines (default: the line number of the single line file), "
+                        "documents, token-stream (with --dtype/--window/--sample/--chunk), or a full declaration "
+                        "as prov run --data-layout takes it: token-stream:uint16:1024, documents:column=body")
     m.add_argument("--dtype", default="uint16", choices=("uint16", "uint32"), help="token-stream: token width")
     m.add_argument("--window", type=int, default=1024, help="token-stream: tokens a sample")
     m.add_argument("--sample", default="window", choices=("window", "offset"),

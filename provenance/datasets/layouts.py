@@ -34,6 +34,81 @@ class LayoutError(ValueError):
     """A sample id or a layout is wrong; the message names the id, file or field."""
 
 
+LAYOUT_SYNTAX = ("lines | documents[:column=NAME] | token-stream:DTYPE:WINDOW[:SAMPLE[:CHUNK]] "
+                 "(DTYPE uint16|uint32, SAMPLE window|offset; fields also as key=value)")
+_TOKEN_FIELDS = ("dtype", "window", "sample", "chunk")
+
+
+def parse_layout(text: str) -> tuple[dict[str, Any] | None, str | None]:
+    """A layout declared as a string (`prov run --data-layout`, `prov data manifest --layout`):
+    (the layout a DatasetSpec takes, None for `lines`; the parquet text column of `documents`, or None).
+
+        lines                                  the default: a sample id is a line number
+        documents | documents:column=body      a global document index across sorted shards
+        token-stream:uint16:1024               dtype, window (tokens a sample), sample (window|offset)
+        token-stream:uint32:2048:offset:8192   ... and chunk (tokens a Merkle leaf, default 4096)
+        token-stream:window=1024:sample=offset the same fields by name (dtype defaults to uint16)
+
+    The dict is what a config declares (DatasetSpec.layout): {"type": "token-stream", "dtype": ...,
+    "window": ..., "sample": ...} (and "chunk" when given). Raises LayoutError naming the bad field."""
+    kind, *fields = str(text).strip().split(":")
+    if kind not in LAYOUTS:
+        raise LayoutError(f"unknown layout {kind!r} in {text!r}: {LAYOUT_SYNTAX}")
+    named: dict[str, str] = {}
+    positional: list[str] = []
+    for f in fields:
+        key, eq, value = f.partition("=")
+        if eq:
+            if not key or not value or key in named:
+                raise LayoutError(f"layout {text!r}: bad or repeated field {f!r}")
+            named[key] = value
+        elif named:
+            raise LayoutError(f"layout {text!r}: positional field {f!r} after a key=value field")
+        elif f:
+            positional.append(f)
+        else:
+            raise LayoutError(f"layout {text!r}: empty field")
+    if kind == "lines":
+        if fields:
+            raise LayoutError(f"layout {text!r}: lines takes no fields")
+        return None, None
+    if kind == "documents":
+        if positional or set(named) - {"column"}:
+            raise LayoutError(f"layout {text!r}: documents takes only column=NAME (the parquet text column)")
+        return {"type": "documents"}, named.get("column")
+    if len(positional) > len(_TOKEN_FIELDS):
+        raise LayoutError(f"layout {text!r}: too many fields (token-stream:DTYPE:WINDOW[:SAMPLE[:CHUNK]])")
+    values = dict(zip(_TOKEN_FIELDS, positional, strict=False))
+    for key, value in named.items():
+        if key not in _TOKEN_FIELDS:
+            raise LayoutError(f"layout {text!r}: unknown field {key!r} (one of {', '.join(_TOKEN_FIELDS)})")
+        if key in values:
+            raise LayoutError(f"layout {text!r}: field {key!r} given twice")
+        values[key] = value
+    dtype = values.get("dtype", "uint16")
+    if dtype not in TOKEN_DTYPES:
+        raise LayoutError(f"layout {text!r}: dtype must be uint16 or uint32, not {dtype!r}")
+    sample = values.get("sample", "window")
+    if sample not in ("window", "offset"):
+        raise LayoutError(f"layout {text!r}: sample must be window or offset, not {sample!r}")
+    out: dict[str, Any] = {"type": "token-stream", "dtype": dtype}
+    for key in ("window", "chunk"):
+        if key not in values:
+            if key == "window":
+                raise LayoutError(f"layout {text!r}: token-stream needs a window (tokens a sample), "
+                                  "e.g. token-stream:uint16:1024")
+            continue
+        try:
+            n = int(values[key])
+        except ValueError:
+            n = 0
+        if n <= 0 or not values[key].isdigit():
+            raise LayoutError(f"layout {text!r}: {key} must be a positive integer, not {values[key]!r}")
+        out[key] = n
+    out["sample"] = sample
+    return {k: out[k] for k in ("type", "dtype", "window", "sample", "chunk") if k in out}, None
+
+
 def layout_of(manifest: dict[str, Any]) -> dict[str, Any]:
     lay = manifest.get("layout")
     if lay is None:

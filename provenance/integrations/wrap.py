@@ -40,7 +40,7 @@ from typing import Any
 from provenance import formats
 from provenance.capture import inject, wrapped
 from provenance.capture.code import git_toplevel
-from provenance.capture.data import DatasetSpec
+from provenance.capture.data import DatasetSpec, declare_layout
 from provenance.hashing import sha256_file
 from provenance.integrations.layout import COMMAND_JSON, COMMAND_SCHEMA, OUTPUTS_INDEX
 from provenance.integrations.outputs import collect_outputs, snapshot_stats
@@ -70,13 +70,23 @@ def parse_data_arg(text: str) -> tuple[str | None, str]:
     return None, text
 
 
-def data_specs(data: Sequence[str], cwd: Path, in_bundle: bool) -> list[DatasetSpec]:
+def data_specs(data: Sequence[str], cwd: Path, in_bundle: bool,
+               layouts: Sequence[str | None] = ()) -> list[DatasetSpec]:
+    """One DatasetSpec a `--data [NAME=]PATH`; layouts[i] (a `--data-layout` string, or None) declares
+    what a sample id of data[i] means, recorded in its manifest as a config-declared layout is."""
     taken: set[str] = set()
     specs = []
-    for text in data:
+    for i, text in enumerate(data):
         name, path = parse_data_arg(text)
         p = Path(path) if Path(path).is_absolute() else cwd / path
-        specs.append(local_dataset(p, name, in_bundle=in_bundle, taken=taken))
+        spec = local_dataset(p, name, in_bundle=in_bundle, taken=taken)
+        lay = layouts[i] if i < len(layouts) else None
+        if lay is not None:
+            try:
+                declare_layout(spec, lay)
+            except ValueError as exc:
+                raise ValueError(f"--data-layout for --data {text}: {exc}") from None
+        specs.append(spec)
     return specs
 
 
@@ -146,14 +156,19 @@ def wrap(command: Sequence[str], *, name: str | None = None, data: Sequence[str]
          outputs: Sequence[str] = (), runs_dir: str | os.PathLike[str] = "runs",
          cwd: str | os.PathLike[str] | None = None,
          data_in_bundle: bool = False, copy_outputs: bool = True, license: str | None = None,
-         callbacks: Sequence[Callback] = (), capture: bool = True) -> tuple[int, Run]:
-    """Run `command` as a child inside a Run; return (the child's exit status, the sealed Run)."""
+         callbacks: Sequence[Callback] = (), capture: bool = True,
+         data_layouts: Sequence[str | None] = ()) -> tuple[int, Run]:
+    """Run `command` as a child inside a Run; return (the child's exit status, the sealed Run).
+
+    data_layouts[i] declares the layout of data[i] (`token-stream:uint16:1024`, `documents`; None: lines)."""
     if not command:
         raise ValueError("no command to run (usage: prov run [options] -- COMMAND ...)")
     command = list(command)
     work = Path(cwd or Path.cwd()).resolve()
-    specs = data_specs(data, work, data_in_bundle)
-    config = {"command": command, "data": list(data), "outputs": list(outputs)}
+    specs = data_specs(data, work, data_in_bundle, data_layouts)
+    config: dict[str, Any] = {"command": command, "data": list(data), "outputs": list(outputs)}
+    if any(lay is not None for lay in data_layouts):
+        config["data_layouts"] = [data_layouts[i] if i < len(data_layouts) else None for i in range(len(data))]
     data_stats = {str(s.root / f): ((s.root / f).stat().st_size, (s.root / f).stat().st_mtime_ns)
                   for s in specs for f in s.files}
     out_paths = [(work / o).resolve() for o in outputs]

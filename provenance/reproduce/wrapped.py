@@ -312,8 +312,11 @@ def reproduce_wrapped(root: Path, digest: str, src: Path, workdir: Path, opts: O
     runs_dir = workdir / "runs"
     prov_cmd = [opts.python, "-m", "provenance.cli", "run", "--runs-dir", str(runs_dir),
                 "--name", str(run.get("name") or "reproduction")]
-    for d in data_args:
+    data_layouts = cfg.get("data_layouts") if isinstance(cfg.get("data_layouts"), list) else []
+    for i, d in enumerate(data_args):
         prov_cmd += ["--data", d]
+        if i < len(data_layouts) and isinstance(data_layouts[i], str):
+            prov_cmd += ["--data-layout", data_layouts[i]]  # the layout the original declared
     for o in output_args:
         prov_cmd += ["--outputs", o]
     prov_cmd += ["--", *new_command]
