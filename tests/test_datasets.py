@@ -204,3 +204,68 @@ def test_blake3_manifests_name_their_algorithm(corpus: Path) -> None:
     lines = data.split(b"\n")[:-1]
     assert e["merkle_root"] == "blake3:" + merkle.root_of_hashes(
         (merkle.leaf_hash(x, "blake3") for x in lines), "blake3").hex()
+
+
+def test_a_whole_dataset_is_one_cache_row_taken_as_text_and_any_file_change_misses_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from provenance.capture.data import MANIFEST_ENTRY, manifest_text
+    from provenance.formats import dumps
+
+    root = tmp_path / "many"
+    for i in range(40):
+        (root / f"{i % 4}").mkdir(parents=True, exist_ok=True)
+        (root / f"{i % 4}" / f"doc{i:03d}.jsonl").write_text(json.dumps({"text": f"doc {i}"}) + "\n")
+    for f in root.rglob("*.jsonl"):
+        _old(f)
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.jsonl"))
+    spec = DatasetSpec(name="many", root=root, files=files, source={"type": "local"}, layout={"type": "documents"})
+    path = tmp_path / "c" / CACHE_FILE
+    cache = HashCache(path)
+
+    def rows() -> int:
+        db = sqlite3.connect(path)
+        n = db.execute("SELECT count(*) FROM facts WHERE kind = ?", (MANIFEST_ENTRY,)).fetchone()[0]
+        db.close()
+        return int(n)
+
+    cold = dumps(build_manifest(spec, cache=None))
+    assert manifest_text(spec, cache=cache) == cold
+    s = Stats()
+    assert manifest_text(spec, cache=cache, stats=s) == cold  # the cached text, unparsed
+    assert (s.files_hashed, s.files_cached, s.bytes_cached) == (0, 40, sum((root / f).stat().st_size for f in files))
+    assert build_manifest(spec, cache=cache) == json.loads(cold) and rows() == 1
+    # a same-size edit of one file of forty (new mtime): the dataset row misses, only that file is read again
+    f = root / "3" / "doc007.jsonl"
+    f.write_text(f.read_text().replace("doc 7", "doc X"))
+    _old(f, 30)
+    s = Stats()
+    edited = manifest_text(spec, cache=cache, stats=s)
+    assert edited == dumps(build_manifest(spec, cache=None)) != cold and (s.files_hashed, s.files_cached) == (1, 39)
+    assert rows() == 1  # the new state replaced the old one
+    # an inode swap with the same size and mtime misses too
+    st = f.stat()
+    other = root / "swap.tmp"
+    other.write_text(f.read_text().replace("doc X", "doc Y"))
+    os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(other, f)
+    s = Stats()
+    assert manifest_text(spec, cache=cache, stats=s) == dumps(build_manifest(spec, cache=None))
+    assert s.files_hashed == 1
+    # the dataset's row altered in place: ignored with a warning, the manifest comes from the files
+    cache.close()
+    good = manifest_text(spec, cache=HashCache(path))
+    db = sqlite3.connect(path)
+    db.execute("UPDATE facts SET value = replace(value, ?, ?) WHERE kind = ?",
+               ('"leaves": 1', '"leaves": 2', MANIFEST_ENTRY))
+    db.commit()
+    db.close()
+    capsys.readouterr()
+    assert manifest_text(spec, cache=HashCache(path)) == good
+    assert "checksum" in capsys.readouterr().err
+    # a racy dataset (a file written just now) is never taken whole from the cache
+    f.write_text(f.read_text())
+    c2 = HashCache(tmp_path / "c2" / CACHE_FILE)
+    manifest_text(spec, cache=c2)
+    s = Stats()
+    manifest_text(spec, cache=c2, stats=s)
+    assert s.files_hashed == 1

@@ -136,51 +136,89 @@ def _layout_scheme(layout: dict[str, Any] | None, rel: str) -> str | None:
     return None
 
 
+MANIFEST_ENTRY = "manifest-text/v1"  # the hash cache's kind for a whole dataset's manifest text
+
+
 def build_manifest(spec: DatasetSpec, workers: int | None = None, *, cache: HashCache | None = _USE_DEFAULT_CACHE,
                    stats: Stats | None = None, algorithm: str = "sha256") -> dict[str, Any]:
     """The manifest of spec's files; unchanged files' facts come from the hash cache (the same bytes).
 
     When no file of the dataset changed since its last manifest (every file's device, inode, size
-    and mtime as then, none racy), the dataset's entries and roots come from one cache entry."""
-    import hashlib
+    and mtime as then, none racy), the whole manifest comes from one cache entry."""
     import json
 
-    paths = [spec.root / f for f in spec.files]
-    keys: list[StatKey] = []
-    for f, p in zip(spec.files, paths, strict=True):
+    text, manifest = _manifest(spec, workers, cache, stats, algorithm)
+    return manifest if manifest is not None else json.loads(text)
+
+
+def manifest_text(spec: DatasetSpec, workers: int | None = None, *, cache: HashCache | None = _USE_DEFAULT_CACHE,
+                  stats: Stats | None = None, algorithm: str = "sha256") -> str:
+    """formats.dumps(build_manifest(...)): the manifest's exact text. For a dataset none of whose files
+    changed, this is one stat a file, one cache lookup and the cached text, never parsed."""
+    return _manifest(spec, workers, cache, stats, algorithm)[0]
+
+
+def _manifest(spec: DatasetSpec, workers: int | None, cache: HashCache | None, stats: Stats | None,
+              algorithm: str) -> tuple[str, dict[str, Any] | None]:
+    """(the manifest text, the manifest when it was built here; None when the text came from the cache)."""
+    import hashlib
+    import json
+    import stat as stat_mod
+    from array import array
+
+    from provenance import formats
+    from provenance.datasets.scan import DEFAULT_BLOCK_LEAF, DEFAULT_TOKEN_CHUNK, PARQUET_COLUMN
+
+    # one stat a file: (device, inode, size, mtime_ns) of every file, in one array, for the dataset's key
+    base = os.path.join(os.fspath(spec.root), "")
+    facts = array("Q")
+    total = newest = 0
+    mask = (1 << 64) - 1  # mtime_ns may be negative: two's complement keeps it one-to-one
+    for f in spec.files:
         try:
-            keys.append(StatKey.of(p))
+            st = os.stat(base + f)
         except OSError:
-            keys.append(StatKey(0, 0, -1, 0))
-        if keys[-1].size < 0 or not p.is_file():
+            st = None
+        if st is None or not stat_mod.S_ISREG(st.st_mode):
             raise DataMismatch(f"dataset '{spec.name}': file {f} is missing (looked in {spec.root})")
+        facts.extend((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns & mask))
+        total += st.st_size
+        newest = max(newest, st.st_mtime_ns)
     own_cache = cache is _USE_DEFAULT_CACHE
     if own_cache:
         cache = default_cache()
-    schemes = [spec.leaf_schemes.get(f) or _layout_scheme(spec.layout, f) or default_scheme(f) for f in spec.files]
-    listing = json.dumps([algorithm, spec.layout, spec.samples_file,
-                          [[f, s, k.dev, k.ino, k.size, k.mtime_ns] for f, s, k in zip(spec.files, schemes, keys,
-                                                                                       strict=True)]],
-                         sort_keys=True, separators=(",", ":"))
-    kind = "dataset/v1|" + hashlib.sha256(listing.encode()).hexdigest()
-    whole = StatKey(0, 0, len(keys), max((k.mtime_ns for k in keys), default=0))
+    # everything the manifest's text is a function of: the declaration, the leaf rules, the files' identities
+    head = json.dumps([MANIFEST_ENTRY, DATA_MANIFEST_SCHEMA, algorithm, spec.name, spec.source, spec.license,
+                       spec.extra, spec.layout, spec.samples_file, spec.leaf_schemes,
+                       [DEFAULT_TOKEN_CHUNK, DEFAULT_BLOCK_LEAF, PARQUET_COLUMN]],
+                      sort_keys=True, separators=(",", ":"), default=str)
+    h = hashlib.sha256(head.encode())
+    h.update(b"\0" + "\0".join(spec.files).encode("utf-8", "surrogateescape") + b"\0")
+    h.update(facts.tobytes())
+    state = h.hexdigest()
+    # one row a dataset (a new state replaces the old): its identity is where it is, its name and algorithm
+    ident = hashlib.sha256(json.dumps([os.path.abspath(spec.root), spec.name, algorithm], default=str).encode())
+    key = StatKey(0, int.from_bytes(ident.digest()[:8], "big") >> 2, len(spec.files), newest)
     made = now_ns()
     try:
-        hit = cache.get(whole, kind) if cache is not None else None
-        if hit is not None and isinstance(hit.get("files"), list):
+        value = cache.get_text(key, MANIFEST_ENTRY) if cache is not None else None
+        if value is not None and value[:64] == state and value[64:65] == "\n":
             if stats is not None:
-                for k in keys:
-                    stats.add(k.size, cached=True)
-            files, roots, lay = hit["files"], hit["roots"], hit["layout"]
-        else:
-            files, roots, lay = _dataset_facts(spec, paths, schemes, algorithm, cache, workers, stats)
-            if cache is not None:
-                cache.put(whole, whole, kind, {"files": files, "roots": roots, "layout": lay}, made)
-                cache.flush()
+                stats.add_many(len(spec.files), total, cached=True)
+            return value[65:], None
+        paths = [spec.root / f for f in spec.files]
+        schemes = [spec.leaf_schemes.get(f) or _layout_scheme(spec.layout, f) or default_scheme(f)
+                   for f in spec.files]
+        files, roots, lay = _dataset_facts(spec, paths, schemes, algorithm, cache, workers, stats)
+        manifest = _manifest_of(spec, files, roots, lay, algorithm)
+        text = formats.dumps(manifest)
+        if cache is not None:
+            cache.put_text(key, key, MANIFEST_ENTRY, f"{state}\n{text}", made)
+            cache.flush()
     finally:
         if own_cache and cache is not None:
             cache.close()
-    return _manifest_of(spec, files, roots, lay, algorithm)
+    return text, manifest
 
 
 def _dataset_facts(spec: DatasetSpec, paths: list[Path], schemes: list[str], algorithm: str,

@@ -14,7 +14,7 @@ def _error(exc: BaseException) -> int:
 
 def cmd_manifest(args: argparse.Namespace) -> int:
     from provenance import formats
-    from provenance.capture.data import DataMismatch, build_manifest, declare_layout
+    from provenance.capture.data import DataMismatch, declare_layout, manifest_text
     from provenance.datasets.hashcache import HashCache, default_cache
     from provenance.datasets.scan import Stats
     from provenance.integrations.sources import local_dataset
@@ -34,16 +34,16 @@ def cmd_manifest(args: argparse.Namespace) -> int:
             spec.leaf_schemes = {f: args.leaf for f in spec.files}
         stats = Stats()
         cache: HashCache | None = None if args.no_cache else default_cache()
-        manifest = build_manifest(spec, cache=cache, stats=stats, algorithm=args.algorithm)
+        text = manifest_text(spec, cache=cache, stats=stats, algorithm=args.algorithm)  # cached text: not parsed
         if cache is not None:
             cache.close()
     except (FileNotFoundError, DataMismatch, ValueError, OSError) as exc:
         return _error(exc)
     if args.output:
-        formats.atomic_write_json(args.output, manifest)
+        formats.atomic_write_bytes(args.output, text.encode())
         print(f"wrote {args.output}", file=sys.stderr)
     else:
-        sys.stdout.write(formats.dumps(manifest))
+        sys.stdout.write(text)
     print(stats.line(), file=sys.stderr)
     return 0
 

@@ -11,14 +11,19 @@ SKIP = frozenset({".git", ".dvc", "__pycache__", ".cache"})
 
 def list_data_files(path: Path) -> list[str]:
     """Regular files under a folder, relative posix paths, sorted (VCS and cache folders, symlinks and
-    DVC pointer files skipped)."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(path):
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIP and not (Path(dirpath) / d).is_symlink())
-        for f in filenames:
-            p = Path(dirpath) / f
-            if p.is_file() and not p.is_symlink() and not f.endswith(".dvc"):
-                found.append(p.relative_to(path).as_posix())
+    DVC pointer files skipped). One scandir a folder: the entries' types come from the directory itself,
+    so listing 100,000 files costs no stat of any of them."""
+    found: list[str] = []
+    stack = [(os.fspath(path), "")]
+    while stack:
+        folder, prefix = stack.pop()
+        with os.scandir(folder) as it:
+            for entry in it:
+                if entry.is_dir(follow_symlinks=False):
+                    if entry.name not in SKIP:
+                        stack.append((entry.path, f"{prefix}{entry.name}/"))
+                elif entry.is_file(follow_symlinks=False) and not entry.name.endswith(".dvc"):
+                    found.append(prefix + entry.name)
     return sorted(found)
 
 

@@ -61,8 +61,9 @@ def _warn(msg: str) -> None:
 
 
 def _check(key: StatKey, kind: str, made_ns: int, value: str) -> str:
-    raw = f"{key.dev}\0{key.ino}\0{key.size}\0{key.mtime_ns}\0{kind}\0{made_ns}\0{value}"
-    return hashlib.sha256(raw.encode()).hexdigest()
+    h = hashlib.sha256(f"{key.dev}\0{key.ino}\0{key.size}\0{key.mtime_ns}\0{kind}\0{made_ns}\0".encode())
+    h.update(value.encode())  # the same digest as over the concatenation, without copying a large value
+    return h.hexdigest()
 
 
 class HashCache:
@@ -136,6 +137,12 @@ class HashCache:
     # --- entries ------------------------------------------------------------------
     def get(self, key: StatKey, kind: str) -> dict[str, Any] | None:
         """The facts stored for this exact file identity and kind, or None (a miss)."""
+        value = self.get_text(key, kind)
+        return None if value is None else self._parse(key, value)
+
+    def get_text(self, key: StatKey, kind: str) -> str | None:
+        """The stored value itself, unparsed (checked against its row checksum, never trusted when racy or
+        when the size or mtime differ), or None: a whole manifest is taken as text, not re-parsed."""
         with self._lock:
             db = self._open()
             if db is None:
@@ -148,7 +155,7 @@ class HashCache:
                 return None
         if row is None:
             return None
-        return self._trusted(key, kind, *row)
+        return self._trusted_text(key, kind, *row)
 
     def get_many(self, keys: list[tuple[StatKey, str]]) -> list[dict[str, Any] | None]:
         """get() for many files in one query (a temporary table joined with the cache)."""
@@ -172,18 +179,22 @@ class HashCache:
         out: list[dict[str, Any] | None] = [None] * len(keys)
         for i, size, mtime_ns, made_ns, value, check in rows:
             key, kind = keys[i]
-            out[i] = self._trusted(key, kind, size, mtime_ns, made_ns, value, check)
+            text = self._trusted_text(key, kind, size, mtime_ns, made_ns, value, check)
+            out[i] = None if text is None else self._parse(key, text)
         return out
 
-    def _trusted(self, key: StatKey, kind: str, size: int, mtime_ns: int, made_ns: int, value: str,
-                 check: str) -> dict[str, Any] | None:
+    def _trusted_text(self, key: StatKey, kind: str, size: int, mtime_ns: int, made_ns: int, value: str,
+                      check: str) -> str | None:
         if size != key.size or mtime_ns != key.mtime_ns:
             return None  # the file changed since: never trusted across a changed size or mtime
-        if check != _check(key, kind, made_ns, value):
-            _warn(f"hash cache {self.path}: an entry for inode {key.ino} does not match its checksum; ignored")
-            return None
         if made_ns - mtime_ns < self.racy_ns:
             return None  # racy: the file could have changed within the same mtime tick
+        if not isinstance(value, str) or check != _check(key, kind, made_ns, value):
+            _warn(f"hash cache {self.path}: an entry for inode {key.ino} does not match its checksum; ignored")
+            return None
+        return value
+
+    def _parse(self, key: StatKey, value: str) -> dict[str, Any] | None:
         try:
             facts = json.loads(value)
         except json.JSONDecodeError:
@@ -193,9 +204,12 @@ class HashCache:
 
     def put(self, before: StatKey, after: StatKey, kind: str, facts: dict[str, Any], made_ns: int) -> None:
         """Remember facts computed between two stats of a file; nothing is kept if the file changed."""
+        self.put_text(before, after, kind, json.dumps(facts, sort_keys=True, separators=(",", ":")), made_ns)
+
+    def put_text(self, before: StatKey, after: StatKey, kind: str, value: str, made_ns: int) -> None:
+        """put() of a value that is already text (get_text gives it back unparsed)."""
         if before != after:
             return
-        value = json.dumps(facts, sort_keys=True, separators=(",", ":"))
         with self._lock:
             self._pending.append((before.dev, before.ino, before.size, before.mtime_ns, kind, made_ns, value,
                                   _check(before, kind, made_ns, value)))

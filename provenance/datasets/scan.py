@@ -53,6 +53,15 @@ class Stats:
     bytes_cached: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    def add_many(self, files: int, size: int, cached: bool) -> None:
+        with self._lock:
+            if cached:
+                self.files_cached += files
+                self.bytes_cached += size
+            else:
+                self.files_hashed += files
+                self.bytes_hashed += size
+
     def add(self, size: int, cached: bool) -> None:
         with self._lock:
             if cached:
