@@ -8,6 +8,7 @@ import random
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from provenance import formats
@@ -189,3 +190,119 @@ def test_audit_recomputes_the_merkle_roots_and_the_commitment(tiny_bundle: Path,
     formats.atomic_write_json(b / "data" / "tiny-corpus" / "commitment.json", {**commitment(m), "files": 99})
     seal_folder(b)
     assert "does not match the Merkle roots" in json.dumps(audit(b).to_dict())
+
+
+@pytest.fixture(scope="module")
+def tokens_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], list[int], int]:
+    """A bundle whose data order indexes a token stream made by the recorded tokenization step
+    (training/tokens.py) from a small corpus, with the corpus and the tokenizer as its other datasets."""
+    from provenance import start_run
+    from provenance.capture.data import DatasetSpec
+    from training.config import TokenizerConfig
+    from training.data import load_hf_tokenizer, train_tokenizer
+    from training.tokens import tokenize_corpus
+
+    tmp = tmp_path_factory.mktemp("tokens")
+    corpus = tmp / "corpus"
+    corpus.mkdir()
+    rnd = random.Random(3)
+    names, animals = ["Rosa", "Tom", "Ada", "Li", "Max"], ["duck", "fox", "owl", "cat"]
+    stories = [f"Once upon a time, {rnd.choice(names)} the {rnd.choice(animals)} found {i} shiny stones by the river."
+               for i in range(120)]
+    (corpus / "train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in stories))
+    spec = DatasetSpec(name="corpus", root=corpus, files=["train.jsonl"], source={"type": "local"},
+                       samples_file="train.jsonl")
+    tok_spec = train_tokenizer(corpus / "train.jsonl", TokenizerConfig(vocab_size=300, min_frequency=2),
+                               tmp / "tok")
+    window = 16
+    tokens = tokenize_corpus(spec, tok_spec, load_hf_tokenizer(tok_spec.root), window=window)
+    stream = np.fromfile(tokens.root / "train.bin", dtype="<u2")
+    n = len(stream) // window
+    batches = {s: [random.Random(s).randrange(n) for _ in range(8)] for s in range(1, 41)}
+    with start_run({"t": 1}, name="tokens", runs_dir=str(tmp / "runs"), seed=0, threads=1, capture_output=False,
+                   datasets=[tokens, spec, tok_spec], sampler={"algorithm": "uniform", "n_samples": n}) as run:
+        for s, ids in batches.items():
+            run.record_batch(s, ids)
+    return run.root, stories, stream.tolist(), window
+
+
+def test_text_in_a_token_stream_is_tokenized_found_and_proved(tokens_bundle: tuple[Path, list[str], list[int], int],
+                                                            tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from provenance.datasets.proofs import encode_text
+
+    bundle, stories, stream, window = tokens_bundle
+    story = stories[57]
+    proof = prove(bundle, text=story)
+    verify_proof(proof)
+    verify_proof(proof, bundle=bundle)  # the text -> ids link, with the bundle's tokenizer
+    ids = proof["tokens"]["ids"]
+    # the ids are what the tokenization step (the HF tokenizer over the same file) made of the story
+    from training.data import load_hf_tokenizer
+
+    tok_file = bundle / "data" / "tokenizer" / "files" / "tokenizer.json"
+    assert tok_file.is_file()
+    assert ids == encode_text(tok_file, story) == load_hf_tokenizer(tok_file.parent)(
+        story, add_special_tokens=False)["input_ids"]
+    # the span is where the story's tokens are in the stream (a direct search), and its samples the windows
+    (sp,) = [s for s in proof["spans"]]
+    a = sp["token_start"]
+    assert stream[a:a + len(ids)] == ids
+    starts = [i for i in range(len(stream) - len(ids) + 1) if stream[i:i + len(ids)] == ids]
+    assert starts == [a] and proof["tokens"]["occurrences"] == 1
+    want = set(range(a // window, min(len(stream) // window, (a + len(ids) - 1) // window + 1)))
+    assert set(proof["samples"]) == want
+    order = _order(bundle)
+    trained = {(st.step, k) for st in order for k, sid in enumerate(st.sample_ids) if sid in want}
+    assert {(t["step"], t["position"]) for t in proof["trained"]} == trained
+    # the CLI: prove and verify-proof
+    out = tmp_path / "p.json"
+    assert main(["prove", str(bundle), "--text", story, "-o", str(out)]) == 0
+    assert f"tokens {a}:{a + len(ids)} of train.bin" in capsys.readouterr().err
+    assert main(["verify-proof", str(out)]) == 0
+    assert "text → tokens as claimed" in capsys.readouterr().out
+    # one changed token id, chunk byte or span offset is rejected
+    for mutate in (lambda p: p["tokens"]["ids"].__setitem__(0, p["tokens"]["ids"][0] ^ 1),
+                   lambda p: p["spans"][0].__setitem__("token_start", p["spans"][0]["token_start"] + 1),
+                   lambda p: p["spans"][0]["leaves"][0].__setitem__("data_b64", "AAAA" +
+                                                                    p["spans"][0]["leaves"][0]["data_b64"][4:]),
+                   lambda p: p.__setitem__("samples", p["samples"][1:])):
+        bad = copy.deepcopy(proof)
+        mutate(bad)
+        with pytest.raises(ProofError):
+            verify_proof(bad)
+    # --file of the story's document: its text, the same place (never a non-membership claim on tokens)
+    doc = tmp_path / "story.jsonl"
+    doc.write_text(json.dumps({"text": story}) + "\n")
+    by_file = prove(bundle, file=doc)
+    verify_proof(by_file)
+    assert by_file["spans"][0]["token_start"] == a and by_file["query"]["document"] == "story.jsonl"
+    # a text whose tokens are not in the stream: a clear error, no proof
+    with pytest.raises(ProofError, match="do not occur in the token stream"):
+        prove(bundle, text="Zebras never appear here at all")
+    # --text on a text the proof claims but the tokenizer encodes otherwise: rejected with --bundle
+    bad = copy.deepcopy(proof)
+    bad["query"]["text"] = stories[58]
+    with pytest.raises(ProofError, match="does not encode the text"):
+        verify_proof(bad, bundle=bundle)
+
+
+def test_text_in_a_token_stream_without_its_tokenizer_is_a_clear_error(
+        tokens_bundle: tuple[Path, list[str], list[int], int], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    bundle, stories, _, _ = tokens_bundle
+    copy_ = tmp_path / bundle.name
+    shutil.copytree(bundle, copy_)
+    tman = formats.read_json(copy_ / "data" / "tokenizer" / "manifest.json")
+    for place in [copy_ / "data" / "tokenizer" / "files" / "tokenizer.json",
+                  Path(tman["source"].get("local_path", "/nonexistent")) / "tokenizer.json"]:
+        if place.is_file():
+            place.rename(place.with_suffix(".gone"))
+    try:
+        assert main(["prove", str(copy_), "--text", stories[3]]) == 2
+        err = capsys.readouterr().err
+        assert "the recorded tokenizer tokenizer.json" in err and "is not available offline" in err
+    finally:
+        for place in [copy_ / "data" / "tokenizer" / "files" / "tokenizer.gone",
+                      Path(tman["source"].get("local_path", "/nonexistent")) / "tokenizer.gone"]:
+            if place.is_file():
+                place.rename(place.with_suffix(".json"))

@@ -71,7 +71,7 @@ def cmd_prove(args: argparse.Namespace) -> int:
 
 def cmd_verify_proof(args: argparse.Namespace) -> int:
     from provenance import formats
-    from provenance.datasets.proofs import ProofError, summary, verify_proof
+    from provenance.datasets.proofs import ProofError, summary, tokens_checked, verify_proof
 
     try:
         proof = formats.read_json(args.proof)
@@ -81,7 +81,7 @@ def cmd_verify_proof(args: argparse.Namespace) -> int:
     except ProofError as exc:
         print(f"proof REJECTED: {exc}", file=sys.stderr)
         return 1
-    print(f"proof verified: {summary(proof)}")
+    print(f"proof verified: {summary(proof)}{tokens_checked(proof, Path(args.bundle) if args.bundle else None)}")
     if not args.root and not args.bundle:
         print(f"(it chains to root digest {proof['bundle']['root_digest']}: compare it with the published one, "
               f"or pass --root)")

@@ -241,6 +241,8 @@ def prove(bundle_path: Path, *, text: str | None = None, file: Path | None = Non
         raise ProofError(f"{crel} does not match the dataset's manifest")
     algorithm = commit["algorithm"]
     files = manifest["files"]
+    if (text is not None or file is not None) and (manifest.get("layout") or {}).get("type") == "token-stream":
+        return _prove_tokens(bundle, name, manifest, commit_text, commit, text, file)
     query: dict[str, Any]
     target_file: str | None = None
     target_index = -1
@@ -335,6 +337,158 @@ def prove(bundle_path: Path, *, text: str | None = None, file: Path | None = Non
         "order": order,
     })
     return proof
+
+
+# --- a text in a token stream -------------------------------------------------------------
+MAX_SPANS = 64  # occurrences of a text that one proof carries (each: its token chunks and their paths)
+
+
+def _tokenizer_file(bundle_root: Path, manifest: dict[str, Any]) -> tuple[Path, dict[str, str]]:
+    """The tokenizer file the token stream's manifest names (source.tokenizer / tokenizer_dataset /
+    tokenizer_file), found in the bundle (or the tokenizer dataset's recorded path) and checked against
+    the recorded sha256; ProofError naming what is missing otherwise."""
+    name = manifest.get("name")
+    src = manifest.get("source") or {}
+    digest, ds, rel = src.get("tokenizer"), src.get("tokenizer_dataset"), src.get("tokenizer_file")
+    if not (isinstance(digest, str) and isinstance(ds, str) and isinstance(rel, str)):
+        raise ProofError(f"dataset '{name}' is a token stream whose manifest names no tokenizer (source.tokenizer, "
+                         f"tokenizer_dataset, tokenizer_file): --text cannot be tokenized; prove --sample ID, or "
+                         f"--text against the text dataset it was made from (--dataset)")
+    info = {"digest": digest, "dataset": ds, "file": rel}
+    mpath = bundle_root / formats.DATA_DIR / ds / "manifest.json"
+    if not mpath.is_file():
+        raise ProofError(f"dataset '{name}': its tokenizer dataset {ds!r} has no manifest in the bundle")
+    tman = formats.read_json(mpath)
+    found, cands = data_file_candidates(bundle_root, tman, rel)
+    if found is None:
+        raise ProofError(f"dataset '{name}': the recorded tokenizer {rel} ({digest}) is not available offline "
+                         f"(looked in {', '.join(str(c) for c in cands) or 'no recorded place'})")
+    got = formats.digest_str(hashlib.sha256(found.read_bytes()).hexdigest())
+    if got != digest:
+        raise ProofError(f"dataset '{name}': the tokenizer at {found} is {got}, the manifest records {digest}")
+    return found, info
+
+
+def encode_text(tokenizer_path: Path, text: str) -> list[int]:
+    """The text encoded as the recorded tokenization step did (training/tokens.py): without special tokens."""
+    try:
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(tokenizer_path))
+    except Exception as exc:  # an unreadable or foreign tokenizer file: a clear error, not a traceback
+        raise ProofError(f"cannot load the tokenizer {tokenizer_path}: {exc}") from None
+    return list(tok.encode(text, add_special_tokens=False).ids)
+
+
+def _find_tokens(path: Path, entry: dict[str, Any], ids: list[int], limit: int) -> tuple[list[int], int]:
+    """(token offsets where `ids` occurs in the token file, up to `limit`; how many there are), reading
+    the file in bounded blocks (memory stays bounded whatever its size)."""
+    import numpy as np
+
+    from provenance.datasets.scan import TOKEN_DTYPES, leaf_span
+
+    dtype = str(entry["leaf"]).split(":")[1]
+    width = TOKEN_DTYPES[dtype]
+    skip = leaf_span(path, entry["leaf"], 0)[0]
+    n_tokens = (path.stat().st_size - skip) // width
+    arr = np.memmap(path, dtype=np.dtype(f"<u{width}"), mode="r", offset=skip, shape=(n_tokens,)) \
+        if n_tokens else np.zeros(0, dtype=np.uint16)
+    seq = np.asarray(ids, dtype=np.int64)
+    n = len(seq)
+    hits: list[int] = []
+    total = 0
+    block = 1 << 24
+    for lo in range(0, max(0, n_tokens - n + 1), block):
+        hi = min(n_tokens - n + 1, lo + block)
+        cand = np.flatnonzero(arr[lo:hi] == seq[0]) + lo
+        for k in range(1, n):
+            if not len(cand):
+                break
+            cand = cand[arr[cand + k] == seq[k]]
+        total += len(cand)
+        hits += [int(c) for c in cand[: max(0, limit - len(hits))]]
+    del arr
+    return hits, total
+
+
+def _prove_tokens(bundle: _Bundle, name: str, manifest: dict[str, Any], commit_text: str, commit: dict[str, Any],
+                  text: str | None, file: Path | None) -> dict[str, Any]:
+    """--text (or the text of --file) in a token stream: tokenized with the recorded tokenizer, found as a
+    token sequence; each occurrence proved by its token chunks (leaves) and their paths."""
+    algorithm = commit["algorithm"]
+    query: dict[str, Any]
+    if file is not None:
+        doc = document_bytes(Path(file).read_bytes())
+        t = record_text(doc)
+        if t is None:
+            raise ProofError(f"{file}: not UTF-8 text; a token stream holds tokenized text")
+        query = {"text": t, "document": Path(file).name, "document_sha256": hashlib.sha256(doc).hexdigest()}
+    else:
+        assert text is not None
+        t = text
+        query = {"text": t}
+    tok_path, tok_info = _tokenizer_file(bundle.root, manifest)
+    ids = encode_text(tok_path, t)
+    if not ids:
+        raise ProofError("the text encodes to no tokens")
+    files = manifest["files"]
+    file_hashes = [merkle.leaf_hash(file_leaf_data(e), algorithm) for e in files]
+    spans = []
+    wanted: set[int] = set()
+    total = 0
+    for fi, e in enumerate(files):
+        if not str(e.get("leaf", "")).startswith("tokens:"):
+            continue
+        path = _data_file(bundle, manifest, e)
+        hits, n_hits = _find_tokens(path, e, ids, MAX_SPANS - len(spans))
+        total += n_hits
+        if not hits:
+            continue
+        hashes = _leaf_hashes(path, e, algorithm)  # checks the file against its entry (sha256, Merkle root)
+        chunk = int(str(e["leaf"]).rsplit(":", 1)[1])
+        for a in hits:
+            b = a + len(ids)
+            leaves = []
+            for li in range(a // chunk, (b - 1) // chunk + 1):
+                leaves.append({"index": li, "data_b64": _b64(_leaf_bytes(path, e, li)),
+                               "file_path": [h.hex() for h in merkle.inclusion_path(hashes, li, algorithm)]})
+            spans.append({"file": e["path"], "file_index": fi, "entry": file_leaf_entry(e), "token_start": a,
+                          "token_end": b, "leaves": leaves,
+                          "dataset_path": [h.hex() for h in merkle.inclusion_path(file_hashes, fi, algorithm)]})
+            wanted |= span_samples(e, a, b, commit["samples"])
+    if not spans:
+        raise ProofError(f"dataset '{name}': the text's {len(ids)} tokens do not occur in the token stream (absence "
+                         f"is provable only for exact documents of a text dataset: prove --file against the "
+                         f"source text dataset with --dataset)")
+    trained, order = _order_evidence(bundle, name, wanted)
+    return {
+        "schema": formats.PROOF_SCHEMA,
+        "query": query,
+        "algorithm": algorithm,
+        "bundle": {"root_digest": formats.digest_str(bundle.root_hex), "run": bundle.root.name,
+                   "resources": [[n, bundle.resources[n]] for n in bundle.names]},
+        "dataset": {"name": name, "commitment_file": f"{formats.DATA_DIR}/{name}/{formats.DATA_COMMITMENT}",
+                    "commitment_text": commit_text},
+        "claim": "membership",
+        "tokens": {"ids": ids, "tokenizer": tok_info,
+                   "encoding": "the text encoded by the recorded tokenizer without special tokens",
+                   "occurrences": total, "in_proof": len(spans)},
+        "spans": spans,
+        "samples": sorted(wanted),
+        "trained": trained,
+        "order": order,
+    }
+
+
+def span_samples(entry: dict[str, Any], a: int, b: int, samples: dict[str, Any]) -> set[int]:
+    """The sample ids of a token file (its entry) that hold any of its tokens [a, b): window ids whose
+    window overlaps the span (only whole windows are samples), or offset ids whose window overlaps it."""
+    if not isinstance(entry.get("first_sample"), int) or not isinstance(entry.get("samples"), int):
+        return set()
+    first, n, w = entry["first_sample"], entry["samples"], int(samples["window"])
+    if samples.get("sample") == "window":
+        return {first + k for k in range(a // w, min(n, (b - 1) // w + 1))}
+    return {first + o for o in range(max(0, a - w + 1), min(n, b))}
 
 
 def _ordered_dataset(bundle: _Bundle) -> str:
@@ -432,6 +586,10 @@ def _verify(proof: Any, root: str | None, bundle: Path | None) -> None:
         return
     if proof.get("claim") != "membership":
         raise ProofError(f"unknown claim {proof.get('claim')!r}")
+    if "spans" in proof:
+        _verify_token_spans(proof, mk, algorithm, n_files, bundle, sealed)
+        _verify_order(proof, resources, d["name"], set(proof["samples"]), sealed)
+        return
     # 1. record -> file root, 2. file entry -> dataset root: for every copy the proof lists
     rec = proof["record"]
     data = rec["data_text"].encode("utf-8") if "data_text" in rec else _unb64(rec.get("data_b64"), "record data")
@@ -473,6 +631,77 @@ def _verify(proof: Any, root: str | None, bundle: Path | None) -> None:
         raise ProofError("the proof's sample ids are not the ones the manifest's layout gives its records")
     # 5. the data order
     _verify_order(proof, resources, d["name"], wanted, sealed)
+
+
+def _verify_token_spans(proof: dict[str, Any], mk: dict[str, Any], algorithm: str, n_files: int,
+                        bundle: Path | None, sealed: Any) -> None:
+    """Each span: its token chunks lead to the file's Merkle root, the file's entry to the dataset root,
+    and the chunks hold the proof's token ids at the span; the samples are the ones the layout gives.
+    The text → ids link needs the tokenizer: checked when the bundle is given, else as claimed."""
+    import struct
+
+    from provenance.datasets.scan import TOKEN_DTYPES
+
+    t = proof["tokens"]
+    ids = [int(x) for x in t["ids"]]
+    if not ids or not proof["spans"]:
+        raise ProofError("the proof lists no tokens or no place of them")
+    wanted: set[int] = set()
+    seen = set()
+    for sp in proof["spans"]:
+        fi, a, b = int(sp["file_index"]), int(sp["token_start"]), int(sp["token_end"])
+        entry = sp["entry"]
+        if not 0 <= fi < n_files or entry["path"] != sp["file"] or (fi, a) in seen or b - a != len(ids) or a < 0:
+            raise ProofError(f"span {sp.get('file')}:{a}:{b} is not a place of the {len(ids)} tokens in file #{fi}")
+        seen.add((fi, a))
+        kind, dtype, chunk_s = str(entry["leaf"]).split(":")
+        if kind != "tokens":
+            raise ProofError(f"{sp['file']} is not a token file (leaf {entry['leaf']})")
+        width, chunk = TOKEN_DTYPES[dtype], int(chunk_s)
+        want_leaves = list(range(a // chunk, (b - 1) // chunk + 1))
+        if [int(x["index"]) for x in sp["leaves"]] != want_leaves:
+            raise ProofError(f"{sp['file']}: the span's chunks are not {want_leaves}")
+        file_root = _digest_hex(entry["merkle_root"], algorithm, "merkle_root")
+        raw = b""
+        for leaf in sp["leaves"]:
+            data = _unb64(leaf["data_b64"], f"{sp['file']} chunk {leaf['index']}")
+            got = merkle.root_from_path(merkle.leaf_hash(data, algorithm), int(leaf["index"]), int(entry["leaves"]),
+                                        _path(leaf["file_path"], "file_path"), algorithm)
+            if got is None or got != file_root:
+                raise ProofError(f"chunk {leaf['index']} is not a leaf of {sp['file']}: its path does not lead to "
+                                 f"the file's Merkle root {entry['merkle_root']}")
+            raw += data
+        off = (a - want_leaves[0] * chunk) * width
+        part = raw[off:off + len(ids) * width]
+        if len(part) != len(ids) * width or list(struct.unpack(f"<{len(ids)}{'H' if width == 2 else 'I'}",
+                                                              part)) != ids:
+            raise ProofError(f"{sp['file']}: tokens {a}:{b} are not the proof's token ids")
+        ds_root = merkle.root_from_path(merkle.leaf_hash(file_leaf_data(entry), algorithm), fi, n_files,
+                                        _path(sp["dataset_path"], "dataset_path"), algorithm)
+        if ds_root is None or ds_root != _digest_hex(mk["root"], algorithm, "merkle.root"):
+            raise ProofError(f"{sp['file']}'s entry does not lead to the dataset's Merkle root {mk['root']}")
+        wanted |= span_samples(entry, a, b, mk["samples"])
+    if sorted(wanted) != list(proof.get("samples", [])):
+        raise ProofError("the proof's sample ids are not the ones the manifest's layout gives its spans")
+    if bundle is not None:  # the text -> ids link: the bundle's recorded tokenizer encodes the text as these ids
+        mrel = f"{formats.DATA_DIR}/{proof['dataset']['name']}/manifest.json"
+        mbytes = (Path(bundle) / mrel).read_bytes()
+        sealed(mrel, mbytes)
+        manifest = json.loads(mbytes)
+        tok_path, info = _tokenizer_file(Path(bundle), manifest)
+        if info != t["tokenizer"]:
+            raise ProofError(f"the proof names the tokenizer {t['tokenizer']}, the bundle's manifest {info}")
+        if encode_text(tok_path, proof["query"]["text"]) != ids:
+            raise ProofError("the recorded tokenizer does not encode the text as the proof's token ids")
+
+
+def tokens_checked(proof: dict[str, Any], bundle: Path | None) -> str:
+    """How a verified token-stream proof's text → tokens link stands (for the verdict line)."""
+    if "spans" not in proof:
+        return ""
+    tk = proof["tokens"]["tokenizer"]
+    return ("; the text → tokens link checked with the bundle's tokenizer" if bundle is not None else
+            f"; text → tokens as claimed (tokenizer {tk['digest'][:19]}…; pass --bundle to check it)")
 
 
 def _verify_order(proof: dict[str, Any], resources: dict[str, str], dataset: str, wanted: set[int],
@@ -581,14 +810,20 @@ def summary(proof: dict[str, Any]) -> str:
     root = proof.get("bundle", {}).get("root_digest")
     if proof.get("claim") == "non-membership":
         return f"{what} is NOT in dataset {ds!r} of the bundle {root}"
-    leaves = proof.get("leaves") or [{}]
-    leaf = leaves[0]
-    more = f" (and {len(leaves) - 1} more copies)" if len(leaves) > 1 else ""
+    if "spans" in proof:
+        sp, tk = proof["spans"][0], proof["tokens"]
+        more = (f" (and {tk['occurrences'] - 1} more places, {tk['in_proof'] - 1} of them in the proof)"
+                if tk["occurrences"] > 1 else "")
+        where = f"tokens {sp['token_start']}:{sp['token_end']} of {sp['file']}{more}"
+    else:
+        leaves = proof.get("leaves") or [{}]
+        leaf = leaves[0]
+        more = f" (and {len(leaves) - 1} more copies)" if len(leaves) > 1 else ""
+        where = f"record {leaf.get('index')} of {leaf.get('file')}{more}"
     trained = proof.get("trained", [])
     steps = sorted({t["step"] for t in trained})
     shown = ", ".join(map(str, steps[:20])) + (", …" if len(steps) > 20 else "")
     when = (f"trained at {len(trained)} place(s), step(s) {shown}" if trained
             else "never drawn as a training sample")
     complete = "" if proof.get("order", {}).get("complete", True) else " (steps as claimed; each one checked)"
-    return (f"{what} is record {leaf.get('index')} of {leaf.get('file')}{more} in dataset {ds!r} of the bundle {root}; "
-            f"{when}{complete}")
+    return f"{what} is {where} in dataset {ds!r} of the bundle {root}; {when}{complete}"
