@@ -74,6 +74,13 @@ SIGSTORE_SIGNATURE = "release/model.sigstore.json"  # keyless Sigstore signature
 UNSEALED = frozenset({MANIFEST, LOCK, SIGNATURE, SIGSTORE_SIGNATURE})
 
 STATUSES = ("running", "completed", "failed", "interrupted")
+END_EVENTS = ("completed", "failed", "interrupted")  # a rank's last event: written after all its other files
+
+
+def rank_log(rel: str, rank: int) -> str:
+    """A per-rank log's name in a distributed run (events, stdout, stderr): `<stem>.rank<R><suffix>`."""
+    stem, dot, suffix = rel.rpartition(".")
+    return f"{stem}.rank{rank}{dot}{suffix}"
 
 # notes
 NOTE_CATEGORIES = (

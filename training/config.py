@@ -63,6 +63,8 @@ class TrainConfig:
     # shard the model with FSDP2 (torch.distributed.fsdp.fully_shard) under torchrun: checkpoints are then
     # sharded (torch.distributed.checkpoint, checkpoints/step-<N>/); the data order split is the same
     fsdp: bool = False
+    # the process group's timeout under torchrun: a collective waiting on a lost rank fails after this
+    dist_timeout_s: float = 1800.0
 
 
 @dataclass

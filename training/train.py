@@ -124,8 +124,10 @@ def init_distributed(cfg: Config) -> tuple[int, int]:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by the world size {world}")
     import torch.distributed as dist
 
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
+    if not dist.is_initialized():  # a collective waiting on a lost rank fails after train.dist_timeout_s
+        from datetime import timedelta
+
+        dist.init_process_group("gloo", timeout=timedelta(seconds=cfg.train.dist_timeout_s))
     return dist.get_rank(), world
 
 

@@ -280,6 +280,9 @@ class Run:
             status, exit_status = "failed", 1
             error = {"type": type(exc).__name__, "message": str(exc),
                      "traceback": "".join(traceback.format_exception(exc_type, exc, tb))}
+            if self.ranks.collective_failed(exc, tb):  # a peer rank is gone (its node lost): not this rank's fault
+                status = "interrupted"
+                error["cause"] = "a collective operation failed: another rank stopped or was lost"
         self.finish(status, exit_status, error)
         return isinstance(exc, StopRun)  # a replay that checked what it was asked to ends cleanly
 
@@ -293,17 +296,19 @@ class Run:
         if error is not None:
             sys.stderr.write(error["traceback"])
         self._notify("on_finish")
-        self.event(status, exit_status=exit_status)
         self._output.stop()
         w = self.writer
         self._components("on_close")
+        self.event(status, exit_status=exit_status)  # this rank's last record: rank 0 waits for it on every rank
         w.close_logs()  # every rank closes its own files before rank 0 seals
-        self.ranks.meet_before_seal(status)
+        lost = self.ranks.meet_before_seal(status, self.root)
         self._components("on_seal")
         if self.ranks.writes_shared:
             self._run_info.update({"status": status, "ended_at": formats.utc_now(), "exit_status": exit_status,
                                    "error": error, "duration_s": round(time.monotonic() - self._t0, 3),
                                    "last_step": self.recorder.last_step})
+            if lost:  # ranks that never wrote their end event (`prov audit` names them from their own files)
+                self._run_info["ranks_without_end"] = lost
             if self._env is not None:  # what the training imported, known only now (see capture.env)
                 self._env[formats.IMPORTED_DISTRIBUTIONS] = imported_distributions()
                 w.write_json(formats.ENV_JSON, self._env)

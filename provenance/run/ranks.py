@@ -7,14 +7,22 @@ ranks agree on one run id and meet before the seal.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import sys
 import time
+import traceback
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
+from provenance import formats
 from provenance.bundle import BundleWriter
 from provenance.redact import Redactor
+
+RANK_GRACE_ENV = "PROV_RANK_GRACE_S"  # how long rank 0 of an unfinished run waits for the other ranks' end
+RANK_GRACE_S = 10.0
 
 
 def rank_file(rel: str, rank: int) -> str:
@@ -58,8 +66,7 @@ class RankLayout:
         """Logs every process writes (events, stdout, stderr): `.rank<R>` suffixed in a distributed run."""
         if not self.distributed:
             return rel
-        stem, dot, suffix = rel.rpartition(".")
-        return f"{stem}.rank{self.rank}{dot}{suffix}"
+        return formats.rank_log(rel, self.rank)
 
     def agree_run_id(self, run_id: str, given: bool) -> str:
         """One run id on every rank: rank 0's, unless one was given (argument or PROV_RUN_ID)."""
@@ -82,11 +89,43 @@ class RankLayout:
         self.barrier(root)
         return BundleWriter(root, redactor)
 
-    def meet_before_seal(self, status: str) -> None:
-        """Every rank closed its files; rank 0 seals after this. Only a completed run waits (a failed
-        or interrupted rank must not hang on ranks that are gone)."""
-        if self.distributed and status == "completed":
+    def meet_before_seal(self, status: str, root: Path) -> list[int]:
+        """Every rank closed its files; rank 0 seals after this. A completed run meets at a barrier. A
+        failed or interrupted run must not hang on ranks that are gone: rank 0 waits (at most
+        PROV_RANK_GRACE_S, default 10 s) for every rank's end event, the last record a rank writes, and
+        returns the ranks that never wrote one (lost: killed, or on a node that died)."""
+        if not self.distributed:
+            return []
+        if status == "completed":
             self.barrier(None)
+            return []
+        if not self.writes_shared:
+            return []
+        try:
+            grace = float(os.environ.get(RANK_GRACE_ENV, RANK_GRACE_S))
+        except ValueError:
+            grace = RANK_GRACE_S
+        deadline = time.monotonic() + grace
+        waiting = [r for r in range(self.world_size) if r != self.rank]
+        while waiting:
+            waiting = [r for r in waiting if not rank_ended(root, r, self.world_size)]
+            if not waiting or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        return waiting
+
+    def collective_failed(self, exc: BaseException, tb: TracebackType | None) -> bool:
+        """Whether this distributed run's exception came out of a torch.distributed collective (or its
+        store): a peer rank stopped or was lost, as when its node dies. Such a run is `interrupted`."""
+        if not self.distributed:
+            return False
+        dist = sys.modules.get("torch.distributed")
+        dist_error = getattr(dist, "DistError", None)
+        if isinstance(dist_error, type) and isinstance(exc, dist_error):
+            return True
+        frames = traceback.extract_tb(tb) if tb is not None else []
+        return isinstance(exc, RuntimeError) and bool(frames) and \
+            Path(frames[-1].filename).as_posix().endswith("torch/distributed/distributed_c10d.py")
 
     @staticmethod
     def barrier(folder: Path | None, timeout_s: float = 600.0) -> None:
@@ -138,6 +177,32 @@ class RankLayout:
                 "launcher": "torchrun" if "TORCHELASTIC_RUN_ID" in os.environ else None,
                 "nodes": [nodes[k] for k in sorted(nodes)],
                 "order": "order/rank<R>.*: each rank's own batches", "logs": "logs/*.rank<R>.*: each rank's own"}
+
+
+def last_event(root: Path, rank: int, world_size: int) -> dict[str, Any] | None:
+    """The last whole record of a rank's event log (its tail only is read), or None."""
+    rel = formats.EVENTS if world_size <= 1 else formats.rank_log(formats.EVENTS, rank)
+    try:
+        with open(root / rel, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - 8192))
+            tail = f.read()
+    except OSError:
+        return None
+    lines = [x for x in tail.split(b"\n")[:-1] if x.strip()]  # an unterminated last line is torn
+    if not lines:
+        return None
+    try:
+        rec = json.loads(lines[-1])
+    except ValueError:
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def rank_ended(root: Path, rank: int, world_size: int) -> bool:
+    """Whether a rank wrote its end event (the last thing a rank writes before closing its files)."""
+    rec = last_event(root, rank, world_size)
+    return rec is not None and rec.get("event") in formats.END_EVENTS
 
 
 # what torchrun tells each process about the job (no secrets: ids, sizes, rendezvous endpoint)

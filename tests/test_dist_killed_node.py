@@ -1,0 +1,144 @@
+"""A node lost mid-training: two torchrun launchers (two "nodes" of two ranks each, c10d rendezvous on
+localhost, one shared run folder). One node is killed as a cluster loses it: its launcher and its
+workers (torch elastic starts every worker in its own session, so a SIGKILLed launcher leaves them
+running: they are killed too), or frozen (SIGSTOP: its connections stay open, so only the process
+group's timeout ends the survivors' wait). The survivors must not hang, the bundle seals as
+`interrupted` (rank 0 itself, or `prov seal` when rank 0 was on the lost node), and `prov audit` names
+the ranks whose records stop early, at which step, while the survivors' records stay consistent."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import REPO
+
+from provenance import formats
+from provenance.audit import audit
+from provenance.run import ranks
+
+SCRIPT = REPO / "tests" / "scripts" / "killed_node.py"
+LOSE_AT = 3  # the lost node's ranks stop after step 3; the survivors are then in step 4's all-reduce
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def two_nodes(tmp: Path, lose_node: int, how: str, pg_timeout_s: int = 60) -> tuple[Path, list[dict[str, Any]],
+                                                                                     list[int | None]]:
+    """Launch 2 nodes x 2 ranks, lose `lose_node` at step LOSE_AT (how: "kill" or "freeze"); returns the
+    run folder, the ranks' markers and the launchers' exit codes (after the lost node's are reaped)."""
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FIXTURE_LOSE_NODE": f"{lose_node}:{LOSE_AT}",
+           "FIXTURE_PG_TIMEOUT_S": str(pg_timeout_s), "PROV_RANK_GRACE_S": "5"}
+    env.pop("PROV_REPLAY", None)
+    runs, markers = tmp / "runs", tmp / "markers"  # runs: shared by both nodes, as a cluster's file system
+    launchers = []
+    for i in range(2):
+        args = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=2",
+                "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=lost-node",
+                f"--rdzv-conf=is_host={1 if i == 0 else 0},read_timeout=20", "--max-restarts=0", str(SCRIPT),
+                str(runs), "50", str(markers)]
+        launchers.append(subprocess.Popen(args, cwd=REPO, env=env, stdout=open(tmp / f"node{i}.log", "w"),
+                                          stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + 240
+    while len(list(markers.glob("rank*.json")) if markers.is_dir() else []) < 4:
+        assert time.monotonic() < deadline, (tmp / "node0.log").read_text()[-3000:]
+        assert all(p.poll() is None for p in launchers), (tmp / "node0.log").read_text()[-3000:]
+        time.sleep(0.2)
+    ms = sorted((json.loads(p.read_text()) for p in markers.glob("rank*.json")), key=lambda m: m["rank"])
+    lost = [m for m in ms if m["node"] == lose_node]
+    launcher_pid = lost[0]["launcher_pid"]
+    frozen = []
+    try:
+        for pid in [launcher_pid, *(m["pid"] for m in lost)]:
+            if how == "kill":  # the node is gone: its launcher and its workers, at once
+                os.kill(pid, signal.SIGKILL)
+            else:  # the node hangs (no connection is closed): only the process group's timeout ends the wait
+                os.kill(pid, signal.SIGSTOP)
+                frozen.append(pid)
+        survivor = next(p for p in launchers if p.pid != launcher_pid)
+        if how == "kill":
+            survivor.wait(timeout=pg_timeout_s + 120)  # the survivors end, and so does their launcher
+        else:  # the survivors' workers end (their launcher may wait on the frozen node's rendezvous store)
+            ends = [runs_root(runs) / formats.rank_log(formats.EVENTS, m["rank"]) for m in ms if m not in lost]
+            while not all(ranks.rank_ended(p.parent.parent, int(p.stem.rsplit("rank", 1)[1]), 4) for p in ends):
+                assert time.monotonic() < deadline + pg_timeout_s + 120, "the survivors hang"
+                time.sleep(0.5)
+            try:
+                survivor.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+    finally:
+        for pid in frozen:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for p in launchers:
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=60)
+    return runs_root(runs), ms, [p.returncode for p in launchers]
+
+
+def runs_root(runs: Path) -> Path:
+    (root,) = [p for p in runs.iterdir() if p.is_dir()]
+    return root
+
+
+def assert_names_lost_ranks(root: Path, lost: list[int], survivors: list[int]) -> None:
+    report = audit(root)
+    assert report.integrity.ok and report.consistency_ok, report.failures()
+    ranks = report.check("ranks")
+    assert ranks.status == "warn", ranks.findings
+    named = {f.file: f.message for f in ranks.findings}
+    for r in lost:
+        msg = named.pop(formats.rank_log(formats.EVENTS, r))
+        assert f"rank {r} (node " in msg and f"stopped early: its records end at step {LOSE_AT} " in msg, msg
+    assert not named, named  # the survivors are not named
+    assert f"ranks {', '.join(map(str, survivors))} ended interrupted" in ranks.summary, ranks.summary
+    # the survivors' records stay consistent: every rank's order chain intact, metrics contiguous
+    assert report.check("order").status in ("pass", "warn") and report.check("metrics").status == "pass"
+    order = report.check("order").summary
+    for r in survivors:
+        assert f"rank {r}: steps 1..{LOSE_AT + 1}, chain intact" in order, order
+    for r in lost:
+        assert f"rank {r}: steps 1..{LOSE_AT}, chain intact" in order, order
+
+
+def test_killed_node_survivors_seal_interrupted_and_the_audit_names_the_lost_ranks(tmp_path: Path) -> None:
+    root, ms, codes = two_nodes(tmp_path, lose_node=1, how="kill")
+    assert [m["node"] for m in ms] == [0, 0, 1, 1]  # ranks 0, 1 on node 0; 2, 3 on the lost node
+    assert codes[0] not in (0, None)  # the surviving launcher reports the failure
+    info = formats.read_json(root / formats.RUN_JSON)
+    assert info["status"] == "interrupted" and info["exit_status"] != 0, info["error"]
+    assert info["error"]["cause"].startswith("a collective operation failed")
+    assert info["ranks_without_end"] == [2, 3]
+    assert (root / formats.MANIFEST).is_file()  # sealed by rank 0
+    assert_names_lost_ranks(root, lost=[2, 3], survivors=[0, 1])
+
+
+@pytest.mark.slow  # waits out a process-group timeout; then `prov seal`
+def test_frozen_node_with_rank0_times_out_and_prov_seal_seals_it(tmp_path: Path) -> None:
+    root, _, _ = two_nodes(tmp_path, lose_node=0, how="freeze", pg_timeout_s=15)
+    assert not (root / formats.MANIFEST).exists()  # rank 0 was on the lost node: nobody sealed
+    for r in (2, 3):  # the survivors' collective timed out: they ended interrupted, not hung
+        events = list(formats.read_jsonl(root / formats.rank_log(formats.EVENTS, r)))
+        assert events[-1]["event"] == "interrupted", events
+    proc = subprocess.run([sys.executable, "-m", "provenance.cli", "seal", str(root)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert formats.read_json(root / formats.RUN_JSON)["status"] == "interrupted"
+    assert_names_lost_ranks(root, lost=[0, 1], survivors=[2, 3])
