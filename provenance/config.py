@@ -53,6 +53,9 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
                 return _coerce(value, a, key, source)
             except ConfigError as exc:
                 errors.append(str(exc))
+        others = [a for a in args if a is not type(None)]
+        if len(others) == 1 and typing.get_origin(others[0]) is typing.Literal:
+            raise ConfigError(errors[0] + (" (or null)" if len(others) < len(args) else ""))
         raise ConfigError(f"{source}: key '{key}' must be {_type_name(tp)}, got {value!r}")
     if origin is typing.Literal:
         allowed = typing.get_args(tp)

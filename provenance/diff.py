@@ -72,17 +72,11 @@ def _bundle_json(bundle: reader.Bundle, rel: str, default: Any = None) -> Any:
 
 
 def _bundle_jsonl(bundle: reader.Bundle, rel: str) -> list[dict[str, Any]]:
-    """The records of a JSON-lines file; a torn last line (crash mid-append) is skipped."""
-    if not bundle.has(rel):
-        return []
+    """The records of a JSON-lines file (reader.Bundle.records: strict, a torn last line skipped)."""
     try:
-        records, problems = bundle.jsonl(rel)
+        return bundle.records(rel)
     except reader.BundleFileError as exc:
         raise formats.FormatError(str(exc)) from None
-    bad = [p for p in problems if "terminated" not in p]
-    if bad:
-        raise formats.FormatError(f"{rel}: {bad[0]}")
-    return [r for _, r in records]
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -101,10 +95,11 @@ def data_manifests(root: Path, bundle: reader.Bundle | None = None) -> dict[str,
         rels = sorted((r for r in b.files if r.startswith(formats.DATA_DIR + "/") and r.count("/") == 2
                        and r.endswith("/manifest.json")), key=lambda r: r.split("/")[1])
         for rel in rels:
-            man = _bundle_json(b, rel)
-            if not isinstance(man, dict):
-                raise formats.FormatError(f"{rel}: not a JSON object")
-            out[str(man.get("name", rel.split("/")[1]))] = man
+            try:
+                name = b.data_manifest(rel.split("/")[1]).name  # typed and strict
+            except reader.BundleFileError as exc:
+                raise formats.FormatError(str(exc)) from None
+            out[name] = _bundle_json(b, rel)
     return out
 
 
@@ -161,12 +156,13 @@ def first_differing_record(a: Path, b: Path) -> int | None:
 
 
 def first_step_using(root: Path, sample: int) -> int | None:
-    """The first recorded step (rank 0) whose batch holds `sample`."""
-    _, ids_rel, steps_rel = formats.order_paths(0)
-    for st in formats.read_order(root / ids_rel, root / steps_rel):
-        if sample in st.sample_ids:
-            return st.step
-    return None
+    """The first recorded step (rank 0) whose batch holds `sample` (read through reader.Bundle)."""
+    with _open(root) as b:
+        try:
+            order = b.order(0)
+        except reader.BundleFileError as exc:
+            raise formats.FormatError(str(exc)) from None
+    return next((st.step for st in order if sample in st.sample_ids), None)
 
 
 def describe_record(manifest: dict[str, Any], path: str, record: int, order_root: Path | None) -> dict[str, Any]:
@@ -356,10 +352,15 @@ def diff_series(a: list[dict[str, Any]], b: list[dict[str, Any]], primary: str) 
     return out
 
 
-def diff_order(a_root: Path, b_root: Path) -> dict[str, Any]:
-    _, ids_rel, steps_rel = formats.order_paths(0)
-    oa = {s.step: s.sample_ids for s in formats.read_order(a_root / ids_rel, a_root / steps_rel)}
-    ob = {s.step: s.sample_ids for s in formats.read_order(b_root / ids_rel, b_root / steps_rel)}
+def diff_order(a_root: Path, b_root: Path, bundles: tuple[reader.Bundle, reader.Bundle] | None = None
+               ) -> dict[str, Any]:
+    with _reading(a_root, bundles[0] if bundles else None) as ba, \
+            _reading(b_root, bundles[1] if bundles else None) as bb:
+        try:
+            oa = {s.step: s.sample_ids for s in ba.order(0)}
+            ob = {s.step: s.sample_ids for s in bb.order(0)}
+        except reader.BundleFileError as exc:
+            raise formats.FormatError(str(exc)) from None
     common = sorted(set(oa) & set(ob))
     out: dict[str, Any] = {"steps_compared": len(common), "only_a": len(set(oa) - set(ob)),
                            "only_b": len(set(ob) - set(oa)), "first_diff_step": None}
@@ -378,8 +379,11 @@ def checkpoint_digests(root: Path, bundle: reader.Bundle | None = None) -> dict[
     if bundle is None and not root.is_dir():
         return {}
     with _reading(root, bundle) as b:
-        idx = _bundle_json(b, formats.CHECKPOINT_INDEX, {}) or {}
-    return {int(e["step"]): e["sha256"] for e in idx.get("checkpoints", [])}
+        try:
+            index = b.checkpoint_index()  # typed and strict
+        except reader.BundleFileError as exc:
+            raise formats.FormatError(str(exc)) from None
+    return {e.step: e.sha256 for e in index.checkpoints} if index is not None else {}
 
 
 def diff_checkpoints(a_root: Path, b_root: Path, bundles: tuple[reader.Bundle, reader.Bundle] | None = None
@@ -530,7 +534,7 @@ def diff_bundles(a: str | Path, b: str | Path) -> dict[str, Any]:
                             "packages": [len(env_a.get("packages") or {}), len(env_b.get("packages") or {})]},
             "metrics": diff_series(metrics_a, metrics_b, "loss"),
             "eval": diff_series(evals_a, evals_b, "val_loss"),
-            "order": diff_order(a, b),
+            "order": diff_order(a, b, (ba, bb)),
             "checkpoints": diff_checkpoints(a, b, (ba, bb)),
             "model": diff_model(a, b, (ba, bb)),
             "outputs": diff_outputs(a, b, (ba, bb)),

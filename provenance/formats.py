@@ -51,6 +51,7 @@ ENV_JSON = "env/environment.json"
 # key of ENV_JSON, written when the run ends: {distribution: version} of what the process had imported
 IMPORTED_DISTRIBUTIONS = "imported_distributions"
 DATA_DIR = "data"  # data/<dataset>/manifest.json and data/<dataset>/files/...
+
 ORDER_DIR = "order"  # order/rank<R>.json, .ids.u32, .steps.bin
 METRICS = "logs/metrics.jsonl"
 EVALS = "logs/eval.jsonl"
@@ -98,6 +99,11 @@ NOTE_CATEGORIES = (
 )
 
 # --- small helpers ---------------------------------------------------------------------
+
+
+def data_manifest_path(name: str) -> str:
+    """data/<name>/manifest.json: the manifest of dataset `name` in a bundle."""
+    return f"{DATA_DIR}/{name}/manifest.json"
 
 
 def utc_now() -> str:

@@ -6,6 +6,10 @@
         b.jsonl("logs/metrics.jsonl")          # ([(line, record)], problems)
         b.safetensors_header("model/model.safetensors")
         b.tar_members("code/source.tar")       # (member, sha256) of a tar inside the bundle
+        b.run_record(), b.config_record(), b.checkpoint_index(), b.data_manifest(name),
+        b.order_header(rank), b.notes(), b.record(records.CommandRecord, rel)   # typed records (provenance.records)
+        b.records("logs/metrics.jsonl")        # strict JSON lines: [record], a bad line is an error
+        b.order(rank)                          # one rank's recorded data order (formats.OrderStep)
 
 Rules (the audit's since the first version, now the whole package's):
 - the folder is scanned once, without following anything: a symbolic link, FIFO, socket
@@ -31,15 +35,17 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
-from provenance import formats
+from provenance import formats, records
 from provenance.archive import DEFAULT_LIMITS as DEFAULT_ARCHIVE_LIMITS
 from provenance.archive import ArchiveError, Limits, Unpacked, detect_archive, extract, iter_tar, open_tar_stream
 from provenance.bundle import BundleError, safe_relpath
 from provenance.untrusted import DEFAULT_JSON_LIMITS, JSONLimits, UntrustedJSONError, escape, loads
 
 MAX_SAFETENSORS_HEADER = 100 << 20  # the safetensors format's own limit
+
+R = TypeVar("R")
 
 
 class Refused(ValueError):
@@ -61,6 +67,7 @@ class ReadLimits:
     max_jsonl_bytes: int = 1 << 30  # one JSON-lines file (logs, notes)
     max_files: int = 1_000_000  # files in a bundle folder
     max_header_bytes: int = MAX_SAFETENSORS_HEADER
+    max_order_bytes: int = 8 << 30  # one rank's data-order file (sample ids)
     json: JSONLimits = DEFAULT_JSON_LIMITS
     archive: Limits = DEFAULT_ARCHIVE_LIMITS
 
@@ -309,6 +316,7 @@ class Bundle:
         self.limits = limits
         self._json: dict[str, Any] = {}
         self._jsonl: dict[str, tuple[list[tuple[int, dict[str, Any]]], list[str]]] = {}
+        self._records: dict[tuple[type[Any], str], Any] = {}
         self._lock = threading.Lock()
         self._unpacked: Unpacked | None = None
         self._tmp: Path | None = None
@@ -337,6 +345,21 @@ class Bundle:
         except BaseException:
             self.close()
             raise
+
+    @classmethod
+    def of_files(cls, root: str | os.PathLike[str], rels: list[str], limits: ReadLimits = DEFAULT_READ_LIMITS
+                 ) -> Bundle:
+        """A reader of a few named files of a folder that is still being written (no scan of the whole
+        folder): each of `rels` that is a regular file now (never a link) is a file of this reader."""
+        sizes: dict[str, int] = {}
+        for rel in rels:
+            try:
+                st = os.lstat(Path(root) / safe_relpath(rel))
+            except (OSError, BundleError):
+                continue
+            if stat.S_ISREG(st.st_mode):
+                sizes[rel] = st.st_size
+        return cls(root, limits, sizes=sizes)
 
     def _unpack(self, p: Path, tmp_dir: str | os.PathLike[str] | None, progress: Callable[[int], None] | None) -> None:
         import shutil
@@ -517,6 +540,79 @@ class Bundle:
         except Exception as exc:  # tarfile raises ValueError & co. on crafted headers
             raise BundleFileError(rel, f"not a readable tar ({type(exc).__name__}: {exc})") from None
         return out
+
+    # typed records (provenance.records), parsed strictly; unknown keys are kept in `extra`
+    def record(self, cls: type[R], rel: str) -> R:
+        """JSON file `rel` as record `cls` (cached). BundleFileError names the file (and the key) when it is
+        missing, malformed or not that record."""
+        key = (cls, rel)
+        with self._lock:
+            if key in self._records:
+                val = self._records[key]
+                if isinstance(val, BundleFileError):
+                    raise val
+                return val  # type: ignore[no-any-return]
+        try:
+            val = records.parse(cls, self.json(rel), rel)
+        except records.RecordError as exc:
+            msg = str(exc)
+            err = BundleFileError(rel, msg[len(rel) + 2:] if msg.startswith(f"{rel}: ") else msg)
+            with self._lock:
+                self._records[key] = err
+            raise err from None
+        with self._lock:
+            self._records[key] = val
+        return val
+
+    def run_record(self) -> records.RunInfo:
+        return self.record(records.RunInfo, formats.RUN_JSON)
+
+    def config_record(self) -> records.ConfigRecord:
+        return self.record(records.ConfigRecord, formats.CONFIG_JSON)
+
+    def checkpoint_index(self) -> records.CheckpointIndex | None:
+        """checkpoints/index.json (None when the bundle has none)."""
+        if not self.has(formats.CHECKPOINT_INDEX):
+            return None
+        return self.record(records.CheckpointIndex, formats.CHECKPOINT_INDEX)
+
+    def data_manifest(self, name: str) -> records.DataManifest:
+        return self.record(records.DataManifest, formats.data_manifest_path(name))
+
+    def order_header(self, rank: int) -> records.OrderHeader:
+        return self.record(records.OrderHeader, formats.order_paths(rank)[0])
+
+    def notes(self) -> tuple[list[tuple[int, records.Note]], list[str]]:
+        """([(line, Note)], problems) of notes.jsonl (empty when there is none); a line that is not a note is
+        a problem naming the line and the key."""
+        if not self.has(formats.NOTES):
+            return [], []
+        lines, problems = self.jsonl(formats.NOTES)
+        out, bad = records.parse_lines(records.Note, lines, formats.NOTES)
+        return out, problems + bad
+
+    def records(self, rel: str, *, torn_tail_ok: bool = True) -> list[dict[str, Any]]:
+        """The records of a JSON-lines file, strictly: a line that is not a bounded JSON object is a
+        BundleFileError naming the file and the line ([] when the file is missing). A torn last line
+        (a crash mid-append) is skipped when `torn_tail_ok`."""
+        if not self.has(rel):
+            return []
+        lines, problems = self.jsonl(rel)
+        bad = [p for p in problems if not (torn_tail_ok and "terminated" in p)]
+        if bad:
+            raise BundleFileError(rel, bad[0])
+        return [r for _, r in lines]
+
+    def order(self, rank: int) -> list[formats.OrderStep]:
+        """One rank's recorded data order (v1 or v2, by the ids file present; [] when none was recorded);
+        a torn tail (a crash mid-append) is ignored. BundleFileError names a file larger than its limit."""
+        for version in (2, 1):
+            _, ids_rel, steps_rel = formats.order_paths(rank, version)
+            if self.has(ids_rel) or self.has(steps_rel):
+                ids = self.read_bytes(ids_rel, self.limits.max_order_bytes) if self.has(ids_rel) else b""
+                steps = self.read_bytes(steps_rel, self.limits.max_order_bytes) if self.has(steps_rel) else b""
+                return list(formats.decode_order(ids, steps, version))
+        return []
 
     # common facts
     @property

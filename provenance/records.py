@@ -30,8 +30,8 @@ from provenance import config, formats
 
 T = TypeVar("T")
 
-Status = Literal["running", "completed", "failed", "interrupted"]  # formats.STATUSES
-NoteCategory = Literal["hyperparameter", "data", "restart", "incident", "evaluation", "release", "code", "other"]
+Status = Literal[formats.STATUSES]  # type: ignore[valid-type]  # "running", "completed", "failed", "interrupted"
+NoteCategory = Literal[formats.NOTE_CATEGORIES]  # type: ignore[valid-type]
 
 
 class RecordError(ValueError):
@@ -48,6 +48,22 @@ def parse(cls: type[T], obj: Any, where: str) -> T:
         raise RecordError(str(exc)) from None
 
 
+def parse_lines(cls: type[T], lines: list[tuple[int, dict[str, Any]]], where: str
+                ) -> tuple[list[tuple[int, T]], list[str]]:
+    """Each (line number, object) of a JSON-lines file as record `cls`: ([(line, record)], problems), a
+    problem for each line that is not one ("line 3: key 'category' must be one of ...")."""
+    out: list[tuple[int, T]] = []
+    problems: list[str] = []
+    for line, obj in lines:
+        here = f"{where} line {line}"
+        try:
+            out.append((line, parse(cls, obj, here)))
+        except RecordError as exc:
+            msg = str(exc)
+            problems.append(f"line {line}: {msg[len(here) + 2:] if msg.startswith(here + ': ') else msg}")
+    return out, problems
+
+
 def to_dict(rec: Any) -> dict[str, Any]:
     """The JSON object of a record: its fields, then the unknown keys it kept."""
     out = dataclasses.asdict(rec)
@@ -59,7 +75,7 @@ def to_dict(rec: Any) -> dict[str, Any]:
 class RunInfo:
     schema: Literal[formats.BUNDLE_SCHEMA]
     run_id: str
-    status: Status
+    status: Status | None = None  # required of a finished run; the audit names a run.json without it
     name: str | None = None
     started_at: str | None = None
     ended_at: str | None = None
@@ -67,8 +83,8 @@ class RunInfo:
     error: dict[str, Any] | None = None
     pid: int | None = None
     host: str | None = None
-    seed: int | None = None
-    seeds: dict[str, int] = field(default_factory=dict)
+    seed: Any = None  # an int; a captured command's first seed call as it was made
+    seeds: dict[str, Any] = field(default_factory=dict)  # python, numpy, torch (None: not set), source
     determinism: dict[str, Any] = field(default_factory=dict)
     rank: int = 0
     world_size: int = 1
@@ -97,9 +113,13 @@ class ConfigRecord:
 @dataclass(frozen=True)
 class CheckpointEntry:
     step: int
-    path: str
-    sha256: str
+    path: str  # a file, or the folder of a sharded (DCP) checkpoint
+    sha256: str  # the file's sha256; of a DCP checkpoint, formats.dcp_content_digest of its files
     size: int | None = None
+    format: str | None = None  # formats.DCP_FORMAT for a sharded checkpoint
+    files: list[Any] | None = None  # a sharded checkpoint's files (path, size, sha256, rank)
+    world_size: int | None = None
+    in_bundle: bool | None = None  # False: a captured command's file outside the bundle
     extra: dict[str, Any] = field(default_factory=dict, metadata=config.EXTRA)
 
 
@@ -172,7 +192,8 @@ class ReproductionSummary:
     steps_checked: int | None = None
     checkpoints_checked: int | None = None
     bitwise: bool | None = None
-    first_divergence: Any = None
+    first_divergence: dict[str, Any] | None = None
+    divergences: dict[str, int] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict, metadata=config.EXTRA)
 
 

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from provenance import formats, reader
+from provenance import formats, reader, records
 
 REPLAY_ENV = "PROV_REPLAY"  # path of the original bundle
 STOP_ENV = "PROV_REPLAY_STOP_AFTER"  # stop after this step (inclusive)
@@ -67,10 +67,9 @@ def check_world_size(original: str | os.PathLike[str], world_size: int) -> None:
     """
     try:
         with reader.Bundle(original) as b:
-            info = b.json(formats.RUN_JSON) if b.has(formats.RUN_JSON) else {}
+            recorded = b.run_record().world_size if b.has(formats.RUN_JSON) else 1  # typed and strict
     except (reader.Refused, reader.BundleFileError) as exc:
         raise formats.FormatError(str(exc)) from None
-    recorded = int(info.get("world_size") or 1) if isinstance(info, dict) else 1
     if recorded != world_size:
         how = (f"torchrun --nproc_per_node={recorded} (or WORLD_SIZE={recorded} processes)" if recorded > 1
                else "a single process (no torchrun)")
@@ -88,17 +87,15 @@ class Replay:
     def __init__(self, original: str | os.PathLike[str], rank: int = 0, stop_after: int | None = None) -> None:
         self.original = Path(original)
         self.stop_after = stop_after
-        _, ids_rel, steps_rel = formats.order_paths(rank)
-        self.order = {s.step: s.sample_ids for s in
-                      formats.read_order(self.original / ids_rel, self.original / steps_rel)}
-        try:  # the original's records, read through the one bundle reader (bounded)
+        try:  # the original's records, read through the one bundle reader (bounded, typed)
             self._bundle = reader.Bundle(self.original)
-        except reader.Refused as exc:
+            b = self._bundle
+            self.order = {s.step: s.sample_ids for s in b.order(rank)}
+            self.metrics = {int(m["step"]): m for m in b.records(formats.METRICS)}
+            index = b.checkpoint_index()
+        except (reader.Refused, reader.BundleFileError) as exc:
             raise formats.FormatError(str(exc)) from None
-        self.metrics = {int(m["step"]): m for m in self._jsonl(formats.METRICS)}
-        index = self._json(formats.CHECKPOINT_INDEX).get("checkpoints", []) \
-            if self._bundle.has(formats.CHECKPOINT_INDEX) else []
-        self.checkpoints = {int(e["step"]): e["sha256"] for e in index}
+        self.checkpoints = {e.step: e.sha256 for e in index.checkpoints} if index is not None else {}
         self.first_divergence: dict[str, Any] | None = None
         self._lock = threading.Lock()  # checkpoint digests arrive from the hashing thread
         self.divergences: dict[str, int] = {"order": 0, "loss": 0, "checkpoint": 0}
@@ -114,23 +111,16 @@ class Replay:
         except reader.BundleFileError as exc:
             raise formats.FormatError(str(exc)) from None
 
-    def _jsonl(self, rel: str) -> list[dict[str, Any]]:
-        """The records of a JSON-lines file of the original; a torn last line (crash mid-append) is skipped."""
-        if not self._bundle.has(rel):
-            return []
-        try:
-            records, problems = self._bundle.jsonl(rel)
-        except reader.BundleFileError as exc:
-            raise formats.FormatError(str(exc)) from None
-        bad = [p for p in problems if "terminated" not in p]
-        if bad:
-            raise formats.FormatError(f"{rel}: {bad[0]}")
-        return [r for _, r in records]
-
     def data_manifest(self, name: str) -> dict[str, Any] | None:
         """The original's manifest of dataset `name` (None if it had no such dataset)."""
-        rel = f"{formats.DATA_DIR}/{name}/manifest.json"
-        return self._json(rel) if self._bundle.has(rel) else None
+        rel = formats.data_manifest_path(name)
+        if not self._bundle.has(rel):
+            return None
+        try:
+            self._bundle.data_manifest(name)  # typed and strict
+        except reader.BundleFileError as exc:
+            raise formats.FormatError(str(exc)) from None
+        return self._json(rel)
 
     @classmethod
     def from_env(cls, rank: int = 0) -> Replay | None:
@@ -232,20 +222,25 @@ def merge_rank_summaries(summary: dict[str, Any], root: Path, world_size: int) -
     out["divergences"] = dict(summary["divergences"])
     ranks = [{"rank": 0, "bitwise": summary["bitwise"], "steps_checked": summary["steps_checked"],
               "first_divergence": summary["first_divergence"]}]
-    for r in range(1, world_size):
-        path = root / SUMMARY.replace(".json", f".rank{r}.json")
-        if not path.is_file():
-            ranks.append({"rank": r, "bitwise": False, "missing": path.name})
+    rels = {r: SUMMARY.replace(".json", f".rank{r}.json") for r in range(1, world_size)}
+    try:
+        with reader.Bundle.of_files(root, list(rels.values())) as b:  # the other ranks' summaries, typed
+            others = {r: b.record(records.ReproductionSummary, rel) for r, rel in rels.items() if b.has(rel)}
+    except (reader.Refused, reader.BundleFileError) as exc:
+        raise formats.FormatError(str(exc)) from None
+    for r, rel in rels.items():
+        other = others.get(r)
+        if other is None:
+            ranks.append({"rank": r, "bitwise": False, "missing": rel.rsplit("/", 1)[-1]})
             out["bitwise"] = False
             continue
-        other = formats.read_json(path)
-        for k, v in other.get("divergences", {}).items():
+        for k, v in other.divergences.items():
             out["divergences"][k] = out["divergences"].get(k, 0) + v
-        first = other.get("first_divergence")
+        first = other.first_divergence
         if first is not None and first_divergence([out["first_divergence"], first]) is first:
             out["first_divergence"] = {**first, "rank": r}
-        out["bitwise"] = bool(out["bitwise"] and other.get("bitwise"))
-        ranks.append({"rank": r, "bitwise": other.get("bitwise"), "steps_checked": other.get("steps_checked"),
+        out["bitwise"] = bool(out["bitwise"] and other.bitwise)
+        ranks.append({"rank": r, "bitwise": other.bitwise, "steps_checked": other.steps_checked,
                       "first_divergence": first})
     out["world_size"] = world_size
     out["ranks"] = ranks

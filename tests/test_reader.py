@@ -188,3 +188,50 @@ def test_config_loader_supports_literal() -> None:
         config.from_dict(C, {"mode": "c"})
     with pytest.raises(config.ConfigError, match="key 'n' must be one of 1, 2, got True"):
         config.from_dict(C, {"n": True})
+
+
+def test_typed_accessors_of_a_real_bundle(tiny_bundle: Path) -> None:
+    with Bundle(tiny_bundle) as b:
+        info, cfg, index = b.run_record(), b.config_record(), b.checkpoint_index()
+        assert info.status == "completed" and info.exit_status == 0 and info.world_size == 1
+        assert cfg.digest_ok() and cfg.argv and cfg.command_digest == formats.command_digest(cfg.argv)
+        assert index is not None and [e.step for e in index.checkpoints] == [6, 12]
+        assert all(b.data_manifest(d).name == d for d in info.datasets)
+        assert b.order_header(0).rank == 0 and [s.step for s in b.order(0)] == list(range(1, 13))
+        notes, problems = b.notes()
+        assert notes and not problems and {n.category for _, n in notes} >= {"purpose"}
+        assert [r["step"] for r in b.records(formats.METRICS)] == list(range(1, 13))
+
+
+def test_typed_accessors_name_the_file_and_key(tmp_path: Path) -> None:
+    (tmp_path / "logs").mkdir()
+    (tmp_path / formats.RUN_JSON).write_text(json.dumps({"schema": formats.BUNDLE_SCHEMA, "run_id": "r",
+                                                          "status": "completed", "world_size": "2"}))
+    (tmp_path / formats.METRICS).write_text('{"step": 1}\n[2]\n{"step": 3')
+    (tmp_path / formats.NOTES).write_text(json.dumps({"schema": formats.NOTE_SCHEMA, "time": "t", "author": "a",
+                                                       "category": "gossip", "text": "x"}) + "\n")
+    with Bundle(tmp_path) as b:
+        with pytest.raises(BundleFileError, match=r"^run.json: key 'world_size' must be int, got '2'"):
+            b.run_record()
+        with pytest.raises(BundleFileError, match=r"^logs/metrics.jsonl: line 2: not a JSON object"):
+            b.records(formats.METRICS)
+        assert b.checkpoint_index() is None and b.order(0) == []
+        notes, problems = b.notes()
+        assert notes == [] and problems[0].startswith("line 1: key 'category' must be one of 'purpose'")
+
+
+def test_rank_summaries_are_merged_through_the_reader(tmp_path: Path) -> None:
+    from provenance.replay import SUMMARY, merge_rank_summaries
+
+    rank0 = {"schema": formats.REPRODUCTION_SCHEMA, "divergences": {"order": 0, "loss": 0, "checkpoint": 0},
+             "first_divergence": None, "bitwise": True, "steps_checked": 4}
+    rank1 = {**rank0, "divergences": {"order": 0, "loss": 1, "checkpoint": 0}, "bitwise": False,
+             "first_divergence": {"step": 3, "kind": "loss"}}
+    (tmp_path / "reproduction").mkdir()
+    (tmp_path / SUMMARY.replace(".json", ".rank1.json")).write_text(json.dumps(rank1))
+    out = merge_rank_summaries(rank0, tmp_path, 3)
+    assert out["divergences"]["loss"] == 1 and out["first_divergence"] == {"step": 3, "kind": "loss", "rank": 1}
+    assert out["bitwise"] is False and out["ranks"][2] == {"rank": 2, "bitwise": False, "missing": "summary.rank2.json"}
+    (tmp_path / SUMMARY.replace(".json", ".rank1.json")).write_text(json.dumps({**rank1, "bitwise": "no"}))
+    with pytest.raises(formats.FormatError, match=r"summary.rank1.json: key 'bitwise' must be bool"):
+        merge_rank_summaries(rank0, tmp_path, 2)

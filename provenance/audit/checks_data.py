@@ -7,7 +7,7 @@ import re
 import sys
 from typing import Any
 
-from provenance import formats
+from provenance import formats, records
 from provenance.audit.results import CheckResult, SkipCheck, sha
 from provenance.audit.view import BundleFileError, BundleView, is_hex64, is_int
 from provenance.bundle import BundleError, safe_relpath
@@ -30,35 +30,28 @@ def check_data(view: BundleView, out: CheckResult) -> None:
             out.error(f"{base}/ holds files but no manifest.json", file=mrel)
             continue
         try:
-            m = view.json(mrel)
+            rec = view.data_manifest(name)  # typed and strict: schema, name, files (path, size, sha256)
+            m = view.json(mrel)  # the same object, for the layout and Merkle helpers that take it whole
         except BundleFileError as exc:
             out.error(exc.message, file=mrel)
             continue
-        if not isinstance(m, dict) or m.get("schema") != formats.DATA_MANIFEST_SCHEMA:
-            out.error("not a data manifest", file=mrel, expected=formats.DATA_MANIFEST_SCHEMA,
-                      actual=repr(m.get("schema") if isinstance(m, dict) else type(m).__name__))
-            continue
-        if m.get("name") != name:
-            out.error(f"names the dataset {m.get('name')!r} but lies in {base}/", file=mrel)
-        entries = m.get("files")
-        if not isinstance(entries, list):
-            out.error("has no 'files' list", file=mrel)
-            continue
-        listed: dict[str, dict[str, Any]] = {}
+        if rec.name != name:
+            out.error(f"names the dataset {rec.name!r} but lies in {base}/", file=mrel)
+        entries = rec.files
+        listed: dict[str, records.DataFile] = {}
         for i, e in enumerate(entries):
-            if not isinstance(e, dict) or not isinstance(e.get("path"), str) or not is_hex64(e.get("sha256")) \
-                    or not is_int(e.get("size")):
+            if not is_hex64(e.sha256):
                 out.error(f"files[{i}] needs a path, a size and a hex sha256", file=mrel)
                 continue
             try:
-                p = safe_relpath(e["path"])
+                p = safe_relpath(e.path)
             except BundleError:
-                out.error(f"files[{i}] path {e['path']!r} escapes the dataset or is malformed; refused", file=mrel)
+                out.error(f"files[{i}] path {e.path!r} escapes the dataset or is malformed; refused", file=mrel)
                 continue
             if p in listed:
                 out.error(f"file {p} is listed twice", file=mrel)
             listed[p] = e
-        bundled = m.get("bundled_files")
+        bundled = rec.bundled_files
         files_dir = f"{base}/files"
         if bundled is not None:
             if bundled != files_dir:
@@ -68,13 +61,13 @@ def check_data(view: BundleView, out: CheckResult) -> None:
                 n_files += 1
                 if not view.has(rel):
                     out.error(f"{rel} is listed in the manifest but missing", file=rel,
-                              expected=sha(e["sha256"]))
+                              expected=sha(e.sha256))
                     continue
-                if view.digest(rel) != e["sha256"]:
-                    out.error(f"{rel} does not match its data manifest", file=rel, expected=sha(e["sha256"]),
+                if view.digest(rel) != e.sha256:
+                    out.error(f"{rel} does not match its data manifest", file=rel, expected=sha(e.sha256),
                               actual=sha(view.digest(rel)))
-                elif view.size(rel) != e["size"]:
-                    out.error(f"{rel} has {view.size(rel)} bytes, its manifest says {e['size']}", file=rel)
+                elif view.size(rel) != e.size:
+                    out.error(f"{rel} has {view.size(rel)} bytes, its manifest says {e.size}", file=rel)
             for rel in view.under(files_dir):
                 if rel[len(files_dir) + 1:] not in listed:
                     out.error(f"{rel} is not listed in {mrel}", file=rel, actual=sha(view.digest(rel)))
@@ -99,7 +92,7 @@ def check_data(view: BundleView, out: CheckResult) -> None:
                     out.error(f"does not match the Merkle roots and sample ids of {mrel}", file=crel)
             except BundleFileError as exc:
                 out.error(exc.message, file=crel)
-        samples = m.get("samples")
+        samples = rec.samples
         if samples is not None:
             if not isinstance(samples, dict) or not is_int(samples.get("count")) or samples["count"] < 0:
                 out.error("'samples' needs a non-negative integer count", file=mrel)
@@ -113,15 +106,17 @@ def check_data(view: BundleView, out: CheckResult) -> None:
                 entry = listed.get(str(samples.get("file")))
                 if entry is None:
                     out.error(f"samples.file {samples.get('file')!r} is not one of the dataset's files", file=mrel)
-                elif is_int(entry.get("records")) and entry["records"] != samples["count"]:
+                elif entry.records is not None and entry.records != samples["count"]:
                     out.error(f"samples.count is {samples['count']} but {samples.get('file')} has "
-                              f"{entry['records']} records", file=mrel)
+                              f"{entry.records} records", file=mrel)
     out.summary = f"{len(names)} datasets, {n_files} bundled files match their manifests"
 
 
 def _sample_count(view: BundleView, dataset: str) -> int | None:
-    m = view.try_json(f"{formats.DATA_DIR}/{dataset}/manifest.json")
-    samples = m.get("samples") if isinstance(m, dict) else None
+    try:
+        samples = view.data_manifest(dataset).samples
+    except BundleFileError:
+        samples = None
     count = samples.get("count") if isinstance(samples, dict) else None
     return count if is_int(count) else None
 
@@ -145,31 +140,27 @@ def check_order(view: BundleView, out: CheckResult) -> None:
     summaries = []
     for rank, hrel in sorted(headers.items()):
         try:
-            hdr = view.json(hrel)
+            hdr = view.order_header(rank)  # typed and strict: schema v1 or v2, rank, sampler
         except BundleFileError as exc:
             out.error(exc.message, file=hrel)
             continue
-        if not isinstance(hdr, dict) or hdr.get("schema") not in formats.ORDER_SCHEMAS:
-            out.error("not a data-order header", file=hrel, expected=" or ".join(formats.ORDER_SCHEMAS))
-            continue
-        if hdr.get("rank") != rank:
-            out.error(f"states rank {hdr.get('rank')!r} but is named rank{rank}", file=hrel)
-        dataset = hdr.get("dataset")
+        if hdr.rank != rank:
+            out.error(f"states rank {hdr.rank!r} but is named rank{rank}", file=hrel)
+        dataset = hdr.dataset
         n_samples: int | None = None
-        if not isinstance(dataset, str) or not dataset:
+        if not dataset:
             out.warn("names no dataset: sample ids cannot be bounded", file=hrel)
-        elif not view.has(f"{formats.DATA_DIR}/{dataset}/manifest.json"):
+        elif not view.has(formats.data_manifest_path(dataset)):
             out.error(f"refers to dataset {dataset!r}, which has no data manifest in the bundle", file=hrel)
         else:
             n_samples = _sample_count(view, dataset)
             if n_samples is None:
                 out.warn(f"the manifest of {dataset!r} defines no sample count: ids cannot be bounded", file=hrel)
-        sampler = hdr.get("sampler")
-        declared = sampler.get("n_samples") if isinstance(sampler, dict) else None
+        declared = hdr.sampler.get("n_samples")
         if n_samples is not None and is_int(declared) and declared != n_samples:
             out.error(f"the sampler draws from {declared} samples, the manifest of {dataset!r} defines {n_samples}",
                       file=hrel, expected=str(n_samples), actual=str(declared))
-        version = formats.ORDER_SCHEMAS[hdr["schema"]]  # v1: uint32 ids (.ids.u32), v2: uint64 (.ids.u64)
+        version = formats.ORDER_SCHEMAS[hdr.schema]  # v1: uint32 ids (.ids.u32), v2: uint64 (.ids.u64)
         _, ids_rel, steps_rel = formats.order_paths(rank, version)
         steps = _verify_order_stream(view, out, ids_rel, steps_rel, n_samples, dataset, version)
         if steps is None:

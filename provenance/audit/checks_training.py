@@ -8,6 +8,7 @@ from typing import Any
 from provenance import formats
 from provenance.audit.results import CheckResult, SkipCheck, sha
 from provenance.audit.view import BundleFileError, BundleView, is_hex64, is_int
+from provenance.records import CheckpointEntry
 
 
 def check_metrics(view: BundleView, out: CheckResult) -> None:
@@ -61,31 +62,32 @@ def check_checkpoints(view: BundleView, out: CheckResult) -> None:
         if not on_disk:
             raise SkipCheck("no checkpoints")
         return
-    idx = view.json(idx_rel)
-    if not isinstance(idx, dict) or idx.get("schema") != formats.CHECKPOINT_INDEX_SCHEMA or \
-            not isinstance(idx.get("checkpoints"), list):
-        raise BundleFileError(idx_rel, f"not a checkpoint index ({formats.CHECKPOINT_INDEX_SCHEMA})")
+    try:
+        index = view.checkpoint_index()  # typed and strict: schema, each entry's step, path, sha256, size
+    except BundleFileError as exc:
+        raise BundleFileError(idx_rel, f"not a checkpoint index ({formats.CHECKPOINT_INDEX_SCHEMA}): "
+                                       f"{exc.message}") from None
+    assert index is not None
     metric_steps = set(view.metric_steps() or [])
     indexed: set[str] = set()
     seen_steps: set[int] = set()
-    for i, e in enumerate(idx["checkpoints"]):
-        if not isinstance(e, dict) or not is_int(e.get("step")) or not isinstance(e.get("path"), str) \
-                or not is_hex64(e.get("sha256")):
+    for i, entry in enumerate(index.checkpoints):
+        if not is_hex64(entry.sha256):
             out.error(f"checkpoints[{i}] needs a step, a path and a hex sha256", file=idx_rel)
             continue
-        step, rel = e["step"], e["path"]
-        if e.get("format") == formats.DCP_FORMAT:
+        step, rel = entry.step, entry.path
+        if entry.format == formats.DCP_FORMAT:
             if step in seen_steps:
                 out.error(f"step {step} is indexed twice", file=idx_rel)
             seen_steps.add(step)
-            indexed.update(_check_sharded(view, e, out))
+            indexed.update(_check_sharded(view, entry, out))
             if metric_steps and step not in metric_steps:
                 out.error(f"checkpoint step {step} does not appear in {formats.METRICS}", file=rel)
             continue
         try:
             view.path(rel, where=idx_rel)
         except BundleFileError as exc:  # missing, or a path that escapes the bundle (never opened)
-            out.error(f"the checkpoint of step {step}: {exc.message}", file=idx_rel, expected=sha(e["sha256"]))
+            out.error(f"the checkpoint of step {step}: {exc.message}", file=idx_rel, expected=sha(entry.sha256))
             continue
         indexed.add(rel)
         if step in seen_steps:
@@ -93,11 +95,11 @@ def check_checkpoints(view: BundleView, out: CheckResult) -> None:
         seen_steps.add(step)
         if rel != formats.checkpoint_name(step):
             out.warn(f"the checkpoint of step {step} is named {rel}, not {formats.checkpoint_name(step)}", file=rel)
-        if view.digest(rel) != e["sha256"]:
+        if view.digest(rel) != entry.sha256:
             out.error(f"the checkpoint of step {step} does not match its index", file=rel,
-                      expected=sha(e["sha256"]), actual=sha(view.digest(rel)))
-        if is_int(e.get("size")) and e["size"] != view.size(rel):
-            out.error(f"has {view.size(rel)} bytes, the index says {e['size']}", file=rel)
+                      expected=sha(entry.sha256), actual=sha(view.digest(rel)))
+        if entry.size is not None and entry.size != view.size(rel):
+            out.error(f"has {view.size(rel)} bytes, the index says {entry.size}", file=rel)
         if metric_steps and step not in metric_steps:
             out.error(f"checkpoint step {step} does not appear in {formats.METRICS}", file=rel)
         elif not metric_steps:
@@ -129,7 +131,7 @@ def check_checkpoints(view: BundleView, out: CheckResult) -> None:
     for folder, files in sorted(partial.items()):
         msg = (f"{folder}/ is an incomplete sharded checkpoint ({len(files)} files, not indexed): "
                "a rank stopped during the save; it is not a valid checkpoint")
-        if folder in {e.get("path") for e in idx["checkpoints"] if isinstance(e, dict)}:
+        if folder in {e.path for e in index.checkpoints}:
             for rel in files:
                 out.error(f"{rel} is not listed in the index entry of its checkpoint", file=rel,
                           actual=sha(view.digest(rel)))
@@ -141,13 +143,13 @@ def check_checkpoints(view: BundleView, out: CheckResult) -> None:
         else f"{len(seen_steps)} checkpoints indexed"
 
 
-def _check_sharded(view: BundleView, e: dict[str, Any], out: CheckResult) -> set[str]:
+def _check_sharded(view: BundleView, e: CheckpointEntry, out: CheckResult) -> set[str]:
     """A DCP checkpoint's index entry against its folder: every file there, with its size and sha256
     (from the integrity pass: each byte read once), every rank present, the content digest. The pickled
     `.metadata` is hashed like any file and never parsed. Returns the files it accounts for."""
-    step, rel = e["step"], e["path"].rstrip("/")
-    files, world = e.get("files"), e.get("world_size")
-    if not isinstance(files, list) or not is_int(world) or world < 1:
+    step, rel = e.step, e.path.rstrip("/")
+    files, world = e.files, e.world_size
+    if files is None or world is None or world < 1:
         out.error(f"the sharded checkpoint of step {step} needs files and a world size", file=formats.CHECKPOINT_INDEX)
         return set()
     if rel != formats.dcp_checkpoint_dir(step):
@@ -182,12 +184,12 @@ def _check_sharded(view: BundleView, e: dict[str, Any], out: CheckResult) -> set
     if missing_ranks:
         out.error(f"the sharded checkpoint of step {step} has no shard file of ranks {missing_ranks} "
                   f"(world size {world})", file=rel)
-    for r in e.get("ranks") or []:
+    for r in e.extra.get("ranks") or []:
         if isinstance(r, dict) and isinstance(r.get("record"), str):
             accounted.add(r["record"])
-    if ok and formats.dcp_content_digest(files) != e["sha256"]:
+    if ok and formats.dcp_content_digest(files) != e.sha256:
         out.error(f"the content digest of the sharded checkpoint of step {step} does not match its files",
-                  file=formats.CHECKPOINT_INDEX, expected=sha(e["sha256"]))
+                  file=formats.CHECKPOINT_INDEX, expected=sha(e.sha256))
     return accounted
 
 

@@ -2,16 +2,19 @@
 
 Every reader here is forgiving: a missing or malformed file gives an empty value, so a
 document about a partial bundle still says what is known (and the audit says what is not).
+Everything is read once, in `Facts.load`, through reader.Bundle (typed records where the file
+has one: run.json, the checkpoint index, notes, order headers); nothing is read after that.
 """
 
 from __future__ import annotations
 
+import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provenance import formats, reader, untrusted
+from provenance import formats, reader, records, untrusted
 
 EVAL_FILE = re.compile(r"(valid|eval|test|held[-_]?out|(^|[^a-z])dev([^a-z]|$))", re.IGNORECASE)
 
@@ -22,13 +25,6 @@ def is_release_file(rel: str) -> bool:
         return True
     parts = rel.split("/")
     return len(parts) == 3 and parts[0] == formats.DATA_DIR and parts[2] == formats.CROISSANT_NAME
-
-
-def _json(path: Path) -> Any:
-    try:
-        return formats.read_json(path)
-    except (OSError, formats.FormatError):
-        return None
 
 
 def _dict(x: Any) -> dict[str, Any]:
@@ -64,6 +60,12 @@ class Facts:
     repro_steps: list[dict[str, Any]] = field(default_factory=list)
     parameters: int | None = None
     dtypes: list[str] = field(default_factory=list)
+    run_record: records.RunInfo | None = None  # run.json typed (None when it is not a valid RunInfo)
+    order_datasets: list[str] = field(default_factory=list)  # the datasets the order headers name, in rank order
+    reseals: bytes | None = None  # reseals.jsonl as sealed (read with the rest)
+    document_bytes: dict[str, bytes] = field(default_factory=dict)  # run.documents files: their first MiB
+
+    DOCUMENT_LIMIT = 1 << 20
 
     @classmethod
     def load(cls, root: str | Path) -> Facts:
@@ -94,17 +96,38 @@ class Facts:
             root_d, resources = formats.parse_oms_statement(b.json(formats.MANIFEST))
         except (reader.BundleFileError, formats.FormatError):
             pass
-        index = _dict(js(formats.CHECKPOINT_INDEX))
-        ckpts = [e for e in index.get("checkpoints", []) if isinstance(e, dict)]
+        def typed(read: Any) -> Any:
+            try:
+                return read()
+            except reader.BundleFileError:
+                return None
+
+        index = typed(b.checkpoint_index)
+        ckpts = [records.to_dict(e) for e in index.checkpoints] if index is not None else []
+        run_rec = typed(b.run_record) if b.has(formats.RUN_JSON) else None
+        order_datasets: list[str] = []
+        for rel in sorted(b.under(formats.ORDER_DIR)):
+            rank = rel.removeprefix(f"{formats.ORDER_DIR}/rank").removesuffix(".json")
+            hdr = typed(lambda r=int(rank): b.order_header(r)) if rank.isdigit() and rel.endswith(".json") else None
+            if hdr is not None and hdr.dataset and hdr.dataset not in order_datasets:
+                order_datasets.append(hdr.dataset)
+        docs: dict[str, bytes] = {}
+        for rel in (run_rec.documents.values() if run_rec is not None else []):
+            if "://" not in rel and rel in resources and b.has(rel):
+                with b.open(rel) as fh:
+                    docs[rel] = fh.read(cls.DOCUMENT_LIMIT)
         facts = cls(
             root=root, run=_dict(js(formats.RUN_JSON)), config=_dict(js(formats.CONFIG_JSON)),
             code=_dict(js(formats.CODE_JSON)), env=_dict(js(formats.ENV_JSON)),
             manifests=manifests, metrics=jl(formats.METRICS), evals=jl(formats.EVALS),
-            notes=jl(formats.NOTES), events=jl(formats.EVENTS),
-            checkpoints=sorted(ckpts, key=lambda e: e.get("step", 0)),
+            notes=[records.to_dict(n) for _, n in b.notes()[0]] if b.has(formats.NOTES) else [],
+            events=jl(formats.EVENTS), checkpoints=sorted(ckpts, key=lambda e: e.get("step", 0)),
             model_config=_dict(js(formats.MODEL_DIR + "/config.json")), resources=resources,
             root_digest=root_d, reproduction=js("reproduction/summary.json"),
-            repro_steps=jl("reproduction/steps.jsonl"),
+            repro_steps=jl("reproduction/steps.jsonl"), run_record=run_rec, order_datasets=order_datasets,
+            reseals=typed(lambda: b.read_bytes(formats.RESEALS, b.limits.max_jsonl_bytes))
+            if b.has(formats.RESEALS) else None,
+            document_bytes=docs,
         )
         weights = sorted(rel for rel in b.files if rel.startswith(formats.MODEL_DIR + "/")
                          and rel.count("/") == 1 and rel.endswith(".safetensors"))
@@ -132,8 +155,8 @@ class Facts:
 
     @property
     def license(self) -> str | None:
-        lic = self.run.get("license")
-        return lic if isinstance(lic, str) and lic.strip() else None
+        lic = self.run_record.license if self.run_record is not None else None
+        return lic if lic and lic.strip() else None
 
     @property
     def cfg(self) -> dict[str, Any]:
@@ -147,12 +170,8 @@ class Facts:
     @property
     def training_datasets(self) -> list[str]:
         """Datasets whose samples the data order indexes (else those with samples, else all)."""
-        names = []
-        for p in sorted((self.root / formats.ORDER_DIR).glob("rank*.json")):
-            ds = _dict(_json(p)).get("dataset")
-            if isinstance(ds, str) and ds and ds not in names:
-                names.append(ds)
-        return names or [n for n, m in self.manifests.items() if m.get("samples")] or list(self.manifests)
+        with_samples = [n for n, m in self.manifests.items() if m.get("samples")]
+        return list(self.order_datasets) or with_samples or list(self.manifests)
 
     @property
     def content_root_digest(self) -> str | None:
@@ -168,15 +187,14 @@ class Facts:
         digests = {n: d for n, d in self.resources.items() if not is_release_file(n)}
         if formats.RESEALS in digests:  # the release records its own re-seals: take reseals.jsonl as it was before
             kept = []
-            with open(self.root / formats.RESEALS, "rb") as fh:
-                for line in fh:
-                    try:
-                        rec = untrusted.loads(line)
-                    except ValueError:
-                        rec = None
-                    if isinstance(rec, dict) and str(rec.get("command", "")).startswith(formats.RELEASE_COMMAND):
-                        break
-                    kept.append(line)
+            for line in io.BytesIO(self.reseals or b""):  # line by line, as the file reads
+                try:
+                    rec = untrusted.loads(line)
+                except ValueError:
+                    rec = None
+                if isinstance(rec, dict) and str(rec.get("command", "")).startswith(formats.RELEASE_COMMAND):
+                    break
+                kept.append(line)
             if kept:
                 digests[formats.RESEALS] = sha256_bytes(b"".join(kept))
             else:
@@ -193,9 +211,8 @@ class Facts:
 
     @property
     def last_step(self) -> int | None:
-        s = self.run.get("last_step")
-        if isinstance(s, int):
-            return s
+        if self.run_record is not None and self.run_record.last_step is not None:
+            return self.run_record.last_step
         return self.metrics[-1].get("step") if self.metrics else None
 
     @property
@@ -247,18 +264,14 @@ class Facts:
             rel = docs.get(key)
             if not rel or "://" in rel or rel not in self.resources:
                 continue
-            try:
-                with open(self.root / rel, "rb") as fh:
-                    return fh.read(limit).decode("utf-8", "replace")
-            except OSError:
-                continue
+            if rel in self.document_bytes:
+                return self.document_bytes[rel][:limit].decode("utf-8", "replace")
         return None
 
     @property
     def documents(self) -> dict[str, str]:
         """run.json documents: {key: bundle path or URL} (what the run shipped for what it cannot produce)."""
-        docs = self.run.get("documents")
-        return {str(k): v for k, v in docs.items() if isinstance(v, str)} if isinstance(docs, dict) else {}
+        return dict(self.run_record.documents) if self.run_record is not None else {}
 
     @property
     def architecture(self) -> str:

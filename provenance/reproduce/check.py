@@ -8,6 +8,7 @@ from typing import Any
 from provenance import diff as pdiff
 from provenance import formats
 from provenance.audit import Check
+from provenance.records import ReproductionSummary
 from provenance.replay import STEPS_LOG, SUMMARY
 from provenance.reproduce.options import EXIT_REPRODUCED
 from provenance.reproduce.verdict import BITWISE, DIVERGED, REPORT, REPORT_SCHEMA, WITHIN
@@ -21,8 +22,10 @@ def check_reproduction(view: Any, out: Any) -> None:
     logged losses and checkpoint index, and name the same original as its run.json."""
     from provenance.audit import BundleFileError, SkipCheck
 
-    info = view.run_info
-    rep = info.get("reproduces") if isinstance(info.get("reproduces"), dict) else None
+    try:
+        rep = view.run_record().reproduces  # typed: an object or null
+    except BundleFileError:
+        rep = None  # the audit's `run` check names what is wrong with run.json
     has = [f for f in (SUMMARY, STEPS_LOG, REPORT) if view.has(f)]
     if rep is None and not has:
         raise SkipCheck("not a reproduction")
@@ -32,14 +35,14 @@ def check_reproduction(view: Any, out: Any) -> None:
         return
     if not view.has(SUMMARY):
         raise BundleFileError(SUMMARY, "missing: a reproduction records its summary")
-    summ = view.json(SUMMARY)
-    if not isinstance(summ, dict) or summ.get("schema") != SUMMARY_SCHEMA:
-        out.error("unknown schema", file=SUMMARY, expected=SUMMARY_SCHEMA,
-                  actual=repr(summ.get("schema") if isinstance(summ, dict) else summ))
+    try:
+        summ = view.record(ReproductionSummary, SUMMARY)  # typed and strict
+    except BundleFileError as exc:
+        out.error(exc.message, file=SUMMARY, expected=SUMMARY_SCHEMA)
         return
-    if (summ.get("original") or {}).get("root_digest") != rep.get("root_digest"):
+    if summ.original.get("root_digest") != rep.get("root_digest"):
         out.error("names another original than run.json", file=SUMMARY,
-                  expected=str(rep.get("root_digest")), actual=str((summ.get("original") or {}).get("root_digest")))
+                  expected=str(rep.get("root_digest")), actual=str(summ.original.get("root_digest")))
     steps: list[dict[str, Any]] = []
     ckpts: list[dict[str, Any]] = []
     if view.has(STEPS_LOG):
@@ -48,28 +51,31 @@ def check_reproduction(view: Any, out: Any) -> None:
             out.error(p, file=STEPS_LOG)
         for _, r in records:
             (ckpts if "checkpoint" in r else steps).append(r)
-    if len(steps) != summ.get("steps_checked"):
-        out.error(f"{len(steps)} step records, but the summary says {summ.get('steps_checked')} steps were "
+    if len(steps) != summ.steps_checked:
+        out.error(f"{len(steps)} step records, but the summary says {summ.steps_checked} steps were "
                   "checked", file=STEPS_LOG)
-    if len(ckpts) != summ.get("checkpoints_checked"):
-        out.error(f"{len(ckpts)} checkpoint records, but the summary says {summ.get('checkpoints_checked')}",
+    if len(ckpts) != summ.checkpoints_checked:
+        out.error(f"{len(ckpts)} checkpoint records, but the summary says {summ.checkpoints_checked}",
                   file=STEPS_LOG)
     metrics = {r.get("step"): r for r in (view.try_jsonl(formats.METRICS) or [])}
     bad = [r.get("step") for r in steps if "loss" in r and isinstance(r.get("loss"), float)
            and not pdiff.same_value(r["loss"], (metrics.get(r.get("step")) or {}).get("loss"))]
     if bad:
         out.error(f"the losses compared at steps {bad[:5]} are not the losses this run logged", file=STEPS_LOG)
-    index = view.try_json(formats.CHECKPOINT_INDEX) or {}
-    entries = [e for e in index.get("checkpoints", []) if isinstance(e, dict)]
-    own = {(e.get("step"), e.get("path")): e.get("sha256") for e in entries}  # a captured command may save
-    own_step = {e.get("step"): e.get("sha256") for e in entries}  # several files at one step
+    try:
+        index = view.checkpoint_index()  # typed; the `checkpoints` check names what is wrong with it
+    except BundleFileError:
+        index = None
+    entries = index.checkpoints if index is not None else []
+    own = {(e.step, e.path): e.sha256 for e in entries}  # a captured command may save
+    own_step = {e.step: e.sha256 for e in entries}  # several files at one step
     badc = [r.get("step") for r in ckpts
             if own.get((r.get("step"), r.get("checkpoint")), own_step.get(r.get("step"))) != r.get("sha256")]
     if badc:
         out.error(f"the checkpoint digests compared at steps {badc[:5]} are not this run's", file=STEPS_LOG)
     diverged = [r for r in steps if r.get("loss_match") is False or r.get("order") in ("differs", "not recorded")]
     diverged += [r for r in ckpts if r.get("checkpoint_match") is False]
-    if summ.get("bitwise") and (diverged or summ.get("first_divergence") is not None):
+    if summ.bitwise and (diverged or summ.first_divergence is not None):
         out.error("claims bitwise, but the step records show a divergence", file=SUMMARY)
     if not view.has(REPORT):
         out.warn("no report: this reproduction was not made by `prov reproduce`", file=REPORT)
@@ -84,7 +90,7 @@ def check_reproduction(view: Any, out: Any) -> None:
         out.error("names another original than run.json", file=REPORT, expected=str(rep.get("root_digest")),
                   actual=str((report.get("original") or {}).get("root_digest")))
     verdict = report.get("verdict")
-    if verdict == BITWISE and (not summ.get("bitwise") or diverged):
+    if verdict == BITWISE and (not summ.bitwise or diverged):
         out.error(f"says {BITWISE!r}, but the replay summary does not", file=REPORT)
     if verdict == BITWISE and report.get("exit_status") != EXIT_REPRODUCED:
         out.error("a bitwise reproduction has exit status 0", file=REPORT, expected="0",

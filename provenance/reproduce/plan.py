@@ -82,32 +82,26 @@ def _read_original(b: reader.Bundle, root: Path, digest: str) -> Original:
             raise Refused(f"{root}: {rel} is not a JSON object")
         return val
 
-    cfg = rj(formats.CONFIG_JSON)
-    if not isinstance(cfg.get("config"), dict):
-        raise Refused(f"{root}: {formats.CONFIG_JSON} holds no resolved config")
-    argv = cfg.get("argv")
-    if not isinstance(argv, list) or len(argv) < 2 or not all(isinstance(a, str) for a in argv):
+    if not b.has(formats.CONFIG_JSON):
+        raise Refused(f"{root}: {formats.CONFIG_JSON} is missing; this bundle cannot be reproduced")
+    try:
+        cfg = b.config_record()  # typed and strict: the resolved config, argv a list of strings
+        index = b.checkpoint_index()
+        metrics = b.records(formats.METRICS)  # a torn last line (a crash mid-append) is skipped
+        manifests: dict[str, dict[str, Any]] = {}
+        for folder in sorted(r.split("/")[1] for r in b.files if r.startswith(formats.DATA_DIR + "/")
+                             and r.count("/") == 2 and r.endswith("/manifest.json")):
+            manifests[b.data_manifest(folder).name] = b.json(formats.data_manifest_path(folder))
+    except reader.BundleFileError as exc:
+        raise Refused(f"{root}: {exc}") from None
+    argv = cfg.argv
+    if argv is None or len(argv) < 2:
         raise Refused(f"{root}: {formats.CONFIG_JSON} does not record the command line (argv)")
     if not b.has(formats.CODE_SNAPSHOT):
         raise Refused(f"{root}: {formats.CODE_SNAPSHOT} is missing: the code that ran is not in the bundle")
-    index = rj(formats.CHECKPOINT_INDEX, required=False)
-    ckpts = {int(e["step"]): e["sha256"] for e in index.get("checkpoints", [])}
-    records: list[tuple[int, dict[str, Any]]] = []
-    if b.has(formats.METRICS):
-        try:
-            records, problems = b.jsonl(formats.METRICS)
-        except reader.BundleFileError as exc:
-            raise Refused(f"{root}: {exc}") from None
-        bad = [p for p in problems if "terminated" not in p]  # a torn last line (a crash mid-append) is skipped
-        if bad:
-            raise Refused(f"{root}: {formats.METRICS}: {bad[0]}")
-    steps = [int(r["step"]) for _, r in records if isinstance(r.get("step"), int)]
-    manifests: dict[str, dict[str, Any]] = {}
-    for rel in sorted((r for r in b.files if r.startswith(formats.DATA_DIR + "/") and r.count("/") == 2
-                       and r.endswith("/manifest.json")), key=lambda r: r.split("/")[1]):
-        man = rj(rel)
-        manifests[str(man.get("name", rel.split("/")[1]))] = man
-    return Original(root=root, root_digest=digest, run=rj(formats.RUN_JSON), config=cfg["config"], argv=argv,
+    ckpts = {e.step: e.sha256 for e in index.checkpoints} if index is not None else {}
+    steps = [int(r["step"]) for r in metrics if isinstance(r.get("step"), int)]
+    return Original(root=root, root_digest=digest, run=rj(formats.RUN_JSON), config=cfg.config, argv=argv,
                     code=rj(formats.CODE_JSON), env=rj(formats.ENV_JSON, required=False),
                     manifests=manifests, checkpoints=ckpts, metric_steps=steps)
 
