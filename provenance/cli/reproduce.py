@@ -9,8 +9,14 @@ from pathlib import Path
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    from provenance.cli import _reproduce_segments as segments
     from provenance.reproduce import Options, reproduce
 
+    if segments.wanted(args):  # --segments, --segment I, --sample N, --merge REPORT...
+        return segments.run(args)
+    if args.bundle is None:
+        print("error: BUNDLE: give the bundle to reproduce", file=sys.stderr)
+        return 2
     as_json = args.json
     out = sys.stderr if as_json else sys.stdout
 
@@ -67,7 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "and checkpoint digest. This EXECUTES THE BUNDLE'S CODE (--sandbox contains it). "
                     "Exit status: 0 reproduced (bitwise, or within --tolerance); 1 diverged, incomplete, or "
                     "matched without a claim; 2 refused (integrity, data, --strict-env, no sandbox, bad input).")
-    p.add_argument("bundle", help="a run folder (runs/<run_id>) or a release archive (.tar, .tar.gz)")
+    p.add_argument("bundle", nargs="?", help="a run folder (runs/<run_id>) or a release archive (.tar, .tar.gz)")
     g = p.add_argument_group("what to check")
     g.add_argument("--steps", type=int, default=None, metavar="N",
                    help="check N steps (from the original's first step, or after --from-step K) and stop")
@@ -98,4 +104,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--json", action="store_true", help="print the reproduction report as JSON on stdout")
     g.add_argument("--quiet", action="store_true",
                    help="print only the verdict: no progress lines and no training output")
+    from provenance.cli import _reproduce_segments
+
+    _reproduce_segments.add_arguments(p)
     p.set_defaults(func=cmd_reproduce)

@@ -53,6 +53,7 @@ class Report:
     diff: dict[str, Any] = field(default_factory=dict)
     refused: dict[str, Any] | None = None
     wrapped: dict[str, Any] | None = None  # a wrapped command (prov run): its command, evidence, exit status
+    segments: dict[str, Any] | None = None  # --segments: every interval's result (reproduce.segments)
     schema: str = REPORT_SCHEMA
 
     @classmethod

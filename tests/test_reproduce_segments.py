@@ -1,0 +1,275 @@
+"""Issue 15 (item 4): segment verification: `prov reproduce --segments`, `--jobs`, `--segment I` + `--merge`,
+`--sample N --seed S`, and the bad inputs.
+
+Every interval is a real (tiny) reproduction. The originals: the session's tiny_bundle (checkpoints at
+steps 6 and 12: two intervals), and two runs of the tiny config with checkpoints every 4 steps (three
+intervals) trained with a fault injected from outside the recorded code (a `sitecustomize` on
+PYTHONPATH that perturbs one weight after an optimizer step): once at step 5 only (a one-off fault, as a
+transient hardware error would be), and after every step from step 5 on (a persistent one). The fault
+is not in the bundle's code, so a reproduction does not repeat it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, offline_env, only_run, train
+
+from provenance import formats
+from provenance.bundle import seal_folder
+from provenance.reproduce import BITWISE, DIVERGED, INCOMPLETE, Options
+from provenance.reproduce.segments import (
+    SEGMENTS_REPORT,
+    SegmentOptions,
+    choose_sample,
+    coverage,
+    reproduce_segments,
+)
+
+HOOK = '''
+import os
+import torch
+
+_STEP, _MODE = int(os.environ["FAULT_STEP"]), os.environ["FAULT_MODE"]
+_step = torch.optim.AdamW.step
+_calls = [0]
+
+
+def step(self, *args, **kwargs):
+    out = _step(self, *args, **kwargs)
+    _calls[0] += 1
+    if _calls[0] == _STEP or (_MODE == "persistent" and _calls[0] > _STEP):
+        with torch.no_grad():
+            self.param_groups[0]["params"][0].view(-1)[0] += 1e-2
+    return out
+
+
+torch.optim.AdamW.step = step
+'''
+
+
+def cli(*args: str, tmp: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "provenance.cli", *args], capture_output=True, text=True,
+                          cwd=REPO, env=offline_env(tmp), timeout=900)
+
+
+def faulty_original(tmp: Path, mode: str) -> Path:
+    """The tiny config with checkpoints at 4, 8, 12, trained with a weight perturbed after step 5 (once or
+    from then on)."""
+    hook = tmp / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(HOOK)
+    env = {**offline_env(tmp), "PYTHONPATH": str(hook), "FAULT_STEP": "5", "FAULT_MODE": mode}
+    train(tmp, "train.checkpoint_every=4", env=env)
+    return only_run(tmp / "runs")
+
+
+def verdicts(doc: dict) -> list[tuple[int, str]]:
+    return [(r["index"], r["verdict"]) for r in doc["segments"]["results"]]
+
+
+@pytest.fixture(scope="module")
+def all_intervals(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    tmp = tmp_path_factory.mktemp("segs")
+    proc = cli("reproduce", str(tiny_bundle), "--segments", "--jobs", "2", "--workdir", str(tmp / "w"), "--json",
+               "--quiet", tmp=tmp)
+    return {"proc": proc, "doc": json.loads(proc.stdout) if proc.stdout.strip() else None, "tmp": tmp}
+
+
+def test_every_interval_reproduces(all_intervals: dict, tiny_bundle: Path) -> None:
+    proc, doc = all_intervals["proc"], all_intervals["doc"]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert doc["verdict"] == BITWISE and doc["bitwise"] and doc["exit_status"] == 0
+    seg = doc["segments"]
+    ckpts = sorted(e["step"] for e in formats.read_json(tiny_bundle / formats.CHECKPOINT_INDEX)["checkpoints"])
+    last = max(r["step"] for r in formats.read_jsonl(tiny_bundle / formats.METRICS))
+    assert ckpts == [6, 12] and last == 12
+    assert [(i["from_step"], i["to_step"], i["restores"]) for i in seg["intervals"]] == [(0, 6, False),
+                                                                                       (6, 12, True)]
+    assert seg["mode"] == "all" and seg["checked"] == [0, 1] and seg["jobs"] == 2
+    assert seg["first_divergent_interval"] is None and seg["pattern"]["kind"] == "none"
+    assert not seg["coverage"]["not_checked"]
+    for r in seg["results"]:
+        assert r["verdict"] == BITWISE and r["first_divergence"] is None
+        assert r["end_checkpoint"]["match"] and r["end_checkpoint"]["sha256"] == r["end_checkpoint"]["sha256_recorded"]
+        assert r["scope"]["first_step"] == r["from_step"] + 1 and r["scope"]["last_step"] == r["to_step"]
+        repro = Path(r["bundle"])  # each interval is an ordinary reproduction, with its own sealed report
+        own = formats.read_json(repro / "reproduction/report.json")
+        assert own["verdict"] == BITWISE and own["scope"]["from_step"] == (6 if r["restores"] else None)
+        steps = sorted(m["step"] for m in formats.read_jsonl(repro / formats.METRICS))
+        assert steps == list(range(r["from_step"] + 1, r["to_step"] + 1))  # only its own steps ran
+    assert doc["scope"]["steps_checked"] == 12 and doc["scope"]["checkpoints_checked"] == 2
+    written = formats.read_json(Path(doc["report_path"]))
+    assert Path(doc["report_path"]) == all_intervals["tmp"] / "w" / SEGMENTS_REPORT
+    assert written["verdict"] == doc["verdict"] and written["segments"]["results"] == seg["results"]
+
+
+def test_segment_reports_merge_to_the_same_verdict(all_intervals: dict, tiny_bundle: Path, tmp_path: Path) -> None:
+    full = all_intervals["doc"]
+    works = []
+    for i in (1, 0):
+        work = tmp_path / f"w{i}"
+        proc = cli("reproduce", str(tiny_bundle), "--segment", str(i), "--workdir", str(work), "--quiet", tmp=tmp_path)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        assert f"interval {i}: steps" in proc.stdout and f"report: {work / SEGMENTS_REPORT}" in proc.stdout
+        one = formats.read_json(work / SEGMENTS_REPORT)
+        assert one["segments"]["mode"] == "one" and one["segments"]["checked"] == [i]
+        assert one["segments"]["coverage"]["not_checked"] == [1 - i]
+        works.append(work)
+    proc = cli("reproduce", "--merge", str(works[0] / SEGMENTS_REPORT), str(works[1]), "--json", tmp=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    merged = json.loads(proc.stdout)
+    assert merged["verdict"] == full["verdict"] and merged["headline"] == full["headline"]
+    assert merged["exit_status"] == 0 and merged["bitwise"] and merged["segments"]["mode"] == "merged"
+    keep = ("index", "from_step", "to_step", "verdict", "first_divergence", "end_checkpoint")
+    assert [{k: r[k] for k in keep} for r in merged["segments"]["results"]] == \
+        [{k: r[k] for k in keep} for r in full["segments"]["results"]]
+    assert merged["scope"] == full["scope"] and merged["original"]["root_digest"] == full["original"]["root_digest"]
+    assert [m["intervals"] for m in merged["segments"]["merged_from"]] == [[1], [0]]
+    # one report only: interval 0 is missing, never "reproduced"
+    proc = cli("reproduce", "--merge", str(works[0]), tmp=tmp_path)
+    assert proc.returncode == 1 and f"verdict: {INCOMPLETE}: no report for interval(s) 0" in proc.stdout
+    # refusals name the file: the same interval twice, another bundle, not a report, with a BUNDLE
+    proc = cli("reproduce", "--merge", str(works[0]), str(all_intervals["tmp"] / "w"), tmp=tmp_path)
+    assert proc.returncode == 2 and "interval 1 is also in" in proc.stderr and str(works[0]) in proc.stderr
+    other = tmp_path / "other.json"
+    doc = formats.read_json(works[1] / SEGMENTS_REPORT)
+    doc["original"]["root_digest"] = "0" * 64
+    formats.atomic_write_json(other, doc)
+    proc = cli("reproduce", "--merge", str(works[0]), str(other), tmp=tmp_path)
+    assert proc.returncode == 2 and f"--merge {other}: reports on bundle sha256:{'0' * 64}" in proc.stderr
+    assert "reports of different bundles cannot be merged" in proc.stderr
+    plain = Path(all_intervals["doc"]["segments"]["results"][0]["bundle"]) / "reproduction/report.json"
+    proc = cli("reproduce", "--merge", str(plain), tmp=tmp_path)
+    assert proc.returncode == 2 and f"--merge {plain}: not a segment report" in proc.stderr
+    proc = cli("reproduce", str(tiny_bundle), "--merge", str(works[0]), tmp=tmp_path)
+    assert proc.returncode == 2 and "--merge: joins existing reports and runs nothing; not with BUNDLE" in proc.stderr
+
+
+def test_one_off_fault_is_confined_to_its_interval(tmp_path: Path) -> None:
+    orig = faulty_original(tmp_path, "once")
+    out = reproduce_segments(orig, Options(workdir=tmp_path / "w"), SegmentOptions(jobs=2))
+    assert out.exit_status == 1, out.headline
+    seg = out.report.segments
+    assert [(r["from_step"], r["to_step"]) for r in seg["results"]] == [(0, 4), (4, 8), (8, 12)]
+    assert [(r["index"], r["verdict"]) for r in seg["results"]] == [(0, BITWISE), (1, DIVERGED), (2, BITWISE)]
+    # the weight changed after step 5's update: the loss of step 6 is the first to differ
+    first = out.report.first_divergence
+    assert (first["interval"], first["step"], first["kind"]) == (1, 6, "loss") and first["order_matched"]
+    assert seg["first_divergent_interval"] == 1 and seg["pattern"]["kind"] == "one-off"
+    assert not seg["results"][1]["end_checkpoint"]["match"] and seg["results"][2]["end_checkpoint"]["match"]
+    assert out.headline.startswith("diverged in interval 1 of 3 (steps 5–8), first at step 6 (loss)")
+    assert "confined to interval 1" in out.headline
+    assert formats.read_json(tmp_path / "w" / SEGMENTS_REPORT)["segments"]["pattern"]["kind"] == "one-off"
+
+
+def test_persistent_fault_shows_in_every_later_interval(tmp_path: Path) -> None:
+    orig = faulty_original(tmp_path, "persistent")
+    out = reproduce_segments(orig, Options(workdir=tmp_path / "w"), SegmentOptions(jobs=2))
+    assert out.exit_status == 1, out.headline
+    seg = out.report.segments
+    assert [(r["index"], r["verdict"]) for r in seg["results"]] == [(0, BITWISE), (1, DIVERGED), (2, DIVERGED)]
+    firsts = [(r["first_divergence"]["step"], r["first_divergence"]["kind"]) for r in seg["results"][1:]]
+    # interval 2 restarts from the original's checkpoint of step 8: step 9 matches, the fault after it shows at 10
+    assert firsts == [(6, "loss"), (10, "loss")]
+    assert out.report.first_divergence["interval"] == 1 and seg["pattern"]["kind"] == "persistent"
+    assert "persistent: every interval checked from interval 1 on diverges (1, 2)" in out.headline
+    # a seeded sample of one interval: the same seed chooses the same interval; interval 0 alone reproduces,
+    # and the report says what that cannot rule out (this very fault)
+    seed = next(s for s in range(100) if choose_sample(3, 1, s) == [0])
+    proc = cli("reproduce", str(orig), "--sample", "1", "--seed", str(seed), "--workdir", str(tmp_path / "s"),
+               "--json", "--quiet", tmp=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert doc["verdict"] == BITWISE and not doc["bitwise"]  # a sample: no bitwise claim for the whole run
+    assert doc["segments"]["sample"] == {**doc["segments"]["sample"], "n": 1, "seed": seed, "chosen": [0]}
+    cov = doc["segments"]["coverage"]
+    assert cov["not_checked"] == [1, 2] and cov["one_off_miss_probability"] == pytest.approx(2 / 3)
+    assert any("starts after interval 0 (in 1, 2)" in line for line in cov["cannot_rule_out"])
+    assert "not checked: interval(s) 1, 2" in doc["headline"]
+
+
+def test_a_perturbed_checkpoint_is_named_by_its_interval(bundle_copy: Path, tmp_path: Path) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from provenance.hashing import sha256_file
+
+    path = bundle_copy / formats.checkpoint_name(6)  # re-saved with one weight changed, index and seal redone
+    tensors = load_file(str(path))
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata()
+    name = "model.transformer.h.0.mlp.c_fc.weight"  # not lm_head.weight: it is tied to (loaded as) wte's
+    tensors[name] = tensors[name] + 1e-3
+    save_file(tensors, str(path), metadata=metadata)
+    index = formats.read_json(bundle_copy / formats.CHECKPOINT_INDEX)
+    for e in index["checkpoints"]:
+        if e["step"] == 6:
+            e.update(sha256=sha256_file(path), size=path.stat().st_size)
+    formats.atomic_write_json(bundle_copy / formats.CHECKPOINT_INDEX, index)
+    seal_folder(bundle_copy)
+    out = reproduce_segments(bundle_copy, Options(workdir=tmp_path / "w"), SegmentOptions(jobs=2))
+    assert out.exit_status == 1, out.headline
+    seg = out.report.segments
+    first = [(r["verdict"], (r["first_divergence"] or {}).get("step"), (r["first_divergence"] or {}).get("kind"))
+             for r in seg["results"]]
+    # interval 0's steps all reproduce but the checkpoint it saves is not the recorded one; interval 1,
+    # restored from the recorded (perturbed) checkpoint, differs from its first step
+    assert first == [(DIVERGED, 6, "checkpoint"), (DIVERGED, 7, "loss")]
+    assert "only the checkpoint of step 6 differs from the recorded one" in out.headline
+
+
+def test_sample_choice_is_seeded() -> None:
+    assert choose_sample(10, 3, 7) == choose_sample(10, 3, 7)
+    assert len({tuple(choose_sample(10, 3, s)) for s in range(20)}) > 1
+    for s in range(20):
+        got = choose_sample(10, 3, s)
+        assert got == sorted(got) and len(set(got)) == 3 and all(0 <= i < 10 for i in got)
+    assert choose_sample(4, 4, 1) == [0, 1, 2, 3]
+    cov = coverage([2, 5], 8, [])
+    assert cov["one_off_miss_probability"] == 0.75 and cov["not_checked"] == [0, 1, 3, 4, 6, 7]
+    assert any("interval 5 or earlier" in line for line in cov["rules_out"])
+    assert any("after interval 5 (in 6, 7)" in line for line in cov["cannot_rule_out"])
+
+
+def test_bad_segment_requests_are_refused_naming_the_argument(tiny_bundle: Path, bundle_copy: Path,
+                                                              tmp_path: Path) -> None:
+    cases = [
+        (["--segment", "2"], "--segment 2: out of range: the original has 2 intervals"),
+        (["--segment", "-1"], "--segment -1: out of range"),
+        (["--sample", "3"], "--sample 3: larger than the number of intervals (2)"),
+        (["--sample", "0"], "--sample 0: must be at least 1"),
+        (["--segments", "--seed", "3"], "--seed: only with --sample N"),
+        (["--jobs", "2"], "--jobs 2: only with --segments or --sample N"),
+        (["--segments", "--jobs", "0"], "--jobs 0: must be at least 1"),
+        (["--segments", "--from-step", "6"], "--from-step: not with --segments"),
+        (["--segments", "--steps", "3"], "--steps: not with --segments"),
+        (["--segment", "0", "--sample", "1"], "--segment: not with --sample"),
+        (["--segment", "0", "--jobs", "2"], "--jobs 2: --segment I checks one interval"),
+        (["--segments", "--tolerance", "loss=x"], "--tolerance 'loss=x'"),
+        (["--segments", "--set", "train.nope=1"], "the recorded config has no key 'train.nope'"),
+    ]
+    for i, (flags, says) in enumerate(cases):
+        work = tmp_path / f"w{i}"
+        proc = cli("reproduce", str(tiny_bundle), *flags, "--workdir", str(work), tmp=tmp_path)
+        assert proc.returncode == 2 and says in proc.stderr, (flags, proc.stdout, proc.stderr)
+        assert "verdict: refused (nothing ran)" in proc.stdout and not work.exists(), flags
+    # a bundle with no checkpoint before its last step: one interval only
+    index = formats.read_json(bundle_copy / formats.CHECKPOINT_INDEX)
+    index["checkpoints"] = [e for e in index["checkpoints"] if e["step"] == 12]
+    formats.atomic_write_json(bundle_copy / formats.CHECKPOINT_INDEX, index)
+    shutil.rmtree(bundle_copy / formats.checkpoint_name(6), ignore_errors=True)
+    (bundle_copy / formats.checkpoint_name(6)).unlink(missing_ok=True)
+    seal_folder(bundle_copy)
+    work = tmp_path / "none"
+    proc = cli("reproduce", str(bundle_copy), "--segments", "--workdir", str(work), tmp=tmp_path)
+    assert proc.returncode == 2 and "--segments: the original saved no checkpoint between its first and last step" \
+        in proc.stderr, proc.stderr
+    assert not work.exists()
+    proc = cli("reproduce", str(bundle_copy), "--segments", "--json", "--workdir", str(work), tmp=tmp_path)
+    assert proc.returncode == 2 and json.loads(proc.stdout)["verdict"] == "refused" and not work.exists()
