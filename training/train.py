@@ -290,9 +290,11 @@ def train(cfg: Config, inv: Invocation) -> int:
             load_weights(model, cfg.run.init_from)
         start_step, tokens_seen, untrained, metrics = 0, 0, None, None
         evaluates = rank == 0 or fsdp  # a sharded model's forward is collective: every rank evaluates
-        if cfg.run.resume_from:
-            start_step, tokens_seen = run.restore(cfg.run.resume_from, model, optimizer,
-                                                  allow_change=cfg.run.allow_resume_change)
+        # relaunched by `torchrun --max-restarts` after a failure: continue from the previous attempt's
+        # latest valid checkpoint (a new segment of the record); else from run.resume_from when given
+        resume = run.resume_point() or cfg.run.resume_from
+        if resume:
+            start_step, tokens_seen = run.restore(resume, model, optimizer, allow_change=cfg.run.allow_resume_change)
         elif evaluates:
             untrained = evaluate(model, val_ids, arith, tokenizer, cfg, pad_id, eos_id)
             if rank == 0:

@@ -42,6 +42,7 @@ from provenance.run.callback import Callback, Component
 from provenance.run.guard import OutputCapture, RunInterrupted, SignalGuard
 from provenance.run.ranks import RankLayout
 from provenance.run.recorder import Recorder
+from provenance.run.relaunch import elastic_facts, latest_checkpoint, previous_attempt, seal_if_left_running
 from provenance.run.replaying import ReplayComponent
 
 # files and folders only the run itself writes: run.add_file refuses them
@@ -168,6 +169,8 @@ class Run:
         given = run_id or os.environ.get("PROV_RUN_ID")
         self.run_id = self.ranks.agree_run_id(given or _new_run_id(name), given=bool(given))
         self.root = self.runs_dir / self.run_id
+        self.elastic = elastic_facts()  # torch elastic's run id and restart count (None outside torchrun)
+        self.previous_attempt: Path | None = None  # the bundle of the attempt torchrun ran before this one
         self.status = "created"
         self.root_digest: str | None = None
         self._env: dict[str, Any] | None = None  # env/environment.json as written at the start
@@ -207,7 +210,9 @@ class Run:
         determinism = apply_determinism(self.threads, self.deterministic)
         env = capture_env()
 
-        w = self.writer = self.ranks.open_bundle(self.root, redactor)
+        prev = self.previous_attempt = previous_attempt(self.runs_dir, self.elastic, exclude=self.run_id)
+        prev_sealed = seal_if_left_running(prev) if prev is not None and self.ranks.writes_shared else None
+        w = self.writer = self.ranks.open_bundle(self.root, redactor)  # (the other ranks wait for that seal)
         self.recorder = Recorder(w, self.ranks, on_hashed=self._checkpoint_hashed)
         self._t0 = time.monotonic()
         self._run_info = {
@@ -237,6 +242,16 @@ class Run:
         facts = self.ranks.facts()
         if facts is not None:
             self._run_info["distributed"] = facts
+        if self.elastic is not None:
+            self._run_info["torchelastic"] = self.elastic
+        if prev is not None:  # relaunched by torchrun after a failure: the previous attempt, as it ended
+            pinfo = formats.read_json(prev / formats.RUN_JSON)
+            perr = pinfo.get("error") or {}
+            self._run_info["relaunch"] = {
+                "restart_count": self.elastic["restart_count"] if self.elastic else None,
+                "previous": {"run_id": pinfo.get("run_id"), "status": pinfo.get("status"), "path": str(prev),
+                             "error": perr.get("message"), "error_type": perr.get("type"),
+                             "sealed_by_relaunch": prev_sealed is not None}}
         if self.ranks.writes_shared:
             argv = w.redactor.obj(list(self.argv))  # as written (secrets redacted): what the digest binds
             w.write_json(formats.CONFIG_JSON, {"config": self.config,
@@ -264,8 +279,35 @@ class Run:
         self.event("started")
         if self.ranks.writes_shared:
             self._decisions_at_start()
+            self._relaunch_note()
         self._notify("on_start")
         return self
+
+    def _relaunch_note(self) -> None:
+        """A relaunched run whose previous attempt left no valid checkpoint starts again from step 0: say so
+        (with a checkpoint, the note comes with run.restore, from the step it continues)."""
+        rel = self._run_info.get("relaunch")
+        if rel is None or self.previous_attempt is None or latest_checkpoint(self.previous_attempt) is not None:
+            return
+        self.note(f"relaunched by torchrun (restart {rel['restart_count']}){self._previous_why(rel['previous'])}; "
+                  "it left no valid checkpoint, so this run starts again from step 0", category="restart", step=0,
+                  details={"from_step": 0, "checkpoint": None, "previous": rel["previous"],
+                           "relaunch": {"restart_count": rel["restart_count"]}})
+
+    @staticmethod
+    def _previous_why(prev: dict[str, Any]) -> str:
+        return (f"; the previous segment {prev.get('run_id')} ended {prev.get('status')}"
+                + (f" ({prev.get('error_type')}: {prev.get('error')})" if prev.get("error") else "")) if prev else ""
+
+    def resume_point(self) -> Path | None:
+        """The checkpoint to continue from when torchrun relaunched this run after a failure
+        (`--max-restarts`): the latest valid checkpoint of the previous attempt's bundle; None when
+        this is no relaunch or the previous attempt left none. In a reproduction of such a segment,
+        the checkpoint the original segment continued from. Restore it with run.restore(path, ...)."""
+        replay = next((c for c in self.components if isinstance(c, ReplayComponent)), None)
+        if replay is not None:
+            return replay.relaunch_checkpoint()
+        return latest_checkpoint(self.previous_attempt) if self.previous_attempt is not None else None
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> bool:
@@ -569,8 +611,11 @@ class Run:
         """Record the restart: run.json's segment link, the `restart` note, the allowed changes."""
         digest = f"sha256:{hexd}"
         prev = (segment or {}).get("previous") or {}
-        why = (f"; the previous segment {prev.get('run_id')} ended {prev.get('status')}"
-               + (f" ({prev.get('error_type')}: {prev.get('error')})" if prev.get("error") else "")) if prev else ""
+        why = self._previous_why(prev)
+        relaunch = self._run_info.get("relaunch")
+        if relaunch is not None and prev.get("run_id") == relaunch["previous"]["run_id"]:
+            why = f" after torchrun relaunched the workers (restart {relaunch['restart_count']}){why}"
+            extra = {**extra, "relaunch": {"restart_count": relaunch["restart_count"]}}
         if self.ranks.writes_shared:
             if segment is not None:
                 rel = ckpt.relative_to(Path(prev["path"])).as_posix()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, SupportsIndex
 
 from provenance.replay import REPLAY_ENV, STEPS_LOG, SUMMARY, Replay, merge_rank_summaries, original_root_digest
@@ -69,6 +70,27 @@ class ReplayComponent(Component):
     def from_env(cls, rank: int) -> ReplayComponent | None:
         replay = Replay.from_env(rank) if os.environ.get(REPLAY_ENV) else None
         return cls(replay) if replay is not None else None
+
+    def relaunch_checkpoint(self) -> Path | None:
+        """The checkpoint the original continued from when torchrun had relaunched it (run.json
+        `relaunch` and `segment`): in the previous segment, found at its recorded path or next to the
+        original. None when the original was no relaunch."""
+        from provenance import formats
+
+        try:
+            info = formats.read_json(self.replay.original / formats.RUN_JSON)
+        except (OSError, ValueError):
+            return None
+        seg, rel = info.get("segment"), info.get("relaunch")
+        if not isinstance(seg, dict) or not isinstance(rel, dict):
+            return None
+        prev, ck = seg.get("previous") or {}, seg.get("checkpoint") or {}
+        if not isinstance(prev.get("run_id"), str) or not isinstance(ck.get("path"), str):
+            return None
+        for where in (Path(str(prev.get("path") or "")), self.replay.original.parent / prev["run_id"]):
+            if where.name == prev["run_id"] and (where / ck["path"]).exists():
+                return where / ck["path"]
+        return None
 
     def reproduces(self) -> dict[str, Any]:
         return {"run_id": self.replay.original.name, "root_digest": original_root_digest(self.replay.original)}

@@ -1,0 +1,90 @@
+"""`torchrun --max-restarts`: workers relaunched by torch elastic after a failure continue the record as
+the next segment of the previous attempt's bundle (root digest, checkpoint digest, a `restart` note
+saying why), from its latest valid checkpoint, with the data order continuing there: the chain audits,
+and its final weights equal an uninterrupted run's, bitwise (same thread count)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+from safetensors.torch import load_file
+
+from provenance import formats
+from provenance.audit import audit
+
+SCRIPT = REPO / "tests" / "scripts" / "restart_once.py"
+STEPS, CRASH_AT = 8, 5  # checkpoints at 2, 4, 6, 8; the first attempt fails after step 5
+
+
+def env(**extra: str) -> dict[str, str]:
+    e = {**os.environ, "OMP_NUM_THREADS": "1", **extra}
+    e.pop("PROV_REPLAY", None)
+    return e
+
+
+def bundles(runs: Path) -> list[Path]:
+    return sorted((p for p in runs.iterdir() if p.is_dir()),
+                  key=lambda p: formats.read_json(p / formats.RUN_JSON)["started_at"])
+
+
+def losses(root: Path) -> dict[int, float]:
+    return {m["step"]: m["loss"] for m in formats.read_jsonl(root / formats.METRICS)}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    runs = tmp_path_factory.mktemp("whole") / "runs"
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(runs), str(STEPS), "0"], cwd=REPO, env=env(),
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (root,) = bundles(runs)
+    return root
+
+
+@pytest.mark.parametrize("crash", ["raise", "kill"])
+def test_max_restarts_relaunch_is_the_next_segment(tmp_path: Path, uninterrupted: Path, crash: str) -> None:
+    runs = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--max-restarts=1", "--standalone",
+                           "--nproc_per_node=1", str(SCRIPT), str(runs), str(STEPS), str(CRASH_AT)], cwd=REPO,
+                          env=env(FIXTURE_CRASH=crash), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    first, second = bundles(runs)
+    i1, i2 = (formats.read_json(p / formats.RUN_JSON) for p in (first, second))
+    assert i1["torchelastic"]["restart_count"] == 0 and i2["torchelastic"]["restart_count"] == 1
+    assert i1["torchelastic"]["run_id"] == i2["torchelastic"]["run_id"]
+    if crash == "raise":  # the first attempt sealed itself as failed
+        assert i1["status"] == "failed" and not i2["relaunch"]["previous"]["sealed_by_relaunch"]
+        why = "ended failed (RuntimeError: simulated failure at step 5)"
+    else:  # killed before it could seal: the relaunch sealed it, as `prov seal` does
+        assert i1["status"] == "interrupted" and i1["sealed_by"]["command"] == "prov seal"
+        assert i2["relaunch"]["previous"]["sealed_by_relaunch"] is True
+        why = "ended interrupted (Killed: "
+    # the second attempt is the next segment: the previous root digest and the checkpoint of step 4
+    root1, _ = formats.parse_oms_statement(formats.read_json(first / formats.MANIFEST))
+    idx1 = {e["step"]: e for e in formats.read_json(first / formats.CHECKPOINT_INDEX)["checkpoints"]}
+    seg = i2["segment"]
+    assert seg["number"] == 1 and seg["previous"]["run_id"] == i1["run_id"]
+    assert seg["previous"]["root_digest"] == f"sha256:{root1}"
+    assert seg["checkpoint"] == {"path": formats.checkpoint_name(4), "step": 4,
+                                 "sha256": f"sha256:{idx1[4]['sha256']}"}
+    (note,) = [n for n in formats.read_jsonl(second / formats.NOTES) if n["category"] == "restart"]
+    assert note["details"]["from_step"] == 4 and note["details"]["relaunch"] == {"restart_count": 1}
+    assert "after torchrun relaunched the workers (restart 1)" in note["text"] and why in note["text"], note
+    # the data order continues where the checkpoint left it
+    _, ids, steps = formats.order_paths(0)
+    assert [s.step for s in formats.read_order(second / ids, second / steps)] == list(range(5, STEPS + 1))
+    # the chain audits back to step 0
+    report = audit(second)
+    assert report.integrity.ok and report.consistency_ok, report.failures()
+    assert report.check("segments").status == "pass", report.check("segments").findings
+    # one uninterrupted run's losses and final weights, bitwise
+    whole = losses(uninterrupted)
+    assert {**{s: v for s, v in losses(first).items() if s <= 4}, **losses(second)} == whole
+    a = load_file(second / formats.MODEL_DIR / "model.safetensors")
+    b = load_file(uninterrupted / formats.MODEL_DIR / "model.safetensors")
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
