@@ -3,6 +3,12 @@
 The writer makes every write either atomic (temp file + rename) or an append
 with a single write() call, redacts secrets from everything textual, and keeps
 the digest of each file it wrote so that sealing never re-reads them.
+
+The files that several parts of the package update (the run's core, `prov seal`, `prov note`, a
+captured command, a reproduction, a release) have their one writer here, whoever calls it:
+write_run_info (run.json), write_checkpoint_index (checkpoints/index.json), append_note
+(notes.jsonl) and append_reseal (reseals.jsonl). tests/test_layers.py fails if any other module
+writes them.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
@@ -208,6 +215,68 @@ class BundleWriter:
         return seal_folder(self.root, self.known_digests(), progress)
 
 
+# --- the one writer of each shared record file ------------------------------------------------------
+# `dest` is the run's BundleWriter (the file is redacted and its digest remembered for the seal) or a
+# run folder (a killed run that `prov seal` finishes, a sealed bundle that `prov note` adds to, a
+# captured command's processes): atomic JSON, or one appended line that never follows a link.
+
+Dest = BundleWriter | Path
+
+
+def _write_json(dest: Dest, rel: str, obj: Any) -> None:
+    if isinstance(dest, BundleWriter):
+        dest.write_json(rel, obj)
+    else:
+        formats.atomic_write_json(Path(dest) / rel, obj)
+
+
+def write_run_info(dest: Dest, info: dict[str, Any]) -> None:
+    """run.json (records.RunInfo): written when the run starts and ends, or by `prov seal` / a reproduction."""
+    _write_json(dest, formats.RUN_JSON, info)
+
+
+def write_checkpoint_index(dest: Dest, entries: list[dict[str, Any]], *, captured: bool = False) -> None:
+    """checkpoints/index.json (records.CheckpointIndex) of `entries`, by step; `captured`: a wrapped command's
+    files, outside the bundle (formats.captured_checkpoint_index)."""
+    index = formats.captured_checkpoint_index(entries) if captured else formats.checkpoint_index(entries)
+    _write_json(dest, formats.CHECKPOINT_INDEX, index)
+
+
+def _append_line(path: Path, line: str) -> None:
+    """One line appended with a single O_APPEND write under an exclusive lock (concurrent writers never
+    interleave); the target is never a link, a FIFO or a device (BundleError)."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot open ({exc.strerror or exc}); refused") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise BundleError(f"{path}: not a regular file; refused")
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        view = memoryview(line.encode())
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def append_note(dest: Dest, rec: dict[str, Any], redact: Callable[[str], str] | None = None) -> None:
+    """One note (formats.note_record; records.Note) appended to notes.jsonl. Through a BundleWriter the
+    line is redacted by its redactor; into a folder by `redact` when given."""
+    line = formats.dumps_line(rec)
+    if isinstance(dest, BundleWriter):
+        _append_line(dest.path(formats.NOTES), dest.redactor.text(line))
+    else:
+        _append_line(Path(dest) / formats.NOTES, redact(line) if redact is not None else line)
+
+
+def append_reseal(root: Path, rec: dict[str, Any]) -> None:
+    """One re-seal record (formats.reseal_record) appended to reseals.jsonl of a sealed bundle."""
+    _append_line(Path(root) / formats.RESEALS, formats.dumps_line(rec))
+
+
 def clean_temp_files(root: Path) -> list[str]:
     """Remove leftovers of interrupted atomic writes; return their names."""
     removed = []
@@ -252,15 +321,15 @@ def add_note(root: str | os.PathLike[str], text: str, category: str = "other", *
         info = formats.read_json(root / formats.RUN_JSON)
         sealed = info.get("status") != "running" and (root / formats.MANIFEST).exists()
         before = _unchanged_seal(root) if sealed else None  # never seal over a tampered bundle
-        formats.append_line(root / formats.NOTES, Redactor().text(formats.dumps_line(rec)))
+        append_note(root, rec, Redactor().text)
         if before is not None:
             old = before[1].get(formats.NOTES)
             new = hash_files([root / formats.NOTES])[root / formats.NOTES]
             change = {"path": formats.NOTES, "change": "modified" if old else "added",
                       "sha256_before": formats.digest_str(old) if old else None,
                       "sha256_after": formats.digest_str(new)}
-            formats.append_line(root / formats.RESEALS, formats.dumps_line(formats.reseal_record(
-                before[0], [change], f"a {category} note was added", "provenance.bundle.add_note")))
+            append_reseal(root, formats.reseal_record(before[0], [change], f"a {category} note was added",
+                                                      "provenance.bundle.add_note"))
             return rec, seal_folder_locked(root)
     return rec, None
 

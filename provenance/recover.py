@@ -24,7 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from provenance import formats, untrusted
-from provenance.bundle import BundleError, folder_lock, seal_folder_locked
+from provenance.bundle import (
+    BundleError,
+    append_note,
+    append_reseal,
+    folder_lock,
+    seal_folder_locked,
+    write_checkpoint_index,
+    write_run_info,
+)
 from provenance.capture.process import process_state
 from provenance.hashing import hash_files, root_digest, sha256_bytes
 from provenance.reader import BundleFileError as ReaderFileError
@@ -143,21 +151,6 @@ def _truncate(root: Path, rel: str, size: int) -> None:
     fd = _open(root / rel, os.O_WRONLY)
     try:
         os.ftruncate(fd, size)
-    finally:
-        os.close(fd)
-
-
-def append_line(root: Path, rel: str, line: str) -> None:
-    """formats.append_line for a hostile folder: the target is never a link, a FIFO or a device."""
-    import fcntl
-
-    fd = _open(root / rel, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        view = memoryview(line.encode())
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -303,7 +296,7 @@ def _reconcile_checkpoints(root: Path, files: dict[str, os.stat_result]) -> list
     for step, rel, tokens in todo:
         entries.append({"step": step, "path": rel, "sha256": digests[root / rel], "size": files[rel].st_size,
                         "tokens_seen": tokens, "time": formats.utc_now(), "indexed_by": "prov seal"})
-    formats.atomic_write_json(root / index_rel, formats.checkpoint_index(entries))
+    write_checkpoint_index(root, entries)
     return [rel for _, rel, _ in todo]
 
 
@@ -406,7 +399,7 @@ def _reseal(root: Path, previous: tuple[str, dict[str, str]], reason: str, comma
                         "sha256_before": formats.digest_str(before) if before else None,
                         "sha256_after": formats.digest_str(after) if after else None})
     rec = formats.reseal_record(prev_root, changes, reason, command)
-    append_line(root, formats.RESEALS, formats.dumps_line(rec))
+    append_reseal(root, rec)
     known = {n: (files[n].st_size, files[n].st_mtime_ns, now[n]) for n in names}
     return seal_folder_locked(root, known)
 
@@ -544,7 +537,7 @@ def seal_run(root: str | os.PathLike[str], force: bool = False, reason: str | No
                          "sealed_by": {"command": "prov seal", "time": now, "repaired": repaired,
                                        "indexed_checkpoints": indexed}})
             info["last_step"] = step
-            formats.atomic_write_json(root / formats.RUN_JSON, info)
+            write_run_info(root, info)
         if previous is not None:
             digest = _reseal(root, previous, reason or "prov seal --force: a sealed run folder left 'running'",
                              "prov seal")
@@ -597,12 +590,9 @@ def add_note(root: str | os.PathLike[str], text: str, category: str, author: str
         if step is None:
             step = last_step(root, files)
         rec = formats.note_record(text, category, author, links, step, about=about)
-        line = formats.dumps_line(rec)
-        if redact is not None:
-            line = redact(line)
         sealed = info["status"] != "running" and formats.MANIFEST in files
         previous = verify_existing_seal(root, files) if sealed else None
-        append_line(root, formats.NOTES, line)
+        append_note(root, rec, redact)
         if previous is None:
             return step, None
         return step, _reseal(root, previous, f"prov note: a {category} note was added", "prov note")

@@ -222,3 +222,68 @@ def test_every_third_party_import_is_declared() -> None:
     missing = [f"{t} ({', '.join(provides.get(t, ['not installed']))})" for t in third
                if not any(norm(d) in declared for d in provides.get(t, [t]))]
     assert not missing, f"imported but not declared in pyproject.toml: {missing}"
+
+
+# --- one writer per shared bundle file ----------------------------------------------------------------
+
+# the files several parts of the package update, and their one writer (provenance/bundle.py:
+# write_run_info, write_checkpoint_index, append_note, append_reseal)
+SHARED_FILES = {"RUN_JSON": "run.json", "NOTES": "notes.jsonl", "CHECKPOINT_INDEX": "checkpoints/index.json",
+                "RESEALS": "reseals.jsonl"}
+ONE_WRITER = "provenance.bundle"
+_WRITE_CALLS = {"write_json", "write_bytes", "write_text", "atomic_write_json", "atomic_write_bytes", "append_line",
+                "copy_file", "log", "raw_log", "copyfile", "copy2", "replace", "rename"}
+
+
+def _names_shared_file(node: ast.AST) -> str | None:
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Attribute) and sub.attr in SHARED_FILES:
+            return SHARED_FILES[sub.attr]
+        if isinstance(sub, ast.Constant) and isinstance(sub.value, str) and sub.value in SHARED_FILES.values():
+            return sub.value
+    return None
+
+
+def _writes_of_shared_files(root: Path) -> list[str]:
+    """Every call in provenance/ (the one writer module left out) that writes one of SHARED_FILES: a write
+    function given the file's name, or an open() of it for writing."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        mod = _module_name(path) if root == PKG else path.relative_to(root).as_posix()
+        if mod == ONE_WRITER:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if not isinstance(node, ast.Call):
+                continue
+            fn = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+            args = [*node.args, *(k.value for k in node.keywords)]
+            if fn == "open":
+                modes = [a.value for a in args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+                flags = {s.attr for a in args for s in ast.walk(a) if isinstance(s, ast.Attribute)}
+                if not (any(set(m) & set("wax+") for m in modes) or flags & {"O_WRONLY", "O_RDWR", "O_APPEND"}):
+                    continue
+            elif fn not in _WRITE_CALLS:
+                continue
+            name = next((n for n in map(_names_shared_file, args) if n), None)
+            if name is not None:
+                found.append(f"{mod}:{node.lineno} writes {name} ({fn})")
+    return found
+
+
+def test_each_shared_bundle_file_has_one_writer() -> None:
+    bad = _writes_of_shared_files(PKG)
+    assert not bad, f"write these through {ONE_WRITER} (its one writer):\n" + "\n".join(bad)
+
+
+def test_the_writer_check_finds_a_second_writer(tmp_path: Path) -> None:
+    (tmp_path / "other.py").write_text(
+        "from provenance import formats\n"
+        "def f(root, w, rec):\n"
+        "    formats.atomic_write_json(root / formats.RUN_JSON, rec)\n"
+        "    w.write_json(formats.CHECKPOINT_INDEX, rec)\n"
+        "    formats.append_line(w.path(formats.NOTES), rec)\n"
+        "    open(root / 'reseals.jsonl', 'ab').write(rec)\n"
+        "    open(root / formats.NOTES, 'rb').read()\n")
+    assert [x.split(" writes ")[1] for x in _writes_of_shared_files(tmp_path)] == [
+        "run.json (atomic_write_json)", "checkpoints/index.json (write_json)", "notes.jsonl (append_line)",
+        "reseals.jsonl (open)"]

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from provenance import formats
+from provenance.bundle import write_checkpoint_index
 
 ENV = "PROV_CAPTURE"  # the bundle folder the command's processes write into
 HOOK_DIR = Path(__file__).resolve().with_name("hook")
@@ -476,8 +477,7 @@ class Recorder:
             if self.rank == 0 and self.active():
                 with self._index_lock:
                     self._index.append(entry)
-                    formats.atomic_write_json(self.root / formats.CHECKPOINT_INDEX,
-                                              formats.captured_checkpoint_index(self._index))
+                    write_checkpoint_index(self.root, self._index, captured=True)
         except Exception as exc:
             self.failed("checkpoint-hash", exc)
 

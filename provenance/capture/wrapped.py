@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from provenance import formats
+from provenance.bundle import write_checkpoint_index
 
 
 def is_captured(root: Path) -> bool:
@@ -108,7 +109,7 @@ def finalize(root: Path) -> dict[str, Any]:
     p0 = formats.capture_paths(0)
     hashed = list(formats.read_jsonl(root / p0.checkpoints))
     if hashed:
-        formats.atomic_write_json(root / formats.CHECKPOINT_INDEX, formats.captured_checkpoint_index(hashed))
+        write_checkpoint_index(root, hashed, captured=True)
     seeds = list(formats.read_jsonl(root / p0.seeds))
     facts_path = root / p0.facts
     facts = formats.read_json(facts_path) if facts_path.is_file() else {}

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from provenance import formats
+from provenance.bundle import append_note
 from provenance.config import ConfigError
 from provenance.lineage.edges import file_digest
 from provenance.lineage.observer import LineageCallback
@@ -150,6 +151,6 @@ def merge(inputs: Sequence[str | os.PathLike[str]], weights: Sequence[float] | N
         run.checkpoint(1, model)  # the merged weights as a checkpoint too: `prov reproduce` compares its digest
         run.save_model(model, tokenizer)
         for rec in records:  # notes (with --about) go in before the seal
-            formats.append_line(run.writer.path(formats.NOTES), run.writer.redactor.text(formats.dumps_line(rec)))
+            append_note(run.writer, rec)
     return run.root
 

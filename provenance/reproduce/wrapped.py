@@ -31,7 +31,7 @@ from typing import Any
 
 from provenance import diff as pdiff
 from provenance import formats
-from provenance.bundle import folder_lock, seal_folder_locked
+from provenance.bundle import folder_lock, seal_folder_locked, write_run_info
 from provenance.capture import wrapped as cw
 from provenance.capture.code import capture_code, git_toplevel, materialise_snapshot
 from provenance.hashing import sha256_file
@@ -459,7 +459,7 @@ def _reseal(repro: Path, orig_run: dict[str, Any], digest: str, records: list[di
             raise RuntimeError(f"{repro}: the reproduction's own bundle does not match its seal; not re-sealed")
         info = formats.read_json(repro / formats.RUN_JSON)
         info["reproduces"] = {"run_id": orig_run.get("run_id"), "root_digest": digest}
-        formats.atomic_write_json(repro / formats.RUN_JSON, info)
+        write_run_info(repro, info)
         formats.atomic_write_bytes(repro / STEPS_LOG, "".join(formats.dumps_line(r) for r in records).encode())
         formats.atomic_write_json(repro / SUMMARY, summary)
         formats.atomic_write_json(repro / REPORT, report.to_dict())

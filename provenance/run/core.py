@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from provenance import formats
-from provenance.bundle import BundleError, BundleWriter
+from provenance.bundle import BundleError, BundleWriter, write_run_info
 from provenance.capture.code import capture_code, git_toplevel
 from provenance.capture.data import DatasetSpec, commitment, verified_manifest
 from provenance.capture.env import capture_env, imported_distributions
@@ -470,7 +470,7 @@ class Run:
     # --- recording ------------------------------------------------------------------------
     def _write_run_json(self) -> None:
         assert self.writer is not None
-        self.writer.write_json(formats.RUN_JSON, self._run_info)
+        write_run_info(self.writer, self._run_info)
 
     def _write_dataset(self, spec: DatasetSpec, manifest: dict[str, Any]) -> None:
         assert self.writer is not None

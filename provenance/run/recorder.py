@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from provenance import formats
+from provenance import bundle, formats
 from provenance.bundle import BundleWriter
 from provenance.capture.sharded import is_sharded, save_sharded
 from provenance.capture.state import save_checkpoint
@@ -94,7 +94,7 @@ class Recorder:
             self._index = [e for e in self._index if e["step"] != step]
             self._index.append({"step": step, "path": rel, "sha256": hexd, "size": path.stat().st_size,
                                 "tokens_seen": tokens_seen, "time": formats.utc_now()})
-            self.writer.write_json(formats.CHECKPOINT_INDEX, formats.checkpoint_index(self._index))
+            bundle.write_checkpoint_index(self.writer, self._index)
         self.event("checkpoint", step=step, path=rel, sha256=hexd)
         if self.on_hashed is not None:
             self.on_hashed(step, rel, hexd)
@@ -150,7 +150,7 @@ class Recorder:
         with self._index_lock:
             self._index = [e for e in self._index if e["step"] != step]
             self._index.append(entry)
-            self.writer.write_json(formats.CHECKPOINT_INDEX, formats.checkpoint_index(self._index))
+            bundle.write_checkpoint_index(self.writer, self._index)
         self.event("checkpoint", step=step, path=rel, sha256=digest, format=formats.DCP_FORMAT,
                    files=len(all_files))
         if self.on_hashed is not None:
@@ -193,5 +193,5 @@ class Recorder:
         """Append a decision note (append-only; safe against concurrent writers, `prov note` included)."""
         rec = formats.note_record(text, category, author, links, self.last_step if step is None else step,
                                   details=details)
-        formats.append_line(self.writer.path(formats.NOTES), self.writer.redactor.text(formats.dumps_line(rec)))
+        bundle.append_note(self.writer, rec)
         return rec
