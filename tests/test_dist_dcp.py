@@ -189,3 +189,30 @@ def test_rank_killed_during_a_save_leaves_no_valid_checkpoint(tmp_path: Path) ->
     partial = folder.is_dir() and any(folder.iterdir())  # what rank 0 wrote before the collective failed
     assert not partial or any(f.file == formats.dcp_checkpoint_dir(4) and "incomplete" in f.message
                               for f in ck.findings), ck.findings
+
+
+def test_rank_killed_after_its_dcp_write_before_its_record(tmp_path: Path) -> None:
+    """SIGKILL of rank 1 once DCP wrote every file of step 4 (its shards too) but before rank 1 hashed
+    them: the folder looks whole, yet it is never indexed; the run seals and audits naming it."""
+    from provenance.run.relaunch import latest_checkpoint
+
+    proc = launch(tmp_path / "runs", 6, FIXTURE_KILL_RANK1_AFTER_SAVE="4")
+    assert proc.returncode != 0
+    root = only(tmp_path / "runs")
+    info = formats.read_json(root / formats.RUN_JSON)
+    assert info["status"] == "interrupted" and info["ranks_without_end"] == [1], info["error"]
+    folder = root / formats.dcp_checkpoint_dir(4)
+    present = {p.name for p in folder.iterdir()}
+    assert {"__0_0.distcp", "__1_0.distcp", ".metadata", "rng.rank0.json", "rng.rank1.json"} <= present
+    assert "shards.rank1.json" not in present  # rank 1 died before it recorded (hashed) its files
+    idx = formats.read_json(root / formats.CHECKPOINT_INDEX)
+    assert [e["step"] for e in idx["checkpoints"]] == [2]  # step 4 is not indexed as valid
+    events = list(formats.read_jsonl(root / formats.rank_log(formats.EVENTS, 0)))
+    assert any(e["event"] == "checkpoint_incomplete" and e["step"] == 4 for e in events), events
+    assert latest_checkpoint(root) == root / formats.dcp_checkpoint_dir(2)  # a relaunch resumes from step 2
+    report = audit(root)  # sealed by rank 0; consistent; the partial folder named as incomplete
+    ck = report.check("checkpoints")
+    assert report.integrity.ok and report.consistency_ok, report.failures()
+    assert ck.status == "warn" and any(f.file == formats.dcp_checkpoint_dir(4) and "incomplete" in f.message
+                                       for f in ck.findings), ck.findings
+    assert any("rank 1" in f.message and "stopped early" in f.message for f in report.check("ranks").findings)

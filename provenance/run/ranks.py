@@ -22,7 +22,7 @@ from provenance.bundle import BundleWriter
 from provenance.redact import Redactor
 
 RANK_GRACE_ENV = "PROV_RANK_GRACE_S"  # how long rank 0 of an unfinished run waits for the other ranks' end
-RANK_GRACE_S = 10.0
+RANK_GRACE_S = 5.0
 
 
 def rank_file(rel: str, rank: int) -> str:
@@ -48,6 +48,7 @@ class RankLayout:
     def __init__(self, rank: int | None = None, world_size: int | None = None) -> None:
         self.rank = int(os.environ.get("RANK", "0")) if rank is None else rank
         self.world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
+        self._procs: dict[int, dict[str, Any]] = {}  # every rank's process facts (facts() gathers them)
 
     @property
     def distributed(self) -> bool:
@@ -109,10 +110,22 @@ class RankLayout:
         waiting = [r for r in range(self.world_size) if r != self.rank]
         while waiting:
             waiting = [r for r in waiting if not rank_ended(root, r, self.world_size)]
-            if not waiting or time.monotonic() > deadline:
+            if not waiting or time.monotonic() > deadline or all(self.process_gone(r) for r in waiting):
                 break
             time.sleep(0.1)
-        return waiting
+        return [r for r in waiting if not rank_ended(root, r, self.world_size)]
+
+    def process_gone(self, rank: int) -> bool:
+        """Whether a rank's process is known to be gone: it ran on this machine (same host and boot) and
+        its pid names no live process of that start time. A rank on another machine is never known gone."""
+        from provenance.capture.process import process_identity, process_state
+
+        p = self._procs.get(rank)
+        ident = p.get("process") if p else None
+        if not isinstance(ident, dict) or p.get("host") != socket.gethostname() \
+                or ident.get("boot_id") != process_identity().get("boot_id"):
+            return False
+        return process_state(int(p["pid"]), ident) != "alive"
 
     def collective_failed(self, exc: BaseException, tb: TracebackType | None) -> bool:
         """Whether this distributed run's exception came out of a torch.distributed collective (or its
@@ -145,8 +158,10 @@ class RankLayout:
         env = os.environ
         launcher = {k.lower(): env[k] for k in _LAUNCHER_VARS if k in env}
         from provenance.capture.env import node_facts
+        from provenance.capture.process import process_identity
 
         return {"rank": self.rank, "host": socket.gethostname(), "pid": os.getpid(), "node": node_facts(),
+                "process": process_identity(),
                 "node_rank": int(env.get("GROUP_RANK", env.get("NODE_RANK", "0"))),
                 "local_rank": int(env.get("LOCAL_RANK", self.rank)),
                 "local_world_size": int(env.get("LOCAL_WORLD_SIZE", self.world_size)), "launcher": launcher}
@@ -162,6 +177,7 @@ class RankLayout:
         if dist is not None:
             procs = [None] * self.world_size  # type: ignore[list-item]
             dist.all_gather_object(procs, own)
+        self._procs = {p["rank"]: p for p in procs}
         nodes: dict[int, dict[str, Any]] = {}
         for p in sorted(procs, key=lambda p: p["rank"]):
             n = nodes.setdefault(p["node_rank"], {"node_rank": p["node_rank"], "host": p["host"], "ranks": [],

@@ -172,6 +172,9 @@ class Recorder:
             now = time.monotonic()
             if now > deadline or (self._giving_up is not None and now - self._giving_up > grace_s):
                 return None
+            if self._giving_up is not None and any(self.ranks.process_gone(r) for r, p in enumerate(want)
+                                                   if not p.is_file()):
+                return None  # a rank without its record is gone (killed on this machine): it never writes it
             time.sleep(0.02)
 
     def drain(self, completed: bool = True) -> None:

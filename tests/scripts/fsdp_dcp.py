@@ -4,6 +4,9 @@
 Every step logs the exact loss; a checkpoint at every even step. With RESUME_FOLDER the run restores
 from that sharded checkpoint first and continues. FIXTURE_KILL_RANK1_AT=N: rank 1 SIGKILLs itself as the
 checkpoint of step N begins (rank 0 is then inside the collective DCP save).
+FIXTURE_KILL_RANK1_AFTER_SAVE=N: rank 1 SIGKILLs itself once DCP has written every file of step N
+(its shards, rank 0's .metadata) but before it hashed them and left its shard record: the index is
+never written for that step.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -19,8 +23,25 @@ from torch.distributed.fsdp import fully_shard
 from provenance import start_run
 
 
+def kill_rank1_after_save(step: int) -> None:
+    """Rank 1 dies between DCP's save of `step` and its shard record (the recorder's save call, wrapped)."""
+    import provenance.run.recorder as recorder
+
+    save = recorder.save_sharded
+
+    def save_then_die(folder: Any, model: Any, optimizer: Any, rank: int) -> dict[str, Any]:
+        facts = save(folder, model, optimizer, rank)
+        if rank == 1 and os.path.basename(str(folder)) == f"step-{step:08d}":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return facts
+
+    recorder.save_sharded = save_then_die  # type: ignore[assignment]
+
+
 def main() -> int:
     runs, steps = sys.argv[1], int(sys.argv[2])
+    if os.environ.get("FIXTURE_KILL_RANK1_AFTER_SAVE"):
+        kill_rank1_after_save(int(os.environ["FIXTURE_KILL_RANK1_AFTER_SAVE"]))
     resume = sys.argv[3] if len(sys.argv) > 3 else None
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
