@@ -175,6 +175,22 @@ def test_sniff_formats(tmp_path: Path) -> None:
     assert sniff(tmp_path / "x.bin") is None
 
 
+def test_sniff_reads_safetensors_through_the_checked_header(tmp_path: Path) -> None:
+    import json
+    import struct
+
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(3, 4), "b": torch.zeros(4, dtype=torch.float16)}, tmp_path / "m.safetensors",
+              metadata={"step": "3"})
+    assert sniff(tmp_path / "m.safetensors") == {"format": "safetensors", "tensors": 2, "parameters": 16,
+                                                 "dtypes": ["F16", "F32"], "metadata_keys": ["step"]}
+    raw = json.dumps({"w": {"dtype": "F32", "shape": [2**40], "data_offsets": [0, 2**42]}}).encode()
+    (tmp_path / "lies.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(16))
+    assert sniff(tmp_path / "lies.safetensors") is None  # claims more than the file holds: not recognised
+
+
 # --- issue 10.4: what a wrapped run's code snapshot leaves out; output roles from content; keygen -o ----
 
 WRITER = textwrap.dedent('''

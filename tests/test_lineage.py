@@ -423,3 +423,17 @@ def test_merge_reproduces_bitwise(graph_runs: Path, tmp_path: Path) -> None:
     r = prov_subprocess("reproduce", str(merged), env=offline_env(tmp_path))
     assert r.returncode == 0, r.stdout[-3000:]
     assert "reproduced (bitwise)" in r.stdout and "1 checkpoint digest" in r.stdout
+
+
+def test_lineage_page_escapes_hostile_text_from_the_bundles(graph_runs: Path, tmp_path: Path) -> None:
+    """render_html builds the page from templates/lineage.html.j2 with autoescape: a note or a name
+    from a bundle never becomes markup."""
+    runs = copy_runs(graph_runs, tmp_path)
+    merged = by_name(runs, "merged")
+    hostile = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+    r = prov("note", str(merged), hostile, "--category", "evaluation")
+    assert r.returncode == 0, r.stderr
+    page = render_html(build_graph(merged, Store.default(near=merged)))
+    assert "<script" not in page and "<img" not in page
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;" in page
+    assert page.startswith("<!DOCTYPE html>") and page.count("<rect") == 4 and page.count("<line") == 7

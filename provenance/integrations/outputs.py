@@ -10,50 +10,32 @@ never by loading them: a pickle is named as such and never unpickled.
 from __future__ import annotations
 
 import io
-import json
 import os
 import struct
 import zipfile
 from pathlib import Path
 from typing import Any
 
+from provenance import reader
 from provenance.bundle import BundleWriter
 from provenance.hashing import sha256_file
 from provenance.integrations.layout import OUTPUTS_DIR, OUTPUTS_INDEX, OUTPUTS_SCHEMA
 
-_MAX_SAFETENSORS_HEADER = 100 << 20  # the format's own limit
 _CHECKPOINT_HINTS = ("checkpoint", "ckpt", "optimizer", "step-", "step_", "global_step")
 _MODEL_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".onnx")
 
 
 def _safetensors(path: Path, head: bytes, size: int) -> dict[str, Any] | None:
-    if len(head) < 9:
+    """The facts of a safetensors file, from its header checked by the one parser (reader.safetensors_header:
+    dtypes, shapes and offsets against the file's size); None when it is not one."""
+    if len(head) < 9 or head[8:9] != b"{":
         return None
-    (n,) = struct.unpack("<Q", head[:8])
-    if not 2 <= n <= _MAX_SAFETENSORS_HEADER or n + 8 > size or head[8:9] != b"{":
-        return None
-    with open(path, "rb") as f:
-        f.seek(8)
-        raw = f.read(n)
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        h = reader.safetensors_header(path)
+    except (OSError, reader.HeaderError):
         return None
-    if not isinstance(header, dict):
-        return None
-    meta = header.pop("__metadata__", None)
-    n_params = 0
-    dtypes = set()
-    for t in header.values():
-        if not isinstance(t, dict) or "dtype" not in t or "shape" not in t:
-            return None
-        count = 1
-        for d in t["shape"]:
-            count *= int(d)
-        n_params += count
-        dtypes.add(str(t["dtype"]))
-    return {"format": "safetensors", "tensors": len(header), "parameters": n_params, "dtypes": sorted(dtypes),
-            "metadata_keys": sorted(meta) if isinstance(meta, dict) else []}
+    return {"format": "safetensors", "tensors": len(h.tensors), "parameters": h.parameters, "dtypes": h.dtypes,
+            "metadata_keys": sorted(h.metadata)}
 
 
 def _zip(path: Path) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import html
+import functools
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from provenance import formats
@@ -158,10 +159,19 @@ _KIND_COLOURS = {"data": "#2a7ab0", "tokenizer": "#7a4cb0", "init": "#c0392b", "
                  "merge": "#27ae60", "eval": "#7f8c8d"}
 
 
+@functools.cache
+def _environment() -> Any:
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+                              autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                              trim_blocks=True, lstrip_blocks=True)
+
+
 def render_html(g: Graph, report: LineageReport | None = None) -> str:
-    """One self-contained page: an SVG of the graph (columns by depth, the target on the right),
-    then the nodes, edges and notes as tables. Every string from a bundle is escaped."""
-    esc = html.escape
+    """One self-contained page (templates/lineage.html.j2, Jinja2 with autoescape): an SVG of the graph
+    (columns by depth, the target on the right), then the nodes, edges and notes as tables. Every string
+    from a bundle reaches the page through the template's escaping; this function only lays out."""
     order = g.order()
     max_depth = max((n.depth for n in order), default=0)
     cols: dict[int, list[Node]] = {}
@@ -172,66 +182,42 @@ def render_html(g: Graph, report: LineageReport | None = None) -> str:
     for d, ns in cols.items():
         for i, n in enumerate(ns):
             pos[n.root] = (20 + (max_depth - d) * (bw + gx), 30 + i * (bh + gy))
-    width = 40 + (max_depth + 1) * (bw + gx) - gx
-    height = 60 + max(len(ns) for ns in cols.values()) * (bh + gy)
-    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
-           '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
-           'orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#555"/></marker></defs>']
+    lines = []
     for consumer, e, parent in g.parent_edges():
         if parent is None:
             continue
         (px, py), (cx, cy) = pos[parent.root], pos[consumer.root]
         x1, y1, x2, y2 = px + bw, py + bh / 2, cx, cy + bh / 2
-        colour = _KIND_COLOURS.get(e["kind"], "#555")
-        label = e["kind"] + (f" w={e['weight']:g}" if e.get("weight") is not None else "")
-        svg.append(f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="{colour}" stroke-width="1.6" '
-                   f'marker-end="url(#arrow)"><title>{esc(e["parent_path"])} {esc(e["digest"])}</title></line>')
-        svg.append(f'<text x="{(x1 + x2) / 2}" y="{(y1 + y2) / 2 - 4}" text-anchor="middle" fill="{colour}">'
-                   f'{esc(label)}</text>')
+        lines.append({"x1": x1, "y1": y1, "x2": x2, "y2": y2, "tx": (x1 + x2) / 2, "ty": (y1 + y2) / 2 - 4,
+                      "colour": _KIND_COLOURS.get(e["kind"], "#555"), "title": f"{e['parent_path']} {e['digest']}",
+                      "label": e["kind"] + (f" w={e['weight']:g}" if e.get("weight") is not None else "")})
+    boxes = []
     for n in order:
-        x, y = pos[n.root]
         na = report.audits.get(n.root) if report is not None else None
         if na is None or (na.report is None and na.refused is None):
             fill = "#f4f4f4"  # not audited
         else:
             fill = "#eef7ee" if na.ok else "#fdecea"
-        stroke = "#222" if n.root == g.target else "#888"
-        cls = (na.graph_class or na.highest_class or "none") if na is not None and na.report is not None else "?"
-        svg.append(f'<rect x="{x}" y="{y}" width="{bw}" height="{bh}" rx="6" fill="{fill}" stroke="{stroke}"/>')
-        svg.append(f'<text x="{x + 8}" y="{y + 17}" font-weight="bold">{esc(_printable(n.bundle.name)[:34])}</text>')
-        svg.append(f'<text x="{x + 8}" y="{y + 33}">{esc(n.bundle.status)} · class {esc(cls)}</text>')
-        svg.append(f'<text x="{x + 8}" y="{y + 49}" font-family="monospace">sha256:{n.root[:16]}…</text>')
-    svg.append("</svg>")
-    rows = "".join(
-        f"<tr><td>{esc(_printable(n.bundle.name))}</td><td><code>{esc(_printable(n.bundle.run_id))}</code></td>"
-        f"<td>{esc(n.bundle.status)}</td><td>{esc(_cls(report, n).strip())}</td><td><code>sha256:{n.root}</code>"
-        "</td></tr>" for n in order)
-    erows = "".join(
-        f"<tr><td>{esc(e['kind'])}</td><td>{esc(_printable(c.bundle.run_id))}</td>"
-        f"<td>{esc(_printable(p.bundle.run_id)) if p else 'MISSING'}</td><td><code>{esc(_printable(e['parent_path']))}"
-        f"</code></td><td><code>{esc(e['digest'])}</code></td><td>{'' if e.get('weight') is None else e['weight']}</td>"
-        "</tr>" for c, e, p in g.parent_edges())
-    nrows = "".join(f"<tr><td>{esc(str(r.get('time', '')))}</td><td>{esc(_printable(n.bundle.run_id))}</td>"
-                    f"<td>{esc(str(r.get('category')))}</td><td>{esc(str(r.get('about') or ''))}</td>"
-                    f"<td>{esc(str(r.get('text')))}</td></tr>" for n, r in g.notes())
+        x, y = pos[n.root]
+        boxes.append({"x": x, "y": y, "fill": fill, "stroke": "#222" if n.root == g.target else "#888",
+                      "name": _printable(n.bundle.name)[:34], "status": n.bundle.status, "short": n.root[:16],
+                      "cls": (na.graph_class or na.highest_class or "none") if na is not None
+                      and na.report is not None else "?"})
     problems = report.problems if report is not None else g.problems
-    prow = "".join(f"<li>{esc(p.kind)}: {esc(_printable(p.message))}</li>" for p in problems)
-    verdict = ("FAIL" if problems else "PASS") if report is not None else "not audited"
-    gclass = f"; class of the whole: {esc(report.graph_class or 'none')}" if report is not None else ""
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>lineage of {esc(_printable(g.nodes[g.target].label()))}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
-padding:3px 6px;font-size:12px;text-align:left}}code{{font-size:11px}}</style></head><body>
-<h1>Lineage of {esc(_printable(g.nodes[g.target].label()))}</h1>
-<p>root digest <code>sha256:{g.target}</code> — {len(g.nodes)} bundles, {len(g.parent_edges())} edges —
-verdict <b>{verdict}</b>{gclass}</p>
-{''.join(svg)}
-<h2>Bundles</h2><table><tr><th>name</th><th>run id</th><th>status</th><th>audit</th><th>root digest</th></tr>{rows}
-</table>
-<h2>Edges</h2><table><tr><th>kind</th><th>consumer</th><th>parent</th><th>parent file</th><th>digest</th>
-<th>weight</th></tr>{erows}</table>
-<h2>Notes</h2><table><tr><th>time</th><th>bundle</th><th>category</th><th>about</th><th>text</th></tr>{nrows}</table>
-<h2>Problems</h2><ul>{prow or '<li>none</li>'}</ul>
-</body></html>
-"""
+    return str(_environment().get_template("lineage.html.j2").render(
+        title=_printable(g.nodes[g.target].label()), target=g.target, n_bundles=len(g.nodes),
+        n_edges=len(g.parent_edges()),
+        verdict=("FAIL" if problems else "PASS") if report is not None else "not audited",
+        graph_class=(report.graph_class or "none") if report is not None else None,
+        width=40 + (max_depth + 1) * (bw + gx) - gx, height=60 + max(len(ns) for ns in cols.values()) * (bh + gy),
+        bw=bw, bh=bh, lines=lines, boxes=boxes,
+        nodes=[{"name": _printable(n.bundle.name), "run_id": _printable(n.bundle.run_id), "status": n.bundle.status,
+                "audit": _cls(report, n).strip(), "root": n.root} for n in order],
+        edges=[{"kind": e["kind"], "consumer": _printable(c.bundle.run_id),
+                "parent": _printable(p.bundle.run_id) if p else "MISSING", "path": _printable(e["parent_path"]),
+                "digest": e["digest"], "weight": "" if e.get("weight") is None else e["weight"]}
+               for c, e, p in g.parent_edges()],
+        notes=[{"time": str(r.get("time", "")), "bundle": _printable(n.bundle.run_id),
+                "category": str(r.get("category")), "about": str(r.get("about") or ""), "text": str(r.get("text"))}
+               for n, r in g.notes()],
+        problems=[{"kind": p.kind, "message": _printable(p.message)} for p in problems]))

@@ -166,29 +166,32 @@ def check_bounds(orig_root: Path, orig_checkpoints: dict[int, str], repro: Path,
     """Every step of [first_step, last_step] against `tol`: the batch exactly, the loss and every checkpoint
     within bounds. Returns {"first_out": the first divergence out of bounds (provenance.replay's
     definition) or None, "max_loss_rel", "max_loss_rel_step", "checkpoints": [per checkpoint comparison]}."""
-    from provenance import formats
+    from provenance import formats, reader
     from provenance.diff import checkpoint_digests
     from provenance.replay import STEPS_LOG, first_divergence
 
     assert tol.loss_rel is not None and tol.ckpt_rel is not None
+    try:  # both bundles read through the one reader (bounded; strict JSON lines, a torn last line skipped)
+        with reader.Bundle(orig_root) as bo, reader.Bundle(repro) as br:
+            steps_log, metrics_a, metrics_b = br.records(STEPS_LOG), bo.records(formats.METRICS), \
+                br.records(formats.METRICS)
+            oa = {s.step: s.sample_ids for s in bo.order(0)}
+            ob = {s.step: s.sample_ids for s in br.order(0)}
+            ours = checkpoint_digests(repro, br)
+    except (reader.Refused, reader.BundleFileError) as exc:
+        raise formats.FormatError(str(exc)) from None
     found: list[dict[str, Any] | None] = []
-    if (repro / STEPS_LOG).is_file():
-        for r in formats.read_jsonl(repro / STEPS_LOG):
-            if isinstance(r.get("step"), int) and r.get("order") in ("differs", "not recorded"):
-                found.append({"step": r["step"], "kind": "order", "detail": "the batch differs (order is always "
-                              "compared exactly: a different batch is never within tolerance)"})
-                break
-    _, ids_rel, steps_rel = formats.order_paths(0)
-    oa = {s.step: s.sample_ids for s in formats.read_order(orig_root / ids_rel, orig_root / steps_rel)}
-    ob = {s.step: s.sample_ids for s in formats.read_order(repro / ids_rel, repro / steps_rel)}
+    for r in steps_log:
+        if isinstance(r.get("step"), int) and r.get("order") in ("differs", "not recorded"):
+            found.append({"step": r["step"], "kind": "order", "detail": "the batch differs (order is always "
+                          "compared exactly: a different batch is never within tolerance)"})
+            break
     bad_order = [s for s in sorted(set(oa) & set(ob)) if first_step <= s <= last_step and oa[s] != ob[s]]
     if bad_order:
         found.append({"step": bad_order[0], "kind": "order", "detail": "the batch differs (order is always compared "
                       "exactly)"})
-    ma = {r["step"]: r.get("loss") for r in formats.read_jsonl(orig_root / formats.METRICS)
-          if isinstance(r.get("step"), int)}
-    mb = {r["step"]: r.get("loss") for r in formats.read_jsonl(repro / formats.METRICS)
-          if isinstance(r.get("step"), int)}
+    ma = {r["step"]: r.get("loss") for r in metrics_a if isinstance(r.get("step"), int)}
+    mb = {r["step"]: r.get("loss") for r in metrics_b if isinstance(r.get("step"), int)}
     max_rel, max_step = 0.0, None
     for s in sorted(set(ma) & set(mb)):
         a, b = ma[s], mb[s]
@@ -201,7 +204,6 @@ def check_bounds(orig_root: Path, orig_checkpoints: dict[int, str], repro: Path,
             found.append({"step": s, "kind": "loss", "loss_recorded": a, "loss": b, "abs_diff": abs(a - b),
                           "rel_diff": rel, "bound": tol.loss_rel})
             break
-    ours = checkpoint_digests(repro)
     ckpts: list[dict[str, Any]] = []
     for s in sorted(orig_checkpoints):
         if not first_step <= s <= last_step:
