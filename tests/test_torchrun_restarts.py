@@ -5,7 +5,9 @@ and its final weights equal an uninterrupted run's, bitwise (same thread count).
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -46,13 +48,20 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("crash", ["raise", "kill"])
-def test_max_restarts_relaunch_is_the_next_segment(tmp_path: Path, uninterrupted: Path, crash: str) -> None:
-    runs = tmp_path / "runs"
+@pytest.fixture(scope="module", params=["raise", "kill"])
+def relaunched(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """torchrun --max-restarts=1: the first attempt fails after step 5 (raises, or is SIGKILLed)."""
+    crash = str(request.param)
+    runs = tmp_path_factory.mktemp(f"relaunch-{crash}") / "runs"
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--max-restarts=1", "--standalone",
                            "--nproc_per_node=1", str(SCRIPT), str(runs), str(STEPS), str(CRASH_AT)], cwd=REPO,
                           env=env(FIXTURE_CRASH=crash), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return crash, runs
+
+
+def test_max_restarts_relaunch_is_the_next_segment(relaunched: tuple[str, Path], uninterrupted: Path) -> None:
+    crash, runs = relaunched
     first, second = bundles(runs)
     i1, i2 = (formats.read_json(p / formats.RUN_JSON) for p in (first, second))
     assert i1["torchelastic"]["restart_count"] == 0 and i2["torchelastic"]["restart_count"] == 1
@@ -88,3 +97,33 @@ def test_max_restarts_relaunch_is_the_next_segment(tmp_path: Path, uninterrupted
     a = load_file(second / formats.MODEL_DIR / "model.safetensors")
     b = load_file(uninterrupted / formats.MODEL_DIR / "model.safetensors")
     assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+
+
+def test_reproduce_chain_from_step_0(relaunched: tuple[str, Path], tmp_path: Path) -> None:
+    crash, runs = relaunched
+    if crash == "kill":
+        pytest.skip("one chain reproduced is enough (the raise chain)")
+    first, second = bundles(runs)
+    prov = [sys.executable, "-m", "provenance.cli", "reproduce", "--chain", "--json", "--quiet"]
+    proc = subprocess.run([*prov, "--workdir", str(tmp_path / "work"), str(second)], cwd=REPO, env=env(),
+                          capture_output=True, text=True, timeout=400)
+    doc = json.loads(proc.stdout)
+    assert proc.returncode == 0 and doc["verdict"] == "reproduced", proc.stderr[-3000:]
+    segs = doc["segments"]
+    assert [s["run_id"] for s in segs] == [first.name, second.name]
+    assert [s["verdict"] for s in segs] == ["reproduced (bitwise)"] * 2 and [s["exit_status"] for s in segs] == [0, 0]
+    link = segs[0]["link"]
+    assert link["step"] == 4 and link["matches"] is True and link["reproduced_sha256"] == link["sha256"]
+    assert "from step 0 to step 8" in doc["headline"]
+    # the chain moved without its first segment: refused before anything runs, naming --chain-dir
+    moved = tmp_path / "moved"
+    shutil.copytree(second, moved / second.name)
+    hidden = runs.with_name("hidden")
+    runs.rename(hidden)
+    try:
+        proc = subprocess.run([*prov, str(moved / second.name)], cwd=REPO, env=env(), capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 2 and "--chain-dir DIR" in json.loads(proc.stdout)["headline"]
+        assert not (moved / "work").exists()
+    finally:
+        hidden.rename(runs)

@@ -14,6 +14,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     if segments.wanted(args):  # --segments, --segment I, --sample N, --merge REPORT...
         return segments.run(args)
+    from provenance.cli import _reproduce_chain as chain
+
+    if chain.wanted(args):  # --chain [--chain-dir DIR]: every segment of a restarted run
+        return chain.run(args)
     if args.bundle is None:
         print("error: BUNDLE: give the bundle to reproduce", file=sys.stderr)
         return 2
@@ -107,4 +111,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from provenance.cli import _reproduce_segments
 
     _reproduce_segments.add_arguments(p)
+    from provenance.cli import _reproduce_chain
+
+    _reproduce_chain.add_arguments(p)
     p.set_defaults(func=cmd_reproduce)

@@ -20,7 +20,8 @@ from provenance import start_run
 
 def main() -> int:
     runs, steps, crash_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    first = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+    # the first attempt fails (a reproduction, under PROV_REPLAY, never: the failure stands for a lost node)
+    first = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0" and not os.environ.get("PROV_REPLAY")
     with start_run({"steps": steps}, name="restart-once", runs_dir=runs, seed=7, threads=1,
                    argv=[sys.executable, *sys.argv]) as run:
         model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
