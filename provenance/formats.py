@@ -35,6 +35,7 @@ HF_TRAINER_SCHEMA = "fullyopen.hf-trainer/v1"  # integrations/hf.json
 WANDB_SCHEMA = "fullyopen.wandb/v1"  # integrations/wandb.json
 REPRODUCTION_SCHEMA = "fullyopen.reproduction/v1"  # reproduction/summary.json (replay)
 REPRODUCTION_REPORT_SCHEMA = "fullyopen.reproduction-report/v1"  # reproduction/report.json (prov reproduce)
+REPRODUCTION_CHAIN_SCHEMA = "fullyopen.reproduction-chain/v1"  # prov reproduce --chain --json
 DIFF_SCHEMA = "fullyopen.diff/v1"  # `prov diff --json`
 AUDIT_SCHEMA = "fullyopen.audit/v1"  # `prov audit --json`
 RELEASE_SCHEMA = "fullyopen.release/v1"  # release/release.json

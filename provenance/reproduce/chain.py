@@ -32,7 +32,7 @@ class ChainOutcome:
     segments: list[dict[str, Any]] = field(default_factory=list)  # oldest first
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": "fullyopen.reproduction-chain/v1", "exit_status": self.exit_status,
+        return {"schema": formats.REPRODUCTION_CHAIN_SCHEMA, "exit_status": self.exit_status,
                 "verdict": {EXIT_REPRODUCED: "reproduced", EXIT_DIVERGED: "not reproduced"}.get(self.exit_status,
                                                                                                  "refused"),
                 "headline": self.headline, "segments": self.segments}
