@@ -23,12 +23,16 @@ import time
 from pathlib import Path
 
 
-def worker(runs: str, width: int, steps: int, every: int, out: str, plain: bool) -> None:
+def worker(runs: str, width: int, steps: int, every: int, out: str, plain: bool, nice: int | None) -> None:
     import torch
     import torch.distributed as dist
     from torch.distributed.fsdp import fully_shard
 
     from provenance import formats, start_run
+    from provenance.run import recorder
+
+    if nice is not None:  # the checkpoint thread's priority (the default: recorder.HASH_NICE, the lowest)
+        recorder.HASH_NICE = nice
 
     dist.init_process_group("gloo")
     rank = dist.get_rank()
@@ -83,19 +87,26 @@ def main() -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--worker", nargs=2, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--nice", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--rounds", type=int, default=2, help="how many times each variant runs (alternated)")
     a = ap.parse_args()
     if a.worker:
-        worker(a.worker[0], a.width, a.steps, a.every, a.worker[1], a.plain)
+        worker(a.worker[0], a.width, a.steps, a.every, a.worker[1], a.plain, a.nice)
         return 0
     load0 = os.getloadavg()[0]
     results = {}
-    for mode in ("plain", "prov", "plain", "prov"):  # alternated: the load drifts
+    loads = []
+    # alternated (the load drifts): a bare dcp.save; run.checkpoint with its hashing thread at the lowest
+    # priority (the default); run.checkpoint with the hashing thread at the training threads' priority
+    for mode in ("plain", "prov", "prov-normal") * a.rounds:
+        loads.append(os.getloadavg()[0])
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "times.json"
             env = {**os.environ, "OMP_NUM_THREADS": "1"}
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__,
                    "--width", str(a.width), "--steps", str(a.steps), "--every", str(a.every),
-                   "--worker", str(Path(tmp) / "runs"), str(out), *(["--plain"] if mode == "plain" else [])]
+                   "--worker", str(Path(tmp) / "runs"), str(out), *(["--plain"] if mode == "plain" else []),
+                   *(["--nice", "0"] if mode == "prov-normal" else [])]
             subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
             res = json.loads(out.read_text())
         prev = results.setdefault(mode, {"times": [], "checkpoint_bytes": 0, "hash": [], "checkpoints": 0})
@@ -113,6 +124,7 @@ def main() -> int:
 
     pa, po, pc = medians(results["plain"]["times"])
     fa, fo, fc = medians(results["prov"]["times"])
+    na, no, nc = medians(results["prov-normal"]["times"])
     summary = {
         "width": a.width, "ranks": 2, "steps_per_run": a.steps, "checkpoint_every": a.every,
         "checkpoint_mb": round(results["prov"]["checkpoint_bytes"] / 1e6, 1),
@@ -120,10 +132,18 @@ def main() -> int:
                       "median_checkpoint_call_s": round(pc, 4)},
         "run_checkpoint": {"median_step_s_after_checkpoint": round(fa, 4), "median_step_s_other": round(fo, 4),
                            "median_checkpoint_call_s": round(fc, 4)},
+        "run_checkpoint_hash_thread_normal_priority": {
+            "median_step_s_after_checkpoint": round(na, 4), "median_step_s_other": round(no, 4),
+            "median_checkpoint_call_s": round(nc, 4)},
         "checkpoint_call_ratio": round(fc / pc, 3),
         "step_after_checkpoint_ratio": round(fa / pa, 3),
+        "other_steps_ratio": round(fo / po, 3),
+        "normal_priority_checkpoint_call_ratio": round(nc / pc, 3),
+        "normal_priority_step_after_checkpoint_ratio": round(na / pa, 3),
+        "normal_priority_other_steps_ratio": round(no / po, 3),
         "hash_one_checkpoint_s": round(statistics.median(results["prov"]["hash"]), 4),
         "load_before": round(load0, 1), "load_after": round(os.getloadavg()[0], 1),
+        "load_median": round(statistics.median(loads), 1), "rounds": a.rounds,
     }
     print(json.dumps(summary, indent=2))
     if a.json:

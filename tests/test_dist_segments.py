@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -164,3 +165,25 @@ def test_node_facts_name_accelerators_and_every_determinism_knob() -> None:
     assert knobs["cudnn_allow_tf32"] == torch.backends.cudnn.allow_tf32
     if not torch.cuda.is_available():  # a CPU build records no CUDA facts, and needs none
         assert t["nccl_version"] is None and "gpus" not in t
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_checkpoint_hashing_thread_yields_to_training(tmp_path: Path) -> None:
+    import os
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "train.py").write_text("print('hi')\n")
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    with start_run({}, name="nice", runs_dir=tmp_path / "runs", seed=1, threads=1, code_root=tmp_path / "src",
+                   capture_output=False, argv=["python", "train.py"]) as run:
+        model = torch.nn.Linear(3, 1)
+        run.log(1, loss=0.0)
+        run.checkpoint(1, model)
+        assert run.recorder is not None
+        pool = run.recorder._pool
+        pool.submit(lambda: None).result()  # the checkpoint thread is up
+        (thread,) = list(pool._threads)
+        assert os.getpriority(os.PRIO_PROCESS, thread.native_id) == 19  # the hashing thread only
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before  # training keeps its own
+    idx = formats.read_json(run.root / formats.CHECKPOINT_INDEX)["checkpoints"]
+    assert [e["step"] for e in idx] == [1]  # and it still finished before the seal

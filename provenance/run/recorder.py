@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +22,21 @@ from provenance.capture.state import save_checkpoint
 from provenance.hashing import sha256_file
 from provenance.run.ranks import RankLayout
 
+HASH_NICE = 19  # the checkpoint thread's nice value: it yields the cores to the training threads
+
+
+def _yield_to_training() -> None:
+    """Run the checkpoint (hashing) thread at the lowest priority. Linux schedules every thread as its
+    own task, so this lowers this thread only: on a node whose cores are all busy training, hashing
+    takes only idle time (it still finishes: the run waits for it at close, and a DCP checkpoint is
+    indexed when every rank's hash is done). Elsewhere (no per-thread nice) nothing changes."""
+    if not HASH_NICE or not hasattr(os, "setpriority") or not sys.platform.startswith("linux"):
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASH_NICE)
+    except OSError:
+        pass
+
 
 class Recorder:
     def __init__(self, writer: BundleWriter, ranks: RankLayout,
@@ -30,7 +46,8 @@ class Recorder:
         self.on_hashed = on_hashed
         self.last_step: int | None = None
         self._order_chain = formats.ORDER_CHAIN_SEED
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prov-ckpt-hash")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prov-ckpt-hash",
+                                        initializer=_yield_to_training)
         self._pending: list[Future[None]] = []
         self._index: list[dict[str, Any]] = []
         self._index_lock = threading.Lock()
