@@ -7,8 +7,8 @@ the digest of each file it wrote so that sealing never re-reads them.
 The files that several parts of the package update (the run's core, `prov seal`, `prov note`, a
 captured command, a reproduction, a release) have their one writer here, whoever calls it:
 write_run_info (run.json), write_checkpoint_index (checkpoints/index.json), append_note
-(notes.jsonl) and append_reseal (reseals.jsonl). tests/test_layers.py fails if any other module
-writes them.
+(notes.jsonl), append_reseal (reseals.jsonl) and write_lineage (lineage.json).
+tests/test_layers.py fails if any other module writes them.
 """
 
 from __future__ import annotations
@@ -240,6 +240,11 @@ def write_checkpoint_index(dest: Dest, entries: list[dict[str, Any]], *, capture
     files, outside the bundle (formats.captured_checkpoint_index)."""
     index = formats.captured_checkpoint_index(entries) if captured else formats.checkpoint_index(entries)
     _write_json(dest, formats.CHECKPOINT_INDEX, index)
+
+
+def write_lineage(dest: Dest, edges: list[dict[str, Any]], warnings: list[str] | tuple[str, ...] = ()) -> None:
+    """lineage.json (formats.lineage_record): written when the run finishes, or by `prov lineage declare`."""
+    _write_json(dest, formats.LINEAGE_JSON, formats.lineage_record(edges, warnings))
 
 
 def _append_line(path: Path, line: str) -> None:

@@ -404,9 +404,9 @@ def _replayed_order(repro: Path, info: dict[str, Any], original: dict[str, Any])
         return None
     if rep.get("root_digest") != original["root_digest"]:
         return None
-    if not (repro / STEPS_LOG).is_file():
-        return None
-    for r in formats.read_jsonl(repro / STEPS_LOG):
+    with _open(repro) as b:
+        steps = _bundle_jsonl(b, STEPS_LOG)
+    for r in steps:
         if isinstance(r.get("step"), int) and r.get("order") in ("differs", "not recorded"):
             what = ("the original recorded no batch for this step" if r["order"] == "not recorded" else
                     f"the reproduction's sampler chose batch {_short(r.get('batch_digest'))} where the original "

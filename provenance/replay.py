@@ -248,10 +248,9 @@ def merge_rank_summaries(summary: dict[str, Any], root: Path, world_size: int) -
 
 
 def original_root_digest(original: Path) -> str | None:
-    m = original / formats.MANIFEST
-    if not m.exists():
-        return None
+    """The root digest the original's seal states (None when it has no readable seal)."""
     try:
-        return formats.parse_oms_statement(formats.read_json(m))[0]
-    except formats.FormatError:
+        with reader.Bundle.of_files(original, [formats.MANIFEST]) as b:
+            return formats.parse_oms_statement(b.json(formats.MANIFEST))[0] if b.has(formats.MANIFEST) else None
+    except (reader.Refused, reader.BundleFileError, formats.FormatError):
         return None

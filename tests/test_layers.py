@@ -227,9 +227,9 @@ def test_every_third_party_import_is_declared() -> None:
 # --- one writer per shared bundle file ----------------------------------------------------------------
 
 # the files several parts of the package update, and their one writer (provenance/bundle.py:
-# write_run_info, write_checkpoint_index, append_note, append_reseal)
+# write_run_info, write_checkpoint_index, append_note, append_reseal, write_lineage)
 SHARED_FILES = {"RUN_JSON": "run.json", "NOTES": "notes.jsonl", "CHECKPOINT_INDEX": "checkpoints/index.json",
-                "RESEALS": "reseals.jsonl"}
+                "RESEALS": "reseals.jsonl", "LINEAGE_JSON": "lineage.json"}
 ONE_WRITER = "provenance.bundle"
 _WRITE_CALLS = {"write_json", "write_bytes", "write_text", "atomic_write_json", "atomic_write_bytes", "append_line",
                 "copy_file", "log", "raw_log", "copyfile", "copy2", "replace", "rename"}
@@ -239,6 +239,8 @@ def _names_shared_file(node: ast.AST) -> str | None:
     for sub in ast.walk(node):
         if isinstance(sub, ast.Attribute) and sub.attr in SHARED_FILES:
             return SHARED_FILES[sub.attr]
+        if isinstance(sub, ast.Name) and sub.id in SHARED_FILES:  # from provenance.formats import NOTES
+            return SHARED_FILES[sub.id]
         if isinstance(sub, ast.Constant) and isinstance(sub.value, str) and sub.value in SHARED_FILES.values():
             return sub.value
     return None
@@ -247,7 +249,7 @@ def _names_shared_file(node: ast.AST) -> str | None:
 def _writes_of_shared_files(root: Path) -> list[str]:
     """Every call in provenance/ (the one writer module left out) that writes one of SHARED_FILES: a write
     function given the file's name, or an open() of it for writing."""
-    found = []
+    found: list[tuple[str, int, str]] = []
     for path in sorted(root.rglob("*.py")):
         mod = _module_name(path) if root == PKG else path.relative_to(root).as_posix()
         if mod == ONE_WRITER:
@@ -266,8 +268,8 @@ def _writes_of_shared_files(root: Path) -> list[str]:
                 continue
             name = next((n for n in map(_names_shared_file, args) if n), None)
             if name is not None:
-                found.append(f"{mod}:{node.lineno} writes {name} ({fn})")
-    return found
+                found.append((mod, node.lineno, f"{mod}:{node.lineno} writes {name} ({fn})"))
+    return [x for _, _, x in sorted(found)]
 
 
 def test_each_shared_bundle_file_has_one_writer() -> None:
@@ -283,7 +285,9 @@ def test_the_writer_check_finds_a_second_writer(tmp_path: Path) -> None:
         "    w.write_json(formats.CHECKPOINT_INDEX, rec)\n"
         "    formats.append_line(w.path(formats.NOTES), rec)\n"
         "    open(root / 'reseals.jsonl', 'ab').write(rec)\n"
-        "    open(root / formats.NOTES, 'rb').read()\n")
+        "    open(root / formats.NOTES, 'rb').read()\n"
+        "    from provenance.formats import RUN_JSON\n"
+        "    w.write_bytes(RUN_JSON, rec)\n")
     assert [x.split(" writes ")[1] for x in _writes_of_shared_files(tmp_path)] == [
         "run.json (atomic_write_json)", "checkpoints/index.json (write_json)", "notes.jsonl (append_line)",
-        "reseals.jsonl (open)"]
+        "reseals.jsonl (open)", "run.json (write_bytes)"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from provenance import formats
 from provenance.audit import AuditReport
-from provenance.bundle import BundleError
+from provenance.bundle import BundleError, write_lineage
 from provenance.lineage.check import audit_lineage
 from provenance.lineage.edges import LineageError, declared_edge
 from provenance.lineage.graph import read_edges
@@ -111,8 +111,7 @@ def cmd_declare(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        digest = change_sealed(b.path, lambda: formats.atomic_write_json(
-            b.path / formats.LINEAGE_JSON, formats.lineage_record([*edges, edge])),
+        digest = change_sealed(b.path, lambda: write_lineage(b.path, [*edges, edge]),
             f"prov declare-edge: a declared {edge['kind']} edge", "prov declare-edge")
     except (BundleError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

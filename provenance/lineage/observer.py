@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from provenance import formats
+from provenance.bundle import write_lineage
 from provenance.lineage.edges import Consumed, file_digest, infer_edges
 from provenance.run import Callback, Run
 from provenance.store import Store
@@ -61,4 +62,4 @@ class LineageCallback(Callback):
         warnings: list[str] = []
         store = Store.default(self.stores, near=run.root)
         self.edges = infer_edges(run.root, store, self.consumed, self.declared, warnings)
-        run.writer.write_json(formats.LINEAGE_JSON, formats.lineage_record(self.edges, warnings))
+        write_lineage(run.writer, self.edges, warnings)
