@@ -33,8 +33,13 @@ class BundleError(RuntimeError):
     """A bundle is unusable as asked (exists, unsafe path, ...); the message names the path."""
 
 
+_ODD_PARTS = frozenset({"", ".", ".."})
+
+
 def safe_relpath(rel: str) -> str:
     """Validate a bundle-relative posix path: no absolute paths, no '..', no empty parts."""
+    if rel and rel[0] != "/" and "\\" not in rel and _ODD_PARTS.isdisjoint(rel.split("/")):
+        return rel  # already clean (the common case, without pathlib): what PurePosixPath would return
     p = PurePosixPath(rel)
     if not rel or p.is_absolute() or any(part in ("..", "", ".") for part in p.parts) or "\\" in rel:
         raise BundleError(f"path {rel!r} escapes the bundle or is malformed")

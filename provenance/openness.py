@@ -250,15 +250,19 @@ class _Inputs:
         self.snapshot: list[str] = sorted(snap) if isinstance(snap, dict) and formats.CODE_SNAPSHOT in self.files \
             else []
         self.manifests: dict[str, dict[str, Any]] = {}
-        for rel in sorted(self.files):
+        self._sorted = sorted(self.files)
+        data_prefix, order_prefix = f"{formats.DATA_DIR}/", f"{formats.ORDER_DIR}/"
+        for rel in self._sorted:
+            if not rel.startswith(data_prefix):
+                continue
             parts = rel.split("/")
             if len(parts) == 3 and parts[0] == formats.DATA_DIR and parts[2] == "manifest.json":
                 m = load_json(rel)
                 if isinstance(m, dict):
                     self.manifests[parts[1]] = m
         self.order_datasets: set[str] = set()
-        for rel in self.files:
-            if re.fullmatch(rf"{formats.ORDER_DIR}/rank\d+\.json", rel):
+        for rel in self._sorted:
+            if rel.startswith(order_prefix) and re.fullmatch(rf"{formats.ORDER_DIR}/rank\d+\.json", rel):
                 hdr = load_json(rel)
                 if isinstance(hdr, dict) and isinstance(hdr.get("dataset"), str) and hdr["dataset"]:
                     self.order_datasets.add(hdr["dataset"])
@@ -267,7 +271,8 @@ class _Inputs:
             if formats.OUTPUTS_INDEX in self.files else {}
 
     def under(self, folder: str) -> list[str]:
-        return sorted(f for f in self.files if f.startswith(folder.rstrip("/") + "/"))
+        prefix = folder.rstrip("/") + "/"
+        return [f for f in self._sorted if f.startswith(prefix)]
 
     def nonempty(self, rel: str) -> bool:
         return rel in self.files and self.reader.size(rel) > 0

@@ -57,18 +57,16 @@ def _parse_float(limit: int) -> Any:
 
 
 def _depth_ok(obj: Any, max_depth: int) -> bool:
-    stack: list[tuple[Any, int]] = [(obj, 1)]
-    while stack:
-        node, d = stack.pop()
-        if isinstance(node, dict):
-            children: Any = node.values()
-        elif isinstance(node, list):
-            children = node
-        else:
-            continue
-        if d > max_depth:
+    """No container deeper than max_depth: walked a level at a time (one comprehension per level)."""
+    containers = (dict, list)
+    level = [obj] if isinstance(obj, containers) else []
+    depth = 1
+    while level:
+        if depth > max_depth:
             return False
-        stack.extend((c, d + 1) for c in children if isinstance(c, dict | list))
+        level = [c for node in level for c in (node.values() if isinstance(node, dict) else node)
+                 if isinstance(c, containers)]
+        depth += 1
     return True
 
 

@@ -194,7 +194,8 @@ def test_sparse_and_crafted_headers_are_refused(tmp_path: Path) -> None:
     cases = {
         "sparse.tar": ([(_info("run/sp", size=516, pax=sparse), good_map + bytes(512 - len(good_map)) + b"abcd")],
                        "'run/sp' is a sparse file"),
-        "crafted.tar": ([(_info("run/sp", size=4, pax=sparse), b"1\n0\n")], "malformed archive (ValueError"),
+        # a crafted sparse map: refused as a sparse file from its pax keys, before the map is read
+        "crafted.tar": ([(_info("run/sp", size=4, pax=sparse), b"1\n0\n")], "'run/sp' is a sparse file"),
     }
     for name, (members, says) in cases.items():
         arc = tmp_path / name

@@ -63,7 +63,7 @@ def check_integrity(root: Path, sizes: dict[str, int], manifest: tuple[str, dict
                 res.findings.append(Finding("warning", "a live writer's lock file: the run may still be writing",
                                             rel))
             continue
-        if any(formats.is_temp_name(p) for p in rel.split("/")):
+        if ".tmp" in rel and any(formats.is_temp_name(p) for p in rel.split("/")):
             res.findings.append(Finding("warning", "leftover of an interrupted write; not covered by the seal", rel))
             continue
         sealable.append(rel)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -41,4 +40,4 @@ def is_int(v: Any) -> bool:
 
 
 def is_hex64(v: Any) -> bool:
-    return isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None
+    return isinstance(v, str) and len(v) == 64 and not v.strip("0123456789abcdef")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from provenance.archive import TarReader
 from provenance.hashing import sha256_bytes
 from provenance.redact import Redactor, strip_url_credentials
 
@@ -212,17 +213,15 @@ def capture_code(path: str | os.PathLike[str] | None = None, *, redactor: Redact
 
 
 def read_snapshot(tar_bytes: bytes) -> dict[str, bytes]:
-    """Read the snapshot's regular files, refusing links, devices and escaping names."""
+    """Read the snapshot's regular files through archive.TarReader (the reader the audit's code check uses),
+    refusing links, devices, folders, escaping, absolute and clashing names (ArchiveError, a ValueError)."""
     out: dict[str, bytes] = {}
-    with tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:") as tar:
-        for m in tar.getmembers():
-            name = m.name
-            if not m.isfile():
-                raise ValueError(f"code snapshot member {name!r} is not a regular file")
-            if name.startswith("/") or ".." in Path(name).parts:
-                raise ValueError(f"code snapshot member {name!r} escapes the snapshot")
-            f = tar.extractfile(m)
-            out[name] = f.read() if f else b""
+    chunks = iter([tar_bytes])
+    reader = TarReader(lambda: next(chunks, b""), "code snapshot")
+    for m in reader:
+        if m.is_dir:
+            raise ValueError(f"code snapshot member {m.name!r} is not a regular file")
+        out[m.name] = reader.read()
     return out
 
 
