@@ -2,7 +2,7 @@
 250,000-member one (over the 200,000-member limit) is refused (issue 18 item 6).
 
     .venv/bin/python bench/bench_audit_archive.py [--members 100000] [--over 250000] [--reps 1] [--json out.json]
-                                                  [--old-checkout DIR]
+                                                  [--old-checkout DIR] [--keep DIR]
 
 Builds, in a temporary folder (removed at the end): a small sealed bundle (run.json, config.json and
 --members tiny files of 16 bytes under extras/), packs it with provenance.archive.pack (.tar.gz),
@@ -10,7 +10,9 @@ then times provenance.audit.audit(archive) in this process (unpack, hash, checks
 then writes a .tar.gz of --over tiny members (no bundle needed: the member count alone refuses it)
 and times the refusal. With --old-checkout (e.g. `git worktree add /tmp/old <commit>`), every
 timing is made in a fresh process for this checkout and for the old one, alternated, on the same
-archives: the side-by-side figures of docs/performance.md. A measurement, not a test.
+archives, wall-clock and CPU time (time.process_time of the process: steadier than wall time on a shared
+machine) around audit() only, with the load average before each run: the side-by-side figures of
+docs/performance.md. --keep DIR builds the archives once and reuses them. A measurement, not a test.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import gzip
 import io
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -59,34 +62,43 @@ def many_members_tgz(path: Path, n: int) -> None:
             tar.addfile(info, io.BytesIO(b"x"))
 
 
-_TIMED = ("import sys, time; sys.path.insert(0, sys.argv[1]); from provenance.audit import AuditRefused, audit\n"
-          "t = time.perf_counter()\ntry:\n    r = audit(sys.argv[2], tmp_dir=sys.argv[3])\n"
+_TIMED = ("import os, sys, time; sys.path.insert(0, sys.argv[1]); from provenance.audit import AuditRefused, audit\n"
+          "t, c = time.perf_counter(), time.process_time()\ntry:\n    r = audit(sys.argv[2], tmp_dir=sys.argv[3])\n"
           "    m = 'integrity ' + str(r.integrity.ok)\n"
-          "except AuditRefused as e:\n    m = 'refused: ' + str(e)\nprint(round(time.perf_counter() - t, 2), m)")
+          "except AuditRefused as e:\n    m = 'refused: ' + str(e)\n"
+          "print(round(time.perf_counter() - t, 3), round(time.process_time() - c, 3), m)")
 
 
-def timed(checkout: Path, archive: Path, tmp: Path) -> tuple[float, str]:
-    """audit(archive) in a fresh process with `checkout` first on sys.path: (seconds, outcome)."""
+def timed(checkout: Path, archive: Path, tmp: Path) -> tuple[float, float, str]:
+    """audit(archive) in a fresh process with `checkout` first on sys.path: (wall s, CPU s, outcome), both
+    measured around audit() only (CPU: time.process_time, every thread of the process, user + system)."""
     proc = subprocess.run([sys.executable, "-c", _TIMED, str(checkout), str(archive), str(tmp)], capture_output=True,
                           text=True, env={"PYTHONPATH": str(checkout), "PATH": "/usr/bin:/bin"})
     if proc.returncode != 0:
         raise SystemExit(f"{checkout}: {proc.stderr[-2000:]}")
-    secs, _, outcome = proc.stdout.strip().partition(" ")
-    return float(secs), outcome
+    wall, cpu, outcome = proc.stdout.strip().split(" ", 2)
+    return float(wall), float(cpu), outcome
 
 
 def side_by_side(old: Path, archives: list[Path], reps: int, tmp: Path) -> dict[str, object]:
+    """Each archive audited by the old and the new checkout, alternated, `reps` times; the best of each (wall
+    and CPU separately), with the load average before each run (the machine may be shared)."""
     out: dict[str, object] = {}
     for arch in archives:
-        best: dict[str, list[float]] = {"old": [], "new": []}
+        runs: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
         for _ in range(reps):
             for label, root in (("old", old), ("new", REPO)):
-                secs, outcome = timed(root, arch, tmp)
-                best[label].append(secs)
-                print(f"{arch.name}: {label} {secs:.2f} s ({outcome[:80]})", flush=True)
-        o, n = min(best["old"]), min(best["new"])
-        print(f"{arch.name}: best of {reps}: old {o:.2f} s, new {n:.2f} s, {o / n:.1f}x", flush=True)
-        out[arch.name] = {"old": best["old"], "new": best["new"], "ratio": o / n}
+                load = os.getloadavg()[0]
+                wall, cpu, outcome = timed(root, arch, tmp)
+                runs[label].append({"wall": wall, "cpu": cpu, "load": load})
+                print(f"{arch.name}: {label} {wall:.2f} s wall, {cpu:.2f} s CPU (load {load:.2f}; {outcome[:70]})",
+                      flush=True)
+        best = {k: {m: min(r[m] for r in v) for m in ("wall", "cpu")} for k, v in runs.items()}
+        ratio = {m: best["old"][m] / best["new"][m] for m in ("wall", "cpu")}
+        print(f"{arch.name}: best of {reps}: old {best['old']['wall']:.2f} s wall / {best['old']['cpu']:.2f} s CPU, "
+              f"new {best['new']['wall']:.2f} s / {best['new']['cpu']:.2f} s: {ratio['wall']:.1f}x wall, "
+              f"{ratio['cpu']:.1f}x CPU", flush=True)
+        out[arch.name] = {"runs": runs, "best": best, "ratio": ratio}
     return out
 
 
@@ -97,21 +109,30 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--json", default=None)
     ap.add_argument("--old-checkout", type=Path, default=None, help="a checkout of the commit to compare with")
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="build the archives in this folder once and reuse them on later runs (never removed)")
     args = ap.parse_args()
     out: dict[str, object] = {"members": args.members, "over": args.over}
     with tempfile.TemporaryDirectory(prefix="bench-audit-archive-") as t:
         tmp = Path(t)
-        root = tmp / "bench-run"
-        root.mkdir()
-        t0 = time.perf_counter()
-        make_bundle(root, args.members)
-        arch = pack(root, tmp / "bench-run.tar.gz").path
-        print(f"built and packed {args.members} members in {time.perf_counter() - t0:.1f} s "
-              f"({arch.stat().st_size / 1e6:.1f} MB)", flush=True)
+        where = args.keep if args.keep is not None else tmp
+        where.mkdir(parents=True, exist_ok=True)
+        arch, big = where / f"bench-run-{args.members}.tar.gz", where / f"over-{args.over}.tar.gz"
+        if not arch.is_file():
+            root = tmp / "bench-run"
+            root.mkdir()
+            t0 = time.perf_counter()
+            make_bundle(root, args.members)
+            pack(root, arch)
+            print(f"built and packed {args.members} members in {time.perf_counter() - t0:.1f} s "
+                  f"({arch.stat().st_size / 1e6:.1f} MB)", flush=True)
         if args.old_checkout is not None:
-            big = tmp / "over.tar.gz"
-            many_members_tgz(big, args.over)
+            if not big.is_file():
+                many_members_tgz(big, args.over)
+            out["load_average_before"] = os.getloadavg()
             out["side_by_side"] = side_by_side(args.old_checkout.resolve(), [arch, big], args.reps, tmp)
+            out["load_average_after"] = os.getloadavg()
+            print(f"load average before {out['load_average_before']}, after {out['load_average_after']}")
             if args.json:
                 Path(args.json).write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
             return
@@ -124,10 +145,10 @@ def main() -> None:
         print(f"audit of a {args.members}-member .tar.gz: {med:.2f} s (median of {args.reps}; "
               f"{args.members / med:,.0f} members/s; integrity {'PASS' if rep.integrity.ok else 'FAIL'})", flush=True)
         out["audit_seconds"] = med
-        big = tmp / "over.tar.gz"
-        t0 = time.perf_counter()
-        many_members_tgz(big, args.over)
-        print(f"wrote a {args.over}-member .tar.gz in {time.perf_counter() - t0:.1f} s", flush=True)
+        if not big.is_file():
+            t0 = time.perf_counter()
+            many_members_tgz(big, args.over)
+            print(f"wrote a {args.over}-member .tar.gz in {time.perf_counter() - t0:.1f} s", flush=True)
         t0 = time.perf_counter()
         try:
             audit(big, tmp_dir=tmp)
