@@ -15,7 +15,7 @@
 
 Hostile input: an audit never executes code from the bundle and never unpickles. The bundle is
 read through provenance.reader (bounded JSON, safetensors headers only, tars through
-archive.iter_tar); archives are unpacked by provenance.archive into a temporary folder that is
+archive.TarReader); archives are unpacked by provenance.archive into a temporary folder that is
 removed afterwards. Links, devices, names that escape the bundle and oversized or malformed
 manifests are refused (AuditRefused) with a message naming what was refused. docs/audit.md
 documents the JSON schema; docs/architecture.md where a new check goes.

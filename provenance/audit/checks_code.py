@@ -28,7 +28,7 @@ def check_code(view: BundleView, out: CheckResult) -> None:
         out.warn("missing (the uncommitted changes are not recorded)", file=formats.CODE_DIFF)
     actual: dict[str, str] = {}
     snap = formats.CODE_SNAPSHOT
-    # read like an archive (provenance.archive.iter_tar): a member that escapes ('../x'), is absolute, a link,
+    # read like an archive (provenance.archive.TarReader): a member that escapes ('../x'), is absolute, a link,
     # a device, a FIFO, or clashes with another (a file and a folder of one name, twice the same name) is an
     # error naming it, as `prov reproduce` would refuse to unpack it
     for m in view.tar_members(snap):
