@@ -156,7 +156,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "trained. A document that is absent gets a non-membership proof.")
     p.add_argument("bundle")
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--text", default=None, help="a text: the record whose text is (or contains) it")
+    g.add_argument("--text", default=None,
+                   help="a text: the record whose text is (or contains) it; in a token stream made by a recorded "
+                        "tokenization step, the places of its tokens (encoded with the recorded tokenizer)")
     g.add_argument("--file", default=None, help="a document: its exact bytes as one record (or prove absence)")
     g.add_argument("--sample", type=int, default=None, help="a sample id of the data order")
     p.add_argument("--dataset", default=None, help="which dataset (default: the one the data order indexes)")
