@@ -599,13 +599,14 @@ class Bundle:
     def order(self, rank: int) -> list[formats.OrderStep]:
         """One rank's recorded data order (v1 or v2, by the ids file present; [] when none was recorded);
         a torn tail (a crash mid-append) is ignored. BundleFileError names a file larger than its limit."""
-        for version in (2, 1):
-            _, ids_rel, steps_rel = formats.order_paths(rank, version)
-            if self.has(ids_rel) or self.has(steps_rel):
-                ids = self.read_bytes(ids_rel, self.limits.max_order_bytes) if self.has(ids_rel) else b""
-                steps = self.read_bytes(steps_rel, self.limits.max_order_bytes) if self.has(steps_rel) else b""
-                return list(formats.decode_order(ids, steps, version))
-        return []
+        # the version is the ids file's (v1 .ids.u32, v2 .ids.u64): both versions share the steps file's name
+        version = next((v for v in (2, 1) if self.has(formats.order_paths(rank, v)[1])), formats.ORDER_WRITE_VERSION)
+        _, ids_rel, steps_rel = formats.order_paths(rank, version)
+        if not (self.has(ids_rel) or self.has(steps_rel)):
+            return []
+        ids = self.read_bytes(ids_rel, self.limits.max_order_bytes) if self.has(ids_rel) else b""
+        steps = self.read_bytes(steps_rel, self.limits.max_order_bytes) if self.has(steps_rel) else b""
+        return list(formats.decode_order(ids, steps, version))
 
     # common facts
     @property

@@ -224,3 +224,36 @@ def test_prov_run_data_layout_is_recorded_like_a_config_declared_dataset(tmp_pat
     assert main(["run", "--runs-dir", str(tmp_path / "runs2"), "--no-capture", "--data", f"tok={shards}",
                  "--data-layout", "token-stream:uint16:16", "--", sys.executable, "-c", "pass"]) == 2
     assert not (tmp_path / "runs2").exists()
+
+
+@pytest.mark.slow
+def test_prov_reproduce_passes_the_data_layout_again(tmp_path: Path) -> None:
+    """A wrapped run with --data-layout: its reproduction declares the same layout (same manifest record)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from provenance import formats
+    from tests.conftest import REPO, offline_env
+
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(REPO / "tests" / "scripts" / "capture_nanogpt.py", work)
+    np.random.default_rng(0).integers(0, 64, size=3000).astype(np.uint16).tofile(work / "tokens.bin")
+    cli = [sys.executable, "-m", "provenance.cli"]
+    env = offline_env(tmp_path)
+    proc = subprocess.run([*cli, "run", "--runs-dir", str(tmp_path / "runs"), "--data", "tokens.bin",
+                           "--data-layout", "token-stream:uint16:32:offset", "--", sys.executable,
+                           "capture_nanogpt.py", "tokens.bin", "out", "--iters", "3"],
+                          cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (bundle,) = (tmp_path / "runs").iterdir()
+    proc = subprocess.run([*cli, "reproduce", str(bundle), "--workdir", str(tmp_path / "w"), "--json", "--quiet"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    doc = json.loads(proc.stdout)
+    assert proc.returncode == 0 and doc["verdict"] == "reproduced (bitwise)", doc.get("headline")
+    name = next(p.name for p in (bundle / "data").iterdir() if (p / "manifest.json").is_file())
+    first = formats.read_json(bundle / "data" / name / "manifest.json")
+    again = formats.read_json(Path(doc["bundle"]) / "data" / name / "manifest.json")
+    assert first["layout"]["type"] == "token-stream" and first["layout"]["sample"] == "offset"
+    assert again["layout"] == first["layout"] and again["samples"] == first["samples"]
