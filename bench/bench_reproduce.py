@@ -25,6 +25,17 @@ ratios are reported per pair and as medians. The verdict must be `reproduced (bi
 the benchmark checks it.
 
 A ratio, never a timed assertion: nothing here fails because the machine is slow.
+
+Segment verification (issue 15, items 4 and 8):
+
+    .venv/bin/python bench/bench_reproduce.py --segments [--steps 240 --checkpoint-every 60] [--json out.json]
+
+trains the default config with a checkpoint every --checkpoint-every steps at ONE thread
+(run.threads=1, so that two intervals fit two cores), then runs, one after the other on that
+original, `prov reproduce` (whole), `--segments --jobs 1`, `--segments --jobs 2` and
+`--sample 1 --seed 0`, and prints each one's wall and CPU time (getrusage of the children, the
+training children included), the load average before and after, and the ratios to the whole
+reproduction. Every verdict must be `reproduced (bitwise)`.
 """
 
 from __future__ import annotations
@@ -118,12 +129,75 @@ def one_pair(tmp: Path, steps: int, i: int) -> dict[str, Any]:
     }
 
 
+def _load() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> dict[str, Any]:
+    load = _load()
+    t0, c0 = time.perf_counter(), _cpu()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    wall, cpu = time.perf_counter() - t0, _cpu() - c0
+    if not proc.stdout.strip():
+        raise SystemExit(f"{' '.join(cmd[3:6])}: printed nothing ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    doc = json.loads(proc.stdout)
+    if proc.returncode != 0 or doc["verdict"] != "reproduced (bitwise)":
+        raise SystemExit(f"not reproduced ({proc.returncode}): {doc.get('headline')}")
+    return {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "load_before": load, "load_after": _load(),
+            "steps_checked": doc["scope"]["steps_checked"], "verdict": doc["verdict"]}
+
+
+def segments_bench(tmp: Path, steps: int, every: int) -> dict[str, Any]:
+    env = offline_env(tmp)
+    runs = tmp / "runs"
+    cmd = [sys.executable, "-m", "training.train", "--config", "configs/tiny-lm.yaml", f"train.steps={steps}",
+           f"train.checkpoint_every={every}", "run.threads=1", f"run.runs_dir={runs}", f"data.root={tmp / 'data'}"]
+    t0, c0 = time.perf_counter(), _cpu()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"training failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    original = {"wall_s": round(time.perf_counter() - t0, 3), "cpu_s": round(_cpu() - c0, 3)}
+    (bundle,) = [p for p in runs.iterdir() if p.is_dir()]
+    prov = [sys.executable, "-m", "provenance.cli", "reproduce", str(bundle), "--json", "--quiet"]
+    variants = {"whole": [], "segments_jobs1": ["--segments", "--jobs", "1"],
+                "segments_jobs2": ["--segments", "--jobs", "2"], "sample1": ["--sample", "1", "--seed", "0"]}
+    out: dict[str, Any] = {"steps": steps, "checkpoint_every": every, "intervals": -(-steps // every),
+                           "threads": 1, "original": original}
+    for name, flags in variants.items():
+        r = _timed([*prov, *flags, "--workdir", str(tmp / name)], tmp, env)
+        out[name] = r
+        print(f"{name}: {r['wall_s']:.1f} s wall, {r['cpu_s']:.1f} s CPU, {r['steps_checked']} steps, load "
+              f"{r['load_before']} -> {r['load_after']}", flush=True)
+    whole = out["whole"]
+    for name in variants:
+        out[name]["ratio_wall"] = round(out[name]["wall_s"] / whole["wall_s"], 3)
+        out[name]["ratio_cpu"] = round(out[name]["cpu_s"] / whole["cpu_s"], 3)
+    print("ratios to the whole reproduction (wall, CPU): " + "; ".join(
+        f"{n} {out[n]['ratio_wall']:.3f}, {out[n]['ratio_cpu']:.3f}" for n in variants))
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--steps", type=int, default=None, help="training steps (default 200; 240 with --segments)")
     p.add_argument("--reps", type=int, default=1)
+    p.add_argument("--segments", action="store_true",
+                   help="time whole vs --segments --jobs 1 / --jobs 2 vs --sample 1 instead")
+    p.add_argument("--checkpoint-every", type=int, default=60, help="with --segments: the interval length")
     p.add_argument("--json", default=None, help="also write the results to this file")
     args = p.parse_args()
+    if args.segments:
+        with tempfile.TemporaryDirectory(prefix="bench-segments-") as t:
+            prepare_data(Path(t) / "data")
+            res = segments_bench(Path(t), args.steps or 240, args.checkpoint_every)
+        res["cpus"] = os.cpu_count()
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+        return 0
+    args.steps = args.steps or 200
     try:
         load = os.getloadavg()
     except OSError:

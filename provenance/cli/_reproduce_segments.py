@@ -53,10 +53,13 @@ def run(args: argparse.Namespace) -> int:
         print(line, file=out, flush=True)
 
     if args.merge is not None:
-        others = [flag for flag, on in (("BUNDLE", args.bundle is not None), ("--segments", args.segments),
-                                        ("--segment", args.segment is not None), ("--sample", args.sample is not None),
-                                        ("--seed", args.seed is not None), ("--jobs", args.jobs is not None),
-                                        ("--workdir", args.workdir is not None)) if on]
+        given = {"BUNDLE": args.bundle, "--segments": args.segments or None, "--segment": args.segment,
+                 "--sample": args.sample, "--seed": args.seed, "--jobs": args.jobs, "--workdir": args.workdir,
+                 "--set": args.set or None, "--steps": args.steps, "--from-step": args.from_step,
+                 "--code": args.code, "--data-root": args.data_root, "--sandbox": args.sandbox or None,
+                 "--strict-env": args.strict_env or None,
+                 "--tolerance": None if args.tolerance == "bitwise" else args.tolerance}
+        others = [flag for flag, value in given.items() if value is not None]
         if others:
             return _refuse(f"--merge: joins existing reports and runs nothing; not with {', '.join(others)}")
         outcome = merge_reports(args.merge)
