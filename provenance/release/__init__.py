@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from provenance import __version__, formats
+from provenance import __version__, formats, reader
 from provenance.recover import add_note, record_reseal, sealed_resources
 from provenance.release import croissant, cyclonedx, eu_summary, evals, modelcard, mot, report, slsa, spdx3
 from provenance.release.facts import Facts, is_release_file
@@ -144,8 +144,12 @@ def release(run_dir: str | os.PathLike[str], key: str | os.PathLike[str] | None 
         raise ReleaseError(f"{src}: not sealed ({formats.MANIFEST} is missing); seal it with `prov seal` first")
     if (src / formats.LOCK).exists():
         raise ReleaseError(f"{src}: a live writer holds {formats.LOCK}; release a finished run")
-    info = formats.read_json(src / formats.RUN_JSON)
-    if isinstance(info, dict) and info.get("status") == "running":
+    try:
+        with reader.Bundle.of_files(src, [formats.RUN_JSON]) as b:
+            status = b.run_info.get("status")  # forgiving: the audit below names what is wrong with run.json
+    except reader.Refused as exc:
+        raise ReleaseError(str(exc)) from None
+    if status == "running":
         raise ReleaseError(f"{src}: the run is still running (status 'running'); release a finished run")
     private = load_private_key(key) if key is not None else None  # fail before writing anything
     fp = fingerprint(private.public_key()) if private is not None else None

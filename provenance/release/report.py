@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from provenance import __version__, formats
+from provenance import __version__, formats, reader
 from provenance.release.charts import (
     NOTE_COLORS,
     PALETTE,
@@ -32,6 +32,7 @@ from provenance.release.charts import (
     render_timeline,
 )
 from provenance.release.facts import Facts
+from provenance.replay import SUMMARY
 
 __all__ = ["Chart", "Series", "build_report", "load_reproduction", "nice_ticks", "render_chart",
            "reproduction_verdict"]
@@ -99,20 +100,17 @@ def _reproduction_series(f: Facts, repro: dict[str, Any] | None) -> tuple[list[S
 def load_reproduction(path: str | Path) -> dict[str, Any]:
     """What the report shows of a reproduction bundle of this run: its curves and its verdict."""
     p = Path(path)
-    metrics = []
-    try:
-        metrics = list(formats.read_jsonl(p / formats.METRICS))
-    except (OSError, formats.FormatError):
-        pass
-    summary = None
-    try:
-        summary = formats.read_json(p / "reproduction" / "summary.json")
-    except (OSError, formats.FormatError):
-        pass
-    run = {}
-    try:
-        run = formats.read_json(p / formats.RUN_JSON)
-    except (OSError, formats.FormatError):
+    metrics: list[dict[str, Any]] = []
+    summary: Any = None
+    run: dict[str, Any] = {}
+    try:  # forgiving, through the one reader: what cannot be read is left out
+        with reader.Bundle.of_files(p, [formats.METRICS, SUMMARY, formats.RUN_JSON]) as b:
+            try:
+                metrics = b.records(formats.METRICS)
+            except reader.BundleFileError:
+                pass
+            summary, run = b.try_json(SUMMARY), b.run_info
+    except reader.Refused:
         pass
     return {"run_id": run.get("run_id") or p.name, "loss": _metric_points(metrics, "loss"),
             "lr": _metric_points(metrics, "lr") or _metric_points(metrics, "learning_rate"),
