@@ -181,7 +181,7 @@ class CommandRecord:
     returncode: int | None = None
     exit_status: int | None = None
     signal: str | None = None
-    outputs: list[Any] = field(default_factory=list)
+    outputs: dict[str, Any] | None = None  # {"index": outputs/index.json, "model_files": n} when declared
     extra: dict[str, Any] = field(default_factory=dict, metadata=config.EXTRA)
 
 

@@ -11,18 +11,21 @@ of the copied files'. A native index is checked by the built-in check.
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from provenance import audit, formats
 from provenance.integrations.layout import OUTPUTS_INDEX
+from provenance.records import CheckpointIndex
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def captured_checkpoints(native: audit.CheckFunc) -> audit.CheckFunc:
     def check(view: audit.BundleView, out: audit.CheckResult) -> None:
-        idx = view.try_json(formats.CHECKPOINT_INDEX) if view.has(formats.CHECKPOINT_INDEX) else None
-        if not (isinstance(idx, dict) and idx.get("captured") is True):
+        try:
+            idx = view.checkpoint_index()  # typed and strict; a malformed index is the native check's to name
+        except audit.BundleFileError:
+            idx = None
+        if idx is None or idx.extra.get("captured") is not True:
             native(view, out)
             return
         _check(view, out, idx)
@@ -32,10 +35,8 @@ def captured_checkpoints(native: audit.CheckFunc) -> audit.CheckFunc:
     return check
 
 
-def _check(view: audit.BundleView, out: audit.CheckResult, idx: dict[str, Any]) -> None:
+def _check(view: audit.BundleView, out: audit.CheckResult, idx: CheckpointIndex) -> None:
     rel = formats.CHECKPOINT_INDEX
-    if idx.get("schema") != formats.CHECKPOINT_INDEX_SCHEMA or not isinstance(idx.get("checkpoints"), list):
-        raise audit.BundleFileError(rel, f"not a checkpoint index ({formats.CHECKPOINT_INDEX_SCHEMA})")
     steps = view.metric_steps() or []
     last = steps[-1] if steps else 0
     copied: set[str] = set()
@@ -46,18 +47,18 @@ def _check(view: audit.BundleView, out: audit.CheckResult, idx: dict[str, Any]) 
                 if isinstance(f, dict) and isinstance(f.get("sha256"), str):
                     copied.add(f["sha256"])
     listed: set[tuple[int, str, str]] = set()
-    for i, e in enumerate(idx["checkpoints"]):
-        if not isinstance(e, dict) or not isinstance(e.get("step"), int) or not isinstance(e.get("path"), str) \
-                or not isinstance(e.get("sha256"), str) or not _HEX64.fullmatch(e["sha256"]):
+    for i, e in enumerate(idx.checkpoints):
+        if not _HEX64.fullmatch(e.sha256):
             out.error(f"checkpoints[{i}] needs a step, a path and a hex sha256", file=rel)
             continue
-        if e.get("role") not in formats.CAPTURE_CHECKPOINT_ROLES:
-            out.error(f"checkpoints[{i}] has role {e.get('role')!r}, not one of "
+        role = e.extra.get("role")
+        if role not in formats.CAPTURE_CHECKPOINT_ROLES:
+            out.error(f"checkpoints[{i}] has role {role!r}, not one of "
                       f"{', '.join(formats.CAPTURE_CHECKPOINT_ROLES)}", file=rel)
-        if not 0 <= e["step"] <= last:
-            out.error(f"checkpoints[{i}] ({e['path']}) was written after step {e['step']}, but the run logged "
+        if not 0 <= e.step <= last:
+            out.error(f"checkpoints[{i}] ({e.path}) was written after step {e.step}, but the run logged "
                       f"steps up to {last}", file=rel)
-        listed.add((e["step"], e["path"], e["sha256"]))
+        listed.add((e.step, e.path, e.sha256))
     hashed_rel = formats.capture_paths(0).checkpoints
     if view.has(hashed_rel):
         records, problems = view.jsonl(hashed_rel)

@@ -17,8 +17,9 @@ from typing import Any
 from provenance import audit, formats
 from provenance.audit.checks_training import check_checkpoints, check_metrics, check_model
 from provenance.integrations.captured import captured_checkpoints
-from provenance.integrations.layout import COMMAND_JSON, COMMAND_SCHEMA, OUTPUTS_INDEX, OUTPUTS_SCHEMA, WANDB_JSON
+from provenance.integrations.layout import COMMAND_JSON, OUTPUTS_INDEX, OUTPUTS_SCHEMA, WANDB_JSON
 from provenance.integrations.outputs import MODEL_ROLES, sniff
+from provenance.records import CommandRecord
 
 
 def _is_wrapped(view: audit.BundleView) -> bool:
@@ -38,18 +39,16 @@ def _tolerate_wrapped(func: audit.CheckFunc, needs: str, what: str) -> audit.Che
 def check_command(view: audit.BundleView, out: audit.CheckResult) -> None:
     if not _is_wrapped(view):
         raise audit.SkipCheck("not a wrapped command")
-    rec = view.json(COMMAND_JSON)
-    if not isinstance(rec, dict) or rec.get("schema") != COMMAND_SCHEMA:
-        raise audit.BundleFileError(COMMAND_JSON, f"not a {COMMAND_SCHEMA} record")
+    rec = view.record(CommandRecord, COMMAND_JSON)  # typed and strict: schema, command, exit status, outputs
     info = view.run_info
     cfg = view.try_json(formats.CONFIG_JSON)
-    if isinstance(cfg, dict) and cfg.get("argv") != rec.get("command"):
+    if isinstance(cfg, dict) and cfg.get("argv") != rec.command:
         out.error("the command differs from config.json's argv", file=COMMAND_JSON)
-    if "exit_status" in rec and rec["exit_status"] != info.get("exit_status"):
+    if rec.exit_status is not None and rec.exit_status != info.get("exit_status"):
         out.error("the command's exit status differs from run.json's", file=COMMAND_JSON,
-                  expected=repr(info.get("exit_status")), actual=repr(rec.get("exit_status")))
+                  expected=repr(info.get("exit_status")), actual=repr(rec.exit_status))
     status = info.get("status")
-    if status == "completed" and rec.get("returncode") != 0:
+    if status == "completed" and rec.returncode != 0:
         out.error("run.json says completed but the command did not exit 0", file=COMMAND_JSON)
     n_files = n_models = 0
     if view.has(OUTPUTS_INDEX):
@@ -61,9 +60,9 @@ def check_command(view: audit.BundleView, out: audit.CheckResult) -> None:
                 n_files += 1
                 n_models += f.get("role") in MODEL_ROLES
                 _check_output_file(view, out, f)
-    elif rec.get("outputs"):
+    elif rec.outputs:
         out.error("command.json names outputs but outputs/index.json is missing", file=COMMAND_JSON)
-    out.summary = (f"exit {rec.get('exit_status')}" + (f" ({rec['signal']})" if rec.get("signal") else "")
+    out.summary = (f"exit {rec.exit_status}" + (f" ({rec.signal})" if rec.signal else "")
                    + f", {n_files} output files, {n_models} model files")
 
 
