@@ -7,6 +7,7 @@ the file. `key=value` overrides use dotted keys and YAML scalars.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from pathlib import Path
@@ -94,10 +95,17 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     raise ConfigError(f"{source}: key '{key}' has an unsupported type {_type_name(tp)}")
 
 
+@functools.cache
+def _shape(cls: type[Any]) -> tuple[dict[str, Any], dict[str, dataclasses.Field[Any]], str | None]:
+    """(type hints, fields, the extra-keys field) of a dataclass, resolved once (records are parsed by the
+    thousand: a notes file, a checkpoint index)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    return typing.get_type_hints(cls), fields, next((f.name for f in fields.values() if f.metadata.get("extra")),
+                                                     None)
+
+
 def _build(cls: type[T], data: dict[str, Any], source: str, prefix: str = "") -> T:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    extra = next((f.name for f in fields.values() if f.metadata.get("extra")), None)
+    hints, fields, extra = _shape(cls)
     kwargs: dict[str, Any] = {}
     for k in data:
         if k not in fields or k == extra:

@@ -1,6 +1,6 @@
 """Typed records of a bundle's JSON files, parsed strictly by provenance.config's loader.
 
-    info = records.parse(records.RunInfo, bundle.json("run.json"), "run.json")
+    info = bundle.run_record()          # = records.parse(records.RunInfo, bundle.json("run.json"), "run.json")
     info.status, info.exit_status, info.last_step
 
 A known key with the wrong type, a missing required key or a schema id that is not the
@@ -9,15 +9,16 @@ kept in `extra` (a v1 file that a newer writer extended still reads); they are n
 refused, so the format stays v1-compatible. The layouts and schema ids come from
 provenance.formats; the files are read through provenance.reader.
 
-Which file each record is (its one writer / its one reader of record):
-  RunInfo           run.json                  run.py (and recover.py on `prov seal`)
-  ConfigRecord      config.json               run.py
-  CheckpointIndex   checkpoints/index.json    run.py (Recorder)
-  DataManifest      data/<name>/manifest.json capture/data.py
-  OrderHeader       order/rank<R>.json        run.py (formats.order_header)
-  Note              notes.jsonl, one a line   formats.note_record (`prov note`)
-  CommandRecord     command.json              integrations/wrap.py (`prov run`)
-  ReproductionSummary reproduction/summary.json replay.py
+Which file each record is, its one writer, and its accessor on provenance.reader.Bundle:
+  RunInfo             run.json                   bundle.write_run_info       run_record()
+  ConfigRecord        config.json                run/core.py                 config_record()
+  CheckpointIndex     checkpoints/index.json     bundle.write_checkpoint_index  checkpoint_index()
+  DataManifest        data/<name>/manifest.json  run/core.py (capture/data)  data_manifest(name)
+  OrderHeader         order/rank<R>.json         run/recorder.py             order_header(rank)
+  Note                notes.jsonl, one a line    bundle.append_note          notes()
+  CommandRecord       command.json               integrations/wrap.py        record(CommandRecord, rel)
+  ReproductionSummary reproduction/summary.json  run/replaying.py            record(ReproductionSummary, rel)
+(docs/architecture.md has the table of every bundle file.)
 """
 
 from __future__ import annotations
