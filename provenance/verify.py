@@ -27,7 +27,7 @@ from cryptography import exceptions as crypto_exceptions
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from provenance import formats
+from provenance import formats, reader
 from provenance.hashing import root_digest
 
 SIGSTORE_BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle"
@@ -35,6 +35,18 @@ SIGSTORE_BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle"
 
 class SigningError(RuntimeError):
     """A key, signature or envelope is unusable or does not verify; the message says which and why."""
+
+
+def _read(bundle: Path, rel: str, text: bool = False) -> Any:
+    """Bundle file `rel` through reader.Bundle (bounded, never through a link): parsed JSON, or the text when
+    `text`; a missing or malformed file is a FormatError naming it."""
+    try:
+        with reader.Bundle.of_files(bundle, [rel]) as b:
+            if text:
+                return b.read_bytes(rel, b.limits.max_json_bytes).decode("utf-8", "replace")
+            return b.json(rel)
+    except (reader.Refused, reader.BundleFileError) as exc:
+        raise formats.FormatError(str(exc)) from None
 
 
 def load_public_key(path: str | os.PathLike[str]) -> ec.EllipticCurvePublicKey:
@@ -133,7 +145,7 @@ def compare_with_manifest(bundle: Path, statement: dict[str, Any]) -> tuple[str,
     if root_digest(signed[n] for n in names) != root:
         return root, "the signed statement's root digest does not match its own resources"
     try:
-        m_root, sealed = formats.parse_oms_statement(formats.read_json(bundle / formats.MANIFEST))
+        m_root, sealed = formats.parse_oms_statement(_read(bundle, formats.MANIFEST))
     except (OSError, formats.FormatError) as exc:
         return root, f"{formats.MANIFEST} is unreadable ({exc})"
     if signed == sealed and root == m_root:
@@ -191,7 +203,7 @@ def sigstore_identity(sig_json: dict[str, Any]) -> dict[str, Any]:
 
 def read_sig(path: Path) -> dict[str, Any]:
     try:
-        obj = formats.read_json(path)
+        obj = _read(path.parent, path.name)
     except (OSError, formats.FormatError) as exc:
         raise SigningError(f"{path.name}: unreadable ({exc})") from None
     if not isinstance(obj, dict) or not str(obj.get("mediaType", "")).startswith(SIGSTORE_BUNDLE_MEDIA_TYPE):
@@ -226,7 +238,7 @@ def verify_statement_envelope(bundle: str | os.PathLike[str], key: ec.EllipticCu
         return None
     out: dict[str, Any] = {"envelope": envelope_rel, "ok": False, "error": None}
     try:
-        lines = [ln for ln in env_path.read_text().splitlines() if ln.strip()]
+        lines = [ln for ln in _read(bundle, envelope_rel, text=True).splitlines() if ln.strip()]
         if len(lines) != 1:
             raise SigningError(f"{envelope_rel}: expected one DSSE envelope, found {len(lines)}")
         _, payload = dsse_verify(json.loads(lines[0]), key)
@@ -234,9 +246,9 @@ def verify_statement_envelope(bundle: str | os.PathLike[str], key: ec.EllipticCu
         if statement.get("predicateType") != predicate:
             raise SigningError(f"{envelope_rel}: predicateType is not {predicate}")
         plain_path = bundle / plain_rel
-        if plain_path.is_file() and formats.read_json(plain_path) != statement:
+        if plain_path.is_file() and _read(bundle, plain_rel) != statement:
             raise SigningError(f"{plain_rel} differs from the statement signed in {envelope_rel}")
-        _, sealed = formats.parse_oms_statement(formats.read_json(bundle / formats.MANIFEST))
+        _, sealed = formats.parse_oms_statement(_read(bundle, formats.MANIFEST))
         for s in statement.get("subject", []):
             want = (s.get("digest") or {}).get("sha256")
             if sealed.get(s.get("name")) != want and s.get("name") != statement.get("predicate", {}).get(
