@@ -20,7 +20,8 @@ from pathlib import PurePosixPath
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
-from provenance import formats
+from provenance import formats, records
+from provenance.reader import BundleFileError
 
 MOF_VERSION = "1.0"
 CLASSES = ("III", "II", "I")  # from the entry class to the most open
@@ -228,6 +229,18 @@ class BundleReader(Protocol):
 
     def size(self, rel: str) -> int: ...
 
+    def record(self, cls: type[Any], rel: str) -> Any: ...  # a typed record (provenance.records); BundleFileError
+
+
+def _typed(reader: BundleReader, cls: type[Any], rel: str) -> Any:
+    """The typed record of `rel`, or None when it is missing or not that record (the audit's checks say why)."""
+    if rel not in reader.files:
+        return None
+    try:
+        return reader.record(cls, rel)
+    except BundleFileError:
+        return None
+
 
 class _Inputs:
     """What the assessment reads, gathered once."""
@@ -239,12 +252,12 @@ class _Inputs:
         self.load_json = load_json
         run = load_json(formats.RUN_JSON)
         self.run: dict[str, Any] = run if isinstance(run, dict) else {}
-        lic = self.run.get("license")
-        self.run_license: str | None = lic if isinstance(lic, str) and lic.strip() else None
-        docs = self.run.get("documents")
-        self.documents: dict[str, Any] = docs if isinstance(docs, dict) else {}
-        cfg = load_json(formats.CONFIG_JSON)
-        self.argv = cfg.get("argv") if isinstance(cfg, dict) and isinstance(cfg.get("argv"), list) else []
+        info: records.RunInfo | None = _typed(reader, records.RunInfo, formats.RUN_JSON)
+        lic = info.license if info is not None else None
+        self.run_license: str | None = lic if lic and lic.strip() else None
+        self.documents: dict[str, Any] = dict(info.documents) if info is not None else {}
+        cfg: records.ConfigRecord | None = _typed(reader, records.ConfigRecord, formats.CONFIG_JSON)
+        self.argv = list(cfg.argv) if cfg is not None and cfg.argv is not None else []
         code = load_json(formats.CODE_JSON)
         snap = code.get("files") if isinstance(code, dict) else None
         self.snapshot: list[str] = sorted(snap) if isinstance(snap, dict) and formats.CODE_SNAPSHOT in self.files \
