@@ -108,8 +108,9 @@ def bundle_info(root: Path, bundle: reader.Bundle | None = None) -> dict[str, An
         run = _bundle_json(b, formats.RUN_JSON, {}) or {}
         root_digest = None
         if b.has(formats.MANIFEST):
+            manifest = _bundle_json(b, formats.MANIFEST)  # unreadable or hostile JSON refuses the diff
             try:
-                root_digest = formats.parse_oms_statement(_bundle_json(b, formats.MANIFEST))[0]
+                root_digest = formats.parse_oms_statement(manifest)[0]
             except formats.FormatError:
                 root_digest = None
     return {"path": str(root), "run_id": run.get("run_id"), "status": run.get("status"),
@@ -457,8 +458,12 @@ def diff_first_divergence(d: dict[str, Any], a_root: Path, b_root: Path, metrics
 def _resources(root: Path, bundle: reader.Bundle | None = None) -> dict[str, str]:
     try:
         with _reading(root, bundle) as b:
-            return formats.parse_oms_statement(_bundle_json(b, formats.MANIFEST))[1]
-    except (OSError, formats.FormatError):
+            manifest = _bundle_json(b, formats.MANIFEST)  # unreadable or hostile JSON refuses the diff
+    except OSError:
+        return {}
+    try:
+        return formats.parse_oms_statement(manifest)[1] if manifest is not None else {}
+    except formats.FormatError:  # not a seal: nothing to compare
         return {}
 
 

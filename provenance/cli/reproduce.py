@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from provenance.untrusted import escape
+
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from provenance.cli import _reproduce_segments as segments
@@ -24,11 +26,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     as_json = args.json
     out = sys.stderr if as_json else sys.stdout
 
-    def say(line: str) -> None:
-        print(line, file=out, flush=True)
+    def say(line: str) -> None:  # lines name the bundle's files and values: escaped, one line each
+        print(escape(line), file=out, flush=True)
 
     def echo(line: str) -> None:
-        print(f"  | {line}", file=out, flush=True)
+        print(f"  | {escape(line)}", file=out, flush=True)
 
     opts = Options(steps=args.steps, from_step=args.from_step, workdir=Path(args.workdir) if args.workdir else None,
                    data_root=Path(args.data_root).resolve() if args.data_root else None, sets=list(args.set),
@@ -47,25 +49,25 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if not args.quiet:
         print("", file=out)
     if outcome.verdict == "refused":
-        print(f"error: {outcome.headline}", file=sys.stderr)
+        print(f"error: {escape(outcome.headline)}", file=sys.stderr)
         if rep.training_exit_status is None:
             print("verdict: refused (nothing ran)")
         else:  # a process was started: never "nothing ran"
             print(f"verdict: refused after the training ran (exit status {rep.training_exit_status}); "
                   f"work folder kept: {outcome.workdir}")
         return outcome.exit_status
-    print(f"verdict: {outcome.headline}")
+    print(f"verdict: {escape(outcome.headline)}")
     if args.quiet:
         return outcome.exit_status
     for c in rep.other_causes[:8]:
-        print(f"  also differs: {c['summary']}")
+        print(f"  also differs: {escape(c['summary'])}")
     d = rep.durations
     if d.get("original_s") is not None and d.get("reproduction_s") is not None:
         print(f"time: original {d['original_s']:.1f} s, reproduction {d['reproduction_s']:.1f} s in the run, "
               f"{d.get('total_wall_s', 0):.1f} s in all")
     print(f"reproduction: {outcome.bundle}")
     print(f"root digest: sha256:{outcome.root_digest}")
-    print(f"reproduces: {rep.original['run_id']} (root sha256:{rep.original['root_digest']})")
+    print(f"reproduces: {escape(rep.original['run_id'])} (root sha256:{rep.original['root_digest']})")
     return outcome.exit_status
 
 

@@ -42,6 +42,7 @@ from provenance.release.signing import (
     verify_command,
     verify_signature,
 )
+from provenance.untrusted import escape
 
 RELEASE_SCHEMA = formats.RELEASE_SCHEMA
 
@@ -124,6 +125,12 @@ def standard_documents(f: Facts, stamp: str, producer: str = "", contact: str = 
     return out
 
 
+def _failures(rep: Any, limit: int = 10) -> str:
+    """The audit's failures on one line, escaped (a bundle's names never forge a line of output)."""
+    items = [escape(f) for f in rep.failures()]
+    return "; ".join(items[:limit]) + (f" (and {len(items) - limit} more)" if len(items) > limit else "")
+
+
 def _audit_summary(rep: Any) -> str:
     return (f"{'PASS' if rep.ok else 'FAIL'} (integrity {'ok' if rep.integrity.ok else 'FAILED'}, consistency "
             f"{'ok' if rep.consistency_ok else 'FAILED'}); the openness assessment is in {formats.OPENNESS_YAML}")
@@ -135,9 +142,12 @@ def release(run_dir: str | os.PathLike[str], key: str | os.PathLike[str] | None 
             force: bool = False, progress: Any = None, identity_token: str | None = None,
             validate_cards: bool = True) -> ReleaseResult:
     """Release a sealed run bundle: documents, re-seal, signatures. See the module docstring."""
-    from provenance.audit import AuditRefused, audit
-
     src = Path(run_dir)
+    if src.is_dir() and not src.is_symlink():
+        try:  # links, FIFOs, devices, non-UTF-8 names: refused before anything is read, copied or written
+            reader.scan_folder(src)
+        except reader.Refused as exc:
+            raise ReleaseError(f"{src}: the audit refused the bundle: {exc}") from None
     if not (src / formats.RUN_JSON).is_file():
         raise ReleaseError(f"{src}: not a run folder ({formats.RUN_JSON} is missing)")
     if not (src / formats.MANIFEST).is_file():
@@ -158,9 +168,27 @@ def release(run_dir: str | os.PathLike[str], key: str | os.PathLike[str] | None 
     dest = src
     if out is not None:
         dest = _destination(src, out)
-        shutil.copytree(src, dest, symlinks=True)
-        for rel in (formats.SIGNATURE, formats.SIGSTORE_SIGNATURE):
-            (dest / rel).unlink(missing_ok=True)
+        try:
+            shutil.copytree(src, dest, symlinks=True)
+            for rel in (formats.SIGNATURE, formats.SIGSTORE_SIGNATURE):
+                (dest / rel).unlink(missing_ok=True)
+        except BaseException:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+    try:
+        return _release_in(dest, key, private, fp, warnings, reproduction=reproduction, producer=producer,
+                           contact=contact, force=force, progress=progress, sigstore=sigstore,
+                           identity_token=identity_token, validate_cards=validate_cards)
+    except BaseException:
+        if dest != src:  # a release into a new folder that failed leaves nothing behind
+            shutil.rmtree(dest, ignore_errors=True)
+        raise
+
+
+def _release_in(dest: Path, key: str | os.PathLike[str] | None, private: Any, fp: str | None, warnings: list[str], *,
+                reproduction: str | os.PathLike[str] | None, producer: str, contact: str, force: bool,
+                progress: Any, sigstore: bool, identity_token: str | None, validate_cards: bool) -> ReleaseResult:
+    from provenance.audit import AuditRefused, audit
 
     # 1. the bundle as it is must match its seal
     try:
@@ -168,11 +196,9 @@ def release(run_dir: str | os.PathLike[str], key: str | os.PathLike[str] | None 
     except AuditRefused as exc:
         raise ReleaseError(f"{dest}: the audit refused the bundle: {exc}") from None
     if not pre.integrity.ok:
-        raise ReleaseError(f"{dest}: the files do not match the seal; not releasing it:\n  "
-                           + "\n  ".join(pre.failures()[:20]))
+        raise ReleaseError(f"{dest}: the files do not match the seal; not releasing it: " + _failures(pre))
     if not pre.ok and not force:
-        raise ReleaseError(f"{dest}: the audit fails (use --force to release anyway):\n  "
-                           + "\n  ".join(pre.failures()[:20]))
+        raise ReleaseError(f"{dest}: the audit fails (use --force to release anyway): " + _failures(pre))
     if not pre.ok:  # overriding the audit is a decision: recorded as a note, with what it overrode
         failures = pre.failures()
         add_note(dest, f"released with --force although the audit fails ({len(failures)} failure(s)): "

