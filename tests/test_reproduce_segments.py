@@ -22,7 +22,7 @@ from conftest import REPO, offline_env, only_run, train
 
 from provenance import formats
 from provenance.bundle import seal_folder
-from provenance.reproduce import BITWISE, DIVERGED, INCOMPLETE, Options
+from provenance.reproduce import BITWISE, DIVERGED, INCOMPLETE, WITHIN, Options
 from provenance.reproduce.segments import (
     SEGMENTS_REPORT,
     SegmentOptions,
@@ -222,6 +222,20 @@ def test_a_perturbed_checkpoint_is_named_by_its_interval(bundle_copy: Path, tmp_
     # restored from the recorded (perturbed) checkpoint, differs from its first step
     assert first == [(DIVERGED, 6, "checkpoint"), (DIVERGED, 7, "loss")]
     assert "only the checkpoint of step 6 differs from the recorded one" in out.headline
+
+
+def test_an_interval_under_a_tolerance_across_another_thread_count(tiny_bundle: Path, tmp_path: Path) -> None:
+    # the checkpoint of step 6 (recorded at 2 threads) restored at 1 thread: prov reproduce allows the change
+    # across the restore (run.allow_resume_change), which is not a difference; the numbers are real CPU noise
+    out = reproduce_segments(tiny_bundle, Options(workdir=tmp_path / "w", sets=["run.threads=1"], tolerance="auto"),
+                             SegmentOptions(segment=1))
+    assert out.exit_status == 0 and out.verdict == WITHIN, out.headline
+    (r,) = out.report.segments["results"]
+    assert (r["index"], r["verdict"], r["scope"]["steps_checked"], r["scope"]["checkpoints_checked"]) == \
+        (1, WITHIN, 6, 1)
+    assert r["tolerance"]["mode"] == "bounds" and "thread count 2 → 1" in r["tolerance"]["why"]
+    assert r["cause"]["kind"] == "environment"  # not config: run.allow_resume_change is prov reproduce's own
+    assert out.report.segments["coverage"]["not_checked"] == [0]
 
 
 def test_sample_choice_is_seeded() -> None:

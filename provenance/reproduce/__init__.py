@@ -277,11 +277,18 @@ def _in_workdir(src: Path, digest: str, audit_report: Any, archive_input: bool, 
     if "run.runs_dir" in flat:
         overrides.append(f"run.runs_dir={runs_dir}")
     redirects = dataset_keys(orig, staged, data_dir)
+    own_keys: set[str] = set()
     overrides += [f"{k}={v}" for k, v in redirects]
     if opts.from_step is not None:
         sharded = orig.root / formats.dcp_checkpoint_dir(opts.from_step)  # a DCP checkpoint is a folder
         ckpt = sharded if sharded.is_dir() else orig.root / formats.checkpoint_name(opts.from_step)
         overrides.append(f"run.resume_from={ckpt}")
+        # a --set across the restore (e.g. run.threads for --tolerance): the training would refuse the resume
+        changed = sorted(k for k, v in sets.items() if flat.get(k, v) != v)
+        if changed and "run.allow_resume_change" in flat:
+            allowed = sorted({*(flat.get("run.allow_resume_change") or []), *changed})
+            overrides.append(f"run.allow_resume_change=[{','.join(allowed)}]")
+            own_keys.add("run.allow_resume_change")  # set by prov reproduce: not a difference
     overrides += opts.sets
     cmd = build_command(orig, opts, code_dir, config_path, overrides)
     env = child_env(orig, stop, runs_dir, data_dir)
@@ -321,7 +328,7 @@ def _in_workdir(src: Path, digest: str, audit_report: Any, archive_input: bool, 
     elsewhere = runs_dir not in repro.parents
     if elsewhere:
         say(f"reproduction: the script wrote its bundle to {repro}, not under {RUNS_DIR_ENV}={runs_dir}")
-    decision = decide(orig, repro, plan, rc, pre_env, PATH_KEYS | frozenset(k for k, _ in redirects),
+    decision = decide(orig, repro, plan, rc, pre_env, PATH_KEYS | frozenset(k for k, _ in redirects) | own_keys,
                       consistency=consistency, tolerance=opts.tolerance)
     if elsewhere:
         decision["headline"] += f" (bundle written to {repro}, not under {runs_dir})"

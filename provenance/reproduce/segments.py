@@ -103,8 +103,9 @@ def _ranges(idx: list[int]) -> str:
     return ", ".join(str(i) for i in idx)
 
 
-def coverage(checked: list[int], count: int, divergent: list[int]) -> dict[str, Any]:
-    """What checking `checked` of `count` intervals can and cannot rule out, given the divergent ones."""
+def coverage(checked: list[int], count: int, divergent: list[int], sampled: bool = True) -> dict[str, Any]:
+    """What checking `checked` of `count` intervals can and cannot rule out, given the divergent ones
+    (`sampled`: chosen at random, so that the chance of missing a fault can be stated)."""
     k = len(checked)
     missed = sorted(set(range(count)) - set(checked))
     out: dict[str, Any] = {"checked": k, "of": count, "not_checked": missed,
@@ -118,8 +119,9 @@ def coverage(checked: list[int], count: int, divergent: list[int]) -> dict[str, 
         out["rules_out"].append(f"a persistent divergence that starts in interval {last} or earlier (it would "
                                 f"show in interval {last})")
         out["cannot_rule_out"].append(
-            f"a fault confined to one interval not checked ({_ranges(missed)}): with {k} of {count} intervals "
-            f"checked at random, such a fault is missed with probability 1 - {k}/{count} = {1 - k / count:.3g}")
+            f"a fault confined to one interval not checked ({_ranges(missed)})" + (
+                f": with {k} of {count} intervals checked at random, such a fault is missed with probability "
+                f"1 - {k}/{count} = {1 - k / count:.3g}" if sampled else ""))
         later = [i for i in missed if i > last]
         if later:
             out["cannot_rule_out"].append(f"a persistent divergence that starts after interval {last} (in "
@@ -219,7 +221,7 @@ def combine(original: dict[str, Any], layout: list[dict[str, Any]], results: lis
     unfinished = [r for r in results if r["verdict"] in (INCOMPLETE, REFUSED)]
     not_claimed = [r for r in results if r["verdict"] == NOT_CLAIMED]
     within = [r for r in results if r["verdict"] == WITHIN]
-    cov = coverage(checked, count, [r["index"] for r in div])
+    cov = coverage(checked, count, [r["index"] for r in div], sampled=mode == "sample")
     which = (f"all {count} intervals" if len(checked) == count else
              f"{len(checked)} of {count} intervals ({_ranges(checked)})")
     first = cause = None
@@ -248,8 +250,8 @@ def combine(original: dict[str, Any], layout: list[dict[str, Any]], results: lis
         verdict = WITHIN if within else BITWISE
         status = EXIT_REPRODUCED
         steps = sum(int((r.get("scope") or {}).get("steps_checked") or 0) for r in results)
-        ckpts = sum(1 for r in results if (r.get("end_checkpoint") or {}).get("match"))
-        headline = (f"{verdict}: {which}, {steps} steps and {ckpts} checkpoints"
+        ckpts = sum(int((r.get("scope") or {}).get("checkpoints_checked") or 0) for r in results)
+        headline = (f"{verdict}: {which}, {steps} steps and {ckpts} checkpoint{'' if ckpts == 1 else 's'}"
                     + (" (within tolerance: " + ", ".join(str(r["index"]) for r in within) + ")" if within else ""))
     if missing and verdict == DIVERGED:
         headline += f"; no report for interval(s) {_ranges(missing)}"
