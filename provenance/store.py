@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provenance import formats
+from provenance import formats, reader
 from provenance.bundle import BundleError, list_files
 
 MAX_MANIFEST_BYTES = 64 << 20
@@ -70,23 +70,24 @@ def read_bundle(path: Path) -> StoredBundle:
     path = Path(path)
     if path.is_symlink() or not path.is_dir():
         raise StoreError(f"{path}: not a bundle folder")
-    man = path / formats.MANIFEST
-    if man.is_symlink() or not man.is_file():
-        raise StoreError(f"{path}: not sealed ({formats.MANIFEST} is missing)")
-    try:
-        root, resources = formats.parse_oms_statement(formats.read_json(man, MAX_MANIFEST_BYTES))
-    except (formats.FormatError, OSError) as exc:
-        raise StoreError(f"{path}: {exc}") from None
-    if len(root) != 64 or any(c not in "0123456789abcdef" for c in root):
-        raise StoreError(f"{path}: {formats.MANIFEST}: the root digest is not 64 hex digits")
-    run: dict[str, Any] = {}
-    rj = path / formats.RUN_JSON
-    if rj.is_file() and not rj.is_symlink():
+    # the seal and run.json through the one reader: bounded, never through a link
+    with reader.Bundle.of_files(path, [formats.MANIFEST, formats.RUN_JSON]) as b:
+        if not b.has(formats.MANIFEST):
+            raise StoreError(f"{path}: not sealed ({formats.MANIFEST} is missing)")
         try:
-            obj = formats.read_json(rj, MAX_RUN_JSON_BYTES)
-            run = obj if isinstance(obj, dict) else {}
-        except (formats.FormatError, OSError):
-            run = {}
+            root, resources = formats.parse_oms_statement(reader.load_json(
+                b.read_bytes(formats.MANIFEST, MAX_MANIFEST_BYTES), formats.MANIFEST))
+        except (formats.FormatError, reader.BundleFileError) as exc:
+            raise StoreError(f"{path}: {exc}") from None
+        if len(root) != 64 or any(c not in "0123456789abcdef" for c in root):
+            raise StoreError(f"{path}: {formats.MANIFEST}: the root digest is not 64 hex digits")
+        run: dict[str, Any] = {}
+        if b.has(formats.RUN_JSON):
+            try:
+                obj = reader.load_json(b.read_bytes(formats.RUN_JSON, MAX_RUN_JSON_BYTES), formats.RUN_JSON)
+                run = obj if isinstance(obj, dict) else {}
+            except reader.BundleFileError:
+                run = {}
     return StoredBundle(path, root, resources, run, _previous_roots(path, resources))
 
 
@@ -97,18 +98,19 @@ def _previous_roots(path: Path, resources: dict[str, str]) -> list[str]:
     """The root digests a bundle had before each recorded re-seal (a note added after another run
     consumed its files changes its root digest, not those files). Read only if the seal covers it."""
     rel = formats.RESEALS
-    p = path / rel
-    if rel not in resources or p.is_symlink() or not p.is_file() or p.stat().st_size > MAX_RESEALS_BYTES:
+    if rel not in resources:
         return []
     out = []
     try:
-        for rec in formats.read_jsonl(p, MAX_RESEALS_BYTES):
+        with reader.Bundle.of_files(path, [rel], reader.ReadLimits(max_jsonl_bytes=MAX_RESEALS_BYTES)) as b:
+            recs = b.records(rel)  # strict (a torn last line skipped), bounded, never through a link
+        for rec in recs:
             prev = rec.get("previous_root_digest")
             if isinstance(prev, str):
                 hexd = prev.removeprefix(f"{formats.ALGORITHM}:")
                 if len(hexd) == 64 and all(c in "0123456789abcdef" for c in hexd):
                     out.append(hexd)
-    except (formats.FormatError, OSError):
+    except (reader.Refused, reader.BundleFileError):
         return []
     return out
 

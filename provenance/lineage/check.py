@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from provenance import audit as audit_pkg
-from provenance import formats
+from provenance import formats, reader
 from provenance.audit import AuditRefused, AuditReport, audit
 from provenance.lineage.graph import Graph, Node, Problem, build_graph
 from provenance.store import Store
@@ -152,14 +152,15 @@ def _consumer_digest(node: Node, e: dict[str, Any]) -> str | None:
     parts = consumed.split("/", 2)
     if len(parts) != 3 or parts[0] != formats.DATA_DIR:
         return None
-    mf = node.bundle.path / formats.DATA_DIR / parts[1] / "manifest.json"
+    rel = formats.data_manifest_path(parts[1])
     try:
-        obj = formats.read_json(mf, 16 << 20)
-    except (formats.FormatError, OSError):
+        with reader.Bundle.of_files(node.bundle.path, [rel], reader.ReadLimits(max_json_bytes=16 << 20)) as b:
+            manifest = b.data_manifest(parts[1])  # typed, through the one reader
+    except (reader.Refused, reader.BundleFileError):
         return "sha256:? (data manifest unreadable)"
-    for f in obj.get("files", []) if isinstance(obj, dict) else []:
-        if isinstance(f, dict) and f.get("path") == parts[2]:
-            return formats.digest_str(str(f.get("sha256")))
+    for f in manifest.files:
+        if f.path == parts[2]:
+            return formats.digest_str(f.sha256)
     return "no such file"
 
 

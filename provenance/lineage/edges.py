@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from provenance import formats
+from provenance import formats, reader
 from provenance.hashing import sha256_file
 from provenance.store import Store, StoredBundle, normalise_digest
 
@@ -52,23 +52,21 @@ def consumed_data(root: Path) -> list[Consumed]:
     base = Path(root) / formats.DATA_DIR
     if not base.is_dir():
         return out
-    for mf in sorted(base.glob("*/manifest.json")):
-        if mf.is_symlink():
-            continue
-        try:
-            obj = formats.read_json(mf, MAX_DATA_MANIFEST_BYTES)
-        except (formats.FormatError, OSError):
-            continue  # the audit's data check names a malformed manifest
-        if not isinstance(obj, dict) or not isinstance(obj.get("files"), list):
-            continue
-        ds = mf.parent.name
-        src = obj.get("source") if isinstance(obj.get("source"), dict) else {}
-        local = src.get("local_path") if isinstance(src.get("local_path"), str) else None
-        kind = "tokenizer" if ds == "tokenizer" or src.get("type") == "tokenizer" else "data"
-        for f in obj["files"]:
-            if isinstance(f, dict) and isinstance(f.get("path"), str) and _is_hex(f.get("sha256")):
-                where = str(Path(local) / f["path"]) if local else None
-                out.append(Consumed(kind, f["sha256"], f"{formats.DATA_DIR}/{ds}/{f['path']}", location=where))
+    names = sorted(mf.parent.name for mf in base.glob("*/manifest.json"))
+    rels = [formats.data_manifest_path(ds) for ds in names]
+    with reader.Bundle.of_files(root, rels, reader.ReadLimits(max_json_bytes=MAX_DATA_MANIFEST_BYTES)) as b:
+        for ds in names:
+            try:
+                m = b.data_manifest(ds)  # typed, through the one reader (bounded, never a link)
+            except reader.BundleFileError:
+                continue  # the audit's data check names a malformed manifest (or one that is a link)
+            src = m.extra.get("source") if isinstance(m.extra.get("source"), dict) else {}
+            local = src.get("local_path") if isinstance(src.get("local_path"), str) else None
+            kind = "tokenizer" if ds == "tokenizer" or src.get("type") == "tokenizer" else "data"
+            for f in m.files:
+                if _is_hex(f.sha256):
+                    where = str(Path(local) / f.path) if local else None
+                    out.append(Consumed(kind, f.sha256, f"{formats.DATA_DIR}/{ds}/{f.path}", location=where))
     return out
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provenance import formats, untrusted
+from provenance import formats, reader, records, untrusted
 from provenance.hashing import sha256_bytes
 from provenance.store import Store, StoredBundle, read_bundle
 
@@ -92,11 +92,15 @@ def read_edges(b: StoredBundle) -> tuple[list[dict[str, Any]], str | None]:
     if sealed is None:
         return [], (f"{b.run_id}: {rel} is there but not covered by the seal; not followed"
                     if path.exists() else None)
-    if path.is_symlink() or not path.is_file():
-        return [], f"{b.run_id}: {rel} is sealed but missing"
-    if path.stat().st_size > MAX_LINEAGE_BYTES:
-        return [], f"{b.run_id}: {rel} is larger than {MAX_LINEAGE_BYTES} bytes; refused"
-    data = path.read_bytes()
+    with reader.Bundle.of_files(b.path, [rel]) as rb:  # the one reader: bounded, never through a link
+        if not rb.has(rel):
+            return [], f"{b.run_id}: {rel} is sealed but missing"
+        if rb.size(rel) > MAX_LINEAGE_BYTES:
+            return [], f"{b.run_id}: {rel} is larger than {MAX_LINEAGE_BYTES} bytes; refused"
+        try:
+            data = rb.read_bytes(rel, MAX_LINEAGE_BYTES)
+        except reader.BundleFileError as exc:
+            return [], f"{b.run_id}: {exc}"
     if sha256_bytes(data) != sealed:
         return [], f"{b.run_id}: {rel} does not match its sealed digest (tampered); not followed"
     try:
@@ -106,12 +110,12 @@ def read_edges(b: StoredBundle) -> tuple[list[dict[str, Any]], str | None]:
 
 
 def _read_notes(b: StoredBundle) -> list[dict[str, Any]]:
-    path = b.path / formats.NOTES
-    if formats.NOTES not in b.resources or path.is_symlink() or not path.is_file():
+    if formats.NOTES not in b.resources:
         return []
-    try:
-        return [r for r in formats.read_jsonl(path, MAX_NOTES_BYTES // 16) if isinstance(r.get("text"), str)]
-    except (formats.FormatError, OSError):
+    try:  # typed notes through the one reader (bounded, never a link); a line that is not a note is left out
+        with reader.Bundle.of_files(b.path, [formats.NOTES], reader.ReadLimits(max_jsonl_bytes=MAX_NOTES_BYTES)) as rb:
+            return [records.to_dict(n) for _, n in rb.notes()[0]]
+    except (reader.Refused, reader.BundleFileError):
         return []  # the node's own audit names a malformed notes file
 
 
