@@ -7,7 +7,7 @@ Compared on the training thread: the checkpoint call, and the step right after i
 checkpoint thread hashes), vs the baseline's; and what hashing one checkpoint's files takes (what it
 would add if hashing ran on the training thread). Medians; nothing here is a test.
 
-    .venv/bin/python bench/bench_dcp.py --width 1536 --steps 40 --every 5 --json /tmp/dcp.json
+    .venv/bin/python bench/bench_dcp.py --width 1536 --steps 80 --every 4 --rounds 3 --json /tmp/dcp.json
 """
 
 from __future__ import annotations
@@ -93,27 +93,6 @@ def main() -> int:
     if a.worker:
         worker(a.worker[0], a.width, a.steps, a.every, a.worker[1], a.plain, a.nice)
         return 0
-    load0 = os.getloadavg()[0]
-    results = {}
-    loads = []
-    # alternated (the load drifts): a bare dcp.save; run.checkpoint with its hashing thread at the lowest
-    # priority (the default); run.checkpoint with the hashing thread at the training threads' priority
-    for mode in ("plain", "prov", "prov-normal") * a.rounds:
-        loads.append(os.getloadavg()[0])
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "times.json"
-            env = {**os.environ, "OMP_NUM_THREADS": "1"}
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__,
-                   "--width", str(a.width), "--steps", str(a.steps), "--every", str(a.every),
-                   "--worker", str(Path(tmp) / "runs"), str(out), *(["--plain"] if mode == "plain" else []),
-                   *(["--nice", "0"] if mode == "prov-normal" else [])]
-            subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
-            res = json.loads(out.read_text())
-        prev = results.setdefault(mode, {"times": [], "checkpoint_bytes": 0, "hash": [], "checkpoints": 0})
-        prev["times"] += res["times"]
-        prev["checkpoint_bytes"] = max(prev["checkpoint_bytes"], res["checkpoint_bytes"])
-        prev["hash"].append(res["hash_one_checkpoint_s"])
-        prev["checkpoints"] += res["checkpoints"]
 
     def medians(times: list[dict[str, float]]) -> tuple[float, float, float]:
         t = [r for r in times if r["step"] > a.every]  # skip the warm-up before the first checkpoint
@@ -121,6 +100,31 @@ def main() -> int:
         others = [r["train_s"] for r in t if (r["step"] - 1) % a.every != 0]
         ckpt = [r["checkpoint_s"] for r in times if r["step"] % a.every == 0]
         return statistics.median(after), statistics.median(others), statistics.median(ckpt)
+
+    load0 = os.getloadavg()[0]
+    results = {}
+    loads = []
+    # alternated (the load drifts): a bare dcp.save; run.checkpoint as it is (its checkpoint thread hashes
+    # at nice 19); run.checkpoint with the checkpoint thread at the training threads' priority (as first built)
+    variants = {"plain": ["--plain"], "prov": [], "prov-normal": ["--nice", "0"]}
+    for mode in tuple(variants) * a.rounds:
+        loads.append(os.getloadavg()[0])
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "times.json"
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__,
+                   "--width", str(a.width), "--steps", str(a.steps), "--every", str(a.every),
+                   "--worker", str(Path(tmp) / "runs"), str(out), *variants[mode]]
+            subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
+            res = json.loads(out.read_text())
+        prev = results.setdefault(mode, {"times": [], "checkpoint_bytes": 0, "hash": [], "checkpoints": 0,
+                                         "within": []})
+        prev["times"] += res["times"]
+        ra, ro, _ = medians(res["times"])  # within one run: the step after a checkpoint / the other steps
+        prev["within"].append(ra / ro)
+        prev["checkpoint_bytes"] = max(prev["checkpoint_bytes"], res["checkpoint_bytes"])
+        prev["hash"].append(res["hash_one_checkpoint_s"])
+        prev["checkpoints"] += res["checkpoints"]
 
     pa, po, pc = medians(results["plain"]["times"])
     fa, fo, fc = medians(results["prov"]["times"])
@@ -141,6 +145,8 @@ def main() -> int:
         "normal_priority_checkpoint_call_ratio": round(nc / pc, 3),
         "normal_priority_step_after_checkpoint_ratio": round(na / pa, 3),
         "normal_priority_other_steps_ratio": round(no / po, 3),
+        "within_run_step_after_checkpoint_over_other_steps": {
+            m: round(statistics.median(r["within"]), 3) for m, r in results.items()},
         "hash_one_checkpoint_s": round(statistics.median(results["prov"]["hash"]), 4),
         "load_before": round(load0, 1), "load_after": round(os.getloadavg()[0], 1),
         "load_median": round(statistics.median(loads), 1), "rounds": a.rounds,

@@ -127,3 +127,49 @@ def test_reproduce_chain_from_step_0(relaunched: tuple[str, Path], tmp_path: Pat
         assert not (moved / "work").exists()
     finally:
         hidden.rename(runs)
+
+
+@pytest.mark.slow  # the default training script, FSDP2 on 2 ranks, relaunched once: a few minutes on 2 cores
+def test_train_fsdp_relaunched_after_a_killed_rank_resumes_from_its_dcp_checkpoint(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from conftest import TINY, offline_env
+
+    runs = tmp_path / "runs"
+    args = [sys.executable, "-m", "torch.distributed.run", "--max-restarts=1", "--standalone", "--nproc_per_node=2",
+            "-m", "training.train", "--config", str(REPO / "configs" / "tiny-lm.yaml"), *TINY, "run.threads=1",
+            "train.steps=12", "train.checkpoint_every=3", "train.fsdp=true", f"run.runs_dir={runs}",
+            f"data.root={tmp_path / 'data'}"]
+    e = {**offline_env(tmp_path), "OMP_NUM_THREADS": "1"}
+    e.pop("PROV_REPLAY", None)
+    proc = subprocess.Popen(args, cwd=REPO, env=e, stdout=open(tmp_path / "torchrun.log", "w"),
+                            stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 600
+    killed = None
+    while killed is None:  # once step 7 is logged (the checkpoint of step 6 indexed), rank 1 is killed
+        assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "torchrun.log").read_text()[-3000:]
+        time.sleep(0.5)
+        roots = [p for p in runs.iterdir() if p.is_dir()] if runs.is_dir() else []
+        if len(roots) != 1 or not (roots[0] / formats.METRICS).is_file():
+            continue
+        if max((m["step"] for m in formats.read_jsonl(roots[0] / formats.METRICS)), default=0) >= 7:
+            info = formats.read_json(roots[0] / formats.RUN_JSON)
+            killed = info["distributed"]["nodes"][0]["pids"][1]
+            os.kill(killed, signal.SIGKILL)
+    assert proc.wait(timeout=600) == 0, (tmp_path / "torchrun.log").read_text()[-3000:]
+    first, second = bundles(runs)
+    i1, i2 = (formats.read_json(p / formats.RUN_JSON) for p in (first, second))
+    assert i1["status"] == "interrupted" and i2["status"] == "completed"
+    indexed = [e["step"] for e in formats.read_json(first / formats.CHECKPOINT_INDEX)["checkpoints"]]
+    seg = i2["segment"]
+    assert seg["previous"]["run_id"] == i1["run_id"] and seg["checkpoint"]["step"] == max(indexed) >= 6
+    assert seg["checkpoint"]["path"] == formats.dcp_checkpoint_dir(max(indexed))
+    (note,) = [n for n in formats.read_jsonl(second / formats.NOTES) if n["category"] == "restart"]
+    assert "after torchrun relaunched the workers (restart 1)" in note["text"]
+    # the steps both attempts trained (after the checkpoint, before the kill) have the same losses, bitwise
+    again = {s: v for s, v in losses(first).items() if s > max(indexed)}
+    assert again and all(losses(second)[s] == v for s, v in again.items())
+    report = audit(second)
+    assert report.integrity.ok and report.consistency_ok, report.failures()
+    assert report.check("segments").status == "pass" and (second / formats.MODEL_DIR / "model.safetensors").is_file()
