@@ -77,5 +77,5 @@ def test_prov_reproduce_of_an_inconsistent_bundle_is_never_bitwise(tiny_bundle: 
     rc, out, err = box.call(["reproduce", str(box.bundle), "--steps", "2", "--workdir", str(box.root / "w")],
                             capsys, monkeypatch)
     assert rc == 1, (rc, out[-2000:], err[-2000:])
-    assert "audit: consistency fails" in out and names in out and "Traceback" not in out + err
+    assert "audit: consistency fails" in out and names in out and "Traceback" not in out + err, out
     h.assert_printable(out + err)

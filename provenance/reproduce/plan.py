@@ -48,7 +48,8 @@ _EXECUTED = frozenset({"config", "code", "command"})  # the audit checks of what
 
 def audit_failures(report: Any) -> list[str]:
     """The consistency errors of an audit report, one line each."""
-    return [printable(f"{c.name}: {e.message}") for c in report.checks for e in c.errors]
+    return [printable(f"{c.name}: " + (f"{e.file}: " if e.file and e.file not in e.message else "") + e.message)
+            for c in report.checks for e in c.errors]
 
 
 # --- reading the original ------------------------------------------------------------------------
