@@ -35,6 +35,8 @@ TIMING_KEYS = frozenset({"step", "time", "step_time"})
 TORCH_KEYS = ("version", "cuda_available", "cuda_version", "cudnn_version", "driver", "gpus", "mkldnn",
               "float32_matmul_precision", "deterministic_algorithms", "deterministic_warn_only",
               "fill_uninitialized_memory", "cudnn_deterministic", "cudnn_benchmark")
+# what decides the numbers (capture/env.py numerics_facts), compared only where both sides recorded them
+TORCH_NUMERICS_KEYS = ("cpu_capability", "blas", "mkl_available", "openmp_available", "cuda_math")
 # where a dataset was on the machine that ran, and how it got there: not a difference of the data
 SOURCE_PLACE_KEYS = frozenset({"local_path", "path", "fetched"})
 HARDWARE_KEYS = ("cpu_model", "machine", "cpu_count", "cpu_affinity", "ram_bytes")
@@ -268,6 +270,9 @@ def diff_env(a: dict[str, Any], b: dict[str, Any], a_threads: dict[str, Any] | N
     if isinstance(ta, dict) and isinstance(tb, dict) and ta.get("installed") and tb.get("installed"):
         for k in TORCH_KEYS:
             add("torch", k, ta.get(k), tb.get(k))
+        for k in TORCH_NUMERICS_KEYS:
+            if k in ta and k in tb:
+                add("torch", k, ta.get(k), tb.get(k))
     if a_threads is not None and b_threads is not None:
         for k in ("num_threads", "num_interop_threads"):
             if a_threads.get(k) is not None and b_threads.get(k) is not None:
@@ -387,14 +392,29 @@ def checkpoint_digests(root: Path, bundle: reader.Bundle | None = None) -> dict[
     return {e.step: e.sha256 for e in index.checkpoints} if index is not None else {}
 
 
+def checkpoint_entries(root: Path, bundle: reader.Bundle | None = None) -> dict[int, dict[str, Any]]:
+    """step -> the checkpoint index entry (path, format, sha256, ...)."""
+    if bundle is None and not root.is_dir():
+        return {}
+    with _reading(root, bundle) as b:
+        idx = _bundle_json(b, formats.CHECKPOINT_INDEX, {}) or {}
+    return {int(e["step"]): e for e in idx.get("checkpoints", [])}
+
+
 def diff_checkpoints(a_root: Path, b_root: Path, bundles: tuple[reader.Bundle, reader.Bundle] | None = None
                      ) -> dict[str, Any]:
-    ca = checkpoint_digests(a_root, bundles[0] if bundles else None)
-    cb = checkpoint_digests(b_root, bundles[1] if bundles else None)
-    common = sorted(set(ca) & set(cb))
-    return {"compared": len(common),
-            "differ": [{"step": s, "a": ca[s], "b": cb[s]} for s in common if ca[s] != cb[s]],
-            "only_a": sorted(set(ca) - set(cb)), "only_b": sorted(set(cb) - set(ca))}
+    """Checkpoint digests by step; where two checkpoints of one step differ, their tensor-by-tensor
+    comparison (provenance.tensors: each file read once, never unpickled) as `tensors`."""
+    from provenance import tensors
+
+    ea = checkpoint_entries(a_root, bundles[0] if bundles else None)
+    eb = checkpoint_entries(b_root, bundles[1] if bundles else None)
+    common = sorted(set(ea) & set(eb))
+    differ = [{"step": s, "a": ea[s]["sha256"], "b": eb[s]["sha256"],
+               "tensors": tensors.compare_entries(a_root, ea[s], b_root, eb[s])}
+              for s in common if ea[s]["sha256"] != eb[s]["sha256"]]
+    return {"compared": len(common), "differ": differ,
+            "only_a": sorted(set(ea) - set(eb)), "only_b": sorted(set(eb) - set(ea))}
 
 
 def _replayed_order(repro: Path, info: dict[str, Any], original: dict[str, Any]) -> dict[str, Any] | None:
@@ -753,6 +773,11 @@ def format_diff(d: dict[str, Any], verbose: bool = False) -> str:
     if ck["differ"]:
         lines.append(f"checkpoints: {len(ck['differ'])} of {ck['compared']} differ (first at step "
                      f"{ck['differ'][0]['step']}){extra}")
+        from provenance.tensors import summary_line
+
+        for c in ck["differ"]:
+            if c.get("tensors"):
+                lines.append(f"  step {c['step']}: {_printable(summary_line(c['tensors']))}")
     else:
         lines.append(f"checkpoints: {ck['compared']} compared, all sha256 equal{extra}")
     o = d["outputs"]

@@ -13,7 +13,7 @@ PKG = Path(__file__).resolve().parents[1] / "provenance"
 LAYERS = [
     {"hashing"},
     {"formats", "redact", "config", "untrusted"},
-    {"bundle", "archive", "reader", "records", "store"},
+    {"bundle", "archive", "reader", "records", "store", "tensors"},
     {"capture", "datasets"},
     {"replay"},
     {"run", "recover"},

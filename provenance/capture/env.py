@@ -94,6 +94,7 @@ def torch_facts() -> dict[str, Any]:
         "mkldnn": torch.backends.mkldnn.is_available(),
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
     }
+    facts.update(numerics_facts(torch))
     facts["determinism_knobs"] = determinism_knobs(torch)
     facts["distributed_backends"] = _backends(torch)
     facts["nccl_version"] = _nccl_version(torch)
@@ -105,6 +106,59 @@ def torch_facts() -> dict[str, Any]:
             for i in range(torch.cuda.device_count())
         ]
         facts["driver"] = _nvidia_driver()
+    return facts
+
+
+def parse_build_config(text: str) -> dict[str, Any]:
+    """The numerics-relevant facts of `torch.__config__.show()`: BLAS and LAPACK providers, MKL, oneDNN
+    (MKL-DNN) and OpenMP versions, the CPU capability torch reports using, and the USE_* build switches."""
+    out: dict[str, Any] = {}
+    for raw in text.splitlines():
+        line = raw.strip().removeprefix("- ").strip()
+        if "Math Kernel Library Version" in line:
+            out["mkl"] = line.split("Version", 1)[1].strip().split(" ", 1)[0].removesuffix("-Product")
+        elif line.startswith("Intel(R) MKL-DNN") or line.startswith("oneDNN"):
+            out["onednn"] = line.split()[2] if line.startswith("Intel(R) MKL-DNN") else line.split()[1]
+        elif line.startswith("OpenMP "):
+            out["openmp"] = line.split()[1]
+        elif line.startswith("CPU capability usage:"):
+            out["cpu_capability_usage"] = line.split(":", 1)[1].strip()
+        elif line.startswith("Build settings:"):
+            for item in line.split(":", 1)[1].split(", "):
+                k, sep, v = item.partition("=")
+                k = k.strip()
+                if sep and (k in ("BLAS_INFO", "LAPACK_INFO", "TORCH_VERSION") or k.startswith("USE_")):
+                    out[k.lower()] = v.strip().rstrip(",")
+    return out
+
+
+def numerics_facts(torch: Any) -> dict[str, Any]:
+    """What decides the numbers beyond the versions: the CPU capability torch dispatched to, the BLAS /
+    oneDNN / MKL builds and versions, the parallel backend and thread counts (docs/reproduce.md)."""
+    def get(f: Any) -> Any:
+        try:
+            return f()
+        except Exception:  # a build that lacks it
+            return None
+
+    facts: dict[str, Any] = {
+        "cpu_capability": get(lambda: torch.backends.cpu.get_cpu_capability()),
+        "mkl_available": get(lambda: bool(torch.backends.mkl.is_available())),
+        "openmp_available": get(lambda: bool(torch.backends.openmp.is_available())),
+        "blas": get(lambda: parse_build_config(torch.__config__.show())) or {},
+    }
+    info = get(lambda: torch.__config__.parallel_info()) or ""
+    for line in str(info).splitlines():
+        if line.startswith("ATen parallel backend:"):
+            facts["blas"]["parallel_backend"] = line.split(":", 1)[1].strip()
+    if torch.cuda.is_available():
+        facts["cuda_device_count"] = torch.cuda.device_count()
+        facts["cuda_math"] = {"tf32_matmul": get(lambda: bool(torch.backends.cuda.matmul.allow_tf32)),
+                              "tf32_cudnn": get(lambda: bool(torch.backends.cudnn.allow_tf32)),
+                              "fp16_reduced_precision_reduction": get(
+                                  lambda: bool(torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction)),
+                              "bf16_reduced_precision_reduction": get(
+                                  lambda: bool(torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction))}
     return facts
 
 

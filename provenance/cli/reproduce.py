@@ -35,7 +35,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     opts = Options(steps=args.steps, from_step=args.from_step, workdir=Path(args.workdir) if args.workdir else None,
                    data_root=Path(args.data_root).resolve() if args.data_root else None, sets=list(args.set),
                    code=Path(args.code) if args.code else None, strict_env=args.strict_env,
-                   sandbox=args.sandbox, tolerance=args.tolerance, echo=None if args.quiet else echo,
+                   sandbox=args.sandbox, calibrate=args.calibrate,
+                   tolerance=args.tolerance or ("auto" if args.calibrate else "bitwise"),
+                   echo=None if args.quiet else echo,
                    args=args.args)
     # --quiet: no progress and no training output; only the verdict (and an error)
     outcome = reproduce(args.bundle, opts, say=None if args.quiet else say)
@@ -85,11 +87,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="check N steps (from the original's first step, or after --from-step K) and stop")
     g.add_argument("--from-step", type=int, default=None, metavar="K",
                    help="restore the original's checkpoint of step K (weights, optimizer, RNG) and check from K+1")
-    g.add_argument("--tolerance", default="bitwise", metavar="auto|bitwise|loss=REL,ckpt=REL",
+    g.add_argument("--tolerance", default=None, metavar="auto|bitwise|loss=REL,ckpt=REL",
                    help="bitwise (the default), or bounds within which a reproduction that is not bitwise still "
                         "reproduces: loss=<relative loss difference>,ckpt=<relative L2 of each checkpoint tensor>; "
-                        "auto: bitwise where the environment is the recorded one, otherwise loss=1e-3,ckpt=1e-3. "
+                        "auto: bitwise where the original claims determinism and the environment is the recorded "
+                        "one, otherwise the noise model's bounds (growing with the step) for what differs. "
                         "The data order is always compared exactly")
+    g.add_argument("--calibrate", action="store_true",
+                   help="measure this machine's noise floor first (a short segment run twice at two thread counts) "
+                        "and set auto's bounds from it (implies --tolerance auto)")
     g = p.add_argument_group("where")
     g.add_argument("--workdir", default=None, metavar="DIR",
                    help="an empty folder for the code, data and the reproduction's bundle "

@@ -191,6 +191,29 @@ def render_chart(c: Chart) -> Markup:
     return Markup("".join(parts))
 
 
+def divergence_chart(curve: Any, cid: str = "plot-divergence") -> tuple[Chart, str] | None:
+    """The divergence curve of a reproduction (reproduction/report.json `curve`): per step the relative loss
+    difference, at each checkpoint the largest tensor relative L2, and the bounds at each step when a tolerance
+    was used; log scale, so that flat noise and a break at step k are told apart at a glance. (chart, caption)."""
+    if not isinstance(curve, dict) or not isinstance(curve.get("steps"), list):
+        return None
+    steps = [c for c in curve["steps"] if isinstance(c, dict)]
+    ckpts = [c for c in curve.get("checkpoints") or [] if isinstance(c, dict)]
+    series = [Series("loss relative difference", [(c.get("step"), c.get("rel_diff")) for c in steps], PALETTE[0]),
+              Series("checkpoint relative L2 (largest tensor)", [(c.get("step"), c.get("rel_l2")) for c in ckpts],
+                     PALETTE[1], dots=True)]
+    if any(c.get("bound") is not None for c in steps):
+        series.append(Series("loss bound", [(c.get("step"), c.get("bound")) for c in steps], PALETTE[0], dash="6 4"))
+    if any(c.get("bound") is not None for c in ckpts):
+        series.append(Series("checkpoint bound", [(c.get("step"), c.get("bound")) for c in ckpts], PALETTE[1],
+                             dash="6 4", dots=True))
+    equal = sum(1 for c in steps if c.get("rel_diff") == 0)
+    same = sum(1 for c in ckpts if c.get("same_digest"))
+    caption = (f"{len(steps)} steps and {len(ckpts)} checkpoints compared with the original; {equal} losses bitwise "
+               f"equal and {same} checkpoints with the same digest (zero, not drawn on the log scale)")
+    return Chart(cid, "Divergence from the original", "step", "relative difference", series, log_y=True), caption
+
+
 def render_timeline(f: Facts, tid: str = "timeline", width: int = 760) -> Markup:
     """Steps from 0 to the last step: evaluations, checkpoints and decision notes on one axis."""
     last = f.last_step or max([int(c.get("step", 0)) for c in f.checkpoints] + [0])

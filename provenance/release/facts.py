@@ -58,6 +58,7 @@ class Facts:
     root_digest: str | None
     reproduction: dict[str, Any] | None  # reproduction/summary.json when this run is a reproduction
     repro_steps: list[dict[str, Any]] = field(default_factory=list)
+    repro_report: dict[str, Any] | None = None  # reproduction/report.json (its verdict and divergence curve)
     parameters: int | None = None
     dtypes: list[str] = field(default_factory=list)
     run_record: records.RunInfo | None = None  # run.json typed (None when it is not a valid RunInfo)
@@ -127,7 +128,7 @@ class Facts:
             repro_steps=jl("reproduction/steps.jsonl"), run_record=run_rec, order_datasets=order_datasets,
             reseals=typed(lambda: b.read_bytes(formats.RESEALS, b.limits.max_jsonl_bytes))
             if b.has(formats.RESEALS) else None,
-            document_bytes=docs,
+            document_bytes=docs, repro_report=js("reproduction/report.json"),
         )
         weights = sorted(rel for rel in b.files if rel.startswith(formats.MODEL_DIR + "/")
                          and rel.count("/") == 1 and rel.endswith(".safetensors"))

@@ -25,6 +25,7 @@ from provenance.release.charts import (
     Chart,
     Marker,
     Series,
+    divergence_chart,
     finite,
     fmt,
     nice_ticks,
@@ -112,9 +113,15 @@ def load_reproduction(path: str | Path) -> dict[str, Any]:
             summary, run = b.try_json(SUMMARY), b.run_info
     except reader.Refused:
         pass
+    report = None
+    try:
+        report = formats.read_json(p / "reproduction" / "report.json")
+    except (OSError, formats.FormatError):
+        pass
     return {"run_id": run.get("run_id") or p.name, "loss": _metric_points(metrics, "loss"),
             "lr": _metric_points(metrics, "lr") or _metric_points(metrics, "learning_rate"),
-            "summary": summary if isinstance(summary, dict) else None}
+            "summary": summary if isinstance(summary, dict) else None,
+            "report": report if isinstance(report, dict) else None}
 
 
 def reproduction_verdict(summary: dict[str, Any] | None) -> tuple[str, str]:
@@ -162,6 +169,15 @@ def build_report(f: Facts, release: dict[str, Any]) -> str:
                             [Series(k, _metric_points(f.evals, k), PALETTE[(i + 2) % 6], dots=True)
                              for i, k in enumerate(other)]))
     drawn = [{"id": c.id, "svg": render_chart(c)} for c in charts]
+    repro_report = f.repro_report if isinstance(f.repro_report, dict) else (repro_link or {}).get("report")
+    div = divergence_chart(repro_report.get("curve")) if isinstance(repro_report, dict) else None
+    divergence = None
+    if div is not None:
+        tol = _dict(repro_report.get("tolerance"))
+        divergence = {"id": div[0].id, "svg": render_chart(div[0]), "caption": div[1],
+                      "verdict": repro_report.get("headline"), "tolerance": tol.get("why"),
+                      "model": _pick(tol.get("model"), "formula", "eps_loss", "eps_ckpt", "safety", "source")
+                      if isinstance(tol.get("model"), dict) else None}
 
     dur = run.get("duration_s")
     summary_rows = {
@@ -187,6 +203,10 @@ def build_report(f: Facts, release: dict[str, Any]) -> str:
 
     summary = f.reproduction if isinstance(f.reproduction, dict) else (repro_link or {}).get("summary")
     status, sentence = reproduction_verdict(summary)
+    verdict = repro_report.get("verdict") if isinstance(repro_report, dict) else None
+    if isinstance(verdict, str) and isinstance(repro_report.get("headline"), str):  # the graded verdict
+        status = "pass" if verdict.startswith("reproduced") else "fail" if verdict == "diverged" else "warn"
+        sentence = repro_report["headline"]
     if summary is None and repro_link is not None:
         sentence = (f"reproduction {repro_link.get('run_id')} is linked, but it records no verdict "
                     "(reproduction/summary.json is missing)")
@@ -217,7 +237,7 @@ def build_report(f: Facts, release: dict[str, Any]) -> str:
         csp=CSP, name=f.name, run_id=f.run_id, date=release.get("date"), version=__version__, run=summary_rows,
         audit=audit_view,
         signature={"fingerprint": release.get("fingerprint"), "verify_command": release.get("verify_command")},
-        reproduction={"status": status, "sentence": sentence}, caption=caption,
+        reproduction={"status": status, "sentence": sentence}, caption=caption, divergence=divergence,
         curve_charts=drawn[:2], eval_charts=drawn[2:], has_note_markers=bool(note_markers),
         eval_keys=eval_keys, eval_rows=[[e.get("step"), *(e.get(k) for k in eval_keys)] for e in f.evals],
         timeline=render_timeline(f),

@@ -243,6 +243,9 @@ def _in_workdir(src: Path, digest: str, audit_report: Any, archive_input: bool, 
     orig = read_original(root, digest)
     plan = plan_steps(orig, opts)
     parse_tolerance(opts.tolerance)  # bad input refuses before anything runs
+    if opts.calibrate and opts.tolerance != "auto":
+        raise Refused(f"--calibrate sets the bounds of --tolerance auto; it cannot be used with --tolerance "
+                      f"{opts.tolerance}")
     sets = parse_sets(opts.sets, orig.config)
     first_step, stop, expected_last = plan.first_step, plan.stop, plan.expected_last
     scope = f"steps {first_step}–{expected_last}" + (f" (from the checkpoint of step {opts.from_step})"
@@ -328,8 +331,16 @@ def _in_workdir(src: Path, digest: str, audit_report: Any, archive_input: bool, 
     elsewhere = runs_dir not in repro.parents
     if elsewhere:
         say(f"reproduction: the script wrote its bundle to {repro}, not under {RUNS_DIR_ENV}={runs_dir}")
+    calibrated = None
+    if opts.calibrate:  # after the reproduction's run (its bundle is judged with the bounds measured here)
+        from provenance.reproduce.calibrate import calibrate
+
+        try:
+            calibrated = calibrate(orig, plan, opts, sets, workdir, say)
+        except Refused as exc:
+            raise Refused(str(exc), started=started) from None
     decision = decide(orig, repro, plan, rc, pre_env, PATH_KEYS | frozenset(k for k, _ in redirects) | own_keys,
-                      consistency=consistency, tolerance=opts.tolerance)
+                      consistency=consistency, tolerance=opts.tolerance, calibrated=calibrated)
     if elsewhere:
         decision["headline"] += f" (bundle written to {repro}, not under {runs_dir})"
     repro_run = formats.read_json(repro / formats.RUN_JSON)
@@ -360,6 +371,7 @@ def _in_workdir(src: Path, digest: str, audit_report: Any, archive_input: bool, 
                    "training_wall_s": round(train_wall, 3)},
         tolerance=decision.get("tolerance"),
         first_difference=decision.get("first_difference"),
+        curve=decision.get("curve"),
         replay_summary=decision["summary"],
         diff={k: v for k, v in decision["diff"].items() if k not in ("a", "b")},
     )

@@ -42,6 +42,7 @@ class Options:
     args: str | None = None  # a wrapped command's arguments after its script, replacing the recorded ones
     strict_env: bool = False  # any environment difference refuses
     tolerance: str = "bitwise"  # bitwise | auto | loss=<rel>,ckpt=<rel> (reproduce.tolerance)
+    calibrate: bool = False  # measure this machine's noise floor first; it sets auto's bounds (reproduce.calibrate)
     sandbox: bool = False  # run the training under bubblewrap: no network, read-only but the work folder
     python: str = sys.executable
     echo: Callable[[str], None] | None = None  # receives the training's output, line by line

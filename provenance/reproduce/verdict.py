@@ -12,7 +12,14 @@ from provenance import formats
 from provenance.replay import SUMMARY, first_divergence
 from provenance.reproduce.options import EXIT_DIVERGED, EXIT_REFUSED, EXIT_REPRODUCED, PATH_KEYS, THREAD_KEYS
 from provenance.reproduce.plan import Original, Plan
-from provenance.reproduce.tolerance import check_bounds, out_of_bounds_text, resolve
+from provenance.reproduce.tolerance import (
+    NoiseModel,
+    Tolerance,
+    check_bounds,
+    divergence_curve,
+    out_of_bounds_text,
+    resolve,
+)
 
 REPORT = "reproduction/report.json"
 REPORT_SCHEMA = formats.REPRODUCTION_REPORT_SCHEMA
@@ -47,6 +54,7 @@ class Report:
     sandbox: dict[str, Any] | None = None
     tolerance: dict[str, Any] | None = None  # what --tolerance asked, what was used, why; the bounds' figures
     first_difference: dict[str, Any] | None = None  # the first bitwise difference (under a tolerance)
+    curve: dict[str, Any] | None = None  # the divergence curve: per step loss difference, per checkpoint rel L2
     training_exit_status: int | None = None
     durations: dict[str, Any] = field(default_factory=dict)
     replay_summary: dict[str, Any] = field(default_factory=dict)
@@ -145,10 +153,12 @@ def find_causes(d: dict[str, Any], first: dict[str, Any] | None, summary: dict[s
 
 def decide(orig: Original, repro: Path, plan: Plan, training_rc: int,
            pre_env: list[dict[str, Any]], path_keys: frozenset[str] = PATH_KEYS,
-           consistency: list[str] | tuple[str, ...] = (), tolerance: str = "bitwise") -> dict[str, Any]:
+           consistency: list[str] | tuple[str, ...] = (), tolerance: str | Tolerance = "bitwise",
+           calibrated: NoiseModel | None = None) -> dict[str, Any]:
     """The verdict: from the replay's summary and the diff of the two bundles. `consistency`: the
     original's consistency audit failures; a bundle that fails its audit is never reproduced bitwise.
-    `tolerance` (--tolerance): bitwise, auto, or loss=<rel>,ckpt=<rel> (reproduce.tolerance)."""
+    `tolerance` (--tolerance): bitwise, auto, or loss=<rel>,ckpt=<rel> (reproduce.tolerance), or a Tolerance;
+    `calibrated`: the noise model --calibrate measured (auto's bounds where bounds are needed)."""
     first_step, stop, expected_last = plan.first_step, plan.stop, plan.expected_last
     summary_path = repro / SUMMARY
     summary = formats.read_json(summary_path) if summary_path.is_file() else {}
@@ -181,17 +191,33 @@ def decide(orig: Original, repro: Path, plan: Plan, training_rc: int,
     order = {"threads": 0, "hardware": 1, "torch": 2, "python": 3, "os": 4, "packages": 5}
     significant_env = [pdiff.env_line(x) for x in sorted((x for x in env_all if x["significant"]),
                                                          key=lambda x: order.get(x["category"], 9))]
-    tol = resolve(tolerance, significant_env)
+    if isinstance(tolerance, Tolerance):
+        tol = tolerance
+    else:
+        repro_env = formats.read_json(repro / formats.ENV_JSON) if (repro / formats.ENV_JSON).is_file() else {}
+        tol = resolve(tolerance, significant_env, env_all, orig.env, repro_env, orig.run, calibrated)
     out["tolerance"] = tol.to_dict()
+    if calibrated is not None and out["tolerance"]["calibration"] is None:  # measured, but bitwise was expected
+        out["tolerance"]["calibration"] = calibrated.calibration
+    compared = {c["step"]: c["tensors"] for c in d["checkpoints"]["differ"] if c.get("tensors")}
+    out["curve"] = divergence_curve(orig.root, repro, first_step, expected_last, tol, compared)
     # within tolerance: only across environment differences (threads, CPU, packages) and numerics, never
     # across another config, code, data or a bundle failing its audit
     noise_only = all(c["kind"] in ("environment", "numerics") for c in causes)
     if tol.mode == "bounds":
-        b = check_bounds(orig.root, orig.checkpoints, repro, first_step, expected_last, tol)
+        b = check_bounds(orig.root, orig.checkpoints, repro, first_step, expected_last, tol, compared)
         out["tolerance"].update({k: v for k, v in b.items() if k != "first_out"})
         out["first_difference"] = first
         if b["first_out"] is not None:
             oob = b["first_out"]
+            if causes and causes[0]["kind"] == "numerics":  # same inputs, out of the noise model: not noise
+                causes[0]["summary"] = ("numerics beyond the noise model: same inputs (every batch matched; same "
+                                        "config, code, data and environment), yet out of tolerance from step "
+                                        f"{oob['step']}: a fault in the original's computation or in this one")
+                causes[0]["beyond_noise"] = True
+            elif causes and all(c["kind"] == "environment" for c in causes) and oob.get("kind") != "order":
+                causes[0] = {**causes[0], "beyond_noise": True, "summary": causes[0]["summary"] + " — but out of "
+                             "the noise model's bounds for it: more than this difference's rounding noise"}
             cause = causes[0] if causes else None
             out.update(first_divergence=oob, verdict=DIVERGED, exit_status=EXIT_DIVERGED, cause=cause,
                        bitwise=False, headline=f"diverged at step {oob['step']}: {out_of_bounds_text(oob)}; most "
