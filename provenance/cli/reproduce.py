@@ -14,7 +14,14 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from provenance.cli import _reproduce_segments as segments
     from provenance.reproduce import Options, reproduce
 
+    if args.tolerance is None:  # --calibrate measures auto's bounds; otherwise bitwise
+        args.tolerance = "auto" if args.calibrate else "bitwise"
     if segments.wanted(args):  # --segments, --segment I, --sample N, --merge REPORT...
+        if args.calibrate:
+            print("error: --calibrate: not with segment verification (yet); it calibrates a plain reproduction",
+                  file=sys.stderr)
+            print("verdict: refused (nothing ran)")
+            return 2
         return segments.run(args)
     from provenance.cli import _reproduce_chain as chain
 
@@ -36,7 +43,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                    data_root=Path(args.data_root).resolve() if args.data_root else None, sets=list(args.set),
                    code=Path(args.code) if args.code else None, strict_env=args.strict_env,
                    sandbox=args.sandbox, calibrate=args.calibrate,
-                   tolerance=args.tolerance or ("auto" if args.calibrate else "bitwise"),
+                   tolerance=args.tolerance,
                    echo=None if args.quiet else echo,
                    args=args.args)
     # --quiet: no progress and no training output; only the verdict (and an error)
