@@ -224,6 +224,9 @@ def test_auto_uses_the_cpu_capability(calibrated: dict, tiny_bundle: Path, bundl
     # the same facts: bitwise is expected, and found
     got = decide(read_original(tiny_bundle, root_of(tiny_bundle)), same, plan, 0, [], tolerance="auto")
     assert got["tolerance"]["mode"] == "bitwise" and got["verdict"] == BITWISE
+    # bounds never weaken a bitwise reproduction across no difference
+    got = decide(read_original(tiny_bundle, root_of(tiny_bundle)), same, plan, 0, [], tolerance="loss=1,ckpt=1")
+    assert got["tolerance"]["mode"] == "bounds" and got["verdict"] == BITWISE and got["exit_status"] == 0
     # the two environments as prov diff sees them
     a = formats.read_json(tiny_bundle / formats.ENV_JSON)
     assert [(x["name"], x["b"]) for x in diff_env(a, env) if x["category"] == "torch"] == [("cpu_capability", other)]

@@ -224,7 +224,7 @@ def decide(orig: Original, repro: Path, plan: Plan, training_rc: int,
                        "likely cause: " + (cause["summary"] if cause else "unknown") + f" (tolerance: {tol.text()})")
             return out
         out["first_divergence"] = None
-        if complete and noise_only:
+        if complete and noise_only and (first is not None or causes):  # bitwise and nothing differs: bitwise
             diff_note = ("bitwise equal" if first is None else
                          f"first bitwise difference at step {first['step']} ({first['kind']}); largest relative loss "
                          f"difference {b['max_loss_rel']:.3g}, largest checkpoint relative L2 "
