@@ -520,7 +520,7 @@ class TarReader:
                 elif longname is not None:
                     raw = longname
                 if "size" in info:
-                    if not info["size"].isdigit():
+                    if not info["size"].isdigit() or len(info["size"]) > 20:
                         raise ArchiveError(f"{label}: a pax header's size is not a number; refused")
                     size = int(info["size"])
             elif longname is not None:

@@ -284,3 +284,9 @@ def test_malformed_pax_record_is_refused() -> None:
     blob[148:156] = b" " * 8
     blob[148:156] = b"%06o\0 " % sum(blob[:512])
     assert "a malformed pax extended header" in _refusal(bytes(blob))
+
+
+def test_a_pax_size_of_thousands_of_digits_is_refused() -> None:
+    info = tarfile.TarInfo("run/p")
+    info.pax_headers = {"size": "9" * 5000}
+    assert "a pax header's size is not a number" in _refusal(info.tobuf(tarfile.PAX_FORMAT) + bytes(1024))
