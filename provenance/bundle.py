@@ -7,7 +7,11 @@ the digest of each file it wrote so that sealing never re-reads them.
 The files that several parts of the package update (the run's core, `prov seal`, `prov note`, a
 captured command, a reproduction, a release) have their one writer here, whoever calls it:
 write_run_info (run.json), write_checkpoint_index (checkpoints/index.json), append_note
-(notes.jsonl), append_reseal (reseals.jsonl) and write_lineage (lineage.json).
+(notes.jsonl), append_reseal (reseals.jsonl) and write_lineage (lineage.json). So do the files that
+a native run and a `prov run` capture both write (write_order_header, append_order_step for
+order/rank<R>.*, append_metrics for logs/metrics.jsonl) and those that a replayed run and a wrapped
+reproduction both write (write_reproduction_summary, append_reproduction_steps,
+write_reproduction_steps, write_reproduction_report for reproduction/*).
 tests/test_layers.py fails if any other module writes them.
 """
 
@@ -22,7 +26,7 @@ import stat
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Protocol
 
 from provenance import formats
 from provenance.hashing import hash_files, sha256_bytes
@@ -285,6 +289,59 @@ def append_note(dest: Dest, rec: dict[str, Any], redact: Callable[[str], str] | 
 def append_reseal(root: Path, rec: dict[str, Any]) -> None:
     """One re-seal record (formats.reseal_record) appended to reseals.jsonl of a sealed bundle."""
     _append_line(Path(root) / formats.RESEALS, formats.dumps_line(rec))
+
+
+class Sink(Protocol):
+    def write(self, data: bytes) -> None: ...
+
+
+class LineSink(Protocol):
+    def write_line(self, obj: Any) -> None: ...
+
+
+# --- files a native run's recorder (run/recorder.py) and a `prov run` capture (capture/inject.py) both
+# write: the caller owns the open append logs (the run's BundleWriter logs, the capture's lazy logs).
+
+def write_order_header(dest: Dest, rank: int, world_size: int, sampler: dict[str, Any], dataset: str) -> None:
+    """order/rank<R>.json (formats.order_header; records.OrderHeader)."""
+    _write_json(dest, formats.order_paths(rank)[0], formats.order_header(rank, world_size, sampler, dataset))
+
+
+def append_order_step(ids: Sink, steps: Sink, step: int, ids_bytes: bytes, count: int, chain: bytes) -> None:
+    """One optimizer step of the data order: its encoded sample ids to order/rank<R>.ids.u64, then its
+    record (step, number of ids, chain) to order/rank<R>.steps.bin."""
+    ids.write(ids_bytes)
+    steps.write(formats.ORDER_STEP_RECORD.pack(step, count, chain))
+
+
+def append_metrics(dest: BundleWriter | LineSink, rec: dict[str, Any]) -> None:
+    """One step's record appended to logs/metrics.jsonl: through the run's BundleWriter (redacted), or to
+    the capture's open log of a rank's metrics (formats.capture_paths(rank).metrics)."""
+    (dest.log(formats.METRICS) if isinstance(dest, BundleWriter) else dest).write_line(rec)
+
+
+# --- reproduction/: a replayed run (run/replaying.py) and a wrapped reproduction (reproduce/wrapped.py)
+# write the summary and the step records; `prov reproduce` (native or wrapped) adds the report.
+
+def write_reproduction_summary(dest: Dest, summary: dict[str, Any], rel: str = formats.REPRO_SUMMARY) -> None:
+    """reproduction/summary.json (records.ReproductionSummary); `rel`: a rank's own summary.rank<R>.json."""
+    _write_json(dest, rel, summary)
+
+
+def append_reproduction_steps(writer: BundleWriter, rec: dict[str, Any], rel: str = formats.REPRO_STEPS) -> None:
+    """One compared step (or checkpoint) appended to reproduction/steps.jsonl while a replayed run trains."""
+    writer.log(rel).write_line(rec)
+
+
+def write_reproduction_steps(root: Path, records: list[dict[str, Any]]) -> None:
+    """reproduction/steps.jsonl of a wrapped reproduction, compared after the command ended: all at once."""
+    formats.atomic_write_bytes(Path(root) / formats.REPRO_STEPS,
+                               "".join(formats.dumps_line(r) for r in records).encode())
+
+
+def write_reproduction_report(root: Path, report: dict[str, Any]) -> None:
+    """reproduction/report.json (prov reproduce's verdict) into the reproduction's sealed bundle."""
+    formats.atomic_write_json(Path(root) / formats.REPRO_REPORT, report)
 
 
 def clean_temp_files(root: Path) -> list[str]:

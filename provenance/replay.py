@@ -21,8 +21,8 @@ from provenance import formats, reader, records
 
 REPLAY_ENV = "PROV_REPLAY"  # path of the original bundle
 STOP_ENV = "PROV_REPLAY_STOP_AFTER"  # stop after this step (inclusive)
-STEPS_LOG = "reproduction/steps.jsonl"
-SUMMARY = "reproduction/summary.json"
+STEPS_LOG = formats.REPRO_STEPS
+SUMMARY = formats.REPRO_SUMMARY
 
 
 # The first divergent step: ONE definition, used by the replay (its summary), the verdict of

@@ -229,7 +229,14 @@ def test_every_third_party_import_is_declared() -> None:
 # the files several parts of the package update, and their one writer (provenance/bundle.py:
 # write_run_info, write_checkpoint_index, append_note, append_reseal, write_lineage)
 SHARED_FILES = {"RUN_JSON": "run.json", "NOTES": "notes.jsonl", "CHECKPOINT_INDEX": "checkpoints/index.json",
-                "RESEALS": "reseals.jsonl", "LINEAGE_JSON": "lineage.json"}
+                "RESEALS": "reseals.jsonl", "LINEAGE_JSON": "lineage.json", "METRICS": "logs/metrics.jsonl",
+                "REPRO_SUMMARY": "reproduction/summary.json", "REPRO_STEPS": "reproduction/steps.jsonl",
+                "REPRO_REPORT": "reproduction/report.json",
+                # their older names (replay.SUMMARY, replay.STEPS_LOG, reproduce.verdict.REPORT)
+                "SUMMARY": "reproduction/summary.json", "STEPS_LOG": "reproduction/steps.jsonl",
+                "REPORT": "reproduction/report.json"}
+# the order files' bytes (order/rank<R>.json, .ids.u64, .steps.bin): whoever builds them writes them
+ORDER_BUILDERS = {("formats", "order_header"), ("ORDER_STEP_RECORD", "pack")}
 ONE_WRITER = "provenance.bundle"
 _WRITE_CALLS = {"write_json", "write_bytes", "write_text", "atomic_write_json", "atomic_write_bytes", "append_line",
                 "copy_file", "log", "raw_log", "copyfile", "copy2", "replace", "rename"}
@@ -272,8 +279,24 @@ def _writes_of_shared_files(root: Path) -> list[str]:
     return [x for _, _, x in sorted(found)]
 
 
+def _builds_order_files(root: Path) -> list[str]:
+    """Every call outside the one writer module that builds an order header or a steps.bin record."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        mod = _module_name(path) if root == PKG else path.relative_to(root).as_posix()
+        if mod == ONE_WRITER:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                owner = node.func.value
+                name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", None)
+                if (name, node.func.attr) in ORDER_BUILDERS:
+                    found.append(f"{mod}:{node.lineno} builds order files ({name}.{node.func.attr})")
+    return found
+
+
 def test_each_shared_bundle_file_has_one_writer() -> None:
-    bad = _writes_of_shared_files(PKG)
+    bad = _writes_of_shared_files(PKG) + _builds_order_files(PKG)
     assert not bad, f"write these through {ONE_WRITER} (its one writer):\n" + "\n".join(bad)
 
 
@@ -287,7 +310,14 @@ def test_the_writer_check_finds_a_second_writer(tmp_path: Path) -> None:
         "    open(root / 'reseals.jsonl', 'ab').write(rec)\n"
         "    open(root / formats.NOTES, 'rb').read()\n"
         "    from provenance.formats import RUN_JSON\n"
-        "    w.write_bytes(RUN_JSON, rec)\n")
+        "    w.write_bytes(RUN_JSON, rec)\n"
+        "    w.log(formats.METRICS).write_line(rec)\n"
+        "    formats.atomic_write_json(root / formats.REPRO_SUMMARY, rec)\n"
+        "    w.write_json(formats.order_header(0, 1, {}, ''), rec)\n"
+        "    w.raw_log('x').write(formats.ORDER_STEP_RECORD.pack(1, 2, b''))\n")
     assert [x.split(" writes ")[1] for x in _writes_of_shared_files(tmp_path)] == [
         "run.json (atomic_write_json)", "checkpoints/index.json (write_json)", "notes.jsonl (append_line)",
-        "reseals.jsonl (open)", "run.json (write_bytes)"]
+        "reseals.jsonl (open)", "run.json (write_bytes)", "logs/metrics.jsonl (log)",
+        "reproduction/summary.json (atomic_write_json)"]
+    assert [x.split(" builds ")[1] for x in _builds_order_files(tmp_path)] == [
+        "order files (formats.order_header)", "order files (ORDER_STEP_RECORD.pack)"]

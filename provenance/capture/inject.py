@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from provenance import formats
-from provenance.bundle import write_checkpoint_index
+from provenance.bundle import append_metrics, append_order_step, write_checkpoint_index, write_order_header
 
 ENV = "PROV_CAPTURE"  # the bundle folder the command's processes write into
 HOOK_DIR = Path(__file__).resolve().with_name("hook")
@@ -160,6 +160,8 @@ class _Log:
     def line(self, obj: dict[str, Any]) -> None:
         self.write(formats.dumps_line(obj).encode())
 
+    write_line = line  # a bundle.LineSink
+
     def close(self) -> None:
         with self._lock:
             if self._fd is not None:
@@ -253,9 +255,8 @@ class Recorder:
                 os.close(fd)
                 self.owner = True
                 if self.rank != 0:  # rank 0's order header is the wrapper's
-                    hdr, _, _ = formats.order_paths(self.rank)
-                    formats.atomic_write_json(self.root / hdr, formats.order_header(
-                        self.rank, self.world_size, {"kind": "captured", "evidence": self.paths.order}, ""))
+                    write_order_header(self.root, self.rank, self.world_size,
+                                       {"kind": "captured", "evidence": self.paths.order}, "")
             except FileExistsError:
                 self.owner = False
                 self.event("not_recorded", reason=f"another process already records rank {self.rank}")
@@ -310,10 +311,9 @@ class Recorder:
                                              digest if ids else None, self.step_content, self.capture_chain)
         if self.step_loaders:
             order["loaders"] = sorted(set(self.step_loaders))
-        self._ids.write(ids_bytes)
-        self._steps.write(formats.ORDER_STEP_RECORD.pack(step, len(ids), self.native_chain))
+        append_order_step(self._ids, self._steps, step, ids_bytes, len(ids), self.native_chain)
         self._order.line(order)
-        self._metrics.line(rec)
+        append_metrics(self._metrics, rec)
         self.step_ids, self.step_loaders, self.step_content = [], [], []
         self.micro_losses, self.micro_steps = [], 0
         self.digest_done = False

@@ -35,7 +35,7 @@ from typing import Any
 
 from provenance import diff as pdiff
 from provenance import formats
-from provenance.bundle import folder_lock, seal_folder_locked
+from provenance.bundle import folder_lock, seal_folder_locked, write_reproduction_report
 from provenance.replay import REPLAY_ENV, STOP_ENV
 from provenance.reproduce.check import SUMMARY_SCHEMA, check_reproduction
 from provenance.reproduce.command import (
@@ -395,5 +395,5 @@ def _reseal_with_report(repro: Path, report: Report) -> str:
             bad = [d.name for d in (*integrity.missing, *integrity.extra, *integrity.changed)]
             raise RuntimeError(f"{repro}: the reproduction's own bundle does not match its seal "
                                f"({', '.join(bad[:5]) or 'not sealed'}); not re-sealed")
-        formats.atomic_write_json(repro / REPORT, report.to_dict())
+        write_reproduction_report(repro, report.to_dict())
         return seal_folder_locked(repro)

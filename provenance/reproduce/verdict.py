@@ -21,7 +21,7 @@ from provenance.reproduce.tolerance import (
     resolve,
 )
 
-REPORT = "reproduction/report.json"
+REPORT = formats.REPRO_REPORT
 REPORT_SCHEMA = formats.REPRODUCTION_REPORT_SCHEMA
 
 BITWISE = "reproduced (bitwise)"

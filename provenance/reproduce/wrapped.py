@@ -31,14 +31,21 @@ from typing import Any
 
 from provenance import diff as pdiff
 from provenance import formats
-from provenance.bundle import folder_lock, seal_folder_locked, write_run_info
+from provenance.bundle import (
+    folder_lock,
+    seal_folder_locked,
+    write_reproduction_report,
+    write_reproduction_steps,
+    write_reproduction_summary,
+    write_run_info,
+)
 from provenance.capture import wrapped as cw
 from provenance.capture.code import capture_code, git_toplevel, materialise_snapshot
 from provenance.hashing import sha256_file
-from provenance.replay import STEPS_LOG, SUMMARY, first_divergence
+from provenance.replay import first_divergence
 from provenance.reproduce.check import SUMMARY_SCHEMA
 from provenance.reproduce.options import EXIT_DIVERGED, EXIT_REPRODUCED, Options, Refused, Say
-from provenance.reproduce.verdict import BITWISE, DIVERGED, INCOMPLETE, NOT_CLAIMED, REPORT, Report
+from provenance.reproduce.verdict import BITWISE, DIVERGED, INCOMPLETE, NOT_CLAIMED, Report
 
 COMMAND_JSON = "command.json"  # provenance.integrations.layout.COMMAND_JSON (integrations sit above)
 OUTPUTS_INDEX = "outputs/index.json"
@@ -460,7 +467,7 @@ def _reseal(repro: Path, orig_run: dict[str, Any], digest: str, records: list[di
         info = formats.read_json(repro / formats.RUN_JSON)
         info["reproduces"] = {"run_id": orig_run.get("run_id"), "root_digest": digest}
         write_run_info(repro, info)
-        formats.atomic_write_bytes(repro / STEPS_LOG, "".join(formats.dumps_line(r) for r in records).encode())
-        formats.atomic_write_json(repro / SUMMARY, summary)
-        formats.atomic_write_json(repro / REPORT, report.to_dict())
+        write_reproduction_steps(repro, records)
+        write_reproduction_summary(repro, summary)
+        write_reproduction_report(repro, report.to_dict())
         return seal_folder_locked(repro)

@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from provenance import bundle, formats
-from provenance.bundle import BundleWriter
+from provenance.bundle import BundleWriter, append_metrics, append_order_step, write_order_header
 from provenance.capture.sharded import is_sharded, save_sharded
 from provenance.capture.state import save_checkpoint
 from provenance.hashing import sha256_file
@@ -60,23 +60,22 @@ class Recorder:
 
     # --- data order ---------------------------------------------------------------------
     def order_header(self, sampler: dict[str, Any], dataset: str) -> None:
-        hdr, _, _ = formats.order_paths(self.ranks.rank)
-        self.writer.write_json(hdr, formats.order_header(self.ranks.rank, self.ranks.world_size, sampler, dataset))
+        write_order_header(self.writer, self.ranks.rank, self.ranks.world_size, sampler, dataset)
 
     def batch(self, step: int, sample_ids: Sequence[int]) -> str:
         """Append one step's ids to this rank's order files; returns the batch digest."""
         _, ids_rel, steps_rel = formats.order_paths(self.ranks.rank)
         ids_bytes = formats.encode_ids(sample_ids)
         self._order_chain = formats.chain_next(self._order_chain, step, ids_bytes)
-        self.writer.raw_log(ids_rel).write(ids_bytes)
-        self.writer.raw_log(steps_rel).write(formats.ORDER_STEP_RECORD.pack(step, len(sample_ids), self._order_chain))
+        append_order_step(self.writer.raw_log(ids_rel), self.writer.raw_log(steps_rel), step, ids_bytes,
+                          len(sample_ids), self._order_chain)
         return formats.ids_digest(ids_bytes)  # the ids were encoded once, above
 
     # --- metrics and evaluations --------------------------------------------------------
     def metrics(self, step: int, clean: dict[str, Any]) -> None:
         self.last_step = step
         if self.ranks.writes_shared:
-            self.writer.log(formats.METRICS).write_line({"step": step, "time": formats.utc_now(), **clean})
+            append_metrics(self.writer, {"step": step, "time": formats.utc_now(), **clean})
 
     def evaluation(self, step: int, clean: dict[str, Any]) -> None:
         if self.ranks.writes_shared:

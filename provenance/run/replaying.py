@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, SupportsIndex
 
+from provenance.bundle import append_reproduction_steps, write_reproduction_summary
 from provenance.replay import REPLAY_ENV, STEPS_LOG, SUMMARY, Replay, merge_rank_summaries, original_root_digest
 from provenance.run.callback import Component
 
@@ -151,12 +152,12 @@ class ReplayComponent(Component):
         self._settle(run)
         rec = self.replay.log(step, metrics, self._rec or {"step": step})
         self._rec = None
-        _writer(run).log(run.ranks.own(STEPS_LOG)).write_line(rec)
+        append_reproduction_steps(_writer(run), rec, run.ranks.own(STEPS_LOG))
 
     def on_checkpoint_hashed(self, run: Run, step: int, name: str, sha256: str) -> None:
         rec = self.replay.checkpoint(step, sha256)
         if rec is not None:
-            _writer(run).log(STEPS_LOG).write_line(rec)
+            append_reproduction_steps(_writer(run), rec)
 
     def _summary(self, run: Run) -> dict[str, Any]:
         return self.replay.summary(run.reproduces.get("root_digest") if run.reproduces else None)
@@ -164,7 +165,7 @@ class ReplayComponent(Component):
     def on_close(self, run: Run) -> None:
         self._settle(run)
         if not run.ranks.writes_shared:
-            _writer(run).write_json(run.ranks.own(SUMMARY), self._summary(run))
+            write_reproduction_summary(_writer(run), self._summary(run), run.ranks.own(SUMMARY))
 
     def on_seal(self, run: Run) -> None:
         if not run.ranks.writes_shared:
@@ -173,7 +174,7 @@ class ReplayComponent(Component):
         w = _writer(run)
         if run.ranks.distributed:
             summary = merge_rank_summaries(summary, w.root, run.ranks.world_size)
-        w.write_json(SUMMARY, summary)
+        write_reproduction_summary(w, summary)
 
 
 def _writer(run: Run) -> Any:
