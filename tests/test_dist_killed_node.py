@@ -142,3 +142,28 @@ def test_frozen_node_with_rank0_times_out_and_prov_seal_seals_it(tmp_path: Path)
     assert proc.returncode == 0, proc.stderr
     assert formats.read_json(root / formats.RUN_JSON)["status"] == "interrupted"
     assert_names_lost_ranks(root, lost=[0, 1], survivors=[2, 3])
+
+
+def test_rank0_failing_alone_is_sealed_after_the_others_end(tmp_path: Path) -> None:
+    """Rank 0 raises while rank 1 waits for it in a collective: rank 1 ends only once rank 0's process
+    exits, so rank 0 leaves the seal to a detached sealer, which seals after rank 1's end event."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FIXTURE_RAISE_RANK0_AT": "3", "PROV_RANK_GRACE_S": "3"}
+    env.pop("PROV_REPLAY", None)
+    runs = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(SCRIPT), str(runs), "8", str(tmp_path / "markers")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode != 0
+    root = runs_root(runs)
+    deadline = time.monotonic() + 120
+    while not (root / formats.MANIFEST).is_file():
+        assert time.monotonic() < deadline, "never sealed"
+        time.sleep(0.2)
+    time.sleep(0.5)  # the seal's own write
+    info = formats.read_json(root / formats.RUN_JSON)
+    assert info["status"] == "failed" and info["error"]["message"] == "rank 0 fails alone at step 3"
+    assert info["sealed_by"]["waited_for_ranks"] == [1] and "ranks_without_end" not in info
+    report = audit(root)  # rank 1's end was written before the seal: nothing changed after it
+    assert report.integrity.ok and report.consistency_ok, report.failures()
+    assert report.check("ranks").summary == "2 ranks: ranks 0 ended failed (last step 3); ranks 1 ended interrupted " \
+                                            "(last step 4)"

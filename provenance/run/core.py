@@ -355,7 +355,11 @@ class Run:
                 self._env[formats.IMPORTED_DISTRIBUTIONS] = imported_distributions()
                 w.write_json(formats.ENV_JSON, self._env)
             self._write_run_json()
-            self.root_digest = w.seal()
+            alive = [r for r in lost if not self.ranks.process_gone(r)]
+            # ranks still alive wait in a collective for this one (it failed alone): they end only when this
+            # process exits; a detached sealer seals once they have (else they would write after the seal)
+            if not (alive and self.ranks.seal_after_exit(self.root, alive)):
+                self.root_digest = w.seal()
         self._signals.restore()
         self._notify("on_end", status, self.root_digest)
         return self.root_digest

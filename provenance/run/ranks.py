@@ -115,6 +115,28 @@ class RankLayout:
             time.sleep(0.1)
         return [r for r in waiting if not rank_ended(root, r, self.world_size)]
 
+    def seal_after_exit(self, root: Path, ranks: list[int]) -> bool:
+        """Start a detached sealer (its own session: a launcher stopping this job's processes spares it)
+        that waits for this process to exit and `ranks` to write their end events (or die), then seals
+        the bundle. False when it cannot be started (the caller seals now)."""
+        import subprocess
+
+        code = ("import sys; from provenance.run.ranks import seal_when_ended; "
+                "seal_when_ended(sys.argv[1], int(sys.argv[2]), [int(r) for r in sys.argv[3].split(',')], "
+                "int(sys.argv[4]), float(sys.argv[5]))")
+        try:
+            grace = float(os.environ.get(RANK_GRACE_ENV, RANK_GRACE_S))
+        except ValueError:
+            grace = RANK_GRACE_S
+        try:
+            subprocess.Popen([sys.executable, "-c", code, str(root), str(os.getpid()), ",".join(map(str, ranks)),
+                              str(self.world_size), str(max(grace, 30.0))], start_new_session=True,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             close_fds=True)
+        except OSError:
+            return False
+        return True
+
     def process_gone(self, rank: int) -> bool:
         """Whether a rank's process is known to be gone: it ran on this machine (same host and boot) and
         its pid names no live process of that start time. A rank on another machine is never known gone."""
@@ -193,6 +215,38 @@ class RankLayout:
                 "launcher": "torchrun" if "TORCHELASTIC_RUN_ID" in os.environ else None,
                 "nodes": [nodes[k] for k in sorted(nodes)],
                 "order": "order/rank<R>.*: each rank's own batches", "logs": "logs/*.rank<R>.*: each rank's own"}
+
+
+def seal_when_ended(root: str | os.PathLike[str], pid: int, ranks: list[int], world_size: int,
+                    grace_s: float) -> None:
+    """The detached sealer of a run whose rank 0 ended while other ranks were still alive: wait for rank
+    0's process (`pid`) to exit, then up to `grace_s` for `ranks` to write their end events, record the
+    ranks still without one in run.json, and seal. Left unsealed (for `prov seal`) if anything fails."""
+    from provenance.bundle import seal_folder
+    from provenance.capture.process import process_state
+
+    root = Path(root)
+    deadline = time.monotonic() + 3600
+    while process_state(pid) == "alive" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    deadline = time.monotonic() + grace_s
+    waiting = list(ranks)
+    while waiting and time.monotonic() < deadline:
+        waiting = [r for r in waiting if not rank_ended(root, r, world_size)]
+        time.sleep(0.1)
+    if (root / formats.MANIFEST).exists():
+        return
+    info = formats.read_json(root / formats.RUN_JSON)
+    before = [r for r in info.get("ranks_without_end") or [] if r not in ranks]
+    still = sorted(before + [r for r in ranks if not rank_ended(root, r, world_size)])
+    if still:
+        info["ranks_without_end"] = still
+    else:
+        info.pop("ranks_without_end", None)
+    info["sealed_by"] = {"command": "rank 0's detached sealer", "time": formats.utc_now(),
+                         "waited_for_ranks": ranks}
+    formats.atomic_write_json(root / formats.RUN_JSON, info)
+    seal_folder(root)
 
 
 def last_event(root: Path, rank: int, world_size: int) -> dict[str, Any] | None:

@@ -5,6 +5,7 @@ Each step all-reduces the gradients of a tiny model (every rank records its batc
 FIXTURE_LOSE_NODE=N:K: at step K every rank writes MARKERS/rank<R>.json (rank, node, its pid, its
 launcher's pid), and the ranks of node N stop there (they sleep) for the test to SIGKILL them and their
 launcher, as when a node is lost; the other ranks go on into step K+1's all-reduce.
+FIXTURE_RAISE_RANK0_AT=K: rank 0 raises at step K (the others go on into the next collective).
 FIXTURE_PG_TIMEOUT_S: the process group's timeout (a lost peer that does not close its connections).
 """
 
@@ -48,6 +49,8 @@ def main() -> int:
             opt.step()
             opt.zero_grad()
             run.log(step, loss=stat.item() / world)
+            if rank == 0 and os.environ.get("FIXTURE_RAISE_RANK0_AT") == str(step):
+                raise ValueError(f"rank 0 fails alone at step {step}")  # the other ranks wait in a collective
             if step == lose_at:
                 markers.mkdir(parents=True, exist_ok=True)
                 tmp = markers / f".rank{rank}.tmp"
