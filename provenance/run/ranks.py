@@ -222,7 +222,7 @@ def seal_when_ended(root: str | os.PathLike[str], pid: int, ranks: list[int], wo
     """The detached sealer of a run whose rank 0 ended while other ranks were still alive: wait for rank
     0's process (`pid`) to exit, then up to `grace_s` for `ranks` to write their end events, record the
     ranks still without one in run.json, and seal. Left unsealed (for `prov seal`) if anything fails."""
-    from provenance.bundle import seal_folder
+    from provenance.bundle import seal_folder, write_run_info
     from provenance.capture.process import process_state
 
     root = Path(root)
@@ -245,7 +245,7 @@ def seal_when_ended(root: str | os.PathLike[str], pid: int, ranks: list[int], wo
         info.pop("ranks_without_end", None)
     info["sealed_by"] = {"command": "rank 0's detached sealer", "time": formats.utc_now(),
                          "waited_for_ranks": ranks}
-    formats.atomic_write_json(root / formats.RUN_JSON, info)
+    write_run_info(root, info)
     seal_folder(root)
 
 
