@@ -12,6 +12,7 @@ checkpoint digest) and writes the `restart` note.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +64,18 @@ def previous_attempt(runs_dir: Path, facts: dict[str, Any] | None, exclude: str 
 
 
 def seal_if_left_running(prev: Path) -> dict[str, Any] | None:
-    """Seal the previous attempt as interrupted when its rank 0 died before sealing (rank 0 only).
-    Returns prov seal's result, or None when it was sealed already (or cannot be: left as it is)."""
+    """Seal the previous attempt as interrupted when its rank 0 died before sealing (rank 0 only); one
+    that ended but is not sealed yet (its seal deferred to a detached sealer) is waited for, at most 60 s,
+    then sealed. Returns prov seal's result, or None when it was sealed already (or cannot be: left as it is)."""
     info = _info(prev)
-    if info is None or info.get("status") != "running":
+    if info is None:
         return None
+    if info.get("status") != "running":  # ended; its seal may still be on its way (rank 0's detached sealer)
+        deadline = time.monotonic() + 60
+        while not (prev / formats.MANIFEST).exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if (prev / formats.MANIFEST).exists():
+            return None
     from provenance.bundle import BundleError
     from provenance.recover import seal_run
 
