@@ -24,7 +24,7 @@ import struct
 from collections.abc import Iterator
 from itertools import zip_longest
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from provenance import formats, reader
 from provenance.replay import STEPS_LOG, first_divergence
@@ -145,13 +145,14 @@ def diff_code(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _lines(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as f:
+def _lines(src: Path | IO[bytes]) -> Iterator[bytes]:
+    with (open(src, "rb") if isinstance(src, Path) else src) as f:
         yield from f
 
 
-def first_differing_record(a: Path, b: Path) -> int | None:
-    """0-based number of the first line (record) that differs between two files; None if none."""
+def first_differing_record(a: Path | IO[bytes], b: Path | IO[bytes]) -> int | None:
+    """0-based number of the first line (record) that differs between two files (a path: a data file
+    outside a bundle; a stream: a bundled one opened through reader.Bundle); None if none."""
     for i, (x, y) in enumerate(zip_longest(_lines(a), _lines(b))):
         if x != y:
             return i
@@ -187,6 +188,15 @@ def bundled_file(root: Path, manifest: dict[str, Any], path: str) -> Path | None
     return p if p.is_file() else None
 
 
+def _bundled(b: reader.Bundle | None, root: Path, manifest: dict[str, Any], path: str) -> Path | IO[bytes] | None:
+    """A bundled data file: opened through the bundle's reader when there is one (never a link)."""
+    rel = manifest.get("bundled_files")
+    if b is None or not isinstance(rel, str):
+        return bundled_file(root, manifest, path)
+    name = f"{rel}/{path}"
+    return b.open(name) if b.has(name) else None
+
+
 def diff_data(a_root: Path, b_root: Path, bundles: tuple[reader.Bundle, reader.Bundle] | None = None
               ) -> dict[str, Any]:
     ma = data_manifests(a_root, bundles[0] if bundles else None)
@@ -200,11 +210,15 @@ def diff_data(a_root: Path, b_root: Path, bundles: tuple[reader.Bundle, reader.B
             if fa[p].get("sha256") != fb[p].get("sha256") or fa[p].get("size") != fb[p].get("size"):
                 entry: dict[str, Any] = {"path": p, "a": {"sha256": fa[p].get("sha256"), "size": fa[p].get("size")},
                                          "b": {"sha256": fb[p].get("sha256"), "size": fb[p].get("size")}}
-                pa, pb = bundled_file(a_root, ma[name], p), bundled_file(b_root, mb[name], p)
+                pa = _bundled(bundles[0] if bundles else None, a_root, ma[name], p)
+                pb = _bundled(bundles[1] if bundles else None, b_root, mb[name], p)
                 if pa is not None and pb is not None:
                     rec = first_differing_record(pa, pb)
                     if rec is not None:
                         entry.update(describe_record(ma[name], p, rec, a_root))
+                for s in (pa, pb):
+                    if s is not None and not isinstance(s, Path):
+                        s.close()
                 changed.append(entry)
         sa = {k: v for k, v in (ma[name].get("source") or {}).items() if k not in SOURCE_PLACE_KEYS}
         sb = {k: v for k, v in (mb[name].get("source") or {}).items() if k not in SOURCE_PLACE_KEYS}

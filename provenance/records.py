@@ -14,10 +14,10 @@ Which file each record is, its one writer, and its accessor on provenance.reader
   ConfigRecord        config.json                run/core.py                 config_record()
   CheckpointIndex     checkpoints/index.json     bundle.write_checkpoint_index  checkpoint_index()
   DataManifest        data/<name>/manifest.json  run/core.py (capture/data)  data_manifest(name)
-  OrderHeader         order/rank<R>.json         run/recorder.py             order_header(rank)
+  OrderHeader         order/rank<R>.json         bundle.write_order_header   order_header(rank)
   Note                notes.jsonl, one a line    bundle.append_note          notes()
   CommandRecord       command.json               integrations/wrap.py        record(CommandRecord, rel)
-  ReproductionSummary reproduction/summary.json  run/replaying.py            record(ReproductionSummary, rel)
+  ReproductionSummary reproduction/summary.json  bundle.write_reproduction_summary  record(ReproductionSummary, rel)
 (docs/architecture.md has the table of every bundle file.)
 """
 

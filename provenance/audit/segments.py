@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provenance import formats
+from provenance import formats, reader
 from provenance.audit.results import CheckResult, SkipCheck
 from provenance.audit.view import BundleView
 
@@ -50,7 +50,7 @@ def verify_chain(root: str | os.PathLike[str], dirs: Sequence[str | os.PathLike[
     root = Path(root)
     search = [Path(d) for d in dirs] + [root.parent]
     chain = Chain()
-    info = formats.read_json(root / formats.RUN_JSON)
+    info = _run_json(root)
     seen = {info.get("run_id")}
     while isinstance(info.get("segment"), dict) and len(chain.segments) < max_segments:
         seg = info["segment"]
@@ -75,8 +75,9 @@ def verify_chain(root: str | os.PathLike[str], dirs: Sequence[str | os.PathLike[
         if prev.get("root_digest") and root_now != prev["root_digest"]:
             chain.errors.append((str(where), f"segment {run_id} has root digest {root_now}; the next segment "
                                              f"{info.get('run_id')} recorded {prev['root_digest']} (changed since)"))
-        idx_path = where / formats.CHECKPOINT_INDEX
-        entries = formats.read_json(idx_path).get("checkpoints", []) if idx_path.is_file() else []
+        seg_files = reader.Bundle.of_files(where, [formats.CHECKPOINT_INDEX])
+        entries = seg_files.json(formats.CHECKPOINT_INDEX).get("checkpoints", []) \
+            if seg_files.has(formats.CHECKPOINT_INDEX) else []
         entry = next((e for e in entries if isinstance(e, dict) and e.get("path", "").rstrip("/") ==
                       str(ck.get("path", "")).rstrip("/")), None)
         if entry is None:
@@ -87,8 +88,13 @@ def verify_chain(root: str | os.PathLike[str], dirs: Sequence[str | os.PathLike[
                                  f"segment resumed from step {ck.get('step')} {ck.get('sha256')}"))
         chain.segments.append({"run_id": run_id, "path": str(where), "from_step": ck.get("step"),
                                "status": prev.get("status")})
-        info = formats.read_json(where / formats.RUN_JSON)
+        info = _run_json(where)
     return chain
+
+
+def _run_json(root: Path) -> Any:
+    """A segment's run.json, through reader.Bundle (bounded, never a link; BundleFileError names it)."""
+    return reader.Bundle.of_files(root, [formats.RUN_JSON]).json(formats.RUN_JSON)
 
 
 def check_segments(view: BundleView, out: CheckResult) -> None:

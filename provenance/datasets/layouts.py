@@ -21,7 +21,7 @@ from bisect import bisect_right
 from pathlib import Path
 from typing import Any
 
-from provenance import formats
+from provenance import formats, reader
 from provenance.datasets.files import data_file_candidates
 from provenance.datasets.scan import TOKEN_DTYPES, ScanError, iter_records, leaf_span
 
@@ -322,10 +322,13 @@ def resolve_step(bundle: Path, step: int, rank: int | None = None,
     found_step = False
     for r in ranks:
         hdr_rel, ids_rel, steps_rel, _ = formats.order_files(bundle, r)
-        header = formats.read_json(bundle / hdr_rel)
-        formats.order_version(header)
-        ids = next((st.sample_ids for st in formats.read_order(bundle / ids_rel, bundle / steps_rel)
-                    if st.step == step), None)
+        try:  # through reader.Bundle: bounded, never a link
+            files = reader.Bundle.of_files(bundle, [hdr_rel, ids_rel, steps_rel])
+            header = files.json(hdr_rel)
+            formats.order_version(header)
+            ids = next((st.sample_ids for st in files.order(r) if st.step == step), None)
+        except reader.BundleFileError as exc:
+            raise LayoutError(str(exc)) from None
         if ids is None:
             continue
         found_step = True
@@ -333,7 +336,11 @@ def resolve_step(bundle: Path, step: int, rank: int | None = None,
         mpath = bundle / formats.DATA_DIR / str(dataset) / "manifest.json"
         if not dataset or not mpath.is_file():
             raise LayoutError(f"{hdr_rel}: names dataset {dataset!r}, which has no manifest in the bundle")
-        manifest = formats.read_json(mpath)
+        try:
+            manifest = reader.Bundle.of_files(bundle, [mpath.relative_to(bundle).as_posix()]).json(
+                mpath.relative_to(bundle).as_posix())
+        except reader.BundleFileError as exc:
+            raise LayoutError(str(exc)) from None
         entries = _entries(manifest)
         locs = [locate(manifest, s) for s in ids]
         by_file: dict[str, set[int]] = {}

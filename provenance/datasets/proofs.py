@@ -30,7 +30,7 @@ from bisect import bisect_left
 from pathlib import Path
 from typing import Any
 
-from provenance import formats
+from provenance import formats, reader
 from provenance.capture.data import commitment, file_leaf_data, file_leaf_entry
 from provenance.datasets import merkle
 from provenance.datasets.files import data_file_candidates
@@ -81,12 +81,30 @@ def document_bytes(raw: bytes) -> bytes:
 
 
 # --- the bundle side -----------------------------------------------------------------------
+def _bundle_bytes(root: Path, rel: str) -> bytes:
+    """A bundle file's bytes through reader.Bundle (a regular file, never a link; ProofError names it)."""
+    try:
+        files = reader.Bundle.of_files(root, [rel])
+        if not files.has(rel):
+            raise reader.BundleFileError(rel, "missing")
+        return files.read_bytes(rel, files.size(rel))  # the file as it was listed; refused if it grew
+    except reader.BundleFileError as exc:
+        raise ProofError(f"{root}: {exc}") from None
+
+
+def _bundle_json(root: Path, rel: str) -> Any:
+    try:
+        return reader.Bundle.of_files(root, [rel]).json(rel)
+    except reader.BundleFileError as exc:
+        raise ProofError(f"{root}: {exc}") from None
+
+
 class _Bundle:
     def __init__(self, root: Path) -> None:
         self.root = root
         if not (root / formats.MANIFEST).is_file():
             raise ProofError(f"{root}: not a sealed bundle ({formats.MANIFEST} is missing)")
-        self.root_hex, self.resources = formats.parse_oms_statement(formats.read_json(root / formats.MANIFEST))
+        self.root_hex, self.resources = formats.parse_oms_statement(_bundle_json(root, formats.MANIFEST))
         self.names = sorted(self.resources, key=formats.resource_sort_key)
         if root_digest(self.resources[n] for n in self.names) != self.root_hex:
             raise ProofError(f"{root}: the seal's root digest does not match its resources")
@@ -94,7 +112,7 @@ class _Bundle:
     def sealed_bytes(self, rel: str) -> bytes:
         if rel not in self.resources:
             raise ProofError(f"{self.root}: {rel} is not sealed")
-        data = (self.root / rel).read_bytes()
+        data = _bundle_bytes(self.root, rel)
         if hashlib.sha256(data).hexdigest() != self.resources[rel]:
             raise ProofError(f"{self.root}: {rel} does not match its seal")
         return data
@@ -358,7 +376,7 @@ def _tokenizer_file(bundle_root: Path, manifest: dict[str, Any]) -> tuple[Path, 
     mpath = bundle_root / formats.DATA_DIR / ds / "manifest.json"
     if not mpath.is_file():
         raise ProofError(f"dataset '{name}': its tokenizer dataset {ds!r} has no manifest in the bundle")
-    tman = formats.read_json(mpath)
+    tman = _bundle_json(bundle_root, mpath.relative_to(bundle_root).as_posix())
     found, cands = data_file_candidates(bundle_root, tman, rel)
     if found is None:
         raise ProofError(f"dataset '{name}': the recorded tokenizer {rel} ({digest}) is not available offline "
@@ -561,7 +579,7 @@ def _verify(proof: Any, root: str | None, bundle: Path | None) -> None:
     if root is not None and root.removeprefix("sha256:") != got_root.removeprefix("sha256:"):
         raise ProofError(f"the proof chains to {got_root}, not to {root}")
     if bundle is not None:
-        real, _ = formats.parse_oms_statement(formats.read_json(Path(bundle) / formats.MANIFEST))
+        real, _ = formats.parse_oms_statement(_bundle_json(Path(bundle), formats.MANIFEST))
         if formats.digest_str(real) != got_root:
             raise ProofError(f"the proof chains to {got_root}, the bundle {bundle} is sealed as sha256:{real}")
 
@@ -685,7 +703,7 @@ def _verify_token_spans(proof: dict[str, Any], mk: dict[str, Any], algorithm: st
         raise ProofError("the proof's sample ids are not the ones the manifest's layout gives its spans")
     if bundle is not None:  # the text -> ids link: the bundle's recorded tokenizer encodes the text as these ids
         mrel = f"{formats.DATA_DIR}/{proof['dataset']['name']}/manifest.json"
-        mbytes = (Path(bundle) / mrel).read_bytes()
+        mbytes = _bundle_bytes(Path(bundle), mrel)
         sealed(mrel, mbytes)
         manifest = json.loads(mbytes)
         tok_path, info = _tokenizer_file(Path(bundle), manifest)

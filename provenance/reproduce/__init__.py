@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from provenance import diff as pdiff
-from provenance import formats
+from provenance import formats, reader
 from provenance.bundle import folder_lock, seal_folder_locked, write_reproduction_report
 from provenance.replay import REPLAY_ENV, STOP_ENV
 from provenance.reproduce.check import SUMMARY_SCHEMA, check_reproduction
@@ -168,8 +168,8 @@ def _reproduce(src: Path, opts: Options, say: Say, t0: float) -> Outcome:
     archive_input = src.is_file()
     run_id = None
     if not archive_input:
-        run_json = src / formats.RUN_JSON
-        run_id = (formats.read_json(run_json).get("run_id") if run_json.is_file() else None) or src.name
+        own = reader.Bundle.of_files(src, [formats.RUN_JSON])
+        run_id = (own.json(formats.RUN_JSON).get("run_id") if own.has(formats.RUN_JSON) else None) or src.name
     if opts.sandbox:
         find_sandbox()  # refuse before making anything when there is no working sandbox
     workdir = (opts.workdir or default_workdir(str(run_id or src.name.split(".")[0]))).resolve()
@@ -208,10 +208,7 @@ def _find_bundle(workdir: Path, runs_dir: Path, orig: Original) -> Path | None:
     for run_json in sorted(workdir.glob("**/" + formats.RUN_JSON)):
         if (workdir / "original") in run_json.parents:
             continue
-        try:
-            info = formats.read_json(run_json)
-        except (OSError, ValueError):
-            continue
+        info = reader.Bundle.of_files(run_json.parent, [formats.RUN_JSON]).try_json(formats.RUN_JSON)
         if isinstance(info, dict) and (info.get("reproduces") or {}).get("root_digest") == orig.root_digest:
             return run_json.parent
     return None
@@ -343,7 +340,7 @@ def _in_workdir(src: Path, digest: str, audit_report: Any, archive_input: bool, 
                       consistency=consistency, tolerance=opts.tolerance, calibrated=calibrated)
     if elsewhere:
         decision["headline"] += f" (bundle written to {repro}, not under {runs_dir})"
-    repro_run = formats.read_json(repro / formats.RUN_JSON)
+    repro_run = reader.Bundle.of_files(repro, [formats.RUN_JSON]).json(formats.RUN_JSON)
     report = Report(
         verdict=decision["verdict"],
         exit_status=decision["exit_status"],

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from provenance import formats
+from provenance import formats, reader
 from provenance.capture.code import capture_code, git_toplevel, materialise_snapshot
 from provenance.replay import REPLAY_ENV, STOP_ENV
 from provenance.reproduce.options import Options, Refused, Say
@@ -64,7 +64,11 @@ def prepare_code(orig: Original, opts: Options, dest: Path, say: Say) -> tuple[i
         tar = cap.snapshot
         where = f"--code {folder}"
     else:
-        tar = (orig.root / formats.CODE_SNAPSHOT).read_bytes()
+        snap = reader.Bundle.of_files(orig.root, [formats.CODE_SNAPSHOT])
+        if not snap.has(formats.CODE_SNAPSHOT):
+            raise Refused(f"{orig.root}: {formats.CODE_SNAPSHOT} is missing; this bundle cannot be reproduced")
+        tar = snap.read_bytes(formats.CODE_SNAPSHOT, min(snap.size(formats.CODE_SNAPSHOT),
+                                                         snap.limits.archive.max_file_bytes))
         where = "the bundle's source snapshot"
     dest.mkdir(parents=True)
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from provenance import diff as pdiff
-from provenance import formats
+from provenance import formats, reader
 from provenance.replay import SUMMARY, first_divergence
 from provenance.reproduce.options import EXIT_DIVERGED, EXIT_REFUSED, EXIT_REPRODUCED, PATH_KEYS, THREAD_KEYS
 from provenance.reproduce.plan import Original, Plan
@@ -160,8 +160,8 @@ def decide(orig: Original, repro: Path, plan: Plan, training_rc: int,
     `tolerance` (--tolerance): bitwise, auto, or loss=<rel>,ckpt=<rel> (reproduce.tolerance), or a Tolerance;
     `calibrated`: the noise model --calibrate measured (auto's bounds where bounds are needed)."""
     first_step, stop, expected_last = plan.first_step, plan.stop, plan.expected_last
-    summary_path = repro / SUMMARY
-    summary = formats.read_json(summary_path) if summary_path.is_file() else {}
+    child = reader.Bundle.of_files(repro, [SUMMARY, formats.RUN_JSON, formats.ENV_JSON])  # the child's own files
+    summary = child.json(SUMMARY) if child.has(SUMMARY) else {}
     d = pdiff.diff_bundles(orig.root, repro)
     # one definition of the first divergent step (provenance.replay.first_divergence): the replay's,
     # and the diff's of the two bundles (the same comparisons after the fact, with the checkpoints the
@@ -169,7 +169,7 @@ def decide(orig: Original, repro: Path, plan: Plan, training_rc: int,
     first = first_divergence([summary.get("first_divergence"), d["first_divergence"]])
     expected_ckpts = sorted(s for s in orig.checkpoints if first_step <= s <= expected_last)
     missing_ckpts = [s for s in expected_ckpts if s not in pdiff.checkpoint_digests(repro)]
-    repro_run = formats.read_json(repro / formats.RUN_JSON) if (repro / formats.RUN_JSON).is_file() else {}
+    repro_run = child.json(formats.RUN_JSON) if child.has(formats.RUN_JSON) else {}
     last_checked = summary.get("last_step", repro_run.get("last_step"))
     steps_checked = summary.get("steps_checked", d["metrics"]["steps_compared"])
     steps_expected = sum(1 for s in orig.metric_steps if first_step <= s <= expected_last)
@@ -194,7 +194,7 @@ def decide(orig: Original, repro: Path, plan: Plan, training_rc: int,
     if isinstance(tolerance, Tolerance):
         tol = tolerance
     else:
-        repro_env = formats.read_json(repro / formats.ENV_JSON) if (repro / formats.ENV_JSON).is_file() else {}
+        repro_env = child.json(formats.ENV_JSON) if child.has(formats.ENV_JSON) else {}
         tol = resolve(tolerance, significant_env, env_all, orig.env, repro_env, orig.run, calibrated)
     out["tolerance"] = tol.to_dict()
     if calibrated is not None and out["tolerance"]["calibration"] is None:  # measured, but bitwise was expected
