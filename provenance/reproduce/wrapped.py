@@ -30,7 +30,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from provenance import diff as pdiff
-from provenance import formats
+from provenance import formats, reader
 from provenance.bundle import (
     folder_lock,
     seal_folder_locked,
@@ -166,20 +166,31 @@ def _compare_checkpoints(a: cw.Captured, b: cw.Captured, last: int, reached: int
     return records, found
 
 
+_REQUIRED: Any = object()
+
+
+def _json(root: Path, rel: str, default: Any = _REQUIRED) -> Any:
+    """A bundle file's JSON through reader.Bundle.of_files (bounded, a regular file, never a link);
+    `default` when it is absent; Refused names a file that cannot be read."""
+    files = reader.Bundle.of_files(root, [rel])
+    if not files.has(rel) and default is not _REQUIRED:
+        return default
+    try:
+        return files.json(rel)
+    except reader.BundleFileError as exc:
+        raise Refused(f"{root}: {exc}") from None
+
+
 def _outputs(root: Path) -> dict[str, str]:
-    p = root / OUTPUTS_INDEX
-    if not p.is_file():
-        return {}
     out = {}
-    for o in formats.read_json(p).get("outputs") or []:
+    for o in _json(root, OUTPUTS_INDEX, {}).get("outputs") or []:
         for f in o.get("files") or []:
             out[f"{o.get('declared')}/{f.get('path')}"] = f.get("sha256")
     return out
 
 
 def _code_files(root: Path, ignore: list[str]) -> dict[str, str]:
-    files = (formats.read_json(root / formats.CODE_JSON).get("files") or {}) if (root / formats.CODE_JSON).is_file() \
-        else {}
+    files = _json(root, formats.CODE_JSON, {}).get("files") or {}
     return {k: v for k, v in files.items()
             if not any(k == p or k.startswith(p.rstrip("/") + "/") for p in ignore)}
 
@@ -206,8 +217,8 @@ def reproduce_wrapped(root: Path, digest: str, src: Path, workdir: Path, opts: O
     if opts.sets:
         raise Refused("--set: a wrapped command takes no key=value config; use --args \"...\" to change its "
                         "arguments")
-    rec = formats.read_json(root / COMMAND_JSON)
-    run = formats.read_json(root / formats.RUN_JSON)
+    rec = _json(root, COMMAND_JSON)
+    run = _json(root, formats.RUN_JSON)
     command = list(rec.get("command") or [])
     if not command or not all(isinstance(a, str) for a in command):
         raise Refused(f"{root}: {COMMAND_JSON} does not record the command")
@@ -218,7 +229,7 @@ def reproduce_wrapped(root: Path, digest: str, src: Path, workdir: Path, opts: O
         raise Refused(f"{root}: the capture recorded no optimizer step; there is nothing to compare")
     last_recorded = max(orig.steps)
     last = last_recorded if opts.steps is None else min(last_recorded, opts.steps)
-    cfg = formats.read_json(root / formats.CONFIG_JSON).get("config") or {}
+    cfg = _json(root, formats.CONFIG_JSON).get("config") or {}
     data_args = [str(d) for d in cfg.get("data") or []]
     output_args = [str(o) for o in cfg.get("outputs") or []]
     say(f"original: {run.get('run_id')} ({run.get('status')}, a wrapped command: {shlex.join(command)}; "
@@ -232,7 +243,9 @@ def reproduce_wrapped(root: Path, digest: str, src: Path, workdir: Path, opts: O
             raise Refused(f"--code {opts.code}: not a folder")
         tar, where = capture_code(folder).snapshot, f"--code {folder}"
     else:
-        tar, where = (root / formats.CODE_SNAPSHOT).read_bytes(), "the bundle's source snapshot"
+        snap = reader.Bundle.of_files(root, [formats.CODE_SNAPSHOT])  # a regular file (checked above)
+        tar, where = snap.read_bytes(formats.CODE_SNAPSHOT, snap.size(formats.CODE_SNAPSHOT)), \
+            "the bundle's source snapshot"
     code_dir.mkdir(parents=True)
     try:
         digests = materialise_snapshot(tar, code_dir)
@@ -253,7 +266,7 @@ def reproduce_wrapped(root: Path, digest: str, src: Path, workdir: Path, opts: O
         for cand in ([name] if sep and name and "/" not in name else []) + [PurePath(path if sep else text).name]:
             m = root / formats.DATA_DIR / cand / "manifest.json"
             if m.is_file():
-                man = formats.read_json(m)
+                man = _json(root, m.relative_to(root).as_posix())
                 break
         given = path if sep and man is not None and name == man.get("name") else text
         if man is None:
@@ -332,7 +345,7 @@ def reproduce_wrapped(root: Path, digest: str, src: Path, workdir: Path, opts: O
                 "PYTHONDONTWRITEBYTECODE": "1"})
     for k in ("PROV_RUN_ID", "RANK", "WORLD_SIZE", "LOCAL_RANK", "PROV_CAPTURE", "PROV_REPLAY"):
         env.pop(k, None)
-    recorded_env = (formats.read_json(root / formats.ENV_JSON) if (root / formats.ENV_JSON).is_file() else {})
+    recorded_env = _json(root, formats.ENV_JSON, {})
     rvars = recorded_env.get("env_vars") or {}
     for k in NUMERIC_ENV_VARS:
         if k in rvars:
@@ -362,8 +375,8 @@ def reproduce_wrapped(root: Path, digest: str, src: Path, workdir: Path, opts: O
                         exit_status=rc)
     repro = found_runs[-1]
     new = cw.read(repro)
-    new_run = formats.read_json(repro / formats.RUN_JSON)
-    new_rec = formats.read_json(repro / COMMAND_JSON) if (repro / COMMAND_JSON).is_file() else {}
+    new_run = _json(repro, formats.RUN_JSON)
+    new_rec = _json(repro, COMMAND_JSON, {})
 
     # 4. compare
     reached = max(new.steps) if new.steps else 0
@@ -380,7 +393,7 @@ def reproduce_wrapped(root: Path, digest: str, src: Path, workdir: Path, opts: O
     code_diff = sorted(k for k in set(files_a) | set(files_b) if files_a.get(k) != files_b.get(k))
     seeds_a, seeds_b = _seed_calls(orig), _seed_calls(new)
     env_a = recorded_env
-    env_b = formats.read_json(repro / formats.ENV_JSON) if (repro / formats.ENV_JSON).is_file() else {}
+    env_b = _json(repro, formats.ENV_JSON, {})
     env_diffs = [d for d in pdiff.diff_env(env_a, env_b, _threads(orig.facts), _threads(new.facts))
                  if d.get("significant") and d.get("category") != "env_vars"]
     causes: list[dict[str, Any]] = []
@@ -464,7 +477,7 @@ def _reseal(repro: Path, orig_run: dict[str, Any], digest: str, records: list[di
             raise RuntimeError(f"{repro}: the reproduction's own bundle was refused by the audit: {exc}") from None
         if not integrity.ok:
             raise RuntimeError(f"{repro}: the reproduction's own bundle does not match its seal; not re-sealed")
-        info = formats.read_json(repro / formats.RUN_JSON)
+        info = _json(repro, formats.RUN_JSON)
         info["reproduces"] = {"run_id": orig_run.get("run_id"), "root_digest": digest}
         write_run_info(repro, info)
         write_reproduction_steps(repro, records)
