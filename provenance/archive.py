@@ -157,6 +157,7 @@ def pack(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = N
     tmp = Path(tmp_name)
     prefix = root.name
     try:
+        os.fchmod(fd, formats.file_mode())
         with os.fdopen(fd, "wb") as raw:
             gz = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
                                compresslevel=GZIP_LEVEL) if kind == "tar.gz" else None

@@ -148,12 +148,25 @@ def command_digest(argv: list[str]) -> str:
     return digest_str(hashlib.sha256(canon.encode()).hexdigest())
 
 
+_UMASK: int | None = None
+
+
+def file_mode() -> int:
+    """The mode a newly created file gets from open(): 0666 less the process umask (read once)."""
+    global _UMASK
+    if _UMASK is None:
+        _UMASK = os.umask(0o022)
+        os.umask(_UMASK)
+    return 0o666 & ~_UMASK
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write via a temp file in the same folder, fsync, then rename over the target."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, file_mode())  # mkstemp makes 0600; a bundle file gets what open() would give it
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

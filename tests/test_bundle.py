@@ -192,3 +192,15 @@ def test_the_distributions_the_training_imported_are_recorded(tiny_bundle: Path)
     assert {"torch", "transformers", "safetensors"} <= set(used)
     assert used["torch"] == env["packages"]["torch"]
     assert "pytest" in env["packages"] and "pytest" not in used  # installed, never imported by training
+
+
+def test_bundle_files_get_the_mode_open_would_give(tiny_bundle: Path, tmp_path: Path) -> None:
+    """Atomic writes go through mkstemp (0600); a bundle is shared, so each file gets 0666 less the umask."""
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"")
+    expected = probe.stat().st_mode & 0o777
+    modes = {p.relative_to(tiny_bundle).as_posix(): p.stat().st_mode & 0o777
+             for p in tiny_bundle.rglob("*") if p.is_file() and not p.is_symlink()}
+    assert "run.json" in modes and "config.json" in modes
+    wrong = {name: oct(mode) for name, mode in modes.items() if mode != expected}
+    assert not wrong, f"expected {oct(expected)}: {wrong}"

@@ -119,6 +119,7 @@ def save_checkpoint(path: str | os.PathLike[str], step: int, model: torch.nn.Mod
             tensors[k] = tensors[k].clone()
         seen.setdefault(ptr, k)
     save_file(tensors, str(path), metadata={_META_KEY: json.dumps(meta, sort_keys=True, separators=(",", ":"))})
+    os.chmod(path, formats.file_mode())  # safetensors creates 0600; a bundle file is shared
 
 
 def read_checkpoint_meta(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -187,6 +188,7 @@ def save_module(folder: str | os.PathLike[str], module: torch.nn.Module,
         seen.setdefault(t.data_ptr(), k)
         tensors[k] = t
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    os.chmod(folder / "model.safetensors", formats.file_mode())
     cls = type(module)
     desc = {
         "schema": formats.TORCH_MODULE_SCHEMA,

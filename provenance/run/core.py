@@ -697,6 +697,9 @@ class Run:
             save_module(tmp, model, init_args)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        for p in tmp.rglob("*"):  # safetensors creates 0600: a released model is read by others
+            if p.is_file() and not p.is_symlink():
+                os.chmod(p, formats.file_mode())
         os.replace(tmp, w.path(formats.MODEL_DIR))
         return formats.MODEL_DIR
 
