@@ -76,8 +76,11 @@ def verify_chain(root: str | os.PathLike[str], dirs: Sequence[str | os.PathLike[
             chain.errors.append((str(where), f"segment {run_id} has root digest {root_now}; the next segment "
                                              f"{info.get('run_id')} recorded {prev['root_digest']} (changed since)"))
         seg_files = reader.Bundle.of_files(where, [formats.CHECKPOINT_INDEX])
-        entries = seg_files.json(formats.CHECKPOINT_INDEX).get("checkpoints", []) \
-            if seg_files.has(formats.CHECKPOINT_INDEX) else []
+        try:
+            entries = seg_files.json(formats.CHECKPOINT_INDEX).get("checkpoints", []) \
+                if seg_files.has(formats.CHECKPOINT_INDEX) else []
+        except reader.BundleFileError as exc:
+            raise formats.FormatError(f"{where}: {exc}") from None
         entry = next((e for e in entries if isinstance(e, dict) and e.get("path", "").rstrip("/") ==
                       str(ck.get("path", "")).rstrip("/")), None)
         if entry is None:
@@ -93,8 +96,11 @@ def verify_chain(root: str | os.PathLike[str], dirs: Sequence[str | os.PathLike[
 
 
 def _run_json(root: Path) -> Any:
-    """A segment's run.json, through reader.Bundle (bounded, never a link; BundleFileError names it)."""
-    return reader.Bundle.of_files(root, [formats.RUN_JSON]).json(formats.RUN_JSON)
+    """A segment's run.json, through reader.Bundle (bounded, never a link; FormatError names it)."""
+    try:
+        return reader.Bundle.of_files(root, [formats.RUN_JSON]).json(formats.RUN_JSON)
+    except reader.BundleFileError as exc:
+        raise formats.FormatError(f"{root}: {exc}") from None
 
 
 def check_segments(view: BundleView, out: CheckResult) -> None:

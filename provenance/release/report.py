@@ -105,19 +105,14 @@ def load_reproduction(path: str | Path) -> dict[str, Any]:
     summary: Any = None
     run: dict[str, Any] = {}
     try:  # forgiving, through the one reader: what cannot be read is left out
-        with reader.Bundle.of_files(p, [formats.METRICS, SUMMARY, formats.RUN_JSON]) as b:
+        with reader.Bundle.of_files(p, [formats.METRICS, SUMMARY, formats.RUN_JSON, formats.REPRO_REPORT]) as b:
             try:
                 metrics = b.records(formats.METRICS)
             except reader.BundleFileError:
                 pass
-            summary, run = b.try_json(SUMMARY), b.run_info
+            summary, run, report = b.try_json(SUMMARY), b.run_info, b.try_json(formats.REPRO_REPORT)
     except reader.Refused:
-        pass
-    report = None
-    try:
-        report = formats.read_json(p / "reproduction" / "report.json")
-    except (OSError, formats.FormatError):
-        pass
+        report = None
     return {"run_id": run.get("run_id") or p.name, "loss": _metric_points(metrics, "loss"),
             "lr": _metric_points(metrics, "lr") or _metric_points(metrics, "learning_rate"),
             "summary": summary if isinstance(summary, dict) else None,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from provenance import diff as pdiff
-from provenance import formats
+from provenance import formats, reader
 from provenance.reproduce.options import EXIT_DIVERGED, EXIT_REFUSED, EXIT_REPRODUCED, Options
 
 Say = Callable[[str], None]
@@ -38,6 +38,14 @@ class ChainOutcome:
                 "headline": self.headline, "segments": self.segments}
 
 
+def _run_json(root: Path) -> Any:
+    """A segment's run.json through reader.Bundle.of_files (bounded, never a link); FormatError names it."""
+    try:
+        return reader.Bundle.of_files(root, [formats.RUN_JSON]).json(formats.RUN_JSON)
+    except reader.BundleFileError as exc:
+        raise formats.FormatError(f"{root}: {exc}") from None
+
+
 def chain_of(last: Path, dirs: Sequence[str | os.PathLike[str]] = ()) -> tuple[list[dict[str, Any]], list[str]]:
     """The segments of the chain ending at `last`, oldest first ({run_id, path, link}: link is the
     checkpoint the NEXT segment continued from), and the problems of the chain (verify_chain's)."""
@@ -45,11 +53,11 @@ def chain_of(last: Path, dirs: Sequence[str | os.PathLike[str]] = ()) -> tuple[l
 
     chain = verify_chain(last, dirs)
     problems = [f"{where}: {msg.replace('--segments DIR', '--chain-dir DIR')}" for where, msg in chain.errors]
-    newest_first = [{"run_id": formats.read_json(last / formats.RUN_JSON).get("run_id"), "path": str(last)}]
+    newest_first = [{"run_id": _run_json(last).get("run_id"), "path": str(last)}]
     newest_first += [{"run_id": s["run_id"], "path": s["path"]} for s in chain.segments]
     out = list(reversed(newest_first))
     for i, seg in enumerate(out[:-1]):
-        nxt = formats.read_json(Path(out[i + 1]["path"]) / formats.RUN_JSON)
+        nxt = _run_json(Path(out[i + 1]["path"]))
         ck = (nxt.get("segment") or {}).get("checkpoint") or {}
         seg["link"] = {"step": ck.get("step"), "sha256": ck.get("sha256"), "path": ck.get("path")}
     return out, problems
@@ -91,7 +99,7 @@ def reproduce_chain(last: str | os.PathLike[str], opts: Options | None = None,
             if not link["matches"]:
                 worst = max(worst, EXIT_DIVERGED)
     n = len(segments)
-    last_step = formats.read_json(last / formats.RUN_JSON).get("last_step")
+    last_step = _run_json(last).get("last_step")
     bad = next((s for s in segments if s.get("exit_status") != EXIT_REPRODUCED), None)
     broken = next((s for s in segments if s.get("link") and s["link"].get("matches") is False), None)
     if worst == EXIT_REPRODUCED:
