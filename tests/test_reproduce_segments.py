@@ -267,6 +267,7 @@ def test_bad_segment_requests_are_refused_naming_the_argument(tiny_bundle: Path,
         (["--segment", "0", "--jobs", "2"], "--jobs 2: --segment I checks one interval"),
         (["--segments", "--tolerance", "loss=x"], "--tolerance 'loss=x'"),
         (["--segments", "--set", "train.nope=1"], "the recorded config has no key 'train.nope'"),
+        (["--segments", "--chain"], "--chain: not with segment verification"),
     ]
     for i, (flags, says) in enumerate(cases):
         work = tmp_path / f"w{i}"

@@ -52,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
     def say(line: str) -> None:
         print(line, file=out, flush=True)
 
+    if getattr(args, "chain", False) or getattr(args, "chain_dir", None):
+        return _refuse("--chain: not with segment verification (--chain reproduces a chain of restart bundles; "
+                       "--segments the intervals of one bundle)")
     if args.merge is not None:
         given = {"BUNDLE": args.bundle, "--segments": args.segments or None, "--segment": args.segment,
                  "--sample": args.sample, "--seed": args.seed, "--jobs": args.jobs, "--workdir": args.workdir,
