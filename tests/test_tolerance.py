@@ -22,7 +22,18 @@ from provenance.bundle import seal_folder
 from provenance.capture.code import materialise_snapshot
 from provenance.diff import diff_bundles, diff_env, first_step_using
 from provenance.hashing import sha256_file
-from provenance.reproduce import BITWISE, DIVERGED, REPORT, WITHIN, Options, Plan, decide, read_original, reproduce
+from provenance.reproduce import (
+    BITWISE,
+    DIVERGED,
+    INCOMPLETE,
+    REPORT,
+    WITHIN,
+    Options,
+    Plan,
+    decide,
+    read_original,
+    reproduce,
+)
 from provenance.reproduce.tolerance import FLOOR, SAFETY, Tolerance, calibrated_model, determinism_claim, resolve
 from provenance.tensors import compare_dcp, compare_entries, summary_line, within
 
@@ -79,6 +90,20 @@ def test_calibration_measures_the_floor_and_accepts_another_thread_count(calibra
     b2 = Path(cal["bundles"][1])
     assert decide(read_original(tiny_bundle, root_of(tiny_bundle)), b2, Plan(1, cal["last_step"], cal["last_step"]),
                   0, [])["verdict"] == BITWISE
+
+
+def test_a_training_that_stopped_early_is_incomplete_under_any_tolerance(calibrated: dict, tiny_bundle: Path) -> None:
+    """The calibration's second run stops at the first checkpoint; judged against the whole run with a non-zero
+    exit, it is incomplete (no divergence before it stopped) under bounds as under bitwise, never 'diverged
+    (checkpoint missing)' for the checkpoints it never reached."""
+    cal = calibrated["doc"]["tolerance"]["calibration"]
+    b2, last = Path(cal["bundles"][1]), last_step(tiny_bundle)
+    assert first_ckpt(tiny_bundle) < last  # the tiny run has a later checkpoint the stopped run never saved
+    orig = read_original(tiny_bundle, root_of(tiny_bundle))
+    for tolerance in ("bitwise", "loss=1e-3,ckpt=1e-3"):
+        out = decide(orig, b2, Plan(1, None, last), 1, [], tolerance=tolerance)
+        assert out["verdict"] == INCOMPLETE and out["exit_status"] != 0, (tolerance, out["headline"])
+        assert "exited with status 1" in out["headline"], out["headline"]
 
 
 def test_divergence_curve_in_the_report(calibrated: dict, tiny_bundle: Path) -> None:

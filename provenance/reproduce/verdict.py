@@ -208,8 +208,10 @@ def decide(orig: Original, repro: Path, plan: Plan, training_rc: int,
         b = check_bounds(orig.root, orig.checkpoints, repro, first_step, expected_last, tol, compared)
         out["tolerance"].update({k: v for k, v in b.items() if k != "first_out"})
         out["first_difference"] = first
-        if b["first_out"] is not None:
-            oob = b["first_out"]
+        oob = b["first_out"]
+        if oob is not None and oob.get("kind") == "checkpoint missing" and not complete:
+            oob = None  # the training stopped before it saved that checkpoint: incomplete (below), as under bitwise
+        if oob is not None:
             if causes and causes[0]["kind"] == "numerics":  # same inputs, out of the noise model: not noise
                 causes[0]["summary"] = ("numerics beyond the noise model: same inputs (every batch matched; same "
                                         "config, code, data and environment), yet out of tolerance from step "
