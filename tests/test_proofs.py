@@ -306,3 +306,21 @@ def test_text_in_a_token_stream_without_its_tokenizer_is_a_clear_error(
                       Path(tman["source"].get("local_path", "/nonexistent")) / "tokenizer.gone"]:
             if place.is_file():
                 place.rename(place.with_suffix(".json"))
+
+
+def test_a_sample_of_a_token_stream_says_where_that_sample_was_trained(
+        tokens_bundle: tuple[Path, list[str], list[int], int]) -> None:
+    """--sample ID in a token stream proves the token chunk holding the window; the chunk holds many
+    windows, so its `trained` lists them all: the summary must count ID's own places, not the chunk's."""
+    from provenance.datasets.proofs import summary
+
+    bundle, _, _, _ = tokens_bundle
+    order = _order(bundle)
+    sid = order[0].sample_ids[0]
+    mine = sorted({st.step for st in order for s in st.sample_ids if s == sid})
+    places = sum(1 for st in order for s in st.sample_ids if s == sid)
+    proof = prove(bundle, sample=sid)
+    verify_proof(proof)
+    assert len(proof["samples"]) > 1 and len(proof["trained"]) > places  # the chunk: other windows too
+    line = summary(proof)
+    assert f"trained at {places} place(s), step(s) {', '.join(map(str, mine[:20]))}" in line, line

@@ -839,9 +839,15 @@ def summary(proof: dict[str, Any]) -> str:
         more = f" (and {len(leaves) - 1} more copies)" if len(leaves) > 1 else ""
         where = f"record {leaf.get('index')} of {leaf.get('file')}{more}"
     trained = proof.get("trained", [])
+    record_places = len(trained)
+    if "sample" in q:  # the record (a token chunk, or a text with copies) holds other samples: ID's own places
+        trained = [t for t in trained if t.get("sample") == q["sample"]]
     steps = sorted({t["step"] for t in trained})
     shown = ", ".join(map(str, steps[:20])) + (", …" if len(steps) > 20 else "")
     when = (f"trained at {len(trained)} place(s), step(s) {shown}" if trained
             else "never drawn as a training sample")
+    if record_places != len(trained):
+        when += (f" (the record's {len(proof.get('samples') or [])} sample(s) at {record_places} place(s), "
+                 "all in the proof)")
     complete = "" if proof.get("order", {}).get("complete", True) else " (steps as claimed; each one checked)"
     return f"{what} is {where} in dataset {ds!r} of the bundle {root}; {when}{complete}"
