@@ -79,3 +79,16 @@ def test_prov_reproduce_of_an_inconsistent_bundle_is_never_bitwise(tiny_bundle: 
     assert rc == 1, (rc, out[-2000:], err[-2000:])
     assert "audit: consistency fails" in out and names in out and "Traceback" not in out + err, out
     h.assert_printable(out + err)
+
+
+def test_a_run_id_that_is_a_path_never_places_the_work_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """run.json's run id is the bundle author's: the default work folder (and --chain's per-segment folders)
+    stay one folder under .cache/reproduce whatever it says."""
+    from provenance.reproduce import default_workdir, safe_name
+
+    monkeypatch.chdir(tmp_path)
+    base = (tmp_path / ".cache" / "reproduce").resolve()
+    for hostile in ("../../../../tmp/evil", "/etc/x", "..", "a/b\nc", ""):
+        w = default_workdir(hostile)
+        assert w.parent == base and w.name.endswith("Z"), (hostile, w)
+        assert "/" not in safe_name(hostile) and not safe_name(hostile).startswith(".")

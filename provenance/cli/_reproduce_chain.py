@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from provenance.untrusted import escape
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("a chain of restart segments (run.resume_from, torchrun --max-restarts)")
@@ -30,8 +32,8 @@ def run(args: argparse.Namespace) -> int:
 
     out = sys.stderr if args.json else sys.stdout
 
-    def say(line: str) -> None:
-        print(line, file=out, flush=True)
+    def say(line: str) -> None:  # lines name the bundles' run ids and files: escaped, one line each
+        print(escape(line), file=out, flush=True)
 
     if not args.chain:
         print("error: --chain-dir: only with --chain", file=sys.stderr)
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     def echo(line: str) -> None:
-        print(f"  | {line}", file=out, flush=True)
+        print(f"  | {escape(line)}", file=out, flush=True)
 
     opts = Options(workdir=Path(args.workdir).resolve() if args.workdir else None,
                    steps=args.steps, from_step=args.from_step,
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(outcome.to_dict(), sort_keys=True, indent=2, ensure_ascii=False) + "\n")
         return outcome.exit_status
     if outcome.exit_status == 2 and not outcome.segments:
-        print(f"error: {outcome.headline}", file=sys.stderr)
+        print(f"error: {escape(outcome.headline)}", file=sys.stderr)
         print("verdict: refused (nothing ran)")
         return 2
     for i, s in enumerate(outcome.segments, 1):
@@ -62,6 +64,6 @@ def run(args: argparse.Namespace) -> int:
         if link is not None and "matches" in link:
             tail = (f"; checkpoint of step {link['step']} {'matches' if link['matches'] else 'DIFFERS from'} "
                     "what the next segment continued from")
-        print(f"segment {i}: {s['run_id']}: {s.get('verdict')}{tail}")
-    print(f"verdict: {outcome.headline}")
+        print(escape(f"segment {i}: {s['run_id']}: {s.get('verdict')}{tail}"))
+    print(f"verdict: {escape(outcome.headline)}")
     return outcome.exit_status

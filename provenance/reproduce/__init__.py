@@ -27,6 +27,7 @@ or the training package.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, replace
@@ -133,9 +134,14 @@ class Outcome:
     workdir: Path | None = None
 
 
+def safe_name(run_id: str) -> str:
+    """A bundle's run id (untrusted: run.json says what it likes) as one folder name: never a path."""
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", run_id).lstrip(".")[:120] or "run"
+
+
 def default_workdir(run_id: str) -> Path:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    return (Path.cwd() / ".cache" / "reproduce" / f"{run_id}-{stamp}").resolve()
+    return (Path.cwd() / ".cache" / "reproduce" / f"{safe_name(run_id)}-{stamp}").resolve()
 
 
 def reproduce(bundle: str | os.PathLike[str], opts: Options | None = None, say: Say | None = None) -> Outcome:

@@ -66,7 +66,7 @@ def chain_of(last: Path, dirs: Sequence[str | os.PathLike[str]] = ()) -> tuple[l
 def reproduce_chain(last: str | os.PathLike[str], opts: Options | None = None,
                     dirs: Sequence[str | os.PathLike[str]] = (), say: Say | None = None) -> ChainOutcome:
     """Reproduce every segment of the chain ending at `last` (see the module's docstring)."""
-    from provenance.reproduce import reproduce
+    from provenance.reproduce import reproduce, safe_name
 
     opts = opts or Options()
     say = say or (lambda s: None)
@@ -86,7 +86,7 @@ def reproduce_chain(last: str | os.PathLike[str], opts: Options | None = None,
     worst = EXIT_REPRODUCED
     for i, seg in enumerate(segments):
         say(f"segment {i + 1} of {len(segments)}: {seg['run_id']}")
-        workdir = opts.workdir / f"{i:02d}-{seg['run_id']}" if opts.workdir is not None else None
+        workdir = opts.workdir / f"{i:02d}-{safe_name(str(seg['run_id']))}" if opts.workdir is not None else None
         outcome = reproduce(seg["path"], replace(opts, workdir=workdir), say=say)
         seg.update({"verdict": outcome.verdict, "exit_status": outcome.exit_status, "headline": outcome.headline,
                     "reproduction": str(outcome.bundle) if outcome.bundle else None})
