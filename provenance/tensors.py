@@ -119,6 +119,11 @@ def compare_entries(a_root: Path, a_entry: dict[str, Any], b_root: Path, b_entry
         if fa == formats.DCP_FORMAT or fb == formats.DCP_FORMAT:
             return {"format": f"{fa or 'safetensors'} / {fb or 'safetensors'}", "values_compared": False,
                     "error": "one checkpoint is sharded (DCP), the other is not: not compared tensor by tensor"}
+        outside = [s for s, e in (("A", a_entry), ("B", b_entry)) if e.get("in_bundle") is False]
+        if outside:  # a captured command's file: `path` is relative to its working folder, not the bundle
+            return {"format": "safetensors", "values_compared": False,
+                    "error": f"the checkpoint of {' and '.join(outside)} is outside its bundle (a file the "
+                             "command saved: only its digest is recorded)"}
         pa, pb = _inside(a_root, a_entry.get("path")), _inside(b_root, b_entry.get("path"))
         return compare_safetensors(pa, pb, top)
     except (OSError, ValueError) as exc:

@@ -375,3 +375,19 @@ def test_gpu_check_says_clearly_when_there_is_no_gpu(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py")], capture_output=True, text=True,
                           cwd=REPO, env=offline_env(tmp_path), timeout=300)
     assert proc.returncode == 2 and "no CUDA device is available" in proc.stderr and not proc.stdout
+
+
+def test_a_captured_checkpoint_outside_the_bundle_is_never_read_from_it(tmp_path: Path) -> None:
+    """A captured command's checkpoint index names files relative to the command's working folder
+    (in_bundle: false): a file at that path inside the bundle is another file, never compared."""
+    import torch
+    from safetensors.torch import save_file
+
+    entries = []
+    for side, value in (("a", 0.0), ("b", 1.0)):
+        (tmp_path / side / "ckpt").mkdir(parents=True)
+        save_file({"w": torch.full((4,), value)}, str(tmp_path / side / "ckpt" / "step8.safetensors"))
+        entries.append({"step": 8, "path": "ckpt/step8.safetensors", "sha256": side * 64, "in_bundle": False})
+    cmp = compare_entries(tmp_path / "a", entries[0], tmp_path / "b", entries[1])
+    assert not cmp["values_compared"] and "outside its bundle" in cmp["error"], cmp
+    assert "outside its bundle" in summary_line(cmp)
