@@ -1,6 +1,6 @@
 """Sharded (DCP) checkpoints under FSDP2: does hashing the shards cost the training thread anything?
 
-Launches itself under torchrun (2 gloo ranks): an MLP sharded with fully_shard trains STEPS steps and
+Launches itself under torchrun (2 gloo ranks, or --nproc N): an MLP sharded with fully_shard trains STEPS steps and
 saves a DCP checkpoint every EVERY steps, either through run.checkpoint (hashed on the checkpoint
 thread, indexed by rank 0) or with a bare dcp.save of the same state (the baseline), alternated.
 Compared on the training thread: the checkpoint call, and the step right after it (while the
@@ -8,6 +8,7 @@ checkpoint thread hashes), vs the baseline's; and what hashing one checkpoint's 
 would add if hashing ran on the training thread). Medians; nothing here is a test.
 
     .venv/bin/python bench/bench_dcp.py --width 1536 --steps 80 --every 4 --rounds 3 --json /tmp/dcp.json
+    .venv/bin/python bench/bench_dcp.py --nproc 1 ...   # one rank on 2 cores: a core left for the hashing
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ def main() -> int:
     ap.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--nice", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--rounds", type=int, default=2, help="how many times each variant runs (alternated)")
+    ap.add_argument("--nproc", type=int, default=2, help="ranks (one thread each); with fewer ranks than cores "
+                    "the checkpoint thread has a core of its own, as on a GPU node")
     a = ap.parse_args()
     if a.worker:
         worker(a.worker[0], a.width, a.steps, a.every, a.worker[1], a.plain, a.nice)
@@ -112,7 +115,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "times.json"
             env = {**os.environ, "OMP_NUM_THREADS": "1"}
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__,
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={a.nproc}", __file__,
                    "--width", str(a.width), "--steps", str(a.steps), "--every", str(a.every),
                    "--worker", str(Path(tmp) / "runs"), str(out), *variants[mode]]
             subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
@@ -130,7 +133,7 @@ def main() -> int:
     fa, fo, fc = medians(results["prov"]["times"])
     na, no, nc = medians(results["prov-normal"]["times"])
     summary = {
-        "width": a.width, "ranks": 2, "steps_per_run": a.steps, "checkpoint_every": a.every,
+        "width": a.width, "ranks": a.nproc, "cores": os.cpu_count(), "steps_per_run": a.steps, "checkpoint_every": a.every,
         "checkpoint_mb": round(results["prov"]["checkpoint_bytes"] / 1e6, 1),
         "plain_dcp": {"median_step_s_after_checkpoint": round(pa, 4), "median_step_s_other": round(po, 4),
                       "median_checkpoint_call_s": round(pc, 4)},
