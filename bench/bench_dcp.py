@@ -115,7 +115,8 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "times.json"
             env = {**os.environ, "OMP_NUM_THREADS": "1"}
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={a.nproc}", __file__,
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={a.nproc}",
+                   __file__,
                    "--width", str(a.width), "--steps", str(a.steps), "--every", str(a.every),
                    "--worker", str(Path(tmp) / "runs"), str(out), *variants[mode]]
             subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
@@ -133,7 +134,8 @@ def main() -> int:
     fa, fo, fc = medians(results["prov"]["times"])
     na, no, nc = medians(results["prov-normal"]["times"])
     summary = {
-        "width": a.width, "ranks": a.nproc, "cores": os.cpu_count(), "steps_per_run": a.steps, "checkpoint_every": a.every,
+        "width": a.width, "ranks": a.nproc, "cores": os.cpu_count(), "steps_per_run": a.steps,
+        "checkpoint_every": a.every,
         "checkpoint_mb": round(results["prov"]["checkpoint_bytes"] / 1e6, 1),
         "plain_dcp": {"median_step_s_after_checkpoint": round(pa, 4), "median_step_s_other": round(po, 4),
                       "median_checkpoint_call_s": round(pc, 4)},
