@@ -391,3 +391,23 @@ def test_a_captured_checkpoint_outside_the_bundle_is_never_read_from_it(tmp_path
     cmp = compare_entries(tmp_path / "a", entries[0], tmp_path / "b", entries[1])
     assert not cmp["values_compared"] and "outside its bundle" in cmp["error"], cmp
     assert "outside its bundle" in summary_line(cmp)
+
+
+@pytest.mark.parametrize("where", ["loss", "checkpoint"])
+def test_calibration_refuses_a_non_finite_difference(where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two calibration runs whose losses or checkpoints differ by NaN/inf measure no noise floor: ignored, a
+    loss read as 0 and a checkpoint made every later checkpoint bound infinite."""
+    from types import SimpleNamespace
+
+    from provenance.reproduce import Refused, tolerance
+
+    steps = [{"step": s, "rel_diff": 1e-7} for s in (1, 2, 3)]
+    ckpts = [{"step": 2, "rel_l2": 1e-6, "values_compared": True, "same_digest": False}]
+    if where == "loss":
+        steps[1]["rel_diff"] = None  # divergence_curve's value for a non-finite relative difference
+    else:
+        ckpts[0]["rel_l2"] = float("inf")  # compare_safetensors's value for a NaN in one tensor
+    monkeypatch.setattr(tolerance, "_read_side", lambda root: SimpleNamespace(order={}))
+    monkeypatch.setattr(tolerance, "divergence_curve", lambda *a, **k: {"steps": steps, "checkpoints": ckpts})
+    with pytest.raises(Refused, match="non-finite amount .* at step 2"):
+        tolerance.measure_noise(Path("a"), Path("b"), 1, 3)

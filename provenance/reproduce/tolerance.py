@@ -313,6 +313,12 @@ def measure_noise(a: Path, b: Path, first_step: int, last_step: int) -> dict[str
     curve = divergence_curve(a, b, first_step, last_step, None)
     if not curve["steps"]:
         raise Refused("--calibrate: the calibration runs logged no common step")
+    # a NaN or inf difference is no noise floor: ignored it would read as 0 (a loss) or make every bound infinite
+    wild = [c["step"] for c in curve["steps"] if c["rel_diff"] is None] + \
+           [c["step"] for c in curve["checkpoints"] if c["values_compared"] and not math.isfinite(c["rel_l2"] or 0.0)]
+    if wild:
+        raise Refused(f"--calibrate: the two calibration runs differ by a non-finite amount (NaN or inf) at step "
+                      f"{min(wild)}: that is no noise floor; nothing can be calibrated from them")
     loss_ps = max(((c["rel_diff"] or 0.0) / (c["step"] - first_step + 1) for c in curve["steps"]), default=0.0)
     ck_ps = max(((c["rel_l2"] or 0.0) / (c["step"] - first_step + 1) for c in curve["checkpoints"]
                  if c["values_compared"]), default=0.0)
