@@ -359,8 +359,8 @@ def _segments(src: Path, opts: Options, seg: SegmentOptions, say: Say, t0: float
             except ArchiveError as exc:
                 raise Refused(str(exc)) from None
         if wrapped.is_wrapped(root):
-            raise Refused("--segments: a wrapped (prov run) bundle has no checkpoints to restore; "
-                          "reproduce it whole")
+            raise Refused("--segments: a wrapped (prov run) bundle is re-run whole: its command cannot be started "
+                          "from one of its checkpoints (the files it saved are the script's own); reproduce it whole")
         orig = read_original(root, digest)
         layout = intervals(orig)
         count = len(layout)
