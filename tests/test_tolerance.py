@@ -409,5 +409,5 @@ def test_calibration_refuses_a_non_finite_difference(where: str, monkeypatch: py
         ckpts[0]["rel_l2"] = float("inf")  # compare_safetensors's value for a NaN in one tensor
     monkeypatch.setattr(tolerance, "_read_side", lambda root: SimpleNamespace(order={}))
     monkeypatch.setattr(tolerance, "divergence_curve", lambda *a, **k: {"steps": steps, "checkpoints": ckpts})
-    with pytest.raises(Refused, match="non-finite amount .* at step 2"):
+    with pytest.raises(Refused, match=r"non-finite amount .* at step 2"):
         tolerance.measure_noise(Path("a"), Path("b"), 1, 3)
