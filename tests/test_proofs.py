@@ -324,3 +324,20 @@ def test_a_sample_of_a_token_stream_says_where_that_sample_was_trained(
     assert len(proof["samples"]) > 1 and len(proof["trained"]) > places  # the chunk: other windows too
     line = summary(proof)
     assert f"trained at {places} place(s), step(s) {', '.join(map(str, mine[:20]))}" in line, line
+
+
+def test_a_proof_about_nothing_is_rejected(tiny_bundle: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """The query is what the proof claims (checked against the record): one that names no text, sample id
+    or document digest verified before, and a list crashed verify-proof's summary with a traceback."""
+    good = prove(tiny_bundle, sample=_order(tiny_bundle)[0].sample_ids[0])
+    verify_proof(good)
+    for query in ([1], {}, {"document": "secret.txt"}, {"sample": "3"}, {"text": 3}, None):
+        bad = dict(good, query=query)
+        with pytest.raises(ProofError, match="does not say what it is about"):
+            verify_proof(bad)
+        out = tmp_path / "bad.json"
+        out.write_text(json.dumps(bad))
+        assert main(["verify-proof", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert "proof REJECTED: the proof does not say what it is about" in err and "Traceback" not in err

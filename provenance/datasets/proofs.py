@@ -565,6 +565,12 @@ def verify_proof(proof: Any, *, root: str | None = None, bundle: Path | None = N
 def _verify(proof: Any, root: str | None, bundle: Path | None) -> None:
     if not isinstance(proof, dict) or proof.get("schema") != formats.PROOF_SCHEMA:
         raise ProofError(f"not a proof (schema {formats.PROOF_SCHEMA})")
+    q = proof.get("query")  # what the proof is about: checked against the record below, so it must say it
+    if not isinstance(q, dict) or not {"text", "sample", "document_sha256"} & set(q) \
+            or ("text" in q and not isinstance(q["text"], str)) \
+            or ("sample" in q and (not isinstance(q["sample"], int) or isinstance(q["sample"], bool))) \
+            or ("document_sha256" in q and not isinstance(q["document_sha256"], str)):
+        raise ProofError("the proof does not say what it is about (query: a text, a sample id or a document_sha256)")
     algorithm = proof["algorithm"]
     merkle.hasher(algorithm)
     # 4. resources -> root digest
