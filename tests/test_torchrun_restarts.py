@@ -173,3 +173,19 @@ def test_train_fsdp_relaunched_after_a_killed_rank_resumes_from_its_dcp_checkpoi
     report = audit(second)
     assert report.integrity.ok and report.consistency_ok, report.failures()
     assert report.check("segments").status == "pass" and (second / formats.MODEL_DIR / "model.safetensors").is_file()
+
+
+def test_the_previous_attempt_is_found_among_more_bundles_than_are_scanned(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runs folder holding more bundles than relaunch scans: the newest are looked at (the attempt
+    torchrun ran just before), not the oldest."""
+    from provenance.run import relaunch
+
+    for i, (te_run, restart) in enumerate([("old", 0), ("old", 1), ("other", 0), ("job", 0)]):
+        p = tmp_path / f"20261201T10000{i}Z-run-{i}"
+        p.mkdir()
+        (p / formats.RUN_JSON).write_text(json.dumps({"run_id": p.name, "started_at": f"2026-12-01T10:00:0{i}Z",
+                                                      "torchelastic": {"run_id": te_run, "restart_count": restart}}))
+    monkeypatch.setattr(relaunch, "MAX_SCANNED", 2)
+    found = relaunch.previous_attempt(tmp_path, {"run_id": "job", "restart_count": 1})
+    assert found is not None and found.name == "20261201T100003Z-run-3"

@@ -19,7 +19,7 @@ from typing import Any
 from provenance import formats
 
 _RUN_ID, _RESTARTS, _MAX = "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS"
-MAX_SCANNED = 10_000  # bundles of a runs folder looked at for the previous attempt
+MAX_SCANNED = 10_000  # bundles of a runs folder looked at for the previous attempt (the newest)
 
 
 def elastic_facts() -> dict[str, Any] | None:
@@ -51,7 +51,7 @@ def previous_attempt(runs_dir: Path, facts: dict[str, Any] | None, exclude: str 
         return None
     want = facts["restart_count"] - 1
     found: list[tuple[str, Path]] = []
-    for i, p in enumerate(sorted(runs_dir.iterdir())):
+    for i, p in enumerate(sorted(runs_dir.iterdir(), reverse=True)):  # run ids start with their UTC time: newest first
         if i >= MAX_SCANNED:
             break
         if p.name == exclude or not (p / formats.RUN_JSON).is_file():
