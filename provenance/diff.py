@@ -412,7 +412,15 @@ def checkpoint_entries(root: Path, bundle: reader.Bundle | None = None) -> dict[
         return {}
     with _reading(root, bundle) as b:
         idx = _bundle_json(b, formats.CHECKPOINT_INDEX, {}) or {}
-    return {int(e["step"]): e for e in idx.get("checkpoints", [])}
+    entries = idx.get("checkpoints", []) if isinstance(idx, dict) else None
+    out: dict[int, dict[str, Any]] = {}
+    for e in entries if isinstance(entries, list) else [None]:
+        step = e.get("step") if isinstance(e, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool) or not isinstance(e.get("sha256"), str):
+            raise formats.FormatError(f"{root.name}: {formats.CHECKPOINT_INDEX}: a checkpoint entry without an "
+                                      f"integer step and a sha256 ({str(e)[:80]!r})")
+        out[step] = e
+    return out
 
 
 def diff_checkpoints(a_root: Path, b_root: Path, bundles: tuple[reader.Bundle, reader.Bundle] | None = None

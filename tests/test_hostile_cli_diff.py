@@ -15,7 +15,22 @@ import hostile as h
 import pytest
 from conftest import offline_env
 
+def index_step_not_an_integer(b: Path) -> None:
+    """A sealed checkpoint index whose entry's step is a string (it said: invalid literal for int() ...)."""
+    import json
+
+    from provenance import formats
+    from provenance.bundle import seal_folder
+
+    idx = json.loads((b / formats.CHECKPOINT_INDEX).read_text())
+    idx["checkpoints"][0]["step"] = "abc"
+    (b / formats.CHECKPOINT_INDEX).write_text(json.dumps(idx))
+    seal_folder(b)
+
+
 REFUSED: dict[str, tuple[Callable[[Path], None], tuple[str, ...]]] = {
+    "checkpoint index entry whose step is not an integer": (index_step_not_an_integer,
+                                                            ("checkpoints/index.json", "integer step")),
     "symlink out of the bundle": (h.symlink, ("logs/evil.jsonl: a symbolic link to '/etc/passwd'",)),
     "FIFO": (h.fifo, ("logs/pipe.log: a FIFO",)),
     ".x.tmp leftover symlinked to a folder": (h.tmp_link_to_folder, (".x.tmp: a symbolic link",)),

@@ -93,7 +93,7 @@ class RankLayout:
     def meet_before_seal(self, status: str, root: Path) -> list[int]:
         """Every rank closed its files; rank 0 seals after this. A completed run meets at a barrier. A
         failed or interrupted run must not hang on ranks that are gone: rank 0 waits (at most
-        PROV_RANK_GRACE_S, default 10 s) for every rank's end event, the last record a rank writes, and
+        PROV_RANK_GRACE_S, default 5 s) for every rank's end event, the last record a rank writes, and
         returns the ranks that never wrote one (lost: killed, or on a node that died)."""
         if not self.distributed:
             return []
