@@ -15,6 +15,7 @@ import hostile as h
 import pytest
 from conftest import offline_env
 
+
 def index_step_not_an_integer(b: Path) -> None:
     """A sealed checkpoint index whose entry's step is a string (it said: invalid literal for int() ...)."""
     import json
