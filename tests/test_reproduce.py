@@ -576,3 +576,17 @@ def test_checkpoints_compared_tensor_by_tensor(tiny_bundle: Path, tmp_path: Path
     tensors[name] = original[:1]
     save_file(tensors, str(out))
     assert compare_checkpoints(src, out)["mismatched"][0]["tensor"] == name
+
+
+def test_a_resumed_run_reproduces_at_another_thread_count(tiny_bundle: Path, tmp_path: Path) -> None:
+    """An original that itself continued a checkpoint (run.resume_from; a torchrun relaunch is the same) is
+    restored by its reproduction: a --set across that restore (run.threads, for --tolerance) is allowed by
+    prov reproduce, as with --from-step; the training refused the resume before (run.threads changed)."""
+    from conftest import train
+
+    k = min(e["step"] for e in formats.read_json(tiny_bundle / formats.CHECKPOINT_INDEX)["checkpoints"])
+    train(tmp_path, f"run.resume_from={tiny_bundle / formats.checkpoint_name(k)}")
+    resumed = only_run(tmp_path / "runs")
+    out = reproduce(resumed, Options(workdir=tmp_path / "w", steps=1, sets=["run.threads=1"], tolerance="auto"))
+    assert out.exit_status == 0 and out.verdict in (BITWISE, WITHIN), out.headline
+    assert out.report.scope["first_step"] == k + 1

@@ -289,12 +289,15 @@ def _in_workdir(src: Path, digest: str, audit_report: Any, archive_input: bool, 
         sharded = orig.root / formats.dcp_checkpoint_dir(opts.from_step)  # a DCP checkpoint is a folder
         ckpt = sharded if sharded.is_dir() else orig.root / formats.checkpoint_name(opts.from_step)
         overrides.append(f"run.resume_from={ckpt}")
-        # a --set across the restore (e.g. run.threads for --tolerance): the training would refuse the resume
-        changed = sorted(k for k, v in sets.items() if flat.get(k, v) != v)
-        if changed and "run.allow_resume_change" in flat:
-            allowed = sorted({*(flat.get("run.allow_resume_change") or []), *changed})
-            overrides.append(f"run.allow_resume_change=[{','.join(allowed)}]")
-            own_keys.add("run.allow_resume_change")  # set by prov reproduce: not a difference
+    # a --set across a restore (e.g. run.threads for --tolerance): the training would refuse the resume. A
+    # restore: --from-step, or an original that itself continued a checkpoint (run.resume_from, or a segment
+    # torchrun relaunched: run.json's segment)
+    restores = opts.from_step is not None or bool(resumed) or isinstance(orig.run.get("segment"), dict)
+    changed = sorted(k for k, v in sets.items() if flat.get(k, v) != v) if restores else []
+    if changed and "run.allow_resume_change" in flat:
+        allowed = sorted({*(flat.get("run.allow_resume_change") or []), *changed})
+        overrides.append(f"run.allow_resume_change=[{','.join(allowed)}]")
+        own_keys.add("run.allow_resume_change")  # set by prov reproduce: not a difference
     overrides += opts.sets
     cmd = build_command(orig, opts, code_dir, config_path, overrides)
     env = child_env(orig, stop, runs_dir, data_dir)
