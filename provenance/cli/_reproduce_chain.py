@@ -62,8 +62,9 @@ def run(args: argparse.Namespace) -> int:
         link = s.get("link")
         tail = ""
         if link is not None and "matches" in link:
-            tail = (f"; checkpoint of step {link['step']} {'matches' if link['matches'] else 'DIFFERS from'} "
-                    "what the next segment continued from")
+            how = ("matches" if link["matches"] else "is within tolerance of" if link.get("within_tolerance")
+                   else "DIFFERS from")
+            tail = f"; checkpoint of step {link['step']} {how} what the next segment continued from"
         print(escape(f"segment {i}: {s['run_id']}: {s.get('verdict')}{tail}"))
     print(f"verdict: {escape(outcome.headline)}")
     return outcome.exit_status

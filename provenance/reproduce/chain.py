@@ -21,6 +21,7 @@ from typing import Any
 from provenance import diff as pdiff
 from provenance import formats, reader
 from provenance.reproduce.options import EXIT_DIVERGED, EXIT_REFUSED, EXIT_REPRODUCED, Options
+from provenance.reproduce.verdict import WITHIN
 
 Say = Callable[[str], None]
 
@@ -96,13 +97,25 @@ def reproduce_chain(last: str | os.PathLike[str], opts: Options | None = None,
             got = pdiff.checkpoint_digests(outcome.bundle).get(link["step"]) if outcome.bundle else None
             link["reproduced_sha256"] = f"sha256:{got}" if got else None
             link["matches"] = link["reproduced_sha256"] == link["sha256"]
-            if not link["matches"]:
+            # under --tolerance the reproduction's checkpoint is not bitwise the original's: the link holds when the
+            # segment reproduced within tolerance and the checkpoint continued from is the original's own of that
+            # step (the reproduction checked it within the bounds)
+            orig = pdiff.checkpoint_digests(Path(seg["path"])).get(link["step"])
+            link["within_tolerance"] = (not link["matches"] and outcome.verdict == WITHIN
+                                        and f"sha256:{orig}" == link["sha256"])
+            if not (link["matches"] or link["within_tolerance"]):
                 worst = max(worst, EXIT_DIVERGED)
     n = len(segments)
     last_step = _run_json(last).get("last_step")
     bad = next((s for s in segments if s.get("exit_status") != EXIT_REPRODUCED), None)
-    broken = next((s for s in segments if s.get("link") and s["link"].get("matches") is False), None)
-    if worst == EXIT_REPRODUCED:
+    broken = next((s for s in segments if s.get("link") and s["link"].get("matches") is False
+                   and not s["link"].get("within_tolerance")), None)
+    within = any(s.get("verdict") == WITHIN for s in segments)
+    if worst == EXIT_REPRODUCED and within:
+        headline = (f"the chain of {n} segment(s) reproduced (within tolerance) from step 0 to step {last_step}: every "
+                    "segment, and every checkpoint a segment continued from within the bounds of the previous "
+                    "segment's reproduction")
+    elif worst == EXIT_REPRODUCED:
         headline = (f"the chain of {n} segment(s) reproduced from step 0 to step {last_step}: every segment, and every "
                     "checkpoint a segment continued from, as the previous segment's reproduction wrote it")
     elif bad is not None:
