@@ -129,6 +129,28 @@ def test_reproduce_chain_from_step_0(relaunched: tuple[str, Path], tmp_path: Pat
         hidden.rename(runs)
 
 
+def test_a_relaunched_segment_reproduces_in_the_sandbox(relaunched: tuple[str, Path], tmp_path: Path) -> None:
+    """--sandbox hides /tmp: the previous segment, whose checkpoint a relaunched segment restores, stays visible
+    (before, the reproduction found no checkpoint and diverged at step 1)."""
+    from provenance.reproduce.command import find_sandbox
+    from provenance.reproduce.options import Refused
+
+    crash, runs = relaunched
+    if crash == "raise":
+        pytest.skip("one relaunched segment is enough (the kill one)")
+    try:
+        find_sandbox()
+    except Refused as exc:
+        pytest.skip(str(exc))
+    _, second = bundles(runs)
+    assert Path("/tmp") in second.resolve().parents  # where the sandbox hides it
+    proc = subprocess.run([sys.executable, "-m", "provenance.cli", "reproduce", "--sandbox", "--steps", "2", "--quiet",
+                           "--workdir", str(tmp_path / "work"), str(second)], cwd=REPO, env=env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "reproduced (bitwise): 2 steps (steps 5–6)" in proc.stdout, \
+        proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
 @pytest.mark.slow  # the default training script, FSDP2 on 2 ranks, relaunched once: a few minutes on 2 cores
 def test_train_fsdp_relaunched_after_a_killed_rank_resumes_from_its_dcp_checkpoint(tmp_path: Path) -> None:
     import signal

@@ -88,6 +88,7 @@ from provenance.reproduce.verdict import (
     find_causes,
     fmt_value,
 )
+from provenance.run.relaunch import continued_from
 
 __all__ = [
     "BITWISE",
@@ -306,6 +307,9 @@ def _in_workdir(src: Path, digest: str, audit_report: Any, archive_input: bool, 
         readable = [orig.root, *(s.source for s in staged if s.source is not None)]
         if resumed:
             readable.append(Path(str(resumed)))
+        relaunched = continued_from(orig.root, orig.run)  # a torchrun relaunch restores the previous segment's
+        if relaunched is not None:
+            readable.append(relaunched[0])
         run_cmd = sandboxed(cmd, bwrap, workdir, code_dir, readable)
     say(f"executing the bundle's code: {n_files} files from "
         + (f"--code {opts.code}" if opts.code else "its source snapshot")

@@ -101,3 +101,20 @@ def latest_checkpoint(prev: Path) -> Path | None:
         if all(isinstance(f, dict) and (prev / str(f.get("path"))).is_file() for f in files or []) and p.exists():
             return p
     return None
+
+
+def continued_from(original: Path, info: dict[str, Any]) -> tuple[Path, Path] | None:
+    """A torchrun-relaunched segment's previous bundle and the checkpoint in it that it continued from
+    (run.json `relaunch` and `segment`), found at the recorded path or next to `original`; None when it
+    was no relaunch or the checkpoint is not there."""
+    seg, rel = info.get("segment"), info.get("relaunch")
+    if not isinstance(seg, dict) or not isinstance(rel, dict):
+        return None
+    prev, ck = seg.get("previous") or {}, seg.get("checkpoint") or {}
+    if not isinstance(prev, dict) or not isinstance(ck, dict) or not isinstance(prev.get("run_id"), str) \
+            or not isinstance(ck.get("path"), str):
+        return None
+    for where in (Path(str(prev.get("path") or "")), original.parent / prev["run_id"]):
+        if where.name == prev["run_id"] and (where / ck["path"]).exists():
+            return where, where / ck["path"]
+    return None

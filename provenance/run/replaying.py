@@ -77,21 +77,14 @@ class ReplayComponent(Component):
         `relaunch` and `segment`): in the previous segment, found at its recorded path or next to the
         original. None when the original was no relaunch."""
         from provenance import formats
+        from provenance.run.relaunch import continued_from
 
         try:
             info = formats.read_json(self.replay.original / formats.RUN_JSON)
         except (OSError, ValueError):
             return None
-        seg, rel = info.get("segment"), info.get("relaunch")
-        if not isinstance(seg, dict) or not isinstance(rel, dict):
-            return None
-        prev, ck = seg.get("previous") or {}, seg.get("checkpoint") or {}
-        if not isinstance(prev.get("run_id"), str) or not isinstance(ck.get("path"), str):
-            return None
-        for where in (Path(str(prev.get("path") or "")), self.replay.original.parent / prev["run_id"]):
-            if where.name == prev["run_id"] and (where / ck["path"]).exists():
-                return where / ck["path"]
-        return None
+        found = continued_from(self.replay.original, info) if isinstance(info, dict) else None
+        return found[1] if found else None
 
     def reproduces(self) -> dict[str, Any]:
         return {"run_id": self.replay.original.name, "root_digest": original_root_digest(self.replay.original)}
