@@ -288,3 +288,12 @@ def test_bad_segment_requests_are_refused_naming_the_argument(tiny_bundle: Path,
     assert not work.exists()
     proc = cli("reproduce", str(bundle_copy), "--segments", "--json", "--workdir", str(work), tmp=tmp_path)
     assert proc.returncode == 2 and json.loads(proc.stdout)["verdict"] == "refused" and not work.exists()
+
+
+def test_interval_0_of_a_resumed_original_says_where_it_starts() -> None:
+    from provenance.reproduce.segments import Interval
+
+    assert Interval(0, 0, 4, restores=False).text() == "steps 1–4 (from the recorded init)"
+    assert Interval(0, 12, 16, restores=False).text() == \
+        "steps 13–16 (from the checkpoint of step 12 the original continued from)"
+    assert Interval(1, 16, 20, restores=True).text() == "steps 17–20 (from the checkpoint of step 16)"

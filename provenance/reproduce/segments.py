@@ -69,7 +69,8 @@ class Interval:
         return {"index": self.index, "from_step": self.from_step, "to_step": self.to_step, "restores": self.restores}
 
     def text(self) -> str:
-        start = f"the checkpoint of step {self.from_step}" if self.restores else "the recorded init"
+        start = (f"the checkpoint of step {self.from_step}" if self.restores else "the recorded init"
+                 if self.from_step == 0 else f"the checkpoint of step {self.from_step} the original continued from")
         return f"steps {self.from_step + 1}–{self.to_step} (from {start})"
 
 
