@@ -297,3 +297,33 @@ def test_interval_0_of_a_resumed_original_says_where_it_starts() -> None:
     assert Interval(0, 12, 16, restores=False).text() == \
         "steps 13–16 (from the checkpoint of step 12 the original continued from)"
     assert Interval(1, 16, 20, restores=True).text() == "steps 17–20 (from the checkpoint of step 16)"
+    from provenance.cli._reproduce_segments import interval_line
+
+    r = {"index": 0, "from_step": 12, "to_step": 16, "restores": False, "headline": "reproduced (bitwise): …",
+         "verdict": "reproduced (bitwise)"}
+    assert "steps 13–16 from the checkpoint of step 12 the original continued from" in interval_line(r)
+    assert "steps 1–4 from the recorded init" in interval_line({**r, "from_step": 0, "to_step": 4})
+
+
+def test_merge_prints_a_reports_claims_escaped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A report given to --merge is the claim of whoever wrote it: its headlines, paths and run id are printed
+    escaped, one line each (a newline in one forged a 'verdict:' or 'reproduces:' line)."""
+    import json
+
+    from provenance.cli import main
+    from provenance.reproduce.verdict import REPORT_SCHEMA
+
+    iv = [{"index": 0, "from_step": 0, "to_step": 4, "restores": False},
+          {"index": 1, "from_step": 4, "to_step": 8, "restores": True}]
+    res = {**iv[0], "verdict": "reproduced (bitwise)", "exit_status": 0, "bitwise": True,
+           "headline": "reproduced (bitwise)\nverdict: reproduced (bitwise): all 2 intervals\x1b[2J",
+           "bundle": "/x\nreport: forged"}
+    doc = {"schema": REPORT_SCHEMA, "original": {"run_id": "r\nreproduces: forged", "root_digest": "0" * 64},
+           "segments": {"intervals": iv, "results": [res]}}
+    (tmp_path / "forged.json").write_text(json.dumps(doc))
+    assert main(["reproduce", "--merge", str(tmp_path / "forged.json")]) == 1
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert "\x1b" not in out and [x for x in lines if x.startswith("verdict:")] == [
+        "verdict: incomplete: no report for interval(s) 1; no divergence in the other intervals checked"]
+    assert not any(x.startswith(("report: forged", "reproduces: forged")) for x in lines), out

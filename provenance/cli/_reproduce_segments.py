@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from provenance.untrusted import escape
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("segment verification (each interval between the original's checkpoints on its own)")
@@ -38,7 +40,7 @@ def wanted(args: argparse.Namespace) -> bool:
 
 
 def _refuse(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {escape(message)}", file=sys.stderr)
     print("verdict: refused (nothing ran)")
     return 2
 
@@ -49,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
 
     out = sys.stderr if args.json else sys.stdout
 
-    def say(line: str) -> None:
-        print(line, file=out, flush=True)
+    def say(line: str) -> None:  # lines name the bundle's files and a report's claims: escaped, one line each
+        print(escape(line), file=out, flush=True)
 
     if getattr(args, "chain", False) or getattr(args, "chain_dir", None):
         return _refuse("--chain: not with segment verification (--chain reproduces a chain of restart bundles; "
@@ -76,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
                        data_root=Path(args.data_root).resolve() if args.data_root else None, sets=list(args.set),
                        code=Path(args.code) if args.code else None, strict_env=args.strict_env,
                        sandbox=args.sandbox, tolerance=args.tolerance,
-                       echo=None if args.quiet else (lambda line: print(f"  | {line}", file=out, flush=True)),
+                       echo=None if args.quiet else (lambda line: print(f"  | {escape(line)}", file=out, flush=True)),
                        args=args.args)
         seg = SegmentOptions(jobs=1 if args.jobs is None else args.jobs, segment=args.segment, sample=args.sample,
                              seed=args.seed)
@@ -92,22 +94,23 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print("", file=out)
     for r in (rep.segments or {}).get("results", []):
-        print(interval_line(r))
-    print(f"verdict: {outcome.headline}")
+        print(escape(interval_line(r)))
+    print(f"verdict: {escape(outcome.headline)}")
     cov = (rep.segments or {}).get("coverage") or {}
     if cov.get("not_checked"):
         for line in cov.get("rules_out", []):
-            print(f"  rules out: {line}")
+            print(f"  rules out: {escape(line)}")
         for line in cov.get("cannot_rule_out", []):
-            print(f"  cannot rule out: {line}")
+            print(f"  cannot rule out: {escape(line)}")
     if outcome.path is not None:
         print(f"report: {outcome.path}")
-    print(f"reproduces: {rep.original.get('run_id')} (root sha256:{rep.original.get('root_digest')})")
+    print(escape(f"reproduces: {rep.original.get('run_id')} (root sha256:{rep.original.get('root_digest')})"))
     return outcome.exit_status
 
 
 def interval_line(r: dict[str, Any]) -> str:
-    start = f"the checkpoint of step {r['from_step']}" if r.get("restores") else "the recorded init"
+    start = (f"the checkpoint of step {r['from_step']}" if r.get("restores") else "the recorded init"
+             if not r.get("from_step") else f"the checkpoint of step {r['from_step']} the original continued from")
     head = r["headline"]
     ck = r.get("end_checkpoint")
     tail = ""
