@@ -609,3 +609,19 @@ def test_a_chain_reproduces_within_tolerance_at_another_thread_count(tiny_bundle
     first, second = out.segments
     assert first["link"]["step"] == k and (first["link"]["matches"] or first["link"]["within_tolerance"])
     assert {first["verdict"], second["verdict"]} <= {BITWISE, WITHIN}
+
+
+def test_an_order_divergence_where_the_original_has_no_batch_says_so() -> None:
+    """The replay's 'the original recorded no batch for this step' has no sample to name: the cause said
+    'chose sample None where the original had None (position None)'."""
+    from provenance.reproduce.verdict import find_causes
+
+    d = {"data": {"datasets": {}, "only_a": [], "only_b": []}, "metrics": {"other_keys": {}},
+         "config": {"changed": [], "only_a": [], "only_b": []}, "code": {"changed": [], "only_a": [], "only_b": []},
+         "environment": {"differences": []}}
+    none = find_causes(d, {"step": 1, "kind": "order", "detail": "the original recorded no batch for this step"}, {})
+    assert none[0]["kind"] == "order" and "None" not in none[0]["summary"], none
+    assert "the original recorded no batch at step 1" in none[0]["summary"]
+    some = find_causes(d, {"step": 3, "kind": "order", "position": 2, "recorded_sample": 7, "computed_sample": 9}, {})
+    assert some[0]["summary"] == ("different data order: at step 3 the training chose sample 9 where the original "
+                                  "had 7 (position 2)")

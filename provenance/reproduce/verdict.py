@@ -135,11 +135,15 @@ def find_causes(d: dict[str, Any], first: dict[str, Any] | None, summary: dict[s
             causes.append({"kind": "environment", "what": f"{x['category']} {x['name']}", "a": x["a"], "b": x["b"],
                            "summary": f"different environment: {pdiff.env_line(x)}"})
     if first is not None and first.get("kind") == "order":
+        if first.get("position") is None:  # no sample to compare: one side has no batch at this step
+            what = (f"the original recorded no batch at step {first['step']} (it trained other steps: did the "
+                    "reproduction start where the original did, e.g. from the checkpoint it continued from?)")
+        else:
+            what = (f"at step {first['step']} the training chose sample {first.get('computed_sample')} where the "
+                    f"original had {first.get('recorded_sample')} (position {first.get('position')})")
         causes.append({"kind": "order", "step": first["step"], "position": first.get("position"),
                        "recorded_sample": first.get("recorded_sample"), "computed_sample": first.get("computed_sample"),
-                       "summary": f"different data order: at step {first['step']} the training chose sample "
-                                  f"{first.get('computed_sample')} where the original had "
-                                  f"{first.get('recorded_sample')} (position {first.get('position')})"})
+                       "summary": f"different data order: {what}"})
     if first is not None and not causes:
         diffv = summary.get("max_loss_abs_diff") or d["metrics"].get("max_abs_diff") or 0.0
         causes.append({"kind": "numerics", "max_abs_loss_diff": diffv,
