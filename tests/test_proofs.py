@@ -133,6 +133,8 @@ def test_sample_past_the_end_is_exit_2(tiny_bundle: Path, capsys: pytest.Capture
     n = len(_train_lines(tiny_bundle))
     assert main(["prove", str(tiny_bundle), "--sample", str(n)]) == 2
     assert f"sample id {n} is past the end" in capsys.readouterr().err
+    assert main(["prove", str(tiny_bundle), "--sample", "-1"]) == 2
+    assert "sample id -1 is not a sample id (ids count from 0)" in capsys.readouterr().err
 
 
 def test_resolve_a_step_matches_a_direct_read(tiny_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -185,7 +185,9 @@ def locate(manifest: dict[str, Any], sample: int) -> dict[str, Any]:
     lay = layout_of(manifest)
     name = manifest.get("name")
     count = lay.get("count")
-    if not isinstance(sample, int) or sample < 0 or (isinstance(count, int) and sample >= count):
+    if not isinstance(sample, int) or sample < 0:
+        raise LayoutError(f"dataset '{name}': sample id {sample} is not a sample id (ids count from 0)")
+    if isinstance(count, int) and sample >= count:
         raise LayoutError(f"dataset '{name}': sample id {sample} is past the end ({count} samples)")
     if lay["type"] == "lines":
         if not lay.get("file"):
