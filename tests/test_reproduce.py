@@ -625,3 +625,18 @@ def test_an_order_divergence_where_the_original_has_no_batch_says_so() -> None:
     some = find_causes(d, {"step": 3, "kind": "order", "position": 2, "recorded_sample": 7, "computed_sample": 9}, {})
     assert some[0]["summary"] == ("different data order: at step 3 the training chose sample 9 where the original "
                                   "had 7 (position 2)")
+
+
+def test_a_reproduction_that_stops_early_audits(tiny_bundle: Path, tmp_path: Path) -> None:
+    """--steps N (and every --segments interval) stops the training after the steps it checks, before it saves
+    its final model: run.json says so (stopped_by_replay) and the audit's model check does not fail it (it
+    failed 'a completed run saves its final model')."""
+    from provenance.audit import audit
+
+    out = reproduce(tiny_bundle, Options(workdir=tmp_path / "w", steps=2))
+    assert out.exit_status == 0 and out.bundle is not None, out.headline
+    info = formats.read_json(out.bundle / formats.RUN_JSON)
+    assert info["status"] == "completed" and info["stopped_by_replay"]["after_step"] == 2
+    rep = audit(out.bundle)
+    assert rep.integrity.ok and rep.consistency_ok, rep.failures()
+    assert rep.check("model").status == "skip"

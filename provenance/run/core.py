@@ -313,6 +313,9 @@ class Run:
                  tb: TracebackType | None) -> bool:
         if exc is None or isinstance(exc, StopRun):
             status, exit_status, error = "completed", 0, None
+            if isinstance(exc, StopRun):  # a reproduction that checked the steps asked for: no final model
+                self._run_info["stopped_by_replay"] = {"after_step": self.recorder.last_step if self.recorder
+                                                       else None, "why": str(exc)}
         elif isinstance(exc, KeyboardInterrupt):
             signum = exc.signum if isinstance(exc, RunInterrupted) else signal.SIGINT
             status, exit_status = "interrupted", 128 + int(signum)
