@@ -168,6 +168,7 @@ def test_one_off_fault_is_confined_to_its_interval(tmp_path: Path) -> None:
     assert formats.read_json(tmp_path / "w" / SEGMENTS_REPORT)["segments"]["pattern"]["kind"] == "one-off"
 
 
+@pytest.mark.slow  # ~25 s on 2 cores; the one-off fault keeps interval localisation in the default suite
 def test_persistent_fault_shows_in_every_later_interval(tmp_path: Path) -> None:
     orig = faulty_original(tmp_path, "persistent")
     out = reproduce_segments(orig, Options(workdir=tmp_path / "w"), SegmentOptions(jobs=2))

@@ -48,7 +48,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module", params=["raise", "kill"])
+@pytest.fixture(scope="module", params=["raise", pytest.param("kill", marks=pytest.mark.slow)])
 def relaunched(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     """torchrun --max-restarts=1: the first attempt fails after step 5 (raises, or is SIGKILLed)."""
     crash = str(request.param)
