@@ -32,8 +32,9 @@ def _repo_copy(tmp: Path, env: dict[str, str]) -> Path:
                            capture_output=True, check=True).stdout.decode().split("\0")
     for name in filter(None, names):
         src = REPO / name
-        wanted = name.split("/")[0] in ("provenance", "training", "configs") or name in (
-            "dvc.yaml", ".dvcignore", ".gitignore", "pyproject.toml")
+        wanted = (name.split("/")[0] in ("provenance", "training", "configs")  # docs/model: the config's documents
+                  or name.startswith("docs/model/") or name in (
+            "dvc.yaml", ".dvcignore", ".gitignore", "pyproject.toml"))
         if wanted and src.is_file():
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, repo / name)
