@@ -88,7 +88,6 @@ from provenance.reproduce.verdict import (
     find_causes,
     fmt_value,
 )
-from provenance.run.relaunch import continued_from
 
 __all__ = [
     "BITWISE",
@@ -307,6 +306,9 @@ def _in_workdir(src: Path, digest: str, audit_report: Any, archive_input: bool, 
         readable = [orig.root, *(s.source for s in staged if s.source is not None)]
         if resumed:
             readable.append(Path(str(resumed)))
+        # imported here: provenance.run imports torch, and the audit loads this package for its checks
+        from provenance.run.relaunch import continued_from
+
         relaunched = continued_from(orig.root, orig.run)  # a torchrun relaunch restores the previous segment's
         if relaunched is not None:
             readable.append(relaunched[0])
