@@ -243,3 +243,17 @@ class Box:
         assert sorted(p.name for p in self.work.iterdir()) == [self.bundle.name], "a work folder was left behind"
         if unchanged:
             assert tree(self.work) == self.work_tree, "the command changed the bundle although it refused"
+
+
+# the folder cases every command that reads a bundle refuses alike: case -> (make it hostile, words the one
+# error line must hold)
+FOLDER_CASES: dict[str, tuple[Callable[[Path], None], tuple[str, ...]]] = {
+    "symlink out of the bundle": (symlink, ("logs/evil.jsonl: a symbolic link to '/etc/passwd'",)),
+    "FIFO": (fifo, ("logs/pipe.log: a FIFO",)),
+    ".x.tmp leftover symlinked to a folder": (tmp_link_to_folder, (".x.tmp: a symbolic link",)),
+    "non-UTF-8 file name": (non_utf8_name, ("bad-\\xff-name.txt", "not UTF-8")),
+    "deeply nested manifest": (deep_manifest, ("manifest.json: JSON nested too deeply",)),
+    "5,000-digit integer in a metrics line": (huge_int_metrics, ("logs/metrics.jsonl", "5000 digits")),
+    "deeply nested run.json": (deep_run_json, ("run.json", "nested")),
+    "deeply nested metrics line": (deep_metrics_line, ("logs/metrics.jsonl", "nested")),
+}

@@ -32,14 +32,7 @@ def index_step_not_an_integer(b: Path) -> None:
 REFUSED: dict[str, tuple[Callable[[Path], None], tuple[str, ...]]] = {
     "checkpoint index entry whose step is not an integer": (index_step_not_an_integer,
                                                             ("checkpoints/index.json", "integer step")),
-    "symlink out of the bundle": (h.symlink, ("logs/evil.jsonl: a symbolic link to '/etc/passwd'",)),
-    "FIFO": (h.fifo, ("logs/pipe.log: a FIFO",)),
-    ".x.tmp leftover symlinked to a folder": (h.tmp_link_to_folder, (".x.tmp: a symbolic link",)),
-    "non-UTF-8 file name": (h.non_utf8_name, ("bad-\\xff-name.txt", "not UTF-8")),
-    "deeply nested manifest": (h.deep_manifest, ("manifest.json: JSON nested too deeply",)),
-    "5,000-digit integer in a metrics line": (h.huge_int_metrics, ("logs/metrics.jsonl", "5000 digits")),
-    "deeply nested run.json": (h.deep_run_json, ("run.json", "nested")),
-    "deeply nested metrics line": (h.deep_metrics_line, ("logs/metrics.jsonl", "nested")),
+    **h.FOLDER_CASES,
     "a release archive instead of a folder": (h.archive_with_link, ("not a run bundle",)),
 }
 

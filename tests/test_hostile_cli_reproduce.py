@@ -17,14 +17,7 @@ from conftest import offline_env
 
 # case -> (make it hostile, words the one error line must hold)
 CASES: dict[str, tuple[Callable[[Path], None], tuple[str, ...]]] = {
-    "symlink out of the bundle": (h.symlink, ("logs/evil.jsonl: a symbolic link to '/etc/passwd'",)),
-    "FIFO": (h.fifo, ("logs/pipe.log: a FIFO",)),
-    ".x.tmp leftover symlinked to a folder": (h.tmp_link_to_folder, (".x.tmp: a symbolic link",)),
-    "non-UTF-8 file name": (h.non_utf8_name, ("bad-\\xff-name.txt", "not UTF-8")),
-    "deeply nested manifest": (h.deep_manifest, ("manifest.json: JSON nested too deeply",)),
-    "5,000-digit integer in a metrics line": (h.huge_int_metrics, ("logs/metrics.jsonl", "5000 digits")),
-    "deeply nested run.json": (h.deep_run_json, ("run.json", "nested")),
-    "deeply nested metrics line": (h.deep_metrics_line, ("logs/metrics.jsonl", "nested")),
+    **h.FOLDER_CASES,
     "newline in a resource name": (h.forged_pass_line, ("x\\nINTEGRITY    PASS",)),
     "recorded command not bound by its digest": (h.tampered_command, ("command_digest", "not running it")),
     "code snapshot with a ../ member": (h.escaping_snapshot, ("'../escaped.py' escapes the destination",)),

@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import socket
-import stat
 import struct
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, TINY, offline_env
+from hostile import tree as snapshot
 
 from provenance import formats
 from provenance.capture.process import process_identity, process_state
@@ -32,21 +32,6 @@ def prov(*args: str, env_dir: Path) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=TIMEOUT)
 
 
-def snapshot(folder: Path) -> dict[str, tuple[str, bytes]]:
-    """Every entry under folder (links and FIFOs not followed or opened): its kind and, for files, bytes."""
-    out: dict[str, tuple[str, bytes]] = {}
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            st = os.lstat(p)
-            rel = os.fsencode(p.relative_to(folder)).hex()
-            if stat.S_ISLNK(st.st_mode):
-                out[rel] = ("link", os.readlink(p).encode())
-            elif stat.S_ISREG(st.st_mode):
-                out[rel] = ("file", p.read_bytes())
-            else:
-                out[rel] = ("dir" if stat.S_ISDIR(st.st_mode) else "other", b"")
-    return out
 
 
 def assert_one_line_refusal(proc: subprocess.CompletedProcess[str], *words: str) -> None:
