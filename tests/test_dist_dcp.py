@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -177,6 +178,9 @@ def test_rank_killed_during_a_save_leaves_no_valid_checkpoint(tmp_path: Path) ->
     proc = launch(tmp_path / "runs", 4, FIXTURE_KILL_RANK1_AT="4")
     assert proc.returncode != 0
     root = only(tmp_path / "runs")
+    deadline = time.monotonic() + 120  # rank 0's detached sealer may seal after torchrun returned
+    while not (root / formats.MANIFEST).exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
     info = formats.read_json(root / formats.RUN_JSON)
     assert info["status"] in ("failed", "interrupted")
     idx = formats.read_json(root / formats.CHECKPOINT_INDEX)
