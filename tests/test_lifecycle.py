@@ -87,6 +87,18 @@ def test_failure_is_recorded_with_traceback_and_sealed(tmp_path: Path) -> None:
     _verify_seal(root)
 
 
+def test_sigterm_while_the_failure_is_recorded_still_seals(tmp_path: Path) -> None:
+    """A launcher's SIGTERM that lands inside the run's exit handler (here: while it formats the error)
+    is noted, not raised: the bundle is sealed as failed, not left `running` for `prov seal`."""
+    proc = _start("term-while-failing", tmp_path)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    root = only_run(tmp_path / "runs")
+    info = json.loads((root / "run.json").read_text())
+    assert info["status"] == "failed" and info["error"]["type"] == "SigtermWhenFormatted", info
+    _verify_seal(root)
+
+
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_sigterm_and_sigint_seal_as_interrupted(tmp_path: Path, sig: signal.Signals, code: int) -> None:
     proc = _start("slow", tmp_path)

@@ -311,6 +311,9 @@ class Run:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> bool:
+        # from here on a SIGTERM (a launcher stopping the survivors of a lost rank) is noted, not raised:
+        # raised while this exception is formatted, it would escape before the bundle is sealed
+        self._signals.defer()
         if exc is None or isinstance(exc, StopRun):
             status, exit_status, error = "completed", 0, None
             if isinstance(exc, StopRun):  # a reproduction that checked the steps asked for: no final model

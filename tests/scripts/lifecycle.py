@@ -1,16 +1,29 @@
 """A small script around start_run for lifecycle tests: python lifecycle.py MODE RUNS_DIR.
 
-MODE: ok | fail | slow (runs until killed) | secrets
+MODE: ok | fail | slow (runs until killed) | secrets | term-while-failing (a SIGTERM arrives while the
+run's exit handler formats the failure, as when a launcher stops the survivors of a lost rank)
 """
 
 import ctypes
 import os
+import signal
 import sys
 import time
 
 import torch
 
 from provenance import start_run
+
+
+class SigtermWhenFormatted(RuntimeError):
+    sent = False
+
+    def __str__(self) -> str:
+        if not SigtermWhenFormatted.sent:  # once: the first formatting is inside the run's __exit__
+            SigtermWhenFormatted.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+        return "failed, then stopped by the launcher"
+
 
 mode, runs = sys.argv[1], sys.argv[2]
 config = {"mode": mode, "token_in_config": os.environ.get("MY_API_TOKEN", "")}
@@ -40,6 +53,8 @@ with start_run(config, name=f"life-{mode}", runs_dir=runs, seed=1, threads=1) as
             print(f"checkpoint {step}", flush=True)
         if mode == "fail" and step == 3:
             raise RuntimeError("boom at step 3")
+        if mode == "term-while-failing" and step == 3:
+            raise SigtermWhenFormatted()
         if mode == "slow":
             time.sleep(0.02)
         elif step == 10:
