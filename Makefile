@@ -37,13 +37,16 @@ train: install
 figures: install
 	$(PY) bench/readme_figures.py --write-readme
 
+# Test files run in parallel, one worker a core (at most 4): a file's tests stay in one worker, so its
+# module fixtures are built once. `make test PYTEST_ARGS=-n0` runs them in one process.
+PYTEST_ARGS ?=
 test: install
 	$(VENV)/bin/ruff check provenance training tests bench
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses=4 --dist loadfile $(PYTEST_ARGS)
 
 # The long checks (torchrun, HF Trainer, DVC repro: over a minute each on 2 cores).
 test-slow: install
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow -n auto --maxprocesses=4 --dist loadfile $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check provenance training tests bench
