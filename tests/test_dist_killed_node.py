@@ -167,3 +167,118 @@ def test_rank0_failing_alone_is_sealed_after_the_others_end(tmp_path: Path) -> N
     assert report.integrity.ok and report.consistency_ok, report.failures()
     assert report.check("ranks").summary == "2 ranks: ranks 0 ended failed (last step 3); ranks 1 ended interrupted " \
                                             "(last step 4)"
+
+
+def _left_for_the_sealer(tmp: Path) -> Path:
+    """A bundle as rank 0 leaves it for its detached sealer: ended (failed), run.json written, not sealed;
+    rank 0's process gone, rank 1 wrote its end event."""
+    from provenance import start_run
+    from provenance.bundle import write_run_info
+
+    (tmp / "code").mkdir()
+    (tmp / "code" / "train.py").write_text("pass\n")
+    with start_run({"x": 1}, name="sealer", runs_dir=tmp / "runs", code_root=tmp / "code",
+                   capture_output=False) as run:
+        run.log(1, loss=1.0)
+    root = run.root
+    (root / formats.MANIFEST).unlink()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    info = formats.read_json(root / formats.RUN_JSON)
+    info.update(status="failed", exit_status=1, pid=int(gone.stdout), process=None, world_size=2,
+                error={"type": "RuntimeError", "message": "rank 0 fails alone", "traceback": None})
+    write_run_info(root, info)
+    (root / formats.rank_log(formats.EVENTS, 1)).write_text(json.dumps({"event": "interrupted"}) + "\n")
+    return root
+
+
+def _prov_seal(root: Path) -> str:
+    from provenance.bundle import BundleError
+    from provenance.recover import seal_run
+
+    try:
+        return f"sealed {seal_run(root)['root_digest']}"
+    except BundleError as exc:
+        return str(exc)
+
+
+def _locked(root: Path) -> bool:
+    import fcntl
+
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def test_the_detached_sealer_and_a_racing_prov_seal_seal_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`prov seal` runs just as the detached sealer is about to record its ranks: it waits for the sealer's
+    folder lock and finds the bundle sealed (before, it sealed, then the sealer rewrote run.json and sealed
+    over it: two seals, the first one's root digest gone). A sealer finding a sealed bundle does nothing."""
+    import threading
+
+    from provenance import bundle, recover
+
+    root = _left_for_the_sealer(tmp_path)
+    seals: list[str] = []
+    real_seal, real_write = bundle.seal_folder_locked, bundle.write_run_info
+
+    def counted_seal(*a: Any, **k: Any) -> str:
+        seals.append(real_seal(*a, **k))
+        return seals[-1]
+
+    said: list[str] = []
+    waiting: list[threading.Thread] = []
+
+    def prov_seal_races(dest: Any, info: dict[str, Any]) -> None:
+        if not said and not waiting:
+            if _locked(root):  # the sealer holds the folder lock: `prov seal` waits for it
+                waiting.append(threading.Thread(target=lambda: said.append(_prov_seal(root))))
+                waiting[0].start()
+            else:
+                said.append(_prov_seal(root))
+        real_write(dest, info)
+
+    monkeypatch.setattr(bundle, "seal_folder_locked", counted_seal)
+    monkeypatch.setattr(recover, "seal_folder_locked", counted_seal)
+    monkeypatch.setattr(bundle, "write_run_info", prov_seal_races)
+    ranks.seal_when_ended(root, 0, [1], 2, 0.0)
+    for t in waiting:
+        t.join(timeout=60)
+    assert len(seals) == 1, seals
+    assert len(said) == 1 and "already sealed" in said[0], said
+    info = formats.read_json(root / formats.RUN_JSON)
+    assert info["status"] == "failed" and info["sealed_by"]["command"] == "rank 0's detached sealer"
+    manifest = (root / formats.MANIFEST).read_bytes()
+    ranks.seal_when_ended(root, 0, [1], 2, 0.0)  # sealed meanwhile: a no-op
+    assert len(seals) == 1 and (root / formats.MANIFEST).read_bytes() == manifest
+    assert formats.read_json(root / formats.RUN_JSON) == info
+    report = audit(root)
+    assert report.integrity.ok, report.failures()
+
+
+def test_a_failing_detached_sealer_leaves_the_bundle_for_prov_seal(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sealer fails while it seals: run.json is as rank 0 left it (no `sealed_by` claiming a seal that
+    never happened), nothing is sealed, and `prov seal` seals it."""
+    from provenance import bundle
+
+    root = _left_for_the_sealer(tmp_path)
+    left = formats.read_json(root / formats.RUN_JSON)
+
+    def disk_full(*a: Any, **k: Any) -> str:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(bundle, "seal_folder_locked", disk_full)
+        with pytest.raises(OSError, match="No space left"):
+            ranks.seal_when_ended(root, 0, [1], 2, 0.0)
+    assert not (root / formats.MANIFEST).exists()
+    assert formats.read_json(root / formats.RUN_JSON) == left
+    assert _prov_seal(root).startswith("sealed ")
+    info = formats.read_json(root / formats.RUN_JSON)
+    assert info["status"] == "failed" and "sealed_by" not in info
+    assert audit(root).integrity.ok

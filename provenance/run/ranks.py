@@ -221,8 +221,13 @@ def seal_when_ended(root: str | os.PathLike[str], pid: int, ranks: list[int], wo
                     grace_s: float) -> None:
     """The detached sealer of a run whose rank 0 ended while other ranks were still alive: wait for rank
     0's process (`pid`) to exit, then up to `grace_s` for `ranks` to write their end events, record the
-    ranks still without one in run.json, and seal. Left unsealed (for `prov seal`) if anything fails."""
-    from provenance.bundle import seal_folder, write_run_info
+    ranks still without one in run.json, and seal.
+
+    The check and the seal are one step under the folder lock that `prov seal`, `prov note` and the
+    bundle writer's seal take: a bundle sealed meanwhile (a `prov seal`, a torchrun relaunch sealing its
+    previous attempt) is left as it is. If anything fails, run.json is put back as rank 0 left it and
+    nothing is sealed: the bundle stays unsealed, for `prov seal`."""
+    from provenance.bundle import folder_lock, seal_folder_locked, write_run_info
     from provenance.capture.process import process_state
 
     root = Path(root)
@@ -234,19 +239,26 @@ def seal_when_ended(root: str | os.PathLike[str], pid: int, ranks: list[int], wo
     while waiting and time.monotonic() < deadline:
         waiting = [r for r in waiting if not rank_ended(root, r, world_size)]
         time.sleep(0.1)
-    if (root / formats.MANIFEST).exists():
-        return
-    info = formats.read_json(root / formats.RUN_JSON)
-    before = [r for r in info.get("ranks_without_end") or [] if r not in ranks]
-    still = sorted(before + [r for r in ranks if not rank_ended(root, r, world_size)])
-    if still:
-        info["ranks_without_end"] = still
-    else:
-        info.pop("ranks_without_end", None)
-    info["sealed_by"] = {"command": "rank 0's detached sealer", "time": formats.utc_now(),
-                         "waited_for_ranks": ranks}
-    write_run_info(root, info)
-    seal_folder(root)
+    with folder_lock(root):
+        if (root / formats.MANIFEST).exists():
+            return  # sealed meanwhile: never sealed twice, never run.json changed under a seal
+        left = formats.read_json(root / formats.RUN_JSON)  # as rank 0 left it
+        info = dict(left)
+        before = [r for r in info.get("ranks_without_end") or [] if r not in ranks]
+        still = sorted(before + [r for r in ranks if not rank_ended(root, r, world_size)])
+        if still:
+            info["ranks_without_end"] = still
+        else:
+            info.pop("ranks_without_end", None)
+        info["sealed_by"] = {"command": "rank 0's detached sealer", "time": formats.utc_now(),
+                             "waited_for_ranks": ranks}
+        write_run_info(root, info)
+        try:
+            seal_folder_locked(root)
+        except BaseException:
+            if not (root / formats.MANIFEST).exists():
+                write_run_info(root, left)  # unsealed, as rank 0 left it: `prov seal` seals it
+            raise
 
 
 def last_event(root: Path, rank: int, world_size: int) -> dict[str, Any] | None:
