@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
 import tempfile
@@ -115,13 +116,65 @@ def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+# Strict JSON (RFC 8259) has no NaN or infinities (Python's json writes them as the bare words NaN, Infinity,
+# which strict parsers, jq and JavaScript's JSON.parse reject). Every JSON the package writes is strict: a
+# non-finite float is written as one of these strings, and readers that expect a number decode it (as_float).
+NON_FINITE = ("NaN", "Infinity", "-Infinity")
+
+
+def _non_finite_name(x: float) -> str:
+    return "NaN" if x != x else ("Infinity" if x > 0 else "-Infinity")
+
+
+def strict_json(obj: Any) -> Any:
+    """`obj` with every non-finite float (NaN, ±inf) replaced by its name ("NaN", "Infinity", "-Infinity")."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else _non_finite_name(obj)
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
+def as_float(value: Any) -> float | None:
+    """A number read from a bundle's JSON as a float: a JSON number, or a non-finite one as strict_json wrote it
+    ("NaN", "Infinity", "-Infinity"); None for anything else (a bool, a string, null)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str) and value in NON_FINITE:
+        return float(value)
+    return None
+
+
+def non_finite_keys(obj: Any, prefix: str = "") -> list[str]:
+    """The dotted keys of `obj` whose value is a non-finite float (a config must round-trip exactly)."""
+    if isinstance(obj, float):
+        return [] if math.isfinite(obj) else [prefix or "(the value)"]
+    if isinstance(obj, dict):
+        return [k for key, v in obj.items() for k in non_finite_keys(v, f"{prefix}.{key}" if prefix else str(key))]
+    if isinstance(obj, list | tuple):
+        return [k for i, v in enumerate(obj) for k in non_finite_keys(v, f"{prefix}[{i}]")]
+    return []
+
+
+def _strict_dumps(obj: Any, **kw: Any) -> str:
+    try:
+        return json.dumps(obj, allow_nan=False, **kw)
+    except ValueError:  # a non-finite float somewhere (the common case pays nothing for the walk)
+        return json.dumps(strict_json(obj), allow_nan=False, **kw)
+
+
 def dumps(obj: Any) -> str:
-    """Canonical JSON: sorted keys, UTF-8, no NaN surprises hidden."""
-    return json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+    """Canonical strict JSON: sorted keys, UTF-8, a non-finite float written as "NaN"/"Infinity"/"-Infinity"."""
+    return _strict_dumps(obj, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
 
 
 def dumps_line(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":")) + "\n"
+    """One strict JSON line (as dumps, compact)."""
+    return _strict_dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":")) + "\n"
 
 
 def digest_str(hex_digest: str, algorithm: str = ALGORITHM) -> str:

@@ -166,10 +166,11 @@ class Replay:
         self.steps_checked += 1
         orig = self.metrics.get(step)
         loss = metrics.get("loss")
-        if orig is None or "loss" not in orig or not isinstance(loss, float):
+        recorded = formats.as_float(orig.get("loss")) if orig is not None else None  # "NaN": a NaN, strict JSON
+        if recorded is None or not isinstance(loss, float):
             rec["loss"] = "not compared"
             return rec
-        a, b = float(orig["loss"]), loss
+        a, b = recorded, loss
         rec.update({"loss_recorded": a, "loss": b})
         if _float_bits(a) == _float_bits(b) or (math.isnan(a) and math.isnan(b)):
             rec["loss_match"] = True

@@ -411,3 +411,71 @@ def test_calibration_refuses_a_non_finite_difference(where: str, monkeypatch: py
     monkeypatch.setattr(tolerance, "divergence_curve", lambda *a, **k: {"steps": steps, "checkpoints": ckpts})
     with pytest.raises(Refused, match=r"non-finite amount .* at step 2"):
         tolerance.measure_noise(Path("a"), Path("b"), 1, 3)
+
+
+# --- strict JSON: a NaN or infinite number is never written as a bare NaN/Infinity -------------------------
+
+
+def _strict(text: str) -> object:
+    def refuse(word: str) -> object:
+        raise ValueError(f"not strict JSON: {word}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_nan_loss_and_an_infinite_difference_are_written_as_strict_json(tiny_bundle: Path, tmp_path: Path) -> None:
+    """A reproduction whose loss is NaN at one step and infinite at another: the metrics, the divergence curve,
+    the bounds' verdict and the report are strict JSON (no bare NaN/Infinity), and the non-finite losses are
+    read back as what they are (never skipped as 'not a number')."""
+    from provenance.bundle import write_reproduction_report
+    from provenance.replay import Replay
+    from provenance.reproduce.tolerance import check_bounds, divergence_curve
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(tiny_bundle, a)
+    shutil.copytree(tiny_bundle, b)
+    rows = list(formats.read_jsonl(b / formats.METRICS))
+    for r in rows:
+        if r["step"] == 2:
+            r["loss"] = float("nan")
+        if r["step"] == 3:
+            r["loss"] = float("inf")
+    (b / formats.METRICS).write_text("".join(formats.dumps_line(r) for r in rows))
+    text = (b / formats.METRICS).read_text()
+    for line in text.splitlines():
+        _strict(line)
+    assert '"loss":"NaN"' in text and '"loss":"Infinity"' in text
+    last = last_step(tiny_bundle)
+    tol = Tolerance("bounds", 1e-3, 1e-3)
+    curve = divergence_curve(a, b, 1, last, tol)
+    by_step = {c["step"]: c for c in curve["steps"]}
+    assert by_step[2]["rel_diff"] is None and by_step[2]["non_finite"]["loss"] == "nan"
+    assert by_step[3]["non_finite"]["rel_diff"] == "inf" and by_step[1]["rel_diff"] == 0.0
+    ckpts = {int(e["step"]): e["sha256"] for e in formats.read_json(a / formats.CHECKPOINT_INDEX)["checkpoints"]}
+    bounds = check_bounds(a, ckpts, b, 1, last, tol)
+    assert bounds["first_out"]["step"] == 2 and bounds["first_out"]["kind"] == "loss"  # the NaN is out of bounds
+    # the replay reads the recorded NaN as a NaN (equal to a NaN), the infinity as an infinity
+    replay = Replay(b)
+    assert replay.log(2, {"loss": float("nan")}, {"step": 2})["loss_match"] is True
+    assert replay.log(3, {"loss": float("inf")}, {"step": 3})["loss_match"] is True
+    assert replay.log(4, {"loss": float("inf")}, {"step": 4})["loss_match"] is False
+    summary = formats.dumps(replay.summary(None))
+    assert _strict(summary)["max_loss_abs_diff"] == "Infinity"  # type: ignore[index]
+    (tmp_path / "r" / "reproduction").mkdir(parents=True)
+    write_reproduction_report(tmp_path / "r", {"curve": curve, "bounds": bounds, "tolerance": tol.to_dict()})
+    doc = _strict((tmp_path / "r" / formats.REPRO_REPORT).read_text())
+    assert doc["bounds"]["first_out"]["loss"] == "NaN"  # type: ignore[index]
+    assert formats.as_float("Infinity") == float("inf") and formats.as_float("inf") is None
+
+
+def test_a_config_with_a_non_finite_number_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    from provenance import start_run
+    from provenance.config import ConfigError
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "train.py").write_text("print('hi')\n")
+    with pytest.raises(ConfigError, match=r"config key train\.clip is not a finite number"):
+        with start_run({"train": {"clip": float("inf")}}, name="nan", runs_dir=tmp_path / "runs", seed=1,
+                       threads=1, code_root=tmp_path / "src", capture_output=False, argv=["python", "train.py"]):
+            pass
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from provenance import formats
 from provenance.untrusted import escape
 
 
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
                    tolerance=args.tolerance, echo=None if args.quiet else echo, args=args.args)
     outcome = reproduce_chain(Path(args.bundle), opts, dirs=args.chain_dir or (), say=None if args.quiet else say)
     if args.json:
-        sys.stdout.write(json.dumps(outcome.to_dict(), sort_keys=True, indent=2, ensure_ascii=False) + "\n")
+        sys.stdout.write(formats.dumps(outcome.to_dict()))  # strict JSON
         return outcome.exit_status
     if outcome.exit_status == 2 and not outcome.segments:
         print(f"error: {escape(outcome.headline)}", file=sys.stderr)

@@ -4,11 +4,11 @@ REPORT...`: segment verification (provenance.reproduce.segments), printed."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from provenance import formats
 from provenance.untrusted import escape
 
 
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         doc = {**rep.to_dict(), "report_path": str(outcome.path) if outcome.path else None,
                "workdir": str(outcome.workdir) if outcome.workdir else None}
-        sys.stdout.write(json.dumps(doc, sort_keys=True, indent=2, ensure_ascii=False) + "\n")
+        sys.stdout.write(formats.dumps(doc))  # strict JSON
         return outcome.exit_status
     if outcome.verdict == "refused":
         return _refuse(outcome.headline.removeprefix("refused: "))

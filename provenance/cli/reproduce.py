@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from provenance import formats
 from provenance.untrusted import escape
 
 
@@ -53,7 +53,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         doc = {**rep.to_dict(), "bundle": str(outcome.bundle) if outcome.bundle else None,
                "root_digest": f"sha256:{outcome.root_digest}" if outcome.root_digest else None,
                "workdir": str(outcome.workdir) if outcome.workdir else None}
-        sys.stdout.write(json.dumps(doc, sort_keys=True, indent=2, ensure_ascii=False) + "\n")
+        sys.stdout.write(formats.dumps(doc))  # strict JSON
         return outcome.exit_status
     if not args.quiet:
         print("", file=out)

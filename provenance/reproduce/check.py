@@ -58,8 +58,10 @@ def check_reproduction(view: Any, out: Any) -> None:
         out.error(f"{len(ckpts)} checkpoint records, but the summary says {summ.checkpoints_checked}",
                   file=STEPS_LOG)
     metrics = {r.get("step"): r for r in (view.try_jsonl(formats.METRICS) or [])}
-    bad = [r.get("step") for r in steps if "loss" in r and isinstance(r.get("loss"), float)
-           and not pdiff.same_value(r["loss"], (metrics.get(r.get("step")) or {}).get("loss"))]
+    bad = [r.get("step") for r in steps if "loss" in r and isinstance(r.get("loss"), float | str)
+           and formats.as_float(r["loss"]) is not None  # a non-finite loss is written "NaN", "Infinity" (strict)
+           and not pdiff.same_value(formats.as_float(r["loss"]),
+                                    formats.as_float((metrics.get(r.get("step")) or {}).get("loss")))]
     if bad:
         out.error(f"the losses compared at steps {bad[:5]} are not the losses this run logged", file=STEPS_LOG)
     try:

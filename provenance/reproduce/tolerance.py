@@ -257,12 +257,26 @@ def _read_side(root: Path) -> _Side:
 
     try:
         with reader.Bundle(root) as b:
-            return _Side(losses={r["step"]: r.get("loss") for r in b.records(formats.METRICS)
+            # a non-finite loss is written as "NaN"/"Infinity"/"-Infinity" (strict JSON): decoded, never skipped
+            return _Side(losses={r["step"]: _loss(r.get("loss")) for r in b.records(formats.METRICS)
                                  if isinstance(r.get("step"), int)},
                          order={s.step: s.sample_ids for s in b.order(0)}, steps_log=b.records(STEPS_LOG),
                          checkpoints=checkpoint_entries(root, b))
     except (reader.Refused, reader.BundleFileError) as exc:
         raise formats.FormatError(str(exc)) from None
+
+
+def _loss(value: Any) -> Any:
+    """A logged loss: a float (a non-finite one decoded from its strict-JSON name), else as logged."""
+    from provenance import formats
+
+    return formats.as_float(value) if isinstance(value, float | str) else value
+
+
+def _non_finite(**values: float) -> dict[str, str]:
+    """{name: "nan" | "inf" | "-inf"} of the values that are not finite (the curve writes them as null)."""
+    return {k: "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf") for k, v in values.items()
+            if not math.isfinite(v)}
 
 
 def divergence_curve(orig_root: Path, repro: Path, first_step: int, last_step: int, tol: Tolerance | None,
@@ -278,9 +292,13 @@ def divergence_curve(orig_root: Path, repro: Path, first_step: int, last_step: i
         if not (first_step <= s <= last_step) or not isinstance(a, float) or not isinstance(b, float):
             continue
         rel = loss_rel(a, b)
-        steps.append({"step": s, "loss_original": a, "loss": b, "abs_diff": abs(a - b) if math.isfinite(a - b)
-                      else None, "rel_diff": rel if math.isfinite(rel) else None,
-                      "bound": tol.loss_bound(s - first_step + 1) if bounded and tol is not None else None})
+        row = {"step": s, "loss_original": a, "loss": b, "abs_diff": abs(a - b) if math.isfinite(a - b)
+               else None, "rel_diff": rel if math.isfinite(rel) else None,
+               "bound": tol.loss_bound(s - first_step + 1) if bounded and tol is not None else None}
+        wild = _non_finite(loss_original=a, loss=b, abs_diff=abs(a - b), rel_diff=rel)
+        if wild:  # explicit: the numbers that are null here, and what they are
+            row.update({k: None for k in wild}, non_finite=wild)
+        steps.append(row)
     ea, eb = sa.checkpoints, sb.checkpoints
     ckpts = []
     for s in sorted(set(ea) & set(eb)):
@@ -288,11 +306,15 @@ def divergence_curve(orig_root: Path, repro: Path, first_step: int, last_step: i
             continue
         same = ea[s].get("sha256") == eb[s].get("sha256")
         cmp = None if same else (compared or {}).get(s) or compare_entries(orig_root, ea[s], repro, eb[s])
-        ckpts.append({"step": s, "same_digest": same, "rel_l2": 0.0 if same else cmp.get("max_rel_l2"),
-                      "max_abs": 0.0 if same else cmp.get("max_abs"),
-                      "worst": [] if same else cmp.get("worst", [])[:3],
-                      "values_compared": True if same else bool(cmp.get("values_compared")),
-                      "bound": tol.ckpt_bound(s - first_step + 1) if bounded and tol is not None else None})
+        row = {"step": s, "same_digest": same, "rel_l2": 0.0 if same else cmp.get("max_rel_l2"),
+               "max_abs": 0.0 if same else cmp.get("max_abs"),
+               "worst": [] if same else cmp.get("worst", [])[:3],
+               "values_compared": True if same else bool(cmp.get("values_compared")),
+               "bound": tol.ckpt_bound(s - first_step + 1) if bounded and tol is not None else None}
+        wild = _non_finite(**{k: row[k] for k in ("rel_l2", "max_abs") if isinstance(row[k], float)})
+        if wild:  # a NaN or inf in a tensor: null in the curve, named here
+            row.update({k: None for k in wild}, non_finite=wild)
+        ckpts.append(row)
     return {"first_step": first_step, "last_step": last_step,
             "n": "steps since the last shared state: step - first_step + 1", "steps": steps, "checkpoints": ckpts}
 
@@ -315,7 +337,8 @@ def measure_noise(a: Path, b: Path, first_step: int, last_step: int) -> dict[str
         raise Refused("--calibrate: the calibration runs logged no common step")
     # a NaN or inf difference is no noise floor: ignored it would read as 0 (a loss) or make every bound infinite
     wild = [c["step"] for c in curve["steps"] if c["rel_diff"] is None] + \
-           [c["step"] for c in curve["checkpoints"] if c["values_compared"] and not math.isfinite(c["rel_l2"] or 0.0)]
+           [c["step"] for c in curve["checkpoints"] if c["values_compared"]
+            and (c.get("non_finite") or not math.isfinite(c["rel_l2"] or 0.0))]
     if wild:
         raise Refused(f"--calibrate: the two calibration runs differ by a non-finite amount (NaN or inf) at step "
                       f"{min(wild)}: that is no noise floor; nothing can be calibrated from them")

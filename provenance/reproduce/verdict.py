@@ -145,7 +145,7 @@ def find_causes(d: dict[str, Any], first: dict[str, Any] | None, summary: dict[s
                        "recorded_sample": first.get("recorded_sample"), "computed_sample": first.get("computed_sample"),
                        "summary": f"different data order: {what}"})
     if first is not None and not causes:
-        diffv = summary.get("max_loss_abs_diff") or d["metrics"].get("max_abs_diff") or 0.0
+        diffv = formats.as_float(summary.get("max_loss_abs_diff")) or d["metrics"].get("max_abs_diff") or 0.0
         causes.append({"kind": "numerics", "max_abs_loss_diff": diffv,
                        "summary": "numerics only: same inputs (every batch matched; same config, code, data and "
                                   f"environment), different floats; largest |Δloss| {diffv:.3g}"})
@@ -246,8 +246,9 @@ def decide(orig: Original, repro: Path, plan: Plan, training_rc: int,
         out.update(verdict=DIVERGED, exit_status=EXIT_DIVERGED, cause=cause, bitwise=False,
                    headline=f"diverged at step {first['step']}: {pdiff.divergence_text(first)}; most likely cause: "
                             + (cause["summary"] if cause else "unknown"))
-        if summary.get("max_loss_abs_diff"):
-            out["headline"] += f" (largest |Δloss| over the run {summary['max_loss_abs_diff']:.3g})"
+        largest = formats.as_float(summary.get("max_loss_abs_diff"))  # "Infinity" in the strict JSON file
+        if largest:
+            out["headline"] += f" (largest |Δloss| over the run {largest:.3g})"
     elif not complete:
         what = (f"the training exited with status {training_rc}" if training_rc != 0 else
                 f"the reproduction checked {steps_checked} of {steps_expected} steps (last step {last_checked}, "

@@ -206,6 +206,11 @@ class Run:
         manifests = [(spec, verified_manifest(spec)) for spec in self.datasets]
         self._manifests = {spec.name: m for spec, m in manifests}  # compared with a resumed segment's
         documents = _local_documents(self.documents)
+        nonfinite = formats.non_finite_keys(self.config)
+        if nonfinite:  # config.json is strict JSON, and the config must round-trip into a reproduction exactly
+            raise ConfigError(f"config key {nonfinite[0]} is not a finite number (NaN or infinite): a run's config "
+                              "is recorded as strict JSON and passed to a reproduction as recorded; give a finite "
+                              "number (or null) instead")
         seed_everything(self.seed)
         determinism = apply_determinism(self.threads, self.deterministic)
         env = capture_env()
