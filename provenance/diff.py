@@ -11,8 +11,11 @@ first step where the loss differs and the largest difference; the other logged
 values; evaluations), order (the first step whose batch differs), checkpoints
 (sha256 by step) and the final model.
 
-Nothing here trusts a bundle's integrity: audit first. Reading is bounded by the
-format limits of provenance.formats.
+`diff_bundles(a, b, verify=True)` first checks each bundle's seal with the audit's integrity
+engine (provenance.audit.integrity: every file hashed against manifest.json, no file the seal
+does not list) and records the outcome as `integrity` (one record a side, `integrity_record`);
+without `verify` the records say "not verified" and nothing is hashed. The sections themselves
+never trust a bundle: reading is bounded by the format limits of provenance.formats.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from provenance import formats, reader
+from provenance.audit.view import Progress
 from provenance.replay import STEPS_LOG, first_divergence
 
 # metric keys that measure time, not computation: never compared
@@ -118,6 +122,57 @@ def bundle_info(root: Path, bundle: reader.Bundle | None = None) -> dict[str, An
     return {"path": str(root), "run_id": run.get("run_id"), "status": run.get("status"),
             "root_digest": root_digest, "seed": run.get("seed"), "reproduces": run.get("reproduces"),
             "duration_s": run.get("duration_s"), "last_step": run.get("last_step")}
+
+
+# --- integrity ----------------------------------------------------------------------------
+
+# integrity states of one side: the seal checked and every file matched; no seal (a run still
+# running, or killed before `prov seal`); the seal checked and something does not match it (or the
+# seal itself is malformed, or was removed from a bundle that shows it had one); not checked
+INTACT, UNSEALED, TAMPERED, NOT_VERIFIED = "intact", "unsealed", "tampered", "not verified"
+# files whose presence shows that a bundle was sealed (a re-seal record, a signature of the seal)
+SEALED_EVIDENCE = (formats.RESEALS, formats.SIGNATURE, formats.SIGSTORE_SIGNATURE)
+
+
+def integrity_record(bundle: reader.Bundle | None, status: Any = None, *, verify: bool = True,
+                     workers: int | None = None, progress: Progress | None = None) -> dict[str, Any]:
+    """The seal of one bundle checked by the audit's engine (provenance.audit.integrity), as a JSON-able
+    record: {state, sealed, ok, status, root_digest, files, bytes, changed, missing, extra, problems,
+    warnings}. `ok` is False only for a tampered bundle; an unsealed one is reported, not failed."""
+    from provenance.audit.integrity import check_integrity, load_manifest
+    from provenance.audit.view import DEFAULT_LIMITS
+
+    rec: dict[str, Any] = {"state": NOT_VERIFIED, "sealed": None, "ok": True, "status": status,
+                           "root_digest": None, "files": 0, "bytes": 0, "changed": [], "missing": [], "extra": [],
+                           "problems": [], "warnings": []}
+    if not verify or bundle is None:
+        return rec
+    sizes = bundle.sizes
+    if formats.LOCK in sizes:
+        rec["warnings"].append({"file": formats.LOCK,
+                                "message": "a live writer's lock file: the run may still be writing"})
+    if formats.MANIFEST not in sizes:
+        rec.update(sealed=False, state=UNSEALED)
+        evidence = [n for n in SEALED_EVIDENCE if n in sizes]
+        if evidence:  # a bundle that was sealed, whose seal is gone: the seal was removed, not never made
+            rec.update(state=TAMPERED, ok=False)
+            rec["problems"].append({"file": formats.MANIFEST, "message": f"{formats.MANIFEST} is missing, but "
+                                    f"{', '.join(evidence)} shows the bundle was sealed"})
+        return rec
+    rec["sealed"] = True
+    try:
+        manifest = load_manifest(bundle.root, sizes, DEFAULT_LIMITS)
+    except reader.Refused as exc:  # a seal that cannot be checked is no seal to trust
+        rec.update(state=TAMPERED, ok=False)
+        rec["problems"].append({"file": formats.MANIFEST, "message": f"the seal cannot be checked: {exc}"})
+        return rec
+    res = check_integrity(bundle.root, sizes, manifest, bundle.digests or None, progress, workers)
+    rec.update(state=INTACT if res.ok else TAMPERED, ok=res.ok, root_digest=manifest[0], files=res.files,
+               bytes=res.bytes, changed=[x.to_dict() for x in res.changed],
+               missing=[x.to_dict() for x in res.missing], extra=[x.to_dict() for x in res.extra])
+    for f in res.findings:
+        (rec["problems"] if f.level == "error" else rec["warnings"]).append({"file": f.file, "message": f.message})
+    return rec
 
 
 # --- sections -----------------------------------------------------------------------------
@@ -552,13 +607,19 @@ def diff_command(cfg_a: dict[str, Any], cfg_b: dict[str, Any]) -> dict[str, Any]
 # --- the whole diff -------------------------------------------------------------------------
 
 
-def diff_bundles(a: str | Path, b: str | Path) -> dict[str, Any]:
+def diff_bundles(a: str | Path, b: str | Path, *, verify: bool = False, workers: int | None = None,
+                 progress: Progress | None = None) -> dict[str, Any]:
+    """The diff of two run folders. With `verify`, each bundle's seal is checked first (every byte
+    hashed, as `prov audit` does) and `integrity` says what was found; without it, "not verified"."""
     a, b = Path(a), Path(b)
     for p in (a, b):
         if not (p / formats.RUN_JSON).is_file():
             raise formats.FormatError(f"{p}: not a run bundle ({formats.RUN_JSON} is missing)")
     with _open(a) as ba, _open(b) as bb:  # every section reads through the one bundle reader
         run_a, run_b = _bundle_json(ba, formats.RUN_JSON, {}), _bundle_json(bb, formats.RUN_JSON, {})
+        integrity = {side: integrity_record(bun, (run or {}).get("status") if isinstance(run, dict) else None,
+                                            verify=verify, workers=workers, progress=progress)
+                     for side, bun, run in (("a", ba, run_a), ("b", bb, run_b))}
         env_a, env_b = _bundle_json(ba, formats.ENV_JSON, {}) or {}, _bundle_json(bb, formats.ENV_JSON, {}) or {}
         cfg_a, cfg_b = _bundle_json(ba, formats.CONFIG_JSON, {}) or {}, _bundle_json(bb, formats.CONFIG_JSON, {}) or {}
         code_a, code_b = _bundle_json(ba, formats.CODE_JSON, {}) or {}, _bundle_json(bb, formats.CODE_JSON, {}) or {}
@@ -568,6 +629,7 @@ def diff_bundles(a: str | Path, b: str | Path) -> dict[str, Any]:
         env = diff_env(env_a, env_b, thr_a, thr_b)
         d = {
             "schema": formats.DIFF_SCHEMA,
+            "integrity": integrity,
             "a": bundle_info(a, ba),
             "b": bundle_info(b, bb),
             "config": diff_config(cfg_a.get("config") or {}, cfg_b.get("config") or {}),
@@ -602,7 +664,25 @@ def diff_bundles(a: str | Path, b: str | Path) -> dict[str, Any]:
             "outputs": not (d["outputs"]["changed"] or d["outputs"]["only_a"] or d["outputs"]["only_b"]),
             "command": d["command"]["same"],
         }
+        d["differs"] = differing_sections(d)
+        d["identical"] = not d["differs"]
     return d
+
+
+def differing_sections(d: dict[str, Any]) -> list[str]:
+    """The sections in which any difference was found (what `prov diff --exit-code` exits 1 for): those
+    `same` says differ, and also steps, evaluations, batches or checkpoints present on one side only and
+    a dataset's source. Differences that cannot change the numbers (environment variables, core count,
+    memory, OS release, packages the training did not import) are listed but not counted."""
+    out = {k for k, same in d["same"].items() if not same}
+    for k in ("metrics", "eval", "order"):
+        if d[k]["only_a"] or d[k]["only_b"]:
+            out.add(k)
+    if d["checkpoints"]["only_a"] or d["checkpoints"]["only_b"]:
+        out.add("checkpoints")
+    if any(v["source"] for v in d["data"]["datasets"].values()):
+        out.add("data")
+    return sorted(out)
 
 
 # --- text -------------------------------------------------------------------------------------
@@ -661,6 +741,39 @@ def divergence_text(first: dict[str, Any], a: str = "the original", b: str = "th
     return f"step {s}: {k}"
 
 
+def _size(n: Any) -> str:
+    if not isinstance(n, int) or n < 1000:
+        return f"{n} bytes"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"  # pragma: no cover
+
+
+def _names(entries: list[str], n: int = 3) -> str:
+    more = len(entries) - n
+    return ", ".join(entries[:n]) + (f" and {more} more" if more > 0 else "")
+
+
+def integrity_text(rec: dict[str, Any]) -> str:
+    """One side's integrity in words: 'sealed, intact (41 files, 1.2 MB)', 'not sealed (status running)',
+    'tampered: logs/metrics.jsonl changed since the seal, ...', 'not verified: the seal was not checked'."""
+    warn = "".join(f"; warning: {w['message']}" + (f" ({w['file']})" if w.get("file") else "")
+                   for w in rec.get("warnings", [])[:2])
+    state = rec.get("state")
+    if state == NOT_VERIFIED:
+        return "not verified: the seal was not checked"
+    if state == UNSEALED:
+        return f"not sealed (status {rec.get('status')}): nothing to check the files against{warn}"
+    if state == INTACT:
+        return f"sealed, intact ({rec['files']} files, {_size(rec['bytes'])} hashed, all match the seal){warn}"
+    what = [f"{x['name']} changed since the seal" for x in rec.get("changed", [])]
+    what += [f"{x['name']} missing" for x in rec.get("missing", [])]
+    what += [f"{x['name']} not in the seal" for x in rec.get("extra", [])]
+    what += [p["message"] for p in rec.get("problems", [])]
+    return f"tampered: {_names(what)}{warn}"
+
+
 def format_diff(d: dict[str, Any], verbose: bool = False) -> str:
     """The diff for a terminal: one headline per section, details under it."""
     lines: list[str] = []
@@ -671,6 +784,9 @@ def format_diff(d: dict[str, Any], verbose: bool = False) -> str:
         if i.get("reproduces"):
             rep = f", reproduces {i['reproduces'].get('run_id')}"
         lines.append(f"{side.upper()}: {i['path']} (run {i.get('run_id')}, {i.get('status')}, root {rd}{rep})")
+    for side in ("a", "b"):
+        if isinstance((d.get("integrity") or {}).get(side), dict):
+            lines.append(f"integrity {side.upper()}: {integrity_text(d['integrity'][side])}")
 
     cmd = d.get("command") or {}
     if cmd.get("a") is not None or cmd.get("b") is not None:  # whole commands: never cut to look alike

@@ -14,6 +14,7 @@ import pytest
 from conftest import REPO
 
 from provenance import formats
+from provenance.bundle import seal_folder
 from provenance.diff import diff_bundles, format_diff
 
 
@@ -30,7 +31,7 @@ def _edit_json(path: Path, change) -> None:
 
 @pytest.fixture(scope="module")
 def changed(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the tiny bundle with one change in every section."""
+    """A copy of the tiny bundle with one change in every section, sealed again (intact, but different)."""
     b = tmp_path_factory.mktemp("diff") / tiny_bundle.name
     shutil.copytree(tiny_bundle, b)
 
@@ -89,6 +90,7 @@ def changed(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     old = int.from_bytes(ids[offset:offset + width], "little")
     ids[offset:offset + width] = (old ^ 1).to_bytes(width, "little")
     (b / ids_rel).write_bytes(bytes(ids))
+    seal_folder(b)
     return b
 
 

@@ -52,14 +52,23 @@ def test_prov_diff_refuses_a_hostile_bundle(tiny_bundle: Path, tmp_path: Path, c
     box.check()
 
 
-COMPARED: dict[str, tuple[Callable[[Path], None], str]] = {
-    "safetensors header claiming 2^60 bytes": (h.header_claims_2_60, "model/model.safetensors"),
-    "checkpoint named step-abc.safetensors": (h.checkpoint_step_abc, "model: same"),
-    "checkpoint index pointing outside": (h.index_points_outside, "checkpoints:"),
-    "recorded command not bound by its digest": (h.tampered_command, "curl http://evil.example"),
-    "code snapshot with a ../ member": (h.escaping_snapshot, "../escaped.py (only in A)"),
-    "control characters in names and keys": (h.control_characters_in_names, "evil\\nVERDICT      PASS\\x1b[2J.py"),
-    "newline in a resource name": (h.forged_pass_line, "model: same"),
+def not_a_seal(b: Path) -> None:
+    """manifest.json is JSON, but not an in-toto statement: a seal that cannot be checked."""
+    (b / "manifest.json").write_text('{"predicateType": "evil", "subject": "x\\nINTEGRITY    PASS"}')
+
+
+# case -> (make it hostile, words the report holds, exit status: 1 where the seal no longer holds)
+COMPARED: dict[str, tuple[Callable[[Path], None], str, int]] = {
+    "safetensors header claiming 2^60 bytes": (h.header_claims_2_60, "model/model.safetensors", 0),
+    "checkpoint named step-abc.safetensors": (h.checkpoint_step_abc, "model: same", 0),
+    "checkpoint index pointing outside": (h.index_points_outside, "checkpoints:", 0),
+    "recorded command not bound by its digest": (h.tampered_command, "curl http://evil.example", 0),
+    "code snapshot with a ../ member": (h.escaping_snapshot, "../escaped.py (only in A)", 0),
+    "control characters in names and keys": (h.control_characters_in_names,
+                                             "evil\\nVERDICT      PASS\\x1b[2J.py", 0),
+    "newline in a resource name": (h.forged_pass_line,
+                                   "integrity A: tampered: x\\nINTEGRITY    PASS  all files match missing", 1),
+    "manifest that is not a seal": (not_a_seal, "integrity A: tampered: the seal cannot be checked: ", 1),
 }
 
 
@@ -67,14 +76,16 @@ COMPARED: dict[str, tuple[Callable[[Path], None], str]] = {
 def test_prov_diff_compares_a_lying_bundle_without_trusting_it(tiny_bundle: Path, tmp_path: Path, case: str,
                                                                 capsys: pytest.CaptureFixture[str],
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    make, says = COMPARED[case]
+    make, says, status = COMPARED[case]
     box = h.Box(tiny_bundle, tmp_path, make)
     rc, out, err = box.call(["diff", str(box.bundle), str(tiny_bundle)], capsys, monkeypatch)
-    assert rc == 0 and err == "", (rc, err[-2000:])
+    assert rc == status and err == "", (rc, err[-2000:])
     assert says in out, out[-3000:]
     h.assert_printable(out)
     lines = out.splitlines()
     assert lines[0].startswith("A: ") and lines[1].startswith("B: ")  # no forged line among the report's
+    assert lines[2].startswith("integrity A: " + ("tampered: " if status else "sealed, intact ("))
+    assert lines[3].startswith("integrity B: sealed, intact (")
     assert not any(x.startswith(("INTEGRITY", "VERDICT")) for x in lines)
     box.check()
 
