@@ -89,14 +89,29 @@ def test_failure_is_recorded_with_traceback_and_sealed(tmp_path: Path) -> None:
 
 def test_sigterm_while_the_failure_is_recorded_still_seals(tmp_path: Path) -> None:
     """A launcher's SIGTERM that lands inside the run's exit handler (here: while it formats the error)
-    is noted, not raised: the bundle is sealed as failed, not left `running` for `prov seal`."""
+    is noted, not raised: the bundle is sealed as failed, not left `running` for `prov seal`; once it is
+    sealed the SIGTERM is delivered again, and the process ends by it (SIGTERM's default action)."""
     proc = _start("term-while-failing", tmp_path)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 1, err
+    assert proc.returncode == -signal.SIGTERM, err
     root = only_run(tmp_path / "runs")
     info = json.loads((root / "run.json").read_text())
     assert info["status"] == "failed" and info["error"]["type"] == "SigtermWhenFormatted", info
     _verify_seal(root)
+
+
+def test_sigterm_while_a_completed_run_seals_stops_the_process_after_the_seal(tmp_path: Path) -> None:
+    """A SIGTERM while the run seals (here: sent from an observer's on_finish) waits for the seal and the
+    on_end observers, then stops the process: the script's tail after the `with` block never runs (before,
+    the signal was dropped and the process went on although its launcher asked it to stop)."""
+    proc = _start("term-while-sealing", tmp_path)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGTERM, err
+    root = only_run(tmp_path / "runs")
+    info = json.loads((root / "run.json").read_text())
+    assert info["status"] == "completed" and info["exit_status"] == 0, info
+    root_hex = _verify_seal(root)
+    assert f"on_end ran: completed {root_hex}" in out and "done" not in out, out
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])

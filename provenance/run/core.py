@@ -345,6 +345,16 @@ class Run:
             return self.root_digest
         self.status = status
         self._signals.defer()  # a SIGTERM now (a launcher stopping survivors) waits until the seal is written
+        try:
+            return self._end(status, exit_status, error)
+        finally:
+            # a SIGTERM/SIGINT that came while sealing (a launcher stopping this process) was only noted: the
+            # bundle is sealed and on_end ran, so it is sent again now, to the handler there before the run
+            self._signals.redeliver()
+
+    def _end(self, status: str, exit_status: int, error: dict[str, Any] | None) -> str | None:
+        """finish() with the signals deferred: drain, close every rank's files, meet, seal, on_end."""
+        assert self.writer is not None and self.recorder is not None
         self.recorder.drain(completed=status == "completed")
         if error is not None:
             sys.stderr.write(error["traceback"])
@@ -371,7 +381,6 @@ class Run:
             # process exits; a detached sealer seals once they have (else they would write after the seal)
             if not (alive and self.ranks.seal_after_exit(self.root, alive)):
                 self.root_digest = w.seal()
-        self._signals.restore()
         self._notify("on_end", status, self.root_digest)
         return self.root_digest
 

@@ -94,10 +94,16 @@ class OutputCapture:
 
 
 class SignalGuard:
-    """Turn SIGTERM and SIGINT into RunInterrupted in the main thread, so that the run seals as interrupted."""
+    """Turn SIGTERM and SIGINT into RunInterrupted in the main thread, so that the run seals as interrupted.
+
+    While the run seals the signals are deferred (noted, not acted on); once the seal is written,
+    `redeliver()` restores the handlers that were there before the run and sends the noted signals
+    again, so that a launcher's stop still stops the process, after the bundle is sealed."""
 
     def __init__(self) -> None:
         self._old: dict[int, Any] = {}
+        self.deferred: list[int] = []  # signals that arrived while deferred, in order
+        self._deferring = False
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -111,10 +117,11 @@ class SignalGuard:
 
     def defer(self) -> None:
         """While the run seals: SIGTERM/SIGINT are noted, not acted on (a launcher that stops the
-        survivors of a failed rank must not leave the bundle half-sealed); restore() ends this."""
-        if not self._old:
+        survivors of a failed rank must not leave the bundle half-sealed); restore() ends this.
+        Deferring again keeps what was noted."""
+        if not self._old or self._deferring:
             return
-        self.deferred: list[int] = []
+        self._deferring = True
 
         def note(signum: int, frame: FrameType | None) -> None:
             self.deferred.append(signum)
@@ -123,6 +130,18 @@ class SignalGuard:
             signal.signal(sig, note)
 
     def restore(self) -> None:
+        """The handlers that were there before the run, again (what was noted is kept for redeliver())."""
         for sig, old in self._old.items():
             signal.signal(sig, old)
         self._old.clear()
+        self._deferring = False
+
+    def redeliver(self) -> None:
+        """Restore the previous handlers, then send this process every signal noted while deferred (once
+        each, in the order they came): the default action of SIGTERM ends the process, a Python handler
+        (SIGINT's KeyboardInterrupt, a launcher's own) runs as if the signal came now."""
+        self.restore()
+        pending = list(dict.fromkeys(self.deferred))
+        self.deferred.clear()
+        for sig in pending:
+            os.kill(os.getpid(), sig)

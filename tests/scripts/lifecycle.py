@@ -1,7 +1,8 @@
 """A small script around start_run for lifecycle tests: python lifecycle.py MODE RUNS_DIR.
 
 MODE: ok | fail | slow (runs until killed) | secrets | term-while-failing (a SIGTERM arrives while the
-run's exit handler formats the failure, as when a launcher stops the survivors of a lost rank)
+run's exit handler formats the failure, as when a launcher stops the survivors of a lost rank) |
+term-while-sealing (a SIGTERM arrives while a completed run seals: an observer's on_finish sends it)
 """
 
 import ctypes
@@ -12,7 +13,7 @@ import time
 
 import torch
 
-from provenance import start_run
+from provenance import Callback, start_run
 
 
 class SigtermWhenFormatted(RuntimeError):
@@ -25,9 +26,18 @@ class SigtermWhenFormatted(RuntimeError):
         return "failed, then stopped by the launcher"
 
 
+class SigtermWhileSealing(Callback):
+    def on_finish(self, run) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_end(self, run, status, root_digest) -> None:
+        print(f"on_end ran: {status} {root_digest}", flush=True)
+
+
 mode, runs = sys.argv[1], sys.argv[2]
 config = {"mode": mode, "token_in_config": os.environ.get("MY_API_TOKEN", "")}
-with start_run(config, name=f"life-{mode}", runs_dir=runs, seed=1, threads=1) as run:
+callbacks = [SigtermWhileSealing()] if mode == "term-while-sealing" else []
+with start_run(config, name=f"life-{mode}", runs_dir=runs, seed=1, threads=1, callbacks=callbacks) as run:
     print("python-level stdout", flush=True)
     os.write(1, b"fd-level stdout\n")
     libc = ctypes.CDLL(None)
