@@ -397,10 +397,16 @@ def _abs_diff(x: Any, y: Any) -> float | None:
     return None
 
 
+def _value(v: Any) -> Any:
+    """A logged value as compared: a non-finite number as the strict writers write it ("NaN", "Infinity",
+    "-Infinity", formats.strict_json) is that float again, so that NaN equals NaN and |inf - x| is inf."""
+    return float(v) if isinstance(v, str) and v in formats.NON_FINITE else v
+
+
 def diff_series(a: list[dict[str, Any]], b: list[dict[str, Any]], primary: str) -> dict[str, Any]:
     """Compare two step-indexed logs: the primary key in detail, the others by first differing step."""
-    sa = {int(r["step"]): r for r in a if isinstance(r.get("step"), int)}
-    sb = {int(r["step"]): r for r in b if isinstance(r.get("step"), int)}
+    sa = {int(r["step"]): {k: _value(v) for k, v in r.items()} for r in a if isinstance(r.get("step"), int)}
+    sb = {int(r["step"]): {k: _value(v) for k, v in r.items()} for r in b if isinstance(r.get("step"), int)}
     common = sorted(set(sa) & set(sb))
     out: dict[str, Any] = {"steps_compared": len(common), "only_a": len(set(sa) - set(sb)),
                            "only_b": len(set(sb) - set(sa)), "primary": primary,
@@ -779,7 +785,9 @@ def format_diff(d: dict[str, Any], verbose: bool = False) -> str:
     lines: list[str] = []
     for side in ("a", "b"):
         i = d[side]
-        rd = f"sha256:{i['root_digest'][:12]}…" if i.get("root_digest") else "not sealed"
+        seal = (d.get("integrity") or {}).get(side) or {}
+        rd = f"sha256:{i['root_digest'][:12]}…" if i.get("root_digest") else (
+            "unreadable" if seal.get("sealed") else "not sealed")  # a manifest.json that is not a seal
         rep = ""
         if i.get("reproduces"):
             rep = f", reproduces {i['reproduces'].get('run_id')}"

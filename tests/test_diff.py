@@ -253,3 +253,27 @@ def test_packages_the_training_does_not_import_cannot_change_the_numbers(tiny_bu
     got = {x["name"]: x for x in diff_env(env, other) if x["category"] == "packages"}
     assert got["numpy"]["significant"] and not got["evaluate"]["significant"]
     assert got["evaluate"]["why"] == "not imported by the training"
+
+
+def test_a_nan_loss_is_compared_as_a_number_and_printed_as_strict_json(tiny_bundle: Path, tmp_path: Path) -> None:
+    """The strict writers log a NaN loss as "NaN" and an infinite one as "Infinity": the diff reads them as the
+    numbers they are (|Δ| NaN, not 0 at step None) and --json writes no bare NaN (jq, JSON.parse refuse it)."""
+    b = tmp_path / tiny_bundle.name
+    shutil.copytree(tiny_bundle, b)
+    rows = list(formats.read_jsonl(b / formats.METRICS))
+    for r in rows:
+        if r["step"] in (5, 7):
+            r["loss"] = float("nan") if r["step"] == 5 else float("inf")
+    (b / formats.METRICS).write_text("".join(formats.dumps_line(r) for r in rows))
+    seal_folder(b)
+    m = diff_bundles(tiny_bundle, b)["metrics"]
+    assert (m["first_diff_step"], m["n_differ"], m["max_abs_diff_step"]) == (5, 2, 5)
+    assert m["b"] != m["b"] and m["abs_diff"] != m["abs_diff"]  # NaN
+    assert diff_bundles(b, b)["metrics"]["first_diff_step"] is None  # a NaN equals a NaN
+    proc = prov("diff", str(tiny_bundle), str(b), "--json")
+
+    def refuse(word: str) -> object:
+        raise ValueError(f"not strict JSON: {word}")
+
+    d = json.loads(proc.stdout, parse_constant=refuse)
+    assert proc.returncode == 0 and d["metrics"]["b"] == "NaN" and d["metrics"]["max_abs_diff"] == "NaN"

@@ -33,8 +33,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
         print(f"error: {escape(args.a)} / {escape(args.b)}: a bundle file is nested too deeply; refused",
               file=sys.stderr)
         return EXIT_REFUSED
-    if args.json:  # JSON escapes control characters itself
-        sys.stdout.write(json.dumps(d, sort_keys=True, indent=2, ensure_ascii=True) + "\n")
+    if args.json:  # JSON escapes control characters itself; strict: a NaN loss is "NaN", never a bare NaN
+        sys.stdout.write(json.dumps(formats.strict_json(d), sort_keys=True, indent=2, ensure_ascii=True,
+                                    allow_nan=False) + "\n")
     else:  # names and values from the bundles, escaped: none can forge a line of the report
         print(format_diff(escape_all(d), verbose=args.verbose))
     return exit_status(d, args.exit_code)
