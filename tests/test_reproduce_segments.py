@@ -328,3 +328,27 @@ def test_merge_prints_a_reports_claims_escaped(tmp_path: Path, capsys: pytest.Ca
     assert "\x1b" not in out and [x for x in lines if x.startswith("verdict:")] == [
         "verdict: incomplete: no report for interval(s) 1; no divergence in the other intervals checked"]
     assert not any(x.startswith(("report: forged", "reproduces: forged")) for x in lines), out
+
+
+def test_calibrate_once_for_every_interval(tiny_bundle: Path, tmp_path: Path) -> None:
+    """--segments --calibrate --jobs 2: the noise floor is measured once (one calibration folder, not one per
+    interval or job), every interval's bounds are the calibrated ones, and the report states the calibration."""
+    work = tmp_path / "w"
+    out = reproduce_segments(tiny_bundle, Options(workdir=work, sets=["run.threads=1"], tolerance="auto",
+                                                  calibrate=True), SegmentOptions(jobs=2))
+    assert out.exit_status == 0, out.headline
+    cal = out.report.tolerance["calibration"]
+    assert cal["threads"] == [1, 2] and out.report.tolerance["model"]["class"] == "calibrated"
+    assert sorted(p.relative_to(work).as_posix() for p in work.rglob("calibration")) == ["calibration"]
+    for r in out.report.segments["results"]:
+        assert r["tolerance"]["mode"] == "bounds" and r["tolerance"]["model"]["class"] == "calibrated", r
+        assert r["tolerance"]["calibration"]["bundles"] == cal["bundles"]
+    doc = json.loads((work / SEGMENTS_REPORT).read_text())
+    assert doc["tolerance"]["calibration"]["bundles"] == cal["bundles"]
+    # the reports of separate machines keep each one's calibration when merged
+    merged = cli("reproduce", "--merge", str(work / SEGMENTS_REPORT), "--json", tmp=tmp_path)
+    assert json.loads(merged.stdout)["tolerance"]["calibrations"][0]["calibration"]["threads"] == [1, 2]
+    # --calibrate measures auto's bounds: not with another tolerance
+    proc = cli("reproduce", str(tiny_bundle), "--segments", "--calibrate", "--tolerance", "bitwise", "--workdir",
+               str(tmp_path / "x"), tmp=tmp_path)
+    assert proc.returncode == 2 and "--calibrate sets the bounds of --tolerance auto" in proc.stderr, proc.stderr

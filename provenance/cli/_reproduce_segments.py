@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
                  "--sample": args.sample, "--seed": args.seed, "--jobs": args.jobs, "--workdir": args.workdir,
                  "--set": args.set or None, "--steps": args.steps, "--from-step": args.from_step,
                  "--code": args.code, "--data-root": args.data_root, "--sandbox": args.sandbox or None,
-                 "--strict-env": args.strict_env or None,
+                 "--strict-env": args.strict_env or None, "--calibrate": getattr(args, "calibrate", False) or None,
                  "--tolerance": None if args.tolerance == "bitwise" else args.tolerance}
         others = [flag for flag, value in given.items() if value is not None]
         if others:
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
                        workdir=Path(args.workdir) if args.workdir else None,
                        data_root=Path(args.data_root).resolve() if args.data_root else None, sets=list(args.set),
                        code=Path(args.code) if args.code else None, strict_env=args.strict_env,
-                       sandbox=args.sandbox, tolerance=args.tolerance,
+                       sandbox=args.sandbox, tolerance=args.tolerance, calibrate=getattr(args, "calibrate", False),
                        echo=None if args.quiet else (lambda line: print(f"  | {escape(line)}", file=out, flush=True)),
                        args=args.args)
         seg = SegmentOptions(jobs=1 if args.jobs is None else args.jobs, segment=args.segment, sample=args.sample,

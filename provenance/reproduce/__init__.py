@@ -246,7 +246,7 @@ def _in_workdir(src: Path, digest: str, audit_report: Any, archive_input: bool, 
     orig = read_original(root, digest)
     plan = plan_steps(orig, opts)
     parse_tolerance(opts.tolerance)  # bad input refuses before anything runs
-    if opts.calibrate and opts.tolerance != "auto":
+    if (opts.calibrate or opts.calibrated is not None) and opts.tolerance != "auto":
         raise Refused(f"--calibrate sets the bounds of --tolerance auto; it cannot be used with --tolerance "
                       f"{opts.tolerance}")
     sets = parse_sets(opts.sets, orig.config)
@@ -343,8 +343,8 @@ def _in_workdir(src: Path, digest: str, audit_report: Any, archive_input: bool, 
     elsewhere = runs_dir not in repro.parents
     if elsewhere:
         say(f"reproduction: the script wrote its bundle to {repro}, not under {RUNS_DIR_ENV}={runs_dir}")
-    calibrated = None
-    if opts.calibrate:  # after the reproduction's run (its bundle is judged with the bounds measured here)
+    calibrated = opts.calibrated  # measured once already (--segments: for every interval)
+    if opts.calibrate and calibrated is None:  # after the reproduction's run (judged with the bounds measured here)
         from provenance.reproduce.calibrate import calibrate
 
         try:

@@ -43,6 +43,9 @@ class Options:
     strict_env: bool = False  # any environment difference refuses
     tolerance: str = "bitwise"  # bitwise | auto | loss=<rel>,ckpt=<rel> (reproduce.tolerance)
     calibrate: bool = False  # measure this machine's noise floor first; it sets auto's bounds (reproduce.calibrate)
+    # the noise model (reproduce.tolerance.NoiseModel) already measured on this machine: --segments calibrates
+    # once and hands it to every interval (which then does not calibrate again); it sets auto's bounds
+    calibrated: Any = None
     sandbox: bool = False  # run the training under bubblewrap: no network, read-only but the work folder
     python: str = sys.executable
     echo: Callable[[str], None] | None = None  # receives the training's output, line by line

@@ -338,6 +338,9 @@ def _segments(src: Path, opts: Options, seg: SegmentOptions, say: Say, t0: float
     if not src.exists():
         raise Refused(f"{src}: no such bundle")
     parse_tolerance(opts.tolerance)
+    if opts.calibrate and opts.tolerance != "auto":
+        raise Refused(f"--calibrate sets the bounds of --tolerance auto; it cannot be used with --tolerance "
+                      f"{opts.tolerance}")
     digest, _ = audit_original(src, say)
     if opts.sandbox:
         find_sandbox()
@@ -365,7 +368,7 @@ def _segments(src: Path, opts: Options, seg: SegmentOptions, say: Say, t0: float
         orig = read_original(root, digest)
         layout = intervals(orig)
         count = len(layout)
-        parse_sets(opts.sets, orig.config)  # bad --set refuses before anything runs
+        sets = parse_sets(opts.sets, orig.config)  # bad --set refuses before anything runs
         sample_info = None
         if seg.segment is not None:
             if not 0 <= seg.segment < count:
@@ -393,11 +396,15 @@ def _segments(src: Path, opts: Options, seg: SegmentOptions, say: Say, t0: float
         lock = threading.Lock()
         todo = [layout[i] for i in chosen]
         ran = True
+        calibrated = None
+        if opts.calibrate:  # once, here, before any interval: every interval (every job) uses these bounds
+            calibrated = _calibrate(orig, opts, sets, workdir, say)
+        each = replace(opts, calibrate=False, calibrated=calibrated) if calibrated is not None else opts
         if seg.jobs == 1 or len(todo) == 1:
-            results = [_run_interval(root, iv, opts, workdir, orig, say, lock) for iv in todo]
+            results = [_run_interval(root, iv, each, workdir, orig, say, lock) for iv in todo]
         else:
             with ThreadPoolExecutor(max_workers=seg.jobs) as pool:
-                results = list(pool.map(lambda iv: _run_interval(root, iv, opts, workdir, orig, say, lock), todo))
+                results = list(pool.map(lambda iv: _run_interval(root, iv, each, workdir, orig, say, lock), todo))
         started = [r for r in results if r["verdict"] != REFUSED or r["training_exit_status"] is not None]
         if not started:  # every interval refused before its training started: nothing ran
             ran = False
@@ -412,12 +419,26 @@ def _segments(src: Path, opts: Options, seg: SegmentOptions, say: Say, t0: float
     report = combine({"run_id": orig.run.get("run_id"), "root_digest": orig.root_digest, "path": str(src)},
                      [iv.to_dict() for iv in layout], results, mode, opts.tolerance, jobs=seg.jobs,
                      sample=sample_info)
+    if calibrated is not None:  # the noise floor measured on this machine, which set every interval's bounds
+        report.tolerance = {**(report.tolerance or {}), "model": calibrated.to_dict(),
+                            "calibration": calibrated.calibration}
     report.durations["total_wall_s"] = round(time.monotonic() - t0, 3)
     report.overrides = {"set": list(opts.sets), "code": str(opts.code) if opts.code else None,
                         "data_root": str(opts.data_root) if opts.data_root else None}
     path = workdir / SEGMENTS_REPORT
     formats.atomic_write_json(path, report.to_dict())
     return SegmentsOutcome(report.exit_status, report.verdict, report.headline, report, path=path, workdir=workdir)
+
+
+def _calibrate(orig: Original, opts: Options, sets: dict[str, Any], workdir: Path, say: Say) -> Any:
+    """--calibrate with segment verification: this machine's noise floor, measured once (reproduce.calibrate:
+    the original's first steps up to its first checkpoint, run twice at two thread counts) under
+    <workdir>/calibration/; the NoiseModel every interval's bounds come from."""
+    from provenance.reproduce.calibrate import calibrate
+    from provenance.reproduce.plan import plan_steps
+
+    whole = replace(opts, steps=None, from_step=None)
+    return calibrate(orig, plan_steps(orig, whole), whole, sets, workdir, say)
 
 
 def _empty(folder: Path) -> None:
@@ -496,4 +517,8 @@ def _merge(paths: list[Path]) -> SegmentsOutcome:
                      expected=list(range(len(layout))),
                      merged_from=[{"file": d["_file"], "intervals": [r["index"] for r in d["segments"]["results"]],
                                    "mode": d["segments"].get("mode")} for d in docs])
+    calibrations = [{"file": d["_file"], "calibration": (d.get("tolerance") or {}).get("calibration")}
+                    for d in docs if isinstance(d.get("tolerance"), dict) and d["tolerance"].get("calibration")]
+    if calibrations:  # each machine's own noise floor (--calibrate on each), as its report states it
+        report.tolerance = {**(report.tolerance or {}), "calibrations": calibrations}
     return SegmentsOutcome(report.exit_status, report.verdict, report.headline, report)
