@@ -623,9 +623,13 @@ def diff_bundles(a: str | Path, b: str | Path, *, verify: bool = False, workers:
             raise formats.FormatError(f"{p}: not a run bundle ({formats.RUN_JSON} is missing)")
     with _open(a) as ba, _open(b) as bb:  # every section reads through the one bundle reader
         run_a, run_b = _bundle_json(ba, formats.RUN_JSON, {}), _bundle_json(bb, formats.RUN_JSON, {})
-        integrity = {side: integrity_record(bun, (run or {}).get("status") if isinstance(run, dict) else None,
-                                            verify=verify, workers=workers, progress=progress)
-                     for side, bun, run in (("a", ba, run_a), ("b", bb, run_b))}
+        integrity: dict[str, dict[str, Any]] = {}
+        for side, bun, run in (("a", ba, run_a), ("b", bb, run_b)):
+            if side == "b" and verify and b.resolve() == a.resolve():  # one folder twice: hashed once
+                integrity["b"] = dict(integrity["a"])
+                continue
+            integrity[side] = integrity_record(bun, run.get("status") if isinstance(run, dict) else None,
+                                               verify=verify, workers=workers, progress=progress)
         env_a, env_b = _bundle_json(ba, formats.ENV_JSON, {}) or {}, _bundle_json(bb, formats.ENV_JSON, {}) or {}
         cfg_a, cfg_b = _bundle_json(ba, formats.CONFIG_JSON, {}) or {}, _bundle_json(bb, formats.CONFIG_JSON, {}) or {}
         code_a, code_b = _bundle_json(ba, formats.CODE_JSON, {}) or {}, _bundle_json(bb, formats.CODE_JSON, {}) or {}
@@ -770,7 +774,11 @@ def integrity_text(rec: dict[str, Any]) -> str:
     if state == NOT_VERIFIED:
         return "not verified: the seal was not checked"
     if state == UNSEALED:
-        return f"not sealed (status {rec.get('status')}): nothing to check the files against{warn}"
+        why = "nothing to check the files against"
+        if rec.get("status") != "running":  # it ended: a sealer still pending, a crash while sealing, or removed
+            why = "the run ended but no seal is there (a seal still pending, a crash while sealing, or a seal " \
+                  "removed); `prov seal` seals it, `prov audit` fails it"
+        return f"not sealed (status {rec.get('status')}): {why}{warn}"
     if state == INTACT:
         return f"sealed, intact ({rec['files']} files, {_size(rec['bytes'])} hashed, all match the seal){warn}"
     what = [f"{x['name']} changed since the seal" for x in rec.get("changed", [])]

@@ -104,6 +104,12 @@ def test_an_unsealed_bundle_is_reported_not_failed(tiny_bundle: Path, tmp_path: 
     rc, out, _ = prov(capsys, str(tiny_bundle), str(b), "--json")
     ib = json.loads(out)["integrity"]["b"]
     assert (rc, ib["state"], ib["sealed"], ib["ok"], ib["status"]) == (0, "unsealed", False, True, "running")
+    # a run that ended without its seal (a sealer still pending, a crash while sealing): reported as such
+    c = copy(tiny_bundle, tmp_path / "c")
+    (c / formats.MANIFEST).unlink()
+    rc, out, _ = prov(capsys, str(c), str(tiny_bundle))
+    assert rc == 0 and integrity_lines(out)[0].startswith("integrity A: not sealed (status completed): the run ended "
+                                                          "but no seal is there")
 
 
 def test_exit_code(tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -41,6 +41,16 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return exit_status(d, args.exit_code)
 
 
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"at least 1 thread, got {n}")
+    return n
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("diff", help="compare two bundles: config, code, data, packages, hardware, metrics",
                        description="Check both bundles' seals (every file hashed against manifest.json, as "
@@ -61,6 +71,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-verify", action="store_true",
                    help="do not hash the bundles to check their seals (fast on large checkpoints; the "
                         "integrity lines then say 'not verified' and integrity never sets the exit status)")
-    p.add_argument("--workers", type=int, default=None, help="hashing threads (default: every core)")
+    p.add_argument("--workers", type=_positive, default=None, help="hashing threads (default: every core)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr while hashing")
     p.set_defaults(func=cmd_diff)
