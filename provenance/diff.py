@@ -346,6 +346,9 @@ def diff_env(a: dict[str, Any], b: dict[str, Any], a_threads: dict[str, Any] | N
         for k in ("num_threads", "num_interop_threads"):
             if a_threads.get(k) is not None and b_threads.get(k) is not None:
                 add("threads", k, a_threads.get(k), b_threads.get(k))
+    da, db = a.get(formats.TRAINING_DEVICE), b.get(formats.TRAINING_DEVICE)  # what each run trained on
+    if isinstance(da, dict) and isinstance(db, dict):
+        add("device", "type", da.get("type"), db.get("type"))
     ha, hb = a.get("hardware"), b.get("hardware")
     if isinstance(ha, dict) and isinstance(hb, dict):
         for k in HARDWARE_KEYS:
@@ -367,6 +370,8 @@ def env_line(d: dict[str, Any]) -> str:
     a, b = _short(d["a"]), _short(d["b"])
     if cat == "threads":
         label = "thread count" if name == "num_threads" else "inter-op thread count"
+    elif cat == "device":
+        label = "training device"
     elif cat == "packages":
         label = f"package {name}"
         if d["a"] is None:

@@ -20,7 +20,7 @@ from conftest import REPO, offline_env
 from provenance import formats
 from provenance.bundle import seal_folder
 from provenance.capture.code import materialise_snapshot
-from provenance.diff import diff_bundles, diff_env, first_step_using
+from provenance.diff import diff_bundles, diff_env, env_line, first_step_using
 from provenance.hashing import sha256_file
 from provenance.reproduce import (
     BITWISE,
@@ -479,3 +479,29 @@ def test_a_config_with_a_non_finite_number_is_refused_before_anything_is_written
                        threads=1, code_root=tmp_path / "src", capture_output=False, argv=["python", "train.py"]):
             pass
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+# --- the device a run trained on (env/environment.json `device`, written when the run ends) ---------------
+
+
+def test_the_training_device_is_recorded_and_decides_the_gpu_class(tiny_bundle: Path) -> None:
+    env = formats.read_json(tiny_bundle / formats.ENV_JSON)
+    dev = env[formats.TRAINING_DEVICE]
+    assert dev["type"] == "cpu" and dev["cuda_initialized"] is False, dev
+    # a machine with CUDA and a GPU, whose run trained on the CPU: a CPU run (deterministic at a fixed thread
+    # count), not a GPU run without a determinism claim
+    gpu_machine = {"torch": {"cuda_available": True, "gpus": [{"name": "H200"}], "deterministic_algorithms": False,
+                             "cudnn_deterministic": False, "cudnn_benchmark": True, "determinism_knobs": {}}}
+    on_cpu = {**gpu_machine, formats.TRAINING_DEVICE: {"type": "cpu", "cuda_initialized": False}}
+    on_gpu = {**gpu_machine, formats.TRAINING_DEVICE: {"type": "cuda", "cuda_initialized": True,
+                                                       "max_memory_allocated": {"0": 1 << 20}}}
+    claims, why = determinism_claim(on_cpu)
+    assert claims and "a CPU run" in why
+    assert resolve("auto", [], [], on_cpu, on_cpu).mode == "bitwise"
+    assert not determinism_claim(on_gpu)[0] and resolve("auto", [], [], on_gpu, on_gpu).model.cls == "gpu"
+    assert not determinism_claim(gpu_machine)[0]  # no record (an older bundle): what the machine has decides
+    # one trained on the GPU, the other on the CPU: prov diff names it, and it is the gpu class of difference
+    diff = diff_env(on_gpu, on_cpu)
+    assert [(x["category"], x["name"], x["a"], x["b"]) for x in diff] == [("device", "type", "cuda", "cpu")]
+    assert env_line(diff[0]) == "training device cuda → cpu"
+    assert resolve("auto", [env_line(diff[0])], diff, on_cpu, on_cpu).model.cls == "gpu"

@@ -258,3 +258,27 @@ def capture_env() -> dict[str, Any]:
         "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
         "pythonhashseed": os.environ.get("PYTHONHASHSEED"),
     }
+
+
+def training_device() -> dict[str, Any]:
+    """The device this process trained on, known when the run ends (env/environment.json `device`):
+    `cuda` when torch initialised CUDA here and allocated memory on a GPU (torch.cuda.max_memory_allocated
+    of each device, with the peak bytes per device index), else `cpu`. What the machine has (CUDA available,
+    its GPUs) is in `torch`; this is what the run used. Never imports torch: a process that did not import it
+    computed nothing with it."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return {"type": "cpu", "cuda_initialized": False, "evidence": "torch was not imported by the run's process"}
+    cuda = getattr(torch, "cuda", None)
+    try:
+        initialized = bool(cuda is not None and cuda.is_initialized())
+        peaks = {str(i): int(cuda.max_memory_allocated(i)) for i in range(cuda.device_count())} if initialized else {}
+    except Exception as exc:  # a broken CUDA install: say so rather than guess
+        return {"type": "unknown", "cuda_initialized": None, "evidence": f"{type(exc).__name__}: {exc}"}
+    used = {i: n for i, n in peaks.items() if n > 0}
+    if used:
+        return {"type": "cuda", "cuda_initialized": True, "max_memory_allocated": used,
+                "evidence": "CUDA initialised and memory allocated on GPU " + ", ".join(sorted(used))}
+    return {"type": "cpu", "cuda_initialized": initialized,
+            "evidence": "CUDA initialised, but no memory allocated on a GPU" if initialized
+            else "CUDA was never initialised in the run's process"}

@@ -136,8 +136,17 @@ _TF32_KNOBS = ("cuda_matmul_allow_tf32", "cudnn_allow_tf32", "cuda_matmul_allow_
 
 
 def _on_gpu(env: dict[str, Any]) -> bool:
+    """Did the run compute on a GPU? What it recorded it used (env/environment.json `device`, written when the
+    run ended: formats.TRAINING_DEVICE) decides; a bundle without that record (older, or a `prov run` capture)
+    is taken as a GPU run where CUDA was available with GPUs."""
+    from provenance import formats
+
     t = env.get("torch") or {}
-    return bool(t.get("cuda_available") and t.get("gpus")) and (env.get("device") or {}).get("type", "cuda") != "cpu"
+    device = env.get(formats.TRAINING_DEVICE)
+    used = device.get("type") if isinstance(device, dict) else None
+    if used == "cpu":
+        return False
+    return bool(t.get("cuda_available") and t.get("gpus"))
 
 
 def _tf32(env: dict[str, Any]) -> bool:
@@ -180,6 +189,8 @@ def noise_class(differences: list[dict[str, Any]], env_a: dict[str, Any] | None 
         cat, name = x.get("category"), str(x.get("name"))
         if cat == "threads":
             found.add("threads")
+        elif cat == "device":  # one trained on a GPU, the other on the CPU
+            found.add("gpu")
         elif cat == "torch" and any(_on_gpu(e or {}) for e in (env_a, env_b)):  # on a CPU they change nothing
             found.add("gpu-tf32" if name in (*_TF32_KNOBS, "float32_matmul_precision") else "gpu")
         elif cat == "torch" and name in _GPU_KEYS:

@@ -31,7 +31,7 @@ from provenance import formats
 from provenance.bundle import BundleError, BundleWriter, write_run_info
 from provenance.capture.code import capture_code, git_toplevel
 from provenance.capture.data import DatasetSpec, commitment, verified_manifest
-from provenance.capture.env import capture_env, imported_distributions
+from provenance.capture.env import capture_env, imported_distributions, training_device
 from provenance.capture.process import process_identity
 from provenance.capture.state import apply_determinism, seed_everything
 from provenance.config import ConfigError
@@ -374,6 +374,8 @@ class Run:
                 self._run_info["ranks_without_end"] = lost
             if self._env is not None:  # what the training imported, known only now (see capture.env)
                 self._env[formats.IMPORTED_DISTRIBUTIONS] = imported_distributions()
+                if (self.sampler or {}).get("kind") != "captured":  # a `prov run` command trains elsewhere
+                    self._env[formats.TRAINING_DEVICE] = training_device()  # what it used, not what the machine has
                 w.write_json(formats.ENV_JSON, self._env)
             self._write_run_json()
             alive = [r for r in lost if not self.ranks.process_gone(r)]
