@@ -213,3 +213,118 @@ def test_the_previous_attempt_is_found_among_more_bundles_than_are_scanned(tmp_p
     monkeypatch.setattr(relaunch, "MAX_SCANNED", 2)
     found = relaunch.previous_attempt(tmp_path, {"run_id": "job", "restart_count": 1})
     assert found is not None and found.name == "20261201T100003Z-run-3"
+
+
+def _attempt(tmp: Path, monkeypatch: pytest.MonkeyPatch, restart: int, config: dict, job: str) -> Path:
+    """One attempt under torch elastic run id 'reused' (in this process: its env as torchrun sets it)."""
+    from provenance import start_run
+
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "reused")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", str(restart))
+    code = tmp / "code"
+    code.mkdir(exist_ok=True)
+    (code / "train.py").write_text("pass\n")
+    with start_run(config, name="attempt", runs_dir=tmp / "runs", code_root=code, capture_output=False,
+                   argv=["python", "train.py", f"--job={job}"]) as run:
+        run.log(1, loss=1.0)
+    return run.root
+
+
+def test_a_relaunch_links_only_an_attempt_of_the_same_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two jobs reuse one --rdzv-id in one runs folder: the relaunch links the latest earlier attempt of its
+    own job (same config, command and world size), says that several matched, and names the other job's
+    attempt it did not link and why (before, the newest attempt with that run id was taken: the other job's)."""
+    older = _attempt(tmp_path, monkeypatch, 0, {"lr": 0.1}, "a")
+    newer = _attempt(tmp_path, monkeypatch, 0, {"lr": 0.1}, "a")
+    other = _attempt(tmp_path, monkeypatch, 0, {"lr": 0.5}, "b")  # another job, started last
+    again = _attempt(tmp_path, monkeypatch, 1, {"lr": 0.1}, "a")
+    rel = formats.read_json(again / formats.RUN_JSON)["relaunch"]
+    assert rel["previous"]["run_id"] == newer.name
+    assert rel["match"]["matched"] == [newer.name, older.name]
+    (refused,) = rel["match"]["not_linked"]
+    assert refused["run_id"] == other.name and [d["what"] for d in refused["differs"]] == ["config digest",
+                                                                                          "command digest"]
+    (note,) = [n for n in formats.read_jsonl(again / formats.NOTES) if n["category"] == "restart"]
+    assert "2 earlier attempts match" in note["text"] and f"the latest, {newer.name}, is taken" in note["text"]
+    assert f"{other.name} shares the torch elastic run id but is another job (config digest" in note["text"]
+
+
+def test_a_relaunch_finding_only_another_jobs_attempt_links_none(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    other = _attempt(tmp_path, monkeypatch, 0, {"lr": 0.5}, "b")
+    from provenance import start_run
+
+    (tmp_path / "code" / "train.py").write_text("pass\n")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    with start_run({"lr": 0.1}, name="attempt", runs_dir=tmp_path / "runs", code_root=tmp_path / "code",
+                   capture_output=False, argv=["python", "train.py", "--job=a"]) as run:
+        assert run.previous_attempt is None and run.resume_point() is None
+    info = formats.read_json(run.root / formats.RUN_JSON)
+    assert info["relaunch"]["previous"] is None and "segment" not in info
+    assert info["relaunch"]["match"]["not_linked"][0]["run_id"] == other.name
+    (note,) = [n for n in formats.read_jsonl(run.root / formats.NOTES) if n["category"] == "restart"]
+    assert "no earlier attempt of this job" in note["text"] and "not linked" in note["text"], note
+    assert formats.read_json(other / formats.RUN_JSON).get("sealed_by") is None  # left as it was
+
+
+def test_an_attempt_started_after_the_relaunch_or_without_config_is_not_linked(tmp_path: Path) -> None:
+    from provenance.run import relaunch
+
+    this = relaunch.attempt_identity(1, {"digest": "sha256:c", "command_digest": "sha256:a"})
+    later, earlier = "2026-12-01T10:00:05.000000Z", "2026-12-01T10:00:01.000000Z"
+    for i, (started, config) in enumerate([(later, True), (earlier, False)]):
+        p = tmp_path / f"20261201T10000{i}Z-run-{i}"
+        p.mkdir()
+        (p / formats.RUN_JSON).write_text(json.dumps({"run_id": p.name, "started_at": started, "world_size": 1,
+                                                      "torchelastic": {"run_id": "job", "restart_count": 0}}))
+        if config:
+            (p / formats.CONFIG_JSON).write_text(json.dumps({"digest": "sha256:c", "command_digest": "sha256:a"}))
+    m = relaunch.find_previous_attempt(tmp_path, {"run_id": "job", "restart_count": 1}, this,
+                                       "2026-12-01T10:00:03.000000Z")
+    assert m.path is None and m.matched == []
+    assert {c["run_id"]: [d["what"] for d in c["differs"]] for c in m.not_linked} == {
+        "20261201T100000Z-run-0": ["started at"],
+        "20261201T100001Z-run-1": [formats.CONFIG_JSON, "config digest", "command digest"]}
+
+
+def test_a_relaunch_restored_from_resume_point_is_a_resume_edge_in_lineage(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A torchrun relaunch that restores run.resume_point() gets the `resume` edge a run.resume_from segment
+    gets (the previous attempt's root digest, the checkpoint's path and digest), and `prov lineage` walks it
+    to the previous attempt (before, the edge was there only for a checkpoint given as run.resume_from)."""
+    import torch
+
+    from provenance import start_run
+    from provenance.lineage import LineageCallback, build_graph
+    from provenance.lineage.render import render_text
+    from provenance.store import Store
+
+    code, runs = tmp_path / "code", tmp_path / "runs"
+    code.mkdir()
+    (code / "train.py").write_text("pass\n")
+    kw: dict = {"name": "relaunched", "runs_dir": runs, "code_root": code, "capture_output": False,
+                "argv": ["python", "train.py"]}
+    model = torch.nn.Linear(3, 2)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    with pytest.raises(RuntimeError, match="node lost"):
+        with start_run({"lr": 0.1}, callbacks=[LineageCallback()], **kw) as first:
+            first.log(1, loss=1.0)
+            first.checkpoint(1, model)
+            raise RuntimeError("node lost")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    with start_run({"lr": 0.1}, callbacks=[LineageCallback()], **kw) as second:
+        point = second.resume_point()
+        assert point is not None and second.restore(point, model)[0] == 1
+        second.log(2, loss=0.5)
+    seg = formats.read_json(second.root / formats.RUN_JSON)["segment"]
+    root1, _ = formats.parse_oms_statement(formats.read_json(first.root / formats.MANIFEST))
+    assert seg["previous"]["root_digest"] == f"sha256:{root1}"
+    (edge,) = [e for e in json.loads((second.root / formats.LINEAGE_JSON).read_text())["edges"]
+               if e["kind"] == "resume"]
+    assert edge["parent"] == seg["previous"]["root_digest"] and edge["parent_path"] == seg["checkpoint"]["path"]
+    assert edge["digest"] == seg["checkpoint"]["sha256"] and edge["consumed"] == "run.resume_point"
+    g = build_graph(second.root, Store.default(near=second.root))
+    ((_, _, parent),) = [x for x in g.parent_edges() if x[1]["kind"] == "resume"]
+    assert parent is not None and parent.bundle.run_id == first.run_id and not g.problems
+    assert "resume" in render_text(g) and first.run_id in render_text(g)

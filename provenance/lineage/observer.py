@@ -4,7 +4,9 @@
         ...
 
 On start it hashes the files the run will load (warm start, resume, merge inputs) — the bytes
-as they were when the run began; on finish it matches them, and every data manifest the
+as they were when the run began; a checkpoint the run restored (run.restore, e.g. the previous
+attempt's that run.resume_point() gives a torchrun relaunch) is a `resume` input too, with the
+digest the restore verified. On finish it matches them, and every data manifest the
 bundle holds, against the stored bundles' produced files and writes lineage.json, which the
 seal then covers. The store is the run's own runs folder (its siblings), $PROV_STORE and
 any folders given.
@@ -56,10 +58,23 @@ class LineageCallback(Callback):
         self.consumed = [Consumed(kind, file_digest(path), what, weight, str(_weights_path(path)))
                          for kind, path, what, weight in self._files]
 
+    def restored(self, run: Run) -> list[Consumed]:
+        """The inputs as consumed: a checkpoint the run restored (run.restore, e.g. from run.resume_point()
+        after a torchrun relaunch) is a `resume` input, as run.resume_from is; it replaces a `resume` given
+        here that the run did not restore (a relaunch of a resumed job continues its previous attempt)."""
+        done = [Consumed("resume", r["sha256"], r["consumed"], None, str(_weights_path(Path(r["path"]))))
+                for r in getattr(run, "restored", [])]
+        if not done:
+            return list(self.consumed)
+        hexes = {c.hexd for c in done}
+        kept = [c for c in self.consumed if c.kind != "resume" or c.hexd in hexes]
+        have = {c.hexd for c in kept if c.kind == "resume"}
+        return kept + [c for c in done if c.hexd not in have]
+
     def on_finish(self, run: Run) -> None:
         if run.rank != 0 or run.writer is None:
             return
         warnings: list[str] = []
         store = Store.default(self.stores, near=run.root)
-        self.edges = infer_edges(run.root, store, self.consumed, self.declared, warnings)
+        self.edges = infer_edges(run.root, store, self.restored(run), self.declared, warnings)
         write_lineage(run.writer, self.edges, warnings)

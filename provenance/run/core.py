@@ -42,7 +42,14 @@ from provenance.run.callback import Callback, Component
 from provenance.run.guard import OutputCapture, RunInterrupted, SignalGuard
 from provenance.run.ranks import RankLayout
 from provenance.run.recorder import Recorder
-from provenance.run.relaunch import elastic_facts, latest_checkpoint, previous_attempt, seal_if_left_running
+from provenance.run.relaunch import (
+    AttemptMatch,
+    attempt_identity,
+    elastic_facts,
+    find_previous_attempt,
+    latest_checkpoint,
+    seal_if_left_running,
+)
 from provenance.run.replaying import ReplayComponent
 
 # files and folders only the run itself writes: run.add_file refuses them
@@ -171,6 +178,10 @@ class Run:
         self.root = self.runs_dir / self.run_id
         self.elastic = elastic_facts()  # torch elastic's run id and restart count (None outside torchrun)
         self.previous_attempt: Path | None = None  # the bundle of the attempt torchrun ran before this one
+        self.relaunch_match = AttemptMatch()  # how it was found (and the attempts of other jobs not linked)
+        # the checkpoints run.restore loaded: {"path", "sha256" (hex of the file lineage matches: the
+        # safetensors file, a DCP folder's rank-0 shard), "consumed" (run.resume_point or run.restore)}
+        self.restored: list[dict[str, Any]] = []
         self.status = "created"
         self.root_digest: str | None = None
         self._env: dict[str, Any] | None = None  # env/environment.json as written at the start
@@ -215,7 +226,14 @@ class Run:
         determinism = apply_determinism(self.threads, self.deterministic)
         env = capture_env()
 
-        prev = self.previous_attempt = previous_attempt(self.runs_dir, self.elastic, exclude=self.run_id)
+        # a relaunch of this job: same torch elastic run id, restart count one less, same world size, config
+        # and command (as config.json records them: redacted), started before now
+        this = attempt_identity(self.world_size, {
+            "digest": formats.config_digest(redactor.obj(self.config)),
+            "command_digest": formats.command_digest(redactor.obj(list(self.argv)))})
+        match = self.relaunch_match = find_previous_attempt(self.runs_dir, self.elastic, this, formats.utc_now(),
+                                                            exclude=self.run_id)
+        prev = self.previous_attempt = match.path
         prev_sealed = seal_if_left_running(prev) if prev is not None and self.ranks.writes_shared else None
         w = self.writer = self.ranks.open_bundle(self.root, redactor)  # (the other ranks wait for that seal)
         self.recorder = Recorder(w, self.ranks, on_hashed=self._checkpoint_hashed)
@@ -256,7 +274,11 @@ class Run:
                 "restart_count": self.elastic["restart_count"] if self.elastic else None,
                 "previous": {"run_id": pinfo.get("run_id"), "status": pinfo.get("status"), "path": str(prev),
                              "error": perr.get("message"), "error_type": perr.get("type"),
-                             "sealed_by_relaunch": prev_sealed is not None}}
+                             "sealed_by_relaunch": prev_sealed is not None},
+                "match": match.record()}
+        elif match.not_linked:  # only attempts of other jobs share the torch elastic run id: none is linked
+            self._run_info["relaunch"] = {"restart_count": self.elastic["restart_count"] if self.elastic else None,
+                                          "previous": None, "match": match.record()}
         if self.ranks.writes_shared:
             argv = w.redactor.obj(list(self.argv))  # as written (secrets redacted): what the digest binds
             w.write_json(formats.CONFIG_JSON, {"config": self.config,
@@ -292,12 +314,21 @@ class Run:
         """A relaunched run whose previous attempt left no valid checkpoint starts again from step 0: say so
         (with a checkpoint, the note comes with run.restore, from the step it continues)."""
         rel = self._run_info.get("relaunch")
-        if rel is None or self.previous_attempt is None or latest_checkpoint(self.previous_attempt) is not None:
+        if rel is None:
             return
-        self.note(f"relaunched by torchrun (restart {rel['restart_count']}){self._previous_why(rel['previous'])}; "
+        how = self.relaunch_match.text()
+        if self.previous_attempt is None:
+            self.note(f"relaunched by torchrun (restart {rel['restart_count']}), but no earlier attempt of this job is "
+                      f"in {self.runs_dir}{how}; this run starts again from step 0", category="restart", step=0,
+                      details={"from_step": 0, "checkpoint": None, "previous": None,
+                               "relaunch": {"restart_count": rel["restart_count"], "match": rel["match"]}})
+            return
+        if latest_checkpoint(self.previous_attempt) is not None:
+            return
+        self.note(f"relaunched by torchrun (restart {rel['restart_count']}){self._previous_why(rel['previous'])}{how}; "
                   "it left no valid checkpoint, so this run starts again from step 0", category="restart", step=0,
                   details={"from_step": 0, "checkpoint": None, "previous": rel["previous"],
-                           "relaunch": {"restart_count": rel["restart_count"]}})
+                           "relaunch": {"restart_count": rel["restart_count"], "match": rel["match"]}})
 
     @staticmethod
     def _previous_why(prev: dict[str, Any]) -> str:
@@ -586,6 +617,7 @@ class Run:
         segment = self._segment_of(path, allow_change) if index_path.is_file() else None
         state = load_checkpoint(path, model, optimizer)
         self._restarted(path, state["step"], state["tokens_seen"], hexd, segment, {})
+        self._note_restored(path, hexd)
         return state["step"], state["tokens_seen"]
 
     def _segment_of(self, ckpt: Path, allow: Sequence[str]) -> dict[str, Any] | None:
@@ -639,8 +671,9 @@ class Run:
         prev = (segment or {}).get("previous") or {}
         why = self._previous_why(prev)
         relaunch = self._run_info.get("relaunch")
-        if relaunch is not None and prev.get("run_id") == relaunch["previous"]["run_id"]:
-            why = f" after torchrun relaunched the workers (restart {relaunch['restart_count']}){why}"
+        if relaunch is not None and relaunch.get("previous") and prev.get("run_id") == relaunch["previous"]["run_id"]:
+            why = (f" after torchrun relaunched the workers (restart {relaunch['restart_count']}){why}"
+                   f"{self.relaunch_match.text()}")
             extra = {**extra, "relaunch": {"restart_count": relaunch["restart_count"]}}
         if self.ranks.writes_shared:
             if segment is not None:
@@ -657,6 +690,15 @@ class Run:
                           "run.allow_resume_change)", category="override", step=step,
                           details={"key": c["key"], "old": c["old"], "new": c["new"], "resume": True})
         self.event("restored", step=step, checkpoint=str(ckpt), sha256=hexd)
+
+    def _note_restored(self, ckpt: Path, hexd: str) -> None:
+        """Remember a restored checkpoint (observers read run.restored: lineage's `resume` edge)."""
+        relaunch = self._run_info.get("relaunch") or {}
+        seg = self._run_info.get("segment") or {}
+        by_relaunch = bool(relaunch.get("previous")) and self.previous_attempt is not None \
+            and (seg.get("previous") or {}).get("run_id") == relaunch["previous"]["run_id"]
+        self.restored.append({"path": ckpt, "sha256": hexd,
+                              "consumed": "run.resume_point" if by_relaunch else "run.restore"})
 
     def _restore_sharded(self, folder: Path, model: Any, optimizer: Any,
                          allow_change: Sequence[str] = ()) -> tuple[int, int]:
@@ -688,6 +730,9 @@ class Run:
         step, tokens = int(entry["step"]), int(entry.get("tokens_seen", 0))
         self._restarted(folder, step, tokens, entry["sha256"], segment,
                         {"format": formats.DCP_FORMAT, "world_size": entry["world_size"]})
+        shard0 = next((f["sha256"] for f in entry["files"] if f["path"].endswith("/__0_0.distcp")), None)
+        if shard0 is not None:  # verified above; lineage names a DCP checkpoint by its rank-0 shard
+            self._note_restored(folder, shard0)
         return step, tokens
 
     def save_model(self, model: Any, tokenizer: Any = None, *, init_args: dict[str, Any] | None = None) -> str:
