@@ -321,3 +321,39 @@ def test_the_writer_check_finds_a_second_writer(tmp_path: Path) -> None:
         "reproduction/summary.json (atomic_write_json)"]
     assert [x.split(" builds ")[1] for x in _builds_order_files(tmp_path)] == [
         "order files (formats.order_header)", "order files (ORDER_STEP_RECORD.pack)"]
+
+
+# the reproduction reads bundles through reader.Bundle (bounded, typed); the raw bounded readers of formats are
+# left only for files that are not a bundle's (docs/architecture.md "Reads outside a whole-bundle reader.Bundle")
+RAW_READERS = {"read_json", "read_jsonl"}
+RAW_READS_ALLOWED = {"provenance/reproduce/segments.py"}  # segments-report.json: a file of the work folder
+
+
+def _raw_reads(root: Path, under: tuple[str, ...]) -> list[str]:
+    found = []
+    for path in sorted(p for d in under for p in (root / d).rglob("*.py")):
+        rel = path.relative_to(root.parent).as_posix()
+        if rel in RAW_READS_ALLOWED:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            f = node.func if isinstance(node, ast.Call) else None
+            name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else None
+            if name in RAW_READERS:
+                found.append(f"{rel}:{node.lineno} reads with {name}")
+    return found
+
+
+def test_the_reproduction_reads_bundles_through_the_reader() -> None:
+    bad = _raw_reads(PKG, ("reproduce",))
+    assert not bad, "read bundle files through provenance.reader.Bundle (or Bundle.of_files):\n" + "\n".join(bad)
+
+
+def test_the_raw_read_check_finds_a_raw_read(tmp_path: Path) -> None:
+    (tmp_path / "reproduce").mkdir()
+    (tmp_path / "reproduce" / "chain.py").write_text(
+        "from provenance import formats\n"
+        "from provenance.formats import read_jsonl\n"
+        "def f(root):\n"
+        "    return formats.read_json(root / formats.RUN_JSON), list(read_jsonl(root / formats.METRICS))\n")
+    assert [x.split(" reads ")[1] for x in _raw_reads(tmp_path, ("reproduce",))] == ["with read_json",
+                                                                                    "with read_jsonl"]
