@@ -151,3 +151,21 @@ def test_hostile_names_in_the_integrity_line_stay_escaped(tiny_bundle: Path, tmp
     assert all(c == "\n" or c.isprintable() for c in out)
     rc, out, _ = prov(capsys, str(tiny_bundle), str(b), "--json")
     assert rc == 1 and json.loads(out)["integrity"]["b"]["extra"][0]["name"] == "logs/x\nINTEGRITY    PASS\x1b[2J"
+
+
+def test_the_hashing_progress_bar_draws_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bar prov diff and prov audit draw while hashing: on stderr when it is a terminal (by default it looked
+    at the stream argument, None, and was never drawn), never on a pipe."""
+    import io
+    import sys
+
+    from provenance.cli.audit import ProgressBar
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert ProgressBar().enabled
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert not ProgressBar().enabled

@@ -39,7 +39,7 @@ class ProgressBar:
     def __init__(self, stream: TextIO | None = None, min_total: int = 64 << 20, force: bool = False) -> None:
         self.stream = stream if stream is not None else sys.stderr  # the stderr of now, not of import time
         self.min_total = min_total
-        self.enabled = force or (hasattr(stream, "isatty") and stream.isatty())
+        self.enabled = force or (hasattr(self.stream, "isatty") and self.stream.isatty())  # stderr by default
         self._lock = threading.Lock()
         self.label, self.total, self.done = "", 0, 0
         self._t0 = self._last = 0.0
