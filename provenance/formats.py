@@ -167,7 +167,9 @@ def non_finite_keys(obj: Any, prefix: str = "") -> list[str]:
 def _strict_dumps(obj: Any, **kw: Any) -> str:
     try:
         return json.dumps(obj, allow_nan=False, **kw)
-    except ValueError:  # a non-finite float somewhere (the common case pays nothing for the walk)
+    except ValueError as exc:  # a non-finite float somewhere (the common case pays nothing for the walk)
+        if "Out of range float" not in str(exc):  # e.g. a circular reference: not ours to rewrite
+            raise
         return json.dumps(strict_json(obj), allow_nan=False, **kw)
 
 
