@@ -178,6 +178,11 @@ def dumps(obj: Any) -> str:
     return _strict_dumps(obj, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
 
 
+def dumps_ascii(obj: Any) -> str:
+    """Strict JSON for a terminal or a pipe (as dumps, every non-ASCII character escaped)."""
+    return _strict_dumps(obj, sort_keys=True, indent=2, ensure_ascii=True) + "\n"
+
+
 def dumps_line(obj: Any) -> str:
     """One strict JSON line (as dumps, compact)."""
     return _strict_dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":")) + "\n"

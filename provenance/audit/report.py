@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,7 +74,7 @@ class AuditReport:
         }
 
     def to_json(self) -> str:
-        return printable(json.dumps(self.to_dict(), sort_keys=True, indent=2, ensure_ascii=False) + "\n")
+        return printable(formats.dumps(self.to_dict()))
 
     def to_text(self, max_findings: int = 20) -> str:
         return render_text(self, max_findings)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import threading
@@ -12,6 +11,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from provenance import formats
 from provenance.archive import DEFAULT_LIMITS as ARCHIVE_LIMITS
 from provenance.archive import PackError, pack
 from provenance.audit import DEFAULT_LIMITS, EXIT_REFUSED, AuditRefused, audit, refusal_to_dict
@@ -102,7 +102,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         return 2
     except AuditRefused as exc:
         if args.json:  # ensure_ascii: a hostile name cannot break the output's encoding
-            sys.stdout.write(json.dumps(refusal_to_dict(args.bundle, str(exc)), sort_keys=True, indent=2) + "\n")
+            sys.stdout.write(formats.dumps_ascii(refusal_to_dict(args.bundle, str(exc))))
         print(f"error: refused: {escape(str(exc))}", file=sys.stderr)  # one line: nothing raw from the bundle
         return EXIT_REFUSED
     if args.lineage:  # the whole graph: every ancestor and every edge (provenance.lineage.check)

@@ -41,7 +41,6 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
 def audit_graph(args: argparse.Namespace, own: AuditReport) -> int:
     """`prov audit --lineage`: the bundle's own audit, then its graph's (exit 1 if either fails)."""
-    import json
 
     try:
         report = audit_lineage(args.bundle, _store(args, args.bundle), own=own, workers=args.workers)
@@ -54,7 +53,7 @@ def audit_graph(args: argparse.Namespace, own: AuditReport) -> int:
         doc["ok"] = doc["ok"] and report.ok
         doc["verdict"] = "pass" if doc["ok"] else "fail"
         doc["failures"] = [*doc["failures"], *(f"lineage: {f}" for f in report.failures())]
-        sys.stdout.write(json.dumps(doc, sort_keys=True, indent=2, ensure_ascii=True) + "\n")
+        sys.stdout.write(formats.dumps_ascii(doc))
     else:
         sys.stdout.write(own.to_text())
         sys.stdout.write("\nLINEAGE\n" + render_text(report.graph, report))

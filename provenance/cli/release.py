@@ -4,7 +4,6 @@ SLSA provenance, openness record and report; make a release key."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any
@@ -46,10 +45,10 @@ def cmd_release(args: argparse.Namespace) -> int:
     for w in r.warnings:
         print(f"warning: {escape(w)}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"bundle": str(r.bundle), "root_digest": r.root_digest,
+        sys.stdout.write(formats.dumps_ascii({"bundle": str(r.bundle), "root_digest": r.root_digest,
                           "content_root_digest": r.content_root_digest, "fingerprint": r.fingerprint,
                           "signature": r.signature, "sigstore": r.sigstore, "documents": r.documents,
-                          "audit_ok": r.audit_ok}, sort_keys=True, indent=2))
+                          "audit_ok": r.audit_ok}))
         return 0
     print(f"released {r.bundle}")
     print(f"  root digest          sha256:{r.root_digest}")

@@ -9,7 +9,6 @@ whole is what its weakest required link allows (see docs/lineage.md).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,7 +70,7 @@ class LineageReport:
                 "failures": self.failures()}
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True, indent=2, ensure_ascii=True) + "\n"
+        return formats.dumps_ascii(self.to_dict())
 
 
 def _rank(cls: str | None) -> int:

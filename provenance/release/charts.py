@@ -8,7 +8,6 @@ Everything is drawn here in Python as inline SVG; every text is escaped here, an
 from __future__ import annotations
 
 import html
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from typing import Any
 
 from markupsafe import Markup
 
+from provenance import formats
 from provenance.release.facts import Facts
 
 PALETTE = ("#1f6feb", "#d1242f", "#1a7f37", "#9a6700", "#8250df", "#bf3989")
@@ -146,7 +146,7 @@ def render_chart(c: Chart) -> Markup:
 
     meta = {"x0": x0, "x1": x1, "y0": y0, "y1": y1, "ml": ml, "mt": mt, "pw": pw, "ph": ph, "log": c.log_y,
             "series": [{"name": s.name, "color": s.color, "points": s.points} for s in series]}
-    parts.append(f" data-chart='{_esc(json.dumps(meta, separators=(',', ':')))}'>")
+    parts.append(f" data-chart='{_esc(formats.dumps_line(meta).rstrip())}'>")
     parts.append(f"<title>{_esc(c.title)}</title>")
     parts.append(f'<text class="ctitle" x="{ml}" y="18">{_esc(c.title)}</text>')
     # grid and ticks

@@ -8,7 +8,6 @@ record — the audit summary, which here is the audit of the bundle as it is).
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,7 +38,7 @@ def export(bundle: str | os.PathLike[str], fmt: str, *, dataset: str | None = No
     stamp, date = now.strftime("%Y-%m-%dT%H:%M:%SZ"), now.strftime("%Y-%m-%d")
 
     def dumps(obj: Any) -> str:
-        return json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+        return formats.dumps(obj)
 
     if fmt in ("cyclonedx", "spdx", "eu-summary", "eu-summary-json"):
         only = "eu-summary" if fmt.startswith("eu-summary") else fmt
