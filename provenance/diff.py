@@ -734,9 +734,11 @@ def _num(v: Any) -> str:
 def divergence_text(first: dict[str, Any], a: str = "the original", b: str = "the reproduction") -> str:
     """A first divergence (provenance.replay's definition) in words."""
     k, s = first.get("kind"), first.get("step")
-    if k == "loss":
-        return (f"the loss differs at step {s}: {first.get('loss_recorded')!r} in {a}, {first.get('loss')!r} in {b} "
-                f"(|Δ| {first.get('abs_diff') or 0:.3g}" + (", same batch)" if first.get("order_matched") else ")"))
+    if k == "loss":  # a record read back from a file (the replay's summary) has a NaN as "NaN" (strict JSON)
+        rec, got = _value(first.get("loss_recorded")), _value(first.get("loss"))
+        delta = formats.as_float(first.get("abs_diff")) or 0.0
+        return (f"the loss differs at step {s}: {rec!r} in {a}, {got!r} in {b} "
+                f"(|Δ| {delta:.3g}" + (", same batch)" if first.get("order_matched") else ")"))
     if k == "order":
         if first.get("detail"):
             return f"the batch of step {s}: {first['detail']}"

@@ -277,3 +277,15 @@ def test_a_nan_loss_is_compared_as_a_number_and_printed_as_strict_json(tiny_bund
 
     d = json.loads(proc.stdout, parse_constant=refuse)
     assert proc.returncode == 0 and d["metrics"]["b"] == "NaN" and d["metrics"]["max_abs_diff"] == "NaN"
+
+
+def test_a_first_divergence_read_back_from_strict_json_is_put_in_words() -> None:
+    """The replay's summary file records a NaN loss and its |Δ| as "NaN" (strict JSON); `prov reproduce`
+    puts that first divergence in words (it failed 'Unknown format code g for str' and refused the run)."""
+    from provenance.diff import divergence_text
+
+    first = json.loads(formats.dumps({"kind": "loss", "step": 5, "loss_recorded": 0.5, "loss": float("nan"),
+                                      "abs_diff": float("nan"), "order_matched": True}))
+    assert first["loss"] == "NaN" and first["abs_diff"] == "NaN"
+    text = divergence_text(first)
+    assert text == "the loss differs at step 5: 0.5 in the original, nan in the reproduction (|Δ| nan, same batch)"
