@@ -5,6 +5,7 @@ checkpoint digest); a changed seed, a changed line of code and a changed data by
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -135,3 +136,29 @@ def test_sandbox_and_tolerance_are_refused_for_a_wrapped_bundle(nanogpt: Path, t
         proc = prov("reproduce", str(nanogpt), "--workdir", str(work), *extra, cwd=tmp_path, env=offline_env(tmp_path))
         assert proc.returncode == 2 and "not supported yet for a wrapped (prov run) bundle" in proc.stderr
         assert "verdict: refused (nothing ran)" in proc.stdout and not work.exists()
+
+
+def _captured(root: Path, loss: float) -> object:
+    """A captured step as the startup hook writes it (strict JSON: a NaN loss is "NaN"), read back."""
+    from provenance.capture import wrapped as cw
+
+    paths = formats.capture_paths(0)
+    (root / paths.order).parent.mkdir(parents=True, exist_ok=True)
+    (root / paths.metrics).parent.mkdir(parents=True, exist_ok=True)
+    (root / paths.order).write_text(formats.dumps_line({"step": 1, "evidence": "content", "content": ["sha256:aa"]}))
+    rec = {"step": 1, "loss": loss, "loss_bits": formats.float_bits(loss), "micro_losses": [loss]}
+    (root / paths.metrics).write_text(formats.dumps_line(rec))
+    return cw.read(root)
+
+
+def test_a_nan_loss_captured_as_strict_json_is_compared(tmp_path: Path) -> None:
+    """A captured NaN loss (written "NaN") is read as a NaN and compared: a reproduction whose loss is finite
+    there diverges at that step (before, the step was 'not compared' and the run could pass as bitwise)."""
+    from provenance.reproduce.wrapped import _compare_steps
+
+    nan, fine = _captured(tmp_path / "a", float("nan")), _captured(tmp_path / "b", 0.5)
+    assert math.isnan(nan.steps[1].loss) and math.isnan(nan.steps[1].micro_losses[0])  # type: ignore[attr-defined]
+    records, found, _ = _compare_steps(nan, fine, 1)  # type: ignore[arg-type]
+    assert records[0]["loss_match"] is False and [(f["step"], f["kind"]) for f in found] == [(1, "loss")]
+    records, found, _ = _compare_steps(nan, nan, 1)  # type: ignore[arg-type]
+    assert records[0]["loss_match"] is True and found == []

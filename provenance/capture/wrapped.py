@@ -171,6 +171,11 @@ class Captured:
     facts: dict[str, Any]
 
 
+def _number(v: Any) -> Any:
+    """A captured loss: a non-finite one is written "NaN"/"Infinity"/"-Infinity" (strict JSON): that float."""
+    return formats.as_float(v) if isinstance(v, str) and v in formats.NON_FINITE else v
+
+
 def read(root: Path, rank: int = 0) -> Captured:
     paths = formats.capture_paths(rank)
     _, ids_rel, steps_rel, _v = formats.order_files(root, rank)
@@ -184,8 +189,8 @@ def read(root: Path, rank: int = 0) -> Captured:
         m = metrics.get(s, {})
         steps[s] = CapturedStep(step=s, evidence=str(r.get("evidence")), ids=native.get(s),
                                 content=list(r.get("content") or []),
-                                loss=m.get("loss"), loss_bits=m.get("loss_bits"),
-                                micro_losses=list(m.get("micro_losses") or []), lr=m.get("lr"))
+                                loss=_number(m.get("loss")), loss_bits=m.get("loss_bits"),
+                                micro_losses=[_number(x) for x in m.get("micro_losses") or []], lr=m.get("lr"))
     facts_path = root / paths.facts
     return Captured(steps=steps, checkpoints=list(formats.read_jsonl(root / paths.checkpoints)),
                     seeds=list(formats.read_jsonl(root / paths.seeds)),
