@@ -437,3 +437,30 @@ def test_lineage_page_escapes_hostile_text_from_the_bundles(graph_runs: Path, tm
     assert "<script" not in page and "<img" not in page
     assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;" in page
     assert page.startswith("<!DOCTYPE html>") and page.count("<rect") == 4 and page.count("<line") == 7
+
+
+def test_a_declared_init_checkpoint_that_run_restore_loads_is_one_edge(tmp_path: Path) -> None:
+    """LineageCallback(init=CKPT) and run.restore(CKPT): one input, one `init` edge as declared (run.restore
+    made it a second, `resume`, edge to the same file); a checkpoint restored but not declared is a `resume`."""
+    import torch
+
+    from provenance import start_run
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "train.py").write_text("pass\n")
+    kw: dict = {"runs_dir": tmp_path / "runs", "code_root": code, "capture_output": False, "threads": 1,
+                "argv": ["python", "train.py"]}
+    model = torch.nn.Linear(3, 2)
+    with start_run({"a": 1}, name="first", **kw) as first:
+        first.log(1, loss=1.0)
+        first.checkpoint(1, model)
+    (ckpt,) = (first.root / "checkpoints").glob("*.safetensors")
+    for declared, kinds in ((True, [("init", "run.init_from")]), (False, [("resume", "run.restore")])):
+        callback = LineageCallback(init=ckpt) if declared else LineageCallback()
+        with start_run({"a": 1}, name="second", callbacks=[callback], **kw) as second:
+            second.restore(ckpt, model)
+            second.log(2, loss=0.5)
+        edges = json.loads((second.root / formats.LINEAGE_JSON).read_text())["edges"]
+        assert [(e["kind"], e["consumed"]) for e in edges] == kinds, edges
+        assert edges[0]["digest"] == f"sha256:{sha256_file(ckpt)}"

@@ -61,14 +61,16 @@ class LineageCallback(Callback):
     def restored(self, run: Run) -> list[Consumed]:
         """The inputs as consumed: a checkpoint the run restored (run.restore, e.g. from run.resume_point()
         after a torchrun relaunch) is a `resume` input, as run.resume_from is; it replaces a `resume` given
-        here that the run did not restore (a relaunch of a resumed job continues its previous attempt)."""
+        here that the run did not restore (a relaunch of a resumed job continues its previous attempt). A
+        restored file already given here under another kind (`init=` the checkpoint run.restore loads) is one
+        input, as given: one edge, not an `init` and a `resume` edge to the same file."""
         done = [Consumed("resume", r["sha256"], r["consumed"], None, str(_weights_path(Path(r["path"]))))
                 for r in getattr(run, "restored", [])]
         if not done:
             return list(self.consumed)
         hexes = {c.hexd for c in done}
         kept = [c for c in self.consumed if c.kind != "resume" or c.hexd in hexes]
-        have = {c.hexd for c in kept if c.kind == "resume"}
+        have = {c.hexd for c in kept}
         return kept + [c for c in done if c.hexd not in have]
 
     def on_finish(self, run: Run) -> None:
