@@ -26,7 +26,7 @@ import shlex
 import struct
 from collections.abc import Iterator
 from itertools import zip_longest
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import IO, Any
 
 from provenance import formats, reader
@@ -179,13 +179,15 @@ def integrity_record(bundle: reader.Bundle | None, status: Any = None, *, verify
 
 
 def diff_config(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Config keys that differ. `not_counted`: the differing keys that name places on the machine that ran
+    (formats.PATH_KEYS, which a reproduction sets by design): shown, but not a difference that counts."""
     fa, fb = flatten(a), flatten(b)
     changed = [{"key": k, "a": fa[k], "b": fb[k]} for k in sorted(set(fa) & set(fb)) if fa[k] != fb[k]
                or type(fa[k]) is not type(fb[k])]
-    return {"changed": changed,
-            "only_a": [{"key": k, "value": fa[k]} for k in sorted(set(fa) - set(fb))],
-            "only_b": [{"key": k, "value": fb[k]} for k in sorted(set(fb) - set(fa))],
-            "keys": len(set(fa) | set(fb))}
+    only_a = [{"key": k, "value": fa[k]} for k in sorted(set(fa) - set(fb))]
+    only_b = [{"key": k, "value": fb[k]} for k in sorted(set(fb) - set(fa))]
+    return {"changed": changed, "only_a": only_a, "only_b": only_b, "keys": len(set(fa) | set(fb)),
+            "not_counted": sorted(x["key"] for x in (*changed, *only_a, *only_b) if x["key"] in formats.PATH_KEYS)}
 
 
 def diff_code(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -609,10 +611,46 @@ def diff_outputs(a_root: Path, b_root: Path, bundles: tuple[reader.Bundle, reade
             "only_a": sorted(set(oa) - set(ob)), "only_b": sorted(set(ob) - set(oa))}
 
 
+def command_core(argv: Any, config_keys: set[str] | frozenset[str]) -> list[str] | None:
+    """What a recorded command line says beyond what the diff compares elsewhere: without the interpreter's
+    path (its version is compared as environment), the script by its file name (the code is compared by
+    content), the config file (`--config X`, `--config=X`, or a first argument naming a .yaml/.yml/.json: the
+    resolved config is compared key by key) and `key=value` overrides of config keys (compared as config).
+    None for an argv that is not a list of strings of an interpreter and what it runs."""
+    if not (isinstance(argv, list) and len(argv) >= 2 and all(isinstance(x, str) for x in argv)):
+        return None
+    if argv[1] == "-m" and len(argv) >= 3:
+        head, rest = ["-m", argv[2]], argv[3:]
+    else:
+        head, rest = [PurePath(argv[1]).name], argv[2:]
+    if rest and "=" not in rest[0] and rest[0].endswith((".yaml", ".yml", ".json")):
+        rest = rest[1:]
+    out: list[str] = []
+    skip = False
+    for tok in rest:
+        if skip:
+            skip = False
+            continue
+        if tok == "--config":
+            skip = True
+            continue
+        key = tok.split("=", 1)[0]
+        if tok.startswith("--config=") or ("=" in tok and not tok.startswith("-") and (
+                key in config_keys or any(k.startswith(key + ".") for k in config_keys))):
+            continue
+        out.append(tok)
+    return head + out
+
+
 def diff_command(cfg_a: dict[str, Any], cfg_b: dict[str, Any]) -> dict[str, Any]:
-    """The two recorded command lines (config.json argv), whole."""
+    """The two recorded command lines (config.json argv), whole. `counted` is False where they differ only
+    in what cannot change the numbers by itself and is compared elsewhere (command_core): a reproduction's
+    command, which runs the recorded resolved config from its work folder, by design."""
     a, b = cfg_a.get("argv"), cfg_b.get("argv")
-    return {"a": a, "b": b, "same": a == b}
+    keys = set(flatten(cfg_a.get("config") or {})) | set(flatten(cfg_b.get("config") or {}))
+    core_a, core_b = command_core(a, keys), command_core(b, keys)
+    counted = a != b and (core_a is None or core_b is None or core_a != core_b)
+    return {"a": a, "b": b, "same": a == b, "counted": counted}
 
 
 # --- the whole diff -------------------------------------------------------------------------
@@ -666,7 +704,8 @@ def diff_bundles(a: str | Path, b: str | Path, *, verify: bool = False, workers:
         }
         d["first_divergence"] = diff_first_divergence(d, a, b, metrics_a, metrics_b)
         d["same"] = {
-            "config": not (d["config"]["changed"] or d["config"]["only_a"] or d["config"]["only_b"]),
+            "config": not any(x["key"] not in d["config"]["not_counted"] for x in
+                              (*d["config"]["changed"], *d["config"]["only_a"], *d["config"]["only_b"])),
             "code": not (d["code"]["changed"] or d["code"]["only_a"] or d["code"]["only_b"]),
             "data": not (d["data"]["only_a"] or d["data"]["only_b"] or any(
                 v["changed"] or v["only_a"] or v["only_b"] for v in d["data"]["datasets"].values())),
@@ -677,7 +716,7 @@ def diff_bundles(a: str | Path, b: str | Path, *, verify: bool = False, workers:
             "checkpoints": not d["checkpoints"]["differ"],
             "model": not (d["model"]["changed"] or d["model"]["only_a"] or d["model"]["only_b"]),
             "outputs": not (d["outputs"]["changed"] or d["outputs"]["only_a"] or d["outputs"]["only_b"]),
-            "command": d["command"]["same"],
+            "command": not d["command"]["counted"],
         }
         d["differs"] = differing_sections(d)
         d["identical"] = not d["differs"]
@@ -688,7 +727,9 @@ def differing_sections(d: dict[str, Any]) -> list[str]:
     """The sections in which any difference was found (what `prov diff --exit-code` exits 1 for): those
     `same` says differ, and also steps, evaluations, batches or checkpoints present on one side only and
     a dataset's source. Differences that cannot change the numbers (environment variables, core count,
-    memory, OS release, packages the training did not import) are listed but not counted."""
+    memory, OS release, packages the training did not import) and those a reproduction has by design (the
+    config's path keys, formats.PATH_KEYS; a command that differs only in its interpreter's path, config
+    file and config overrides; run id, times, host) are listed but not counted."""
     out = {k for k, same in d["same"].items() if not same}
     for k in ("metrics", "eval", "order"):
         if d[k]["only_a"] or d[k]["only_b"]:
@@ -816,19 +857,28 @@ def format_diff(d: dict[str, Any], verbose: bool = False) -> str:
         if cmd.get("same"):
             lines.append(f"command: same: {_command(cmd['a'])}")
         else:
-            lines.append("command: differs")
+            lines.append("command: differs" + ("" if cmd.get("counted", True) else
+                                               " (not counted: only the interpreter's path, the config file and "
+                                               "config overrides differ; the config is compared below)"))
             lines.append(f"  A: {_command(cmd.get('a'))}")
             lines.append(f"  B: {_command(cmd.get('b'))}")
 
     c = d["config"]
     n = len(c["changed"]) + len(c["only_a"]) + len(c["only_b"])
-    lines.append(f"config: {'same' if not n else f'{n} key(s) differ'} ({c['keys']} keys)")
+    places = c.get("not_counted") or []
+    head = 'same' if not n else f'{n} key(s) differ'
+    if n and len(places) == n:
+        head = f"same but {n} path key(s) of the machine that ran (not counted)"
+    elif places:
+        head += f" ({len(places)} of them path keys, not counted)"
+    lines.append(f"config: {head} ({c['keys']} keys)")
+    tag = {k: " (a path of the machine that ran: not counted)" for k in places}
     for ch in c["changed"]:  # values whole: two long values (a command) must not look equal
-        lines.append(f"  {ch['key']}: {_whole(ch['a'])} → {_whole(ch['b'])}")
+        lines.append(f"  {ch['key']}: {_whole(ch['a'])} → {_whole(ch['b'])}{tag.get(ch['key'], '')}")
     for ch in c["only_a"]:
-        lines.append(f"  {ch['key']}: only in A ({_whole(ch['value'])})")
+        lines.append(f"  {ch['key']}: only in A ({_whole(ch['value'])}){tag.get(ch['key'], '')}")
     for ch in c["only_b"]:
-        lines.append(f"  {ch['key']}: only in B ({_whole(ch['value'])})")
+        lines.append(f"  {ch['key']}: only in B ({_whole(ch['value'])}){tag.get(ch['key'], '')}")
 
     code = d["code"]
     n = len(code["changed"]) + len(code["only_a"]) + len(code["only_b"])

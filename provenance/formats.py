@@ -49,6 +49,12 @@ LINEAGE_AUDIT_SCHEMA = "fullyopen.lineage-audit/v1"  # `prov audit --lineage --j
 # --- the layout of runs/<run_id>/ -------------------------------------------------------
 RUN_JSON = "run.json"  # identity, status, times, exit status, seeds, threads
 CONFIG_JSON = "config.json"  # resolved config, its digest, the command line
+# keys of CONFIG_JSON's config that name places on the machine that ran: where the bundle was written, the
+# data root, the checkpoint a run continued from. A reproduction sets its own by design (prov reproduce
+# redirects them into its work folder), and they cannot change the numbers by themselves (the data, the
+# checkpoints and the metrics are compared by content). The one definition: prov reproduce never counts them
+# as a cause, prov diff shows them but does not count them (--exit-code)
+PATH_KEYS = frozenset({"run.runs_dir", "data.root", "run.resume_from"})
 CODE_JSON = "code/code.json"  # git facts and the per-file digests of the snapshot
 CODE_DIFF = "code/diff.patch"  # uncommitted changes, untracked files included
 CODE_SNAPSHOT = "code/source.tar"  # the source that ran (deterministic tar)

@@ -513,6 +513,12 @@ def seal_run(root: str | os.PathLike[str], force: bool = False, reason: str | No
             _refuse_if_live(root, info, "its process is neither gone nor a zombie")
         repaired: list[str] = []
         indexed: list[str] = []
+        left = dict(info)  # run.json as found: put back if this seal fails (the bundle stays for `prov seal`)
+        # every seal by `prov seal` says so in run.json: when, and the status it found; a `sealed_by` already there
+        # did not seal (no seal is there, or this is a re-seal of a run left running): kept under `replaces`
+        sealed_by: dict[str, Any] = {"command": "prov seal", "time": formats.utc_now(), "status_before": status}
+        if info.get("sealed_by") is not None:
+            sealed_by["replaces"] = info["sealed_by"]
         if status == "running":
             # everything that can refuse is read before anything is changed
             step = last_step(root, files)
@@ -529,20 +535,27 @@ def seal_run(root: str | os.PathLike[str], force: bool = False, reason: str | No
                 info.update(wrapped.finalize(root))
             except RecursionError:
                 raise BundleError(f"{printable(str(root))}: a captured record nests too deeply; refused") from None
-            now = formats.utc_now()
-            info.update({"status": "interrupted", "ended_at": now, "exit_status": 137,
+            sealed_by.update(repaired=repaired, indexed_checkpoints=indexed)
+            info.update({"status": "interrupted", "ended_at": sealed_by["time"], "exit_status": 137,
                          "error": {"type": "Killed", "message": "the run's process ended without sealing "
                                    "(SIGKILL, power loss or OOM); sealed afterwards by `prov seal`",
                                    "traceback": None},
-                         "sealed_by": {"command": "prov seal", "time": now, "repaired": repaired,
-                                       "indexed_checkpoints": indexed}})
+                         "sealed_by": sealed_by})
             info["last_step"] = step
             write_run_info(root, info)
-        if previous is not None:
-            digest = _reseal(root, previous, reason or "prov seal --force: a sealed run folder left 'running'",
-                             "prov seal")
-        else:
-            digest = seal_folder_locked(root)
+        else:  # it ended but was not sealed (its sealer was killed, or failed): sealed now, by this command
+            info["sealed_by"] = sealed_by
+            write_run_info(root, info)
+        try:
+            if previous is not None:
+                digest = _reseal(root, previous, reason or "prov seal --force: a sealed run folder left 'running'",
+                                 "prov seal")
+            else:
+                digest = seal_folder_locked(root)
+        except BaseException:
+            if status != "running" and not (root / formats.MANIFEST).exists():
+                write_run_info(root, left)  # no `sealed_by` claiming a seal that was not made
+            raise
         return {"root_digest": digest, "status": info["status"], "repaired": repaired, "indexed": indexed,
                 "resealed": previous is not None, "unchanged": False}
 

@@ -133,6 +133,41 @@ def test_prov_diff_of_bundle_and_its_reproduction(happy: dict, tiny_bundle: Path
     assert d["same"]["metrics"] and d["b"]["reproduces"]["run_id"] == tiny_bundle.name
 
 
+def test_prov_diff_exit_code_of_a_bitwise_reproduction_is_0(happy: dict, tiny_bundle: Path, tmp_path: Path) -> None:
+    repro = Path(happy["doc"]["bundle"])
+    proc = cli("diff", str(tiny_bundle), str(repro), "--exit-code", "--json")
+    d = json.loads(proc.stdout)
+    # what a reproduction has by design is shown: its own command, config file and paths
+    paths = {"run.runs_dir", "data.root"}
+    assert {c["key"] for c in d["config"]["changed"]} == paths == set(d["config"]["not_counted"])
+    assert not d["command"]["same"] and not d["command"]["counted"]
+    assert d["a"]["run_id"] != d["b"]["run_id"]
+    # but does not count
+    assert (proc.returncode, d["differs"], d["identical"]) == (0, [], True), proc.stderr
+    proc = cli("diff", str(tiny_bundle), str(repro), "--exit-code")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "config: same but 2 path key(s) of the machine that ran (not counted)" in proc.stdout
+    assert "command: differs (not counted" in proc.stdout
+    # a real config change in the reproduction (sealed again: intact) counts
+    other = tmp_path / repro.name
+    shutil.copytree(repro, other)
+    cfg = formats.read_json(other / formats.CONFIG_JSON)
+    cfg["config"]["train"]["lr"] = 0.006
+    formats.atomic_write_json(other / formats.CONFIG_JSON, cfg)
+    seal_folder(other)
+    proc = cli("diff", str(tiny_bundle), str(other), "--exit-code", "--json")
+    d = json.loads(proc.stdout)
+    assert (proc.returncode, d["differs"]) == (1, ["config"]), proc.stderr
+    # and so does a command argument that is not a config override (e.g. a wrapped script's own flag)
+    cfg = formats.read_json(repro / formats.CONFIG_JSON)
+    cfg["argv"] = [*cfg["argv"], "--fast-math"]
+    formats.atomic_write_json(other / formats.CONFIG_JSON, cfg)
+    seal_folder(other)
+    proc = cli("diff", str(tiny_bundle), str(other), "--exit-code", "--json")
+    d = json.loads(proc.stdout)
+    assert (proc.returncode, d["differs"]) == (1, ["command"]), proc.stderr
+
+
 def test_from_step_restores_the_checkpoint_and_checks_the_rest(tiny_bundle: Path, tmp_path: Path) -> None:
     from provenance.archive import pack
 

@@ -289,3 +289,67 @@ def test_the_python_add_note_never_seals_over_a_tampered_bundle(bundle_copy: Pat
     with pytest.raises(BundleError, match=r"code/source\.tar"):
         add_note(bundle_copy, "looks fine", "other")
     assert (bundle_copy / formats.NOTES).read_bytes() == notes
+
+
+def _is_utc_iso(text: object) -> bool:
+    from datetime import datetime
+
+    if not isinstance(text, str):
+        return False
+    offset = datetime.fromisoformat(text.replace("Z", "+00:00")).utcoffset()
+    return offset is not None and not offset
+
+
+@pytest.mark.parametrize("stale", [False, True])
+def test_prov_seal_of_an_ended_unsealed_run_records_sealed_by(stale: bool, tiny_bundle: Path, tmp_path: Path) -> None:
+    """A run that ended but has no seal (rank 0's detached sealer killed after it wrote run.json, before the
+    seal; or no sealer): `prov seal` seals it and says so in run.json, a stale `sealed_by` kept under `replaces`."""
+    root = tmp_path / "runs" / tiny_bundle.name
+    shutil.copytree(tiny_bundle, root)
+    (root / formats.MANIFEST).unlink()
+    info = json.loads((root / formats.RUN_JSON).read_text())
+    assert info["status"] == "completed" and "sealed_by" not in info
+    old = {"command": "rank 0's detached sealer", "time": "2026-12-01T15:00:00Z", "waited_for_ranks": [1]}
+    if stale:
+        info["sealed_by"] = old
+    info["host"] = "a-host-that-is-gone"
+    (root / formats.RUN_JSON).write_text(json.dumps(info))
+    proc = prov("seal", str(root), env_dir=tmp_path / "env")
+    assert proc.returncode == 0, proc.stderr
+    after = json.loads((root / formats.RUN_JSON).read_text())
+    by = after["sealed_by"]
+    assert by["command"] == "prov seal" and by["status_before"] == "completed" and _is_utc_iso(by["time"])
+    assert by.get("replaces") == (old if stale else None)
+    assert after["status"] == "completed" and after["ended_at"] == info["ended_at"]  # nothing else changed
+    assert {k: v for k, v in after.items() if k != "sealed_by"} == {k: v for k, v in info.items() if k != "sealed_by"}
+    audit = prov("audit", str(root), env_dir=tmp_path / "env")  # run.json as sealed: the seal covers sealed_by
+    assert audit.returncode == 0 and "Traceback" not in audit.stderr, audit.stdout
+    # a killed run (status running) records the status it found, too
+    killed = killed_copy(tiny_bundle, tmp_path / "k")
+    assert prov("seal", str(killed), env_dir=tmp_path / "env").returncode == 0
+    by = json.loads((killed / formats.RUN_JSON).read_text())["sealed_by"]
+    assert (by["command"], by["status_before"], "replaces" in by) == ("prov seal", "running", False)
+    assert _is_utc_iso(by["time"]) and by["repaired"] == [] and by["indexed_checkpoints"] == []
+
+
+def test_a_prov_seal_that_fails_puts_run_json_back(tiny_bundle: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """No `sealed_by` claims a seal that was not made: run.json is as it was found, for the next `prov seal`."""
+    from provenance import recover
+    from provenance.bundle import BundleError
+
+    root = tmp_path / "runs" / tiny_bundle.name
+    shutil.copytree(tiny_bundle, root)
+    (root / formats.MANIFEST).unlink()
+    info = json.loads((root / formats.RUN_JSON).read_text())
+    info["host"] = "a-host-that-is-gone"
+    (root / formats.RUN_JSON).write_text(json.dumps(info))
+
+    def fail(*_: object, **__: object) -> str:
+        raise BundleError("the disk is full")
+
+    monkeypatch.setattr(recover, "seal_folder_locked", fail)
+    with pytest.raises(BundleError, match="disk is full"):
+        recover.seal_run(root)
+    assert json.loads((root / formats.RUN_JSON).read_text()) == info
+    assert not (root / formats.MANIFEST).exists()

@@ -67,7 +67,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--verbose", action="store_true", help="also list environment variables that differ")
     p.add_argument("--exit-code", action="store_true",
                    help="exit 1 when any difference is found, 0 when the bundles are the same (like git diff "
-                        "--exit-code); differences that cannot change the numbers do not count")
+                        "--exit-code); differences that cannot change the numbers do not count, nor those a "
+                        "reproduction has by design (path keys such as data.root and run.runs_dir, a command "
+                        "that differs only in its interpreter, config file and config overrides, run id, "
+                        "times, host): a bitwise reproduction exits 0")
     p.add_argument("--no-verify", action="store_true",
                    help="do not hash the bundles to check their seals (fast on large checkpoints; the "
                         "integrity lines then say 'not verified' and integrity never sets the exit status)")

@@ -8,12 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# config keys that differ between an original and its reproduction by design (paths of this machine): the one
+# definition is provenance.formats.PATH_KEYS, shared with prov diff
+from provenance.formats import PATH_KEYS as PATH_KEYS
+
 Say = Callable[[str], None]
 
 EXIT_REPRODUCED, EXIT_DIVERGED, EXIT_REFUSED = 0, 1, 2
 
-# config keys that differ between an original and its reproduction by design (paths of this machine)
-PATH_KEYS = frozenset({"run.runs_dir", "data.root", "run.resume_from"})
 # config keys that set the thread count: a difference there is reported as environment
 THREAD_KEYS = frozenset({"run.threads"})
 
