@@ -280,5 +280,7 @@ def test_a_failing_detached_sealer_leaves_the_bundle_for_prov_seal(tmp_path: Pat
     assert formats.read_json(root / formats.RUN_JSON) == left
     assert _prov_seal(root).startswith("sealed ")
     info = formats.read_json(root / formats.RUN_JSON)
-    assert info["status"] == "failed" and "sealed_by" not in info
+    # the seal that was made says who made it, and what it found (no sealer's `sealed_by` to replace)
+    assert info["status"] == "failed" and info["sealed_by"]["command"] == "prov seal"
+    assert info["sealed_by"]["status_before"] == "failed" and "replaces" not in info["sealed_by"]
     assert audit(root).integrity.ok
