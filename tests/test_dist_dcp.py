@@ -125,7 +125,7 @@ def _train(tmp: Path, runs: Path, env: dict[str, str], *extra: str) -> subproces
     return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
 
 
-@pytest.mark.slow  # three 2-rank training runs: about a minute on 2 cores
+@pytest.mark.slow  # five 2-rank training runs: about two minutes on 2 cores
 def test_train_fsdp_audits_and_reproduces_bitwise(tmp_path: Path) -> None:
     from conftest import offline_env
 
@@ -146,6 +146,23 @@ def test_train_fsdp_audits_and_reproduces_bitwise(tmp_path: Path) -> None:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         summary = formats.read_json(only(tmp_path / name) / "reproduction" / "summary.json")
         assert summary["bitwise"] is True and summary["steps_checked"] == steps, summary
+
+    # prov reproduce launches torchrun at the recorded world size itself: bitwise, whole and --from-step 3
+    from provenance.reproduce import Options, reproduce
+
+    mp = pytest.MonkeyPatch()
+    try:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        for name, from_step, steps in (("prov-full", None, 6), ("prov-from3", 3, 3)):
+            out = reproduce(root, Options(workdir=tmp_path / name, from_step=from_step))
+            assert (out.exit_status, out.verdict) == (0, "reproduced (bitwise)"), out.headline
+            assert out.report.command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+            summary = out.report.replay_summary
+            assert summary["world_size"] == 2 and summary["steps_checked"] == steps, summary
+            assert [r["bitwise"] for r in summary["ranks"]] == [True, True]
+    finally:
+        mp.undo()
 
 
 @pytest.mark.slow  # two torchrun launchers meeting through c10d rendezvous on localhost

@@ -99,13 +99,32 @@ def entry_point(argv: list[str]) -> str:
     return f"-m {argv[2]}" if argv[1] == "-m" and len(argv) >= 3 else argv[1]
 
 
+def launcher(orig: Original, opts: Options) -> list[str]:
+    """How the training is started: this interpreter, or for an original that ran as several processes on
+    one node, this interpreter's torchrun at the same world size (`python -m torch.distributed.run --standalone
+    --nproc_per_node=W`): each rank's data order and the gradient reduction depend on the world size. An
+    original trained on several nodes is refused (a reproduction launches on this machine only)."""
+    world = orig.run.get("world_size", 1)
+    if not isinstance(world, int) or isinstance(world, bool) or world <= 1:
+        return [opts.python]
+    dist = orig.run.get("distributed") if isinstance(orig.run.get("distributed"), dict) else {}
+    nodes = dist.get("nnodes", 1)
+    if nodes != 1:
+        raise Refused(f"the original trained on {nodes} nodes (world size {world}); prov reproduce launches on one "
+                      "machine only: reproduce it with PROV_REPLAY=<bundle> under the same torchrun on every node "
+                      "(docs/integrations.md); nothing ran")
+    return [opts.python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}"]
+
+
 def build_command(orig: Original, opts: Options, code_dir: Path, config_path: Path,
                   overrides: list[str]) -> list[str]:
-    """The recorded command, run by this interpreter: the recorded resolved config (written to
-    config_path) replaces the config file and its overrides; `overrides` come last (last wins)."""
+    """The recorded command, run by this interpreter (under torchrun at the recorded world size for a
+    multi-process original: launcher()): the recorded resolved config (written to config_path) replaces the
+    config file and its overrides; `overrides` come last (last wins)."""
     argv = orig.argv
+    start = launcher(orig, opts)
     if argv[1] == "-m" and len(argv) >= 3:
-        head, rest = [opts.python, "-m", argv[2]], argv[3:]
+        head, rest = [*start, "-m", argv[2]], argv[3:]
     else:
         script = argv[1]
         p = PurePath(script)
@@ -116,7 +135,7 @@ def build_command(orig: Original, opts: Options, code_dir: Path, config_path: Pa
             if match is None:
                 raise Refused(f"the recorded script {script} is not in the code snapshot")
             script = match.as_posix()
-        head, rest = [opts.python, script], argv[2:]
+        head, rest = [*start, script], argv[2:]
     # the resolved config holds the recorded config file and every recorded override
     if "--config" in rest or (rest and _looks_like_config(rest[0])):
         return [*head, "--config", str(config_path), *overrides]
