@@ -77,6 +77,14 @@ def _bundle_json(bundle: reader.Bundle, rel: str, default: Any = None) -> Any:
         raise formats.FormatError(str(exc)) from None
 
 
+def _config_values(doc: Any) -> dict[str, Any]:
+    """config.json's config as the run was given it (a NaN/inf that non_finite names read back as its float)."""
+    cfg = doc.get("config") if isinstance(doc, dict) else None
+    if not isinstance(cfg, dict):
+        return {}
+    return formats.config_values(cfg, doc.get("non_finite"))
+
+
 def _bundle_jsonl(bundle: reader.Bundle, rel: str) -> list[dict[str, Any]]:
     """The records of a JSON-lines file (reader.Bundle.records: strict, a torn last line skipped)."""
     try:
@@ -182,8 +190,8 @@ def diff_config(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """Config keys that differ. `not_counted`: the differing keys that name places on the machine that ran
     (formats.PATH_KEYS, which a reproduction sets by design): shown, but not a difference that counts."""
     fa, fb = flatten(a), flatten(b)
-    changed = [{"key": k, "a": fa[k], "b": fb[k]} for k in sorted(set(fa) & set(fb)) if fa[k] != fb[k]
-               or type(fa[k]) is not type(fb[k])]
+    changed = [{"key": k, "a": fa[k], "b": fb[k]} for k in sorted(set(fa) & set(fb))  # NaN is NaN here
+               if formats.strict_json(fa[k]) != formats.strict_json(fb[k]) or type(fa[k]) is not type(fb[k])]
     only_a = [{"key": k, "value": fa[k]} for k in sorted(set(fa) - set(fb))]
     only_b = [{"key": k, "value": fb[k]} for k in sorted(set(fb) - set(fa))]
     return {"changed": changed, "only_a": only_a, "only_b": only_b, "keys": len(set(fa) | set(fb)),
@@ -685,7 +693,7 @@ def diff_bundles(a: str | Path, b: str | Path, *, verify: bool = False, workers:
             "integrity": integrity,
             "a": bundle_info(a, ba),
             "b": bundle_info(b, bb),
-            "config": diff_config(cfg_a.get("config") or {}, cfg_b.get("config") or {}),
+            "config": diff_config(_config_values(cfg_a), _config_values(cfg_b)),
             "code": diff_code(code_a, code_b),
             "data": diff_data(a, b, (ba, bb)),
             "environment": {"differences": env, "threads": [thr_a.get("num_threads"), thr_b.get("num_threads")],

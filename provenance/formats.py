@@ -7,6 +7,7 @@ See docs/bundle-format.md for the prose version of this module.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -207,9 +208,76 @@ def parse_digest(value: str) -> tuple[str, str]:
 
 
 def config_digest(config: dict[str, Any]) -> str:
-    """Digest of a resolved config: sha256 of its canonical compact JSON."""
+    """Digest of a resolved config: sha256 of its canonical compact strict JSON (a non-finite float as its name,
+    "Infinity" for float("inf"), as config.json stores it). For a config of finite numbers it is the digest of
+    Python's plain json.dumps text, as before non-finite values were named."""
+    canon = _strict_dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return digest_str(hashlib.sha256(canon.encode()).hexdigest())
+
+
+def bare_config_digest(config: dict[str, Any]) -> str:
+    """The digest a bundle written before non-finite values were named (2026-12-01) recorded for a config holding
+    a NaN/inf: over Python's bare NaN/Infinity text. The audit accepts it for such a bundle's config.json."""
     canon = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return digest_str(hashlib.sha256(canon.encode()).hexdigest())
+
+
+ConfigPath = list[str | int]  # a value's place in a config: its keys and list indexes from the top
+
+
+def non_finite_paths(obj: Any, path: tuple[str | int, ...] = ()) -> list[ConfigPath]:
+    """Where `obj` holds a non-finite float (config.json's "non_finite": which of its "NaN"/"Infinity"/
+    "-Infinity" strings are numbers, so that a genuine string "NaN" stays a string)."""
+    if isinstance(obj, float):
+        return [] if math.isfinite(obj) else [list(path)]
+    if isinstance(obj, dict):
+        return [p for k, v in obj.items() for p in non_finite_paths(v, (*path, k))]
+    if isinstance(obj, list | tuple):
+        return [p for i, v in enumerate(obj) for p in non_finite_paths(v, (*path, i))]
+    return []
+
+
+def _bad_path(config: Any, path: Any) -> str | None:
+    if not isinstance(path, list) or not path:
+        return f"{path!r} is not a non-empty list of keys"
+    node = config
+    for part in path[:-1]:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return f"{path!r} is not a place in the config"
+    last = path[-1]
+    ok = (isinstance(node, dict) and isinstance(last, str) and last in node) or (
+        isinstance(node, list) and isinstance(last, int) and not isinstance(last, bool) and 0 <= last < len(node))
+    if not ok:
+        return f"{path!r} is not a place in the config"
+    if node[last] not in NON_FINITE:
+        return f"{path!r} holds {node[last]!r}, not one of {', '.join(NON_FINITE)}"
+    return None
+
+
+def config_non_finite_problems(config: dict[str, Any], paths: Any) -> list[str]:
+    """What is wrong with config.json's "non_finite" list (each entry must name a "NaN"/"Infinity"/"-Infinity")."""
+    if paths is None:
+        return []
+    if not isinstance(paths, list):
+        return [f"non_finite must be a list of key paths, got {type(paths).__name__}"]
+    return [p for p in (_bad_path(config, path) for path in paths) if p is not None]
+
+
+def config_values(config: dict[str, Any], paths: Any) -> dict[str, Any]:
+    """The config a run was given, from config.json's "config" and "non_finite": each named place read back as
+    the float it was (float("inf") for "Infinity"); an old bundle's bare NaN/Infinity is a float already.
+    A list that names no "NaN"/"Infinity"/"-Infinity" (a damaged one) changes nothing there."""
+    if not paths or config_non_finite_problems(config, paths):
+        return config
+    out = copy.deepcopy(config)
+    for path in paths:
+        node = out
+        for part in path[:-1]:
+            node = node[part]
+        node[path[-1]] = float(node[path[-1]])
+    return out
 
 
 def command_digest(argv: list[str]) -> str:

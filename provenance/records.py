@@ -105,10 +105,25 @@ class ConfigRecord:
     argv: list[str] | None = None
     cwd_name: str | None = None
     command_digest: str | None = None  # binds argv (formats.command_digest)
+    non_finite: list[Any] | None = None  # where config holds a NaN/inf, written "NaN"/"Infinity" (key paths)
     extra: dict[str, Any] = field(default_factory=dict, metadata=config.EXTRA)
 
+    def digest_form(self) -> str | None:
+        """Which text the recorded digest covers: "strict" (a non-finite float as its name: every bundle since
+        2026-12-01, and any config of finite numbers), "bare" (a bundle written before then whose config.json
+        holds a bare NaN/Infinity, digested as Python wrote it), None when it matches neither."""
+        if formats.config_digest(self.config) == self.digest:
+            return "strict"
+        if formats.non_finite_paths(self.config) and formats.bare_config_digest(self.config) == self.digest:
+            return "bare"
+        return None
+
     def digest_ok(self) -> bool:
-        return formats.config_digest(self.config) == self.digest
+        return self.digest_form() is not None
+
+    def values(self) -> dict[str, Any]:
+        """The config the run was given: each place non_finite names read back as its float."""
+        return formats.config_values(self.config, self.non_finite)
 
 
 @dataclass(frozen=True)

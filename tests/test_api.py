@@ -401,3 +401,47 @@ def test_a_plain_pytorch_loop_trains_audits_and_reproduces_bitwise(tmp_path: Pat
                           str(tmp_path / "w")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert rep.returncode == 0, rep.stdout + rep.stderr
     assert "bitwise" in rep.stdout
+
+
+def test_a_config_with_inf_and_nan_runs_audits_and_reproduces_bitwise(tmp_path: Path) -> None:
+    """A config holding inf (no gradient clipping), -inf and NaN: config.json is strict JSON (the names, and
+    non_finite saying which strings are numbers: a genuine "NaN" string stays one), its digest matches, the
+    audit passes, and prov reproduce of it is bitwise (the child's config as given: floats)."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+    from conftest import REPO, offline_env
+
+    work = tmp_path / "project"
+    work.mkdir()
+    shutil.copy(REPO / "tests" / "scripts" / "nonfinite_config.py", work / "train.py")
+    env = offline_env(tmp_path)
+    env["PYTHONPATH"] = str(REPO)
+    for args in (["init", "-q"], ["add", "train.py"], ["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm",
+                                                       "x"]):
+        subprocess.run(["git", *args], cwd=work, check=True, env=env)
+    (work / ".gitignore").write_text("runs/\n")
+    out = subprocess.run([sys.executable, "train.py"], cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    (root,) = (work / "runs").iterdir()
+    text = (root / formats.CONFIG_JSON).read_text()
+    doc = json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in config.json"))
+    assert doc["config"]["clip"] == "Infinity" and doc["config"]["floor"] == "-Infinity"
+    assert doc["config"]["unset"] == "NaN" and doc["config"]["name"] == "NaN"
+    assert sorted(doc["non_finite"]) == [["best_val"], ["clip"], ["floor"], ["unset"]]
+    from provenance import reader
+    values = reader.Bundle(root).config_record().values()
+    assert values["clip"] == float("inf") and values["floor"] == -float("inf") and values["unset"] != values["unset"]
+    assert values["name"] == "NaN"
+    audit_out = subprocess.run([sys.executable, "-m", "provenance.cli", "audit", str(root)], cwd=REPO, env=env,
+                               capture_output=True, text=True, timeout=300)
+    assert audit_out.returncode == 0, audit_out.stdout + audit_out.stderr
+    rep = subprocess.run([sys.executable, "-m", "provenance.cli", "reproduce", str(root), "--workdir",
+                          str(tmp_path / "w")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert rep.returncode == 0, rep.stdout + rep.stderr
+    assert "bitwise" in rep.stdout
+    given = yaml.safe_load((tmp_path / "w" / "config.yaml").read_text())  # what a --config script would be given
+    assert given["clip"] == float("inf") and given["unset"] != given["unset"] and given["name"] == "NaN"

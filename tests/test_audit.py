@@ -334,6 +334,53 @@ def test_config_must_match_its_digest(bundle_copy: Path) -> None:
     assert list(f) == ["config"] and "config.json: the config does not match its digest" in f["config"][0], f
 
 
+def _config_check(tmp_path: Path, text: str) -> Any:
+    from provenance import reader
+    from provenance.audit.checks_run import check_config
+    from provenance.audit.results import CheckResult
+
+    (tmp_path / formats.CONFIG_JSON).write_text(text)
+    out = CheckResult("config", "config digest")
+    check_config(reader.Bundle(tmp_path), out)
+    return out
+
+
+def _sha(canon: str) -> str:
+    import hashlib
+    return "sha256:" + hashlib.sha256(canon.encode()).hexdigest()
+
+
+def test_config_check_accepts_an_old_bundles_bare_infinity_and_its_digest(tmp_path: Path) -> None:
+    """A bundle written before non-finite numbers were named: config.json holds a bare Infinity/NaN and its digest
+    is over that bare text (Python's json.dumps). The check accepts that digest (and says so); the same config
+    with another value, or a digest over yet another text, fails."""
+    bare = '{"best_val":Infinity,"lr":0.1,"nan":NaN}'
+    doc = f'{{"config": {bare}, "digest": "{_sha(bare)}"}}'
+    out = _config_check(tmp_path, doc)
+    assert not out.errors, [f.message for f in out.errors]
+    assert "over bare NaN/Infinity" in out.summary
+    # the digest of today's form of the same config is accepted too (a re-written config.json)
+    strict = '{"best_val":"Infinity","lr":0.1,"nan":"NaN"}'
+    assert not _config_check(tmp_path, f'{{"config": {bare}, "digest": "{_sha(strict)}"}}').errors
+    out = _config_check(tmp_path, doc.replace('"lr":0.1', '"lr":0.2', 1))  # the config, not its digest
+    assert [f.message for f in out.errors] == ["the config does not match its digest"]
+
+
+def test_config_check_of_todays_form_and_its_non_finite_list(tmp_path: Path) -> None:
+    strict = '{"clip":"Infinity","name":"NaN"}'
+    ok = f'{{"config": {strict}, "digest": "{_sha(strict)}", "non_finite": [["clip"]]}}'
+    out = _config_check(tmp_path, ok)
+    assert not out.errors and "bare" not in out.summary, out.summary
+    assert formats.config_digest({"clip": float("inf"), "name": "NaN"}) == _sha(strict)  # the run's digest
+    assert formats.config_digest({"lr": 0.1, "a": [1, "x"]}) == _sha(json.dumps({"a": [1, "x"], "lr": 0.1},
+                                                                          sort_keys=True, separators=(",", ":")))
+    other = '{"clip":"Infinity","name":"x"}'  # non_finite naming a place that is not a name, or no place
+    out = _config_check(tmp_path, f'{{"config": {other}, "digest": "{_sha(other)}", "non_finite": [["name"], ["lr"]]}}')
+    assert sorted(f.message for f in out.errors) == [
+        "non_finite: ['lr'] is not a place in the config", "non_finite: ['name'] holds 'x', not one of NaN, "
+        "Infinity, -Infinity"], [f.message for f in out.errors]
+
+
 def test_model_parameter_count_must_match_its_config(bundle_copy: Path) -> None:
     edit_json(bundle_copy / "model" / "config.json", lambda c: c.update(n_layer=c["n_layer"] + 1))
     errs = failing(reseal_and_audit(bundle_copy))["model"]

@@ -48,9 +48,13 @@ def check_config(view: BundleView, out: CheckResult) -> None:
     f = formats.CONFIG_JSON
     cfg = view.config_record()  # typed and strict: config an object, argv a list of strings
     actual = formats.config_digest(cfg.config)
-    if not cfg.digest_ok():
+    form = cfg.digest_form()  # "bare": a bundle from before non-finite numbers were named (NaN/Infinity bare)
+    if form is None:
         out.error("the config does not match its digest", file=f, expected=str(cfg.digest), actual=actual)
-    out.summary = f"digest {actual[:19]}... matches" if cfg.digest_ok() else "digest differs"
+    for problem in formats.config_non_finite_problems(cfg.config, cfg.non_finite):
+        out.error(f"non_finite: {problem}", file=f)
+    out.summary = "digest differs" if form is None else f"digest {cfg.digest[:19]}... matches" + (
+        " (over bare NaN/Infinity, as written before 2026-12-01)" if form == "bare" else "")
     if cfg.argv is None:
         return
     bound = cfg.command_digest

@@ -235,7 +235,7 @@ def run_child(cmd: list[str], cwd: Path, env: dict[str, str], log_path: Path, op
 
 def config_yaml(config: dict[str, Any]) -> bytes:
     text = yaml.safe_dump(config, sort_keys=True, allow_unicode=True)
-    if yaml.safe_load(text) != config:
+    if formats.strict_json(yaml.safe_load(text)) != formats.strict_json(config):  # NaN (.nan) is NaN here
         raise Refused("the recorded config does not survive a YAML round trip; it cannot be passed to the script")
     return text.encode()
 

@@ -112,7 +112,7 @@ def _read_original(b: reader.Bundle, root: Path, digest: str) -> Original:
         raise Refused(f"{root}: {formats.CODE_SNAPSHOT} is missing: the code that ran is not in the bundle")
     ckpts = {e.step: e.sha256 for e in index.checkpoints} if index is not None else {}
     steps = [int(r["step"]) for r in metrics if isinstance(r.get("step"), int)]
-    return Original(root=root, root_digest=digest, run=rj(formats.RUN_JSON), config=cfg.config, argv=argv,
+    return Original(root=root, root_digest=digest, run=rj(formats.RUN_JSON), config=cfg.values(), argv=argv,
                     code=rj(formats.CODE_JSON), env=rj(formats.ENV_JSON, required=False),
                     manifests=manifests, checkpoints=ckpts, metric_steps=steps)
 

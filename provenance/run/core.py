@@ -217,11 +217,6 @@ class Run:
         manifests = [(spec, verified_manifest(spec)) for spec in self.datasets]
         self._manifests = {spec.name: m for spec, m in manifests}  # compared with a resumed segment's
         documents = _local_documents(self.documents)
-        nonfinite = formats.non_finite_keys(self.config)
-        if nonfinite:  # config.json is strict JSON, and the config must round-trip into a reproduction exactly
-            raise ConfigError(f"config key {nonfinite[0]} is not a finite number (NaN or infinite): a run's config "
-                              "is recorded as strict JSON and passed to a reproduction as recorded; give a finite "
-                              "number (or null) instead")
         seed_everything(self.seed)
         determinism = apply_determinism(self.threads, self.deterministic)
         env = capture_env()
@@ -281,10 +276,16 @@ class Run:
                                           "previous": None, "match": match.record()}
         if self.ranks.writes_shared:
             argv = w.redactor.obj(list(self.argv))  # as written (secrets redacted): what the digest binds
-            w.write_json(formats.CONFIG_JSON, {"config": self.config,
-                                               "digest": formats.config_digest(redactor.obj(self.config)),
-                                               "argv": argv, "command_digest": formats.command_digest(argv),
-                                               "cwd_name": Path.cwd().name})
+            # strict JSON: a NaN/inf is written by name ("Infinity"), as its digest covers it; non_finite says
+            # which of those strings are numbers, so a reader gets the floats back (ConfigRecord.values)
+            record: dict[str, Any] = {"config": self.config,
+                                      "digest": formats.config_digest(redactor.obj(self.config)),
+                                      "argv": argv, "command_digest": formats.command_digest(argv),
+                                      "cwd_name": Path.cwd().name}
+            non_finite = formats.non_finite_paths(self.config)
+            if non_finite:
+                record["non_finite"] = non_finite
+            w.write_json(formats.CONFIG_JSON, record)
             w.write_json(formats.CODE_JSON, code.facts)
             w.write_bytes(formats.CODE_DIFF, code.diff, redact=True)
             w.write_bytes(formats.CODE_SNAPSHOT, code.snapshot)
@@ -640,8 +641,9 @@ class Run:
                 changes.append({"what": "data", "key": f"data.{name}", "old": None if old is None else "manifest",
                                 "new": "a different manifest"})
         if (prev / formats.CONFIG_JSON).is_file():
-            before = flatten(formats.read_json(prev / formats.CONFIG_JSON).get("config", {}))
-            after = flatten(self.config)
+            # compared as written (a NaN/inf by name): NaN equals NaN, a bare old "Infinity" equals float("inf")
+            before = flatten(formats.strict_json(formats.read_json(prev / formats.CONFIG_JSON).get("config", {})))
+            after = flatten(formats.strict_json(self.config))
             for key in sorted(set(before) | set(after)):
                 if key in _RESUME_KEYS or key.split(".")[-1] in ("resume_from", "resume") \
                         or before.get(key) == after.get(key):
