@@ -146,7 +146,8 @@ def integrity_record(bundle: reader.Bundle | None, status: Any = None, *, verify
                      workers: int | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """The seal of one bundle checked by the audit's engine (provenance.audit.integrity), as a JSON-able
     record: {state, sealed, ok, status, root_digest, files, bytes, changed, missing, extra, problems,
-    warnings}. `ok` is False only for a tampered bundle; an unsealed one is reported, not failed."""
+    warnings}. `ok` is False for a tampered bundle and for an unsealed one: nothing shows that an unsealed
+    bundle's files are what its run wrote (a seal deleted from an edited bundle looks the same)."""
     from provenance.audit.integrity import check_integrity, load_manifest
     from provenance.audit.view import DEFAULT_LIMITS
 
@@ -160,7 +161,7 @@ def integrity_record(bundle: reader.Bundle | None, status: Any = None, *, verify
         rec["warnings"].append({"file": formats.LOCK,
                                 "message": "a live writer's lock file: the run may still be writing"})
     if formats.MANIFEST not in sizes:
-        rec.update(sealed=False, state=UNSEALED)
+        rec.update(sealed=False, state=UNSEALED, ok=False)
         evidence = [n for n in SEALED_EVIDENCE if n in sizes]
         if evidence:  # a bundle that was sealed, whose seal is gone: the seal was removed, not never made
             rec.update(state=TAMPERED, ok=False)
@@ -830,7 +831,8 @@ def integrity_text(rec: dict[str, Any]) -> str:
     if state == NOT_VERIFIED:
         return "not verified: the seal was not checked"
     if state == UNSEALED:
-        why = "nothing to check the files against"
+        why = "nothing to check the files against (`prov seal` seals a killed run; --no-verify compares a live " \
+              "one without this check)"
         if rec.get("status") != "running":  # it ended: a sealer still pending, a crash while sealing, or removed
             why = "the run ended but no seal is there (a seal still pending, a crash while sealing, or a seal " \
                   "removed); `prov seal` seals it, `prov audit` fails it"

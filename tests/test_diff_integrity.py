@@ -1,5 +1,5 @@
 """`prov diff` checks both seals first (the audit's integrity engine): a bundle changed after its seal
-exits 1 and names the file, an unsealed one is reported but does not fail, `--exit-code` exits 1 on any
+exits 1 and names the file, an unsealed one is reported and fails too, `--exit-code` exits 1 on any
 difference, `--no-verify` hashes nothing. Copies of the session's tiny bundle, changed on purpose; every
 command runs in this process (no training, no subprocess)."""
 
@@ -88,8 +88,8 @@ def test_missing_extra_and_a_removed_seal_are_tampering(tiny_bundle: Path, tmp_p
                                        "shows the bundle was sealed")
 
 
-def test_an_unsealed_bundle_is_reported_not_failed(tiny_bundle: Path, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unsealed_bundle_is_reported_and_fails_the_diff(tiny_bundle: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
     b = copy(tiny_bundle, tmp_path)
     (b / formats.MANIFEST).unlink()  # as a run still running (or killed before `prov seal`) leaves it
     run = formats.read_json(b / formats.RUN_JSON)
@@ -97,19 +97,24 @@ def test_an_unsealed_bundle_is_reported_not_failed(tiny_bundle: Path, tmp_path: 
     formats.atomic_write_json(b / formats.RUN_JSON, run)
     (b / formats.LOCK).write_text("")
     rc, out, err = prov(capsys, str(tiny_bundle), str(b))
-    assert rc == 0 and err == ""
+    assert rc == 1 and err == ""
     assert integrity_lines(out)[1] == ("integrity B: not sealed (status running): nothing to check the files "
-                                       "against; warning: a live writer's lock file: the run may still be "
-                                       "writing (.lock)")
+                                       "against (`prov seal` seals a killed run; --no-verify compares a live one "
+                                       "without this check); warning: a live writer's lock file: the run may "
+                                       "still be writing (.lock)")
     rc, out, _ = prov(capsys, str(tiny_bundle), str(b), "--json")
     ib = json.loads(out)["integrity"]["b"]
-    assert (rc, ib["state"], ib["sealed"], ib["ok"], ib["status"]) == (0, "unsealed", False, True, "running")
-    # a run that ended without its seal (a sealer still pending, a crash while sealing): reported as such
+    assert (rc, ib["state"], ib["sealed"], ib["ok"], ib["status"]) == (1, "unsealed", False, False, "running")
+    rc, out, _ = prov(capsys, str(tiny_bundle), str(b), "--no-verify")
+    assert rc == 0 and "integrity B: not verified" in out  # a live run compared on purpose
+    # a completed run whose seal was deleted, then edited: nothing shows it, so it never diffs clean
     c = copy(tiny_bundle, tmp_path / "c")
     (c / formats.MANIFEST).unlink()
+    cfg = formats.read_json(c / formats.CONFIG_JSON)
+    formats.atomic_write_json(c / formats.CONFIG_JSON, cfg)
     rc, out, _ = prov(capsys, str(c), str(tiny_bundle))
-    assert rc == 0 and integrity_lines(out)[0].startswith("integrity A: not sealed (status completed): the run ended "
-                                                          "but no seal is there")
+    assert rc == 1 and integrity_lines(out)[0].startswith("integrity A: not sealed (status completed): the run "
+                                                          "ended but no seal is there")
 
 
 def test_exit_code(tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,8 +10,8 @@ EXIT_SAME, EXIT_DIFFERS, EXIT_REFUSED = 0, 1, 2
 
 
 def exit_status(d: dict, exit_code: bool) -> int:
-    """1 when either bundle failed its integrity check (tampered) or, with --exit-code, when anything
-    differs; 0 otherwise (an unsealed bundle is reported, not failed)."""
+    """1 when either bundle failed its integrity check (tampered, or not sealed) or, with --exit-code, when
+    anything differs; 0 otherwise."""
     if any(not r.get("ok", True) for r in (d.get("integrity") or {}).values()):
         return EXIT_DIFFERS
     return EXIT_DIFFERS if exit_code and not d.get("identical", True) else EXIT_SAME
@@ -58,8 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "files, data files, packages, torch, thread count, hardware, metrics (the "
                                    "first step where the loss differs, the largest difference), data order, "
                                    "checkpoints and the final model. Exit status: 0; 1 when either bundle is "
-                                   "tampered (a file changed, missing or not in its seal, or a broken seal; an "
-                                   "unsealed bundle is reported but does not fail) and, with --exit-code, when "
+                                   "tampered (a file changed, missing or not in its seal, or a broken seal) or "
+                                   "not sealed (nothing shows its files are what its run wrote; --no-verify "
+                                   "compares a live run) and, with --exit-code, when "
                                    "any difference is found; 2 when a bundle cannot be read.")
     p.add_argument("a", help="a run folder")
     p.add_argument("b", help="another run folder (e.g. its reproduction)")
