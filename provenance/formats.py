@@ -746,6 +746,12 @@ def float_bits(x: float) -> str:
     return struct.pack(">d", x).hex()
 
 
+def same_loss(a: float, b: float) -> bool:
+    """Two logged losses are the same number: bitwise equal, or both NaN whatever their sign bit and payload
+    (a strict-JSON "NaN" keeps neither). The one definition the native replay and a wrapped run's replay use."""
+    return float_bits(a) == float_bits(b) or (math.isnan(a) and math.isnan(b))
+
+
 def content_digest(parts: Iterable[tuple[str, tuple[int, ...], bytes]]) -> str:
     """sha256 over (dtype, shape, bytes) of each tensor of a micro-batch, in order."""
     h = hashlib.sha256(b"fullyopen-content-v1")

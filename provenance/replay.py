@@ -9,9 +9,7 @@ reproduction/summary.json inside the new bundle.
 
 from __future__ import annotations
 
-import math
 import os
-import struct
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -77,10 +75,6 @@ def check_world_size(original: str | os.PathLike[str], world_size: int) -> None:
             f"{Path(original).name}: the original run trained on {recorded} process(es) (world size {recorded}), "
             f"this reproduction runs on {world_size}: each rank's data order and the gradient reduction depend on "
             f"the world size, so it cannot reproduce; run it with {how}")
-
-
-def _float_bits(x: float) -> str:
-    return struct.pack(">d", x).hex()
 
 
 class Replay:
@@ -172,7 +166,7 @@ class Replay:
             return rec
         a, b = recorded, loss
         rec.update({"loss_recorded": a, "loss": b})
-        if _float_bits(a) == _float_bits(b) or (math.isnan(a) and math.isnan(b)):
+        if formats.same_loss(a, b):
             rec["loss_match"] = True
         else:
             diff = abs(a - b)

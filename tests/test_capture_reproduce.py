@@ -162,3 +162,16 @@ def test_a_nan_loss_captured_as_strict_json_is_compared(tmp_path: Path) -> None:
     assert records[0]["loss_match"] is False and [(f["step"], f["kind"]) for f in found] == [(1, "loss")]
     records, found, _ = _compare_steps(nan, nan, 1)  # type: ignore[arg-type]
     assert records[0]["loss_match"] is True and found == []
+
+
+def test_a_nan_of_another_sign_bit_is_the_same_loss_in_both_replays(tmp_path: Path) -> None:
+    """A NaN equals any NaN (sign bit and payload aside) in a wrapped run's replay, as in the native replay:
+    one definition (formats.same_loss); before, the wrapped replay compared NaN by bit pattern."""
+    from provenance.reproduce.wrapped import _compare_steps
+
+    neg_nan = -float("nan")
+    assert formats.float_bits(neg_nan) != formats.float_bits(float("nan"))  # the two NaNs differ in their bits
+    a, b = _captured(tmp_path / "a", float("nan")), _captured(tmp_path / "b", neg_nan)
+    records, found, _ = _compare_steps(a, b, 1)  # type: ignore[arg-type]
+    assert records[0]["loss_match"] is True and found == [], (records, found)
+    assert formats.same_loss(float("nan"), neg_nan) and not formats.same_loss(0.0, -0.0)

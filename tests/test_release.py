@@ -434,6 +434,26 @@ def test_nice_ticks_and_empty_chart() -> None:
     assert "no data" in svg and svg.startswith('<svg id="x"')
 
 
+def test_report_divergence_caption_names_the_steps_left_out_as_not_finite() -> None:
+    """The divergence curve holds a NaN or infinite difference as null (named under `non_finite`): the chart
+    cannot draw it, and its caption says how many steps were left out and which first."""
+    from provenance.release.charts import divergence_chart
+
+    row = {"step": 1, "loss_original": 2.0, "loss": 1.9, "abs_diff": 0.1, "rel_diff": 0.05, "bound": None}
+    wild = {"step": 3, "loss_original": 2.0, "loss": None, "abs_diff": None, "rel_diff": None, "bound": None,
+            "non_finite": {"loss": "nan", "abs_diff": "nan", "rel_diff": "nan"}}
+    later = {**wild, "step": 4, "non_finite": {"loss": "inf", "abs_diff": "inf", "rel_diff": "inf"}}
+    ckpt = {"step": 4, "same_digest": False, "rel_l2": None, "max_abs": None, "worst": [], "bound": None,
+            "non_finite": {"rel_l2": "nan", "max_abs": "nan"}}
+    _, caption = divergence_chart({"first_step": 1, "last_step": 4, "steps": [row, later, wild],
+                                   "checkpoints": [ckpt]})  # type: ignore[misc]
+    assert "2 steps left out of the chart as not finite (first at step 3: abs_diff nan, loss nan, rel_diff nan)" \
+        in caption, caption
+    assert "1 checkpoint left out of the chart as not finite (first at step 4: max_abs nan, rel_l2 nan)" in caption
+    _, clean = divergence_chart({"first_step": 1, "last_step": 1, "steps": [row], "checkpoints": []})  # type: ignore[misc]
+    assert "not finite" not in clean
+
+
 # --- 7. the command, copies, refusals, keys ----------------------------------------------------------
 
 

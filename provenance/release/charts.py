@@ -211,6 +211,8 @@ def divergence_chart(curve: Any, cid: str = "plot-divergence") -> tuple[Chart, s
     same = sum(1 for c in ckpts if c.get("same_digest"))
     caption = (f"{len(steps)} steps and {len(ckpts)} checkpoints compared with the original; {equal} losses bitwise "
                f"equal and {same} checkpoints with the same digest (zero, not drawn on the log scale)")
+    caption += _non_finite_caption([c for c in steps if c.get("rel_diff") is None], "step")
+    caption += _non_finite_caption([c for c in ckpts if c.get("rel_l2") is None], "checkpoint")
     return Chart(cid, "Divergence from the original", "step", "relative difference", series, log_y=True), caption
 
 
@@ -264,3 +266,15 @@ def render_timeline(f: Facts, tid: str = "timeline", width: int = 760) -> Markup
     return Markup("".join(p))
 
 
+def _non_finite_caption(left_out: list[dict[str, Any]], what: str) -> str:
+    """"; N steps left out: not finite (first at step K: loss nan, …)" for the rows the curve holds as null
+    (reproduce.tolerance writes a NaN or an infinity as null and names it under `non_finite`)."""
+    if not left_out:
+        return ""
+    first = min(left_out, key=lambda c: c.get("step") if isinstance(c.get("step"), int) else 0)
+    wild = first.get("non_finite")
+    named = ", ".join(f"{k} {v}" for k, v in sorted(wild.items())) if isinstance(wild, dict) and wild else \
+        "no value recorded"
+    n = len(left_out)
+    return (f"; {n} {what}{'s' if n != 1 else ''} left out of the chart as not finite (first at step "
+            f"{first.get('step')}: {named})")

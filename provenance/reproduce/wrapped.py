@@ -130,7 +130,7 @@ def _compare_steps(a: cw.Captured, b: cw.Captured, last: int) -> tuple[list[dict
                               "computed": sb.content[pos] if pos < len(sb.content) else None})
         if isinstance(sa.loss, float) and isinstance(sb.loss, float):
             rec.update({"loss_recorded": sa.loss, "loss": sb.loss})
-            if sa.loss_bits == sb.loss_bits:
+            if formats.same_loss(sa.loss, sb.loss):  # as the native replay: any NaN equals any NaN
                 rec["loss_match"] = True
             else:
                 d = abs(sa.loss - sb.loss)
