@@ -31,7 +31,10 @@ def test_prove_a_trained_story_and_its_steps(tiny_bundle: Path, tmp_path: Path,
     sample = order[3].sample_ids[2]  # a story drawn at step 4 (and maybe later)
     story = json.loads(_train_lines(tiny_bundle)[sample])["text"]
     out = tmp_path / "proof.json"
+    capsys.readouterr()
     assert main(["prove", str(tiny_bundle), "--text", story, "-o", str(out)]) == 0
+    said = capsys.readouterr()
+    assert f"proof: {out}" in said.out and said.err == ""  # with -o, what it proves goes to stdout
     proof = json.loads(out.read_text())
     line = _train_lines(tiny_bundle)[sample]
     copies = {i for i, x in enumerate(_train_lines(tiny_bundle)) if x == line}  # the corpus repeats some records
@@ -343,3 +346,25 @@ def test_a_proof_about_nothing_is_rejected(tiny_bundle: Path, tmp_path: Path,
         assert main(["verify-proof", str(out)]) == 1
         err = capsys.readouterr().err
         assert "proof REJECTED: the proof does not say what it is about" in err and "Traceback" not in err
+
+
+def test_retraining_the_same_tokenizer_keeps_its_file(tmp_path: Path) -> None:
+    """The same corpus and settings give the same tokenizer.json: the file (and its mtime) is kept, so the
+    hash cache still knows it; another corpus replaces it."""
+    import os
+
+    from training.config import TokenizerConfig
+    from training.data import train_tokenizer
+
+    corpus = tmp_path / "train.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"The fox found {i} stones."}) + "\n" for i in range(60)))
+    cfg = TokenizerConfig(vocab_size=280, min_frequency=2)
+    path = train_tokenizer(corpus, cfg, tmp_path / "tok").root / "tokenizer.json"
+    os.utime(path, ns=(10**18, 10**18))
+    before = path.read_bytes()
+    train_tokenizer(corpus, cfg, tmp_path / "tok")
+    assert path.stat().st_mtime_ns == 10**18 and path.read_bytes() == before
+    assert not list((tmp_path / "tok").glob(".*tmp"))
+    corpus.write_text("".join(json.dumps({"text": f"An owl saw {i} shiny rivers."}) + "\n" for i in range(60)))
+    train_tokenizer(corpus, cfg, tmp_path / "tok")  # another corpus: another tokenizer
+    assert path.stat().st_mtime_ns != 10**18 and path.read_bytes() != before

@@ -63,7 +63,11 @@ def train_tokenizer(train_file: Path, cfg: TokenizerConfig, out_dir: Path) -> Da
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / ".tokenizer.json.tmp"
     tok.save(str(tmp))
-    tmp.replace(out_dir / "tokenizer.json")
+    dest = out_dir / "tokenizer.json"
+    if dest.is_file() and dest.read_bytes() == tmp.read_bytes():
+        tmp.unlink()  # the same tokenizer: the file (and its mtime) stays, so the hash cache still knows it
+    else:
+        tmp.replace(dest)
     return DatasetSpec(
         name="tokenizer",
         root=out_dir,

@@ -65,7 +65,9 @@ def cmd_prove(args: argparse.Namespace) -> int:
         formats.atomic_write_bytes(out, data)
     from provenance.datasets.proofs import summary
 
-    print(summary(proof) + (f"\nproof: {out} ({len(data)} bytes)" if out else ""), file=sys.stderr)
+    # the proof itself on stdout, else (-o FILE) what it proves: stderr only when stdout holds the proof
+    print(summary(proof) + (f"\nproof: {out} ({len(data)} bytes)" if out else ""),
+          file=sys.stdout if out else sys.stderr)
     return 0
 
 

@@ -236,9 +236,9 @@ def decide(orig: Original, repro: Path, plan: Plan, training_rc: int,
                          f"difference {b['max_loss_rel']:.3g}, largest checkpoint relative L2 "
                          f"{b['max_ckpt_rel_l2']:.3g}")
             out.update(verdict=WITHIN, exit_status=EXIT_REPRODUCED, cause=causes[0] if causes else None,
-                       bitwise=False, headline=f"{WITHIN}: {steps_checked} steps ({rng}): every batch exact, every "
-                       f"loss and {scope['checkpoints_checked']} checkpoints within tolerance ({tol.text()}; "
-                       f"{tol.why}): {diff_note}")
+                       bitwise=False, headline=f"{WITHIN}: {_n(steps_checked, 'step')} ({rng}): every batch exact, "
+                       f"every loss and {_n(scope['checkpoints_checked'], 'checkpoint')} within tolerance "
+                       f"({tol.text()}; {tol.why}): {diff_note}")
             return out
         first = None  # within bounds: judged below as incomplete, or not claimed across a difference
     if first is not None:
@@ -263,8 +263,11 @@ def decide(orig: Original, repro: Path, plan: Plan, training_rc: int,
                             + "; ".join(c["summary"] for c in causes[:5]))
     else:
         out.update(verdict=BITWISE, exit_status=EXIT_REPRODUCED, cause=None, bitwise=True,
-                   headline=f"{BITWISE}: {steps_checked} steps ({rng}): every batch and loss, and "
-                            f"{scope['checkpoints_checked']} checkpoint digests")
+                   headline=f"{BITWISE}: {_n(steps_checked, 'step')} ({rng}): every batch and loss, and "
+                            f"{_n(scope['checkpoints_checked'], 'checkpoint digest')}")
     return out
 
 
+def _n(count: Any, word: str) -> str:
+    """'1 step', '12 steps'."""
+    return f"{count} {word}" + ("" if count == 1 else "s")
