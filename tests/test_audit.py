@@ -85,6 +85,8 @@ def test_fresh_bundle_passes_and_reports_its_class(tiny_bundle: Path) -> None:
     assert report.to_json() == json.dumps(doc, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
     text = report.to_text()
     assert "VERDICT      PASS" in text and "highest class met: none" in text
+    missing = ", ".join(report.openness.class_missing("III"))  # what keeps it below the first class, named
+    assert missing and f"MOF class none (class III lacks {missing})" in text.splitlines()[-1]
 
 
 def test_progress_sees_every_byte(tiny_bundle: Path) -> None:

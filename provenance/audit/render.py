@@ -6,7 +6,7 @@ from __future__ import annotations
 import shlex
 from typing import TYPE_CHECKING
 
-from provenance.openness import CLASS_NAMES
+from provenance.openness import CLASS_NAMES, CLASSES
 from provenance.untrusted import escape
 
 if TYPE_CHECKING:
@@ -96,7 +96,8 @@ def render_text(r: AuditReport, max_findings: int = 20) -> str:
         verdict = "FAIL  " + "; ".join(
             p for p in (("integrity" if not i.ok else ""), ("consistency" if not r.consistency_ok else ""),
                         (f"MOF class {o.required_class} required" if o.requirement_met is False else "")) if p)
-    add(f"VERDICT      {verdict}; MOF class {_class_label(o.highest_class)}"
+    below = "" if o.highest_class else f" (class {CLASSES[0]} lacks {', '.join(o.class_missing(CLASSES[0]))})"
+    add(f"VERDICT      {verdict}; MOF class {_class_label(o.highest_class)}{below}"
         + (f" (required: {o.required_class})" if o.required_class else "")
         + f"; fully open: {'yes' if o.fully_open_ok else 'no'}")
     return "\n".join(escape(line) for line in lines) + "\n"
