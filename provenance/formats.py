@@ -180,6 +180,12 @@ def _strict_dumps(obj: Any, **kw: Any) -> str:
         return json.dumps(strict_json(obj), allow_nan=False, **kw)
 
 
+def strict_dumps(obj: Any, **kw: Any) -> str:
+    """json.dumps(obj, **kw) as strict JSON: the same text for finite numbers, a NaN/inf written by name (for the
+    JSON strings inside a safetensors header, whose bytes a checkpoint's sha256 covers)."""
+    return _strict_dumps(obj, **kw)
+
+
 def dumps(obj: Any) -> str:
     """Canonical strict JSON: sorted keys, UTF-8, a non-finite float written as "NaN"/"Infinity"/"-Infinity"."""
     return _strict_dumps(obj, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
@@ -256,7 +262,7 @@ def _bad_path(config: Any, path: Any) -> str | None:
     return None
 
 
-def config_non_finite_problems(config: dict[str, Any], paths: Any) -> list[str]:
+def config_non_finite_problems(config: Any, paths: Any) -> list[str]:
     """What is wrong with config.json's "non_finite" list (each entry must name a "NaN"/"Infinity"/"-Infinity")."""
     if paths is None:
         return []
@@ -269,9 +275,16 @@ def config_values(config: dict[str, Any], paths: Any) -> dict[str, Any]:
     """The config a run was given, from config.json's "config" and "non_finite": each named place read back as
     the float it was (float("inf") for "Infinity"); an old bundle's bare NaN/Infinity is a float already.
     A list that names no "NaN"/"Infinity"/"-Infinity" (a damaged one) changes nothing there."""
-    if not paths or config_non_finite_problems(config, paths):
-        return config
-    out = copy.deepcopy(config)
+    out: dict[str, Any] = restore_non_finite(config, paths)
+    return out
+
+
+def restore_non_finite(obj: Any, paths: Any) -> Any:
+    """`obj` (JSON as read) with each place `paths` names (non_finite_paths of what was written) read back as
+    its float; `obj` itself when there is nothing to restore or a path does not name a NaN/inf name."""
+    if not paths or config_non_finite_problems(obj, paths):
+        return obj
+    out = copy.deepcopy(obj)
     for path in paths:
         node = out
         for part in path[:-1]:

@@ -105,9 +105,11 @@ def set_rng_record(rec: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
                                       for s in rec["torch_cuda"]])
     n = rec["numpy"]
-    np.random.set_state((n["kind"], np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    version, state, gauss = rec["python"]
-    random.setstate((version, tuple(state), gauss))
+    cached, gauss_next = formats.as_float(n["cached"]), rec["python"][2]  # a NaN/inf written by name (strict JSON)
+    np.random.set_state((n["kind"], np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"],
+                         n["cached"] if cached is None else cached))
+    version, state, _ = rec["python"]
+    random.setstate((version, tuple(state), gauss_next if gauss_next is None else formats.as_float(gauss_next)))
 
 
 def save_sharded(folder: str | os.PathLike[str], model: Any, optimizer: Any, rank: int) -> dict[str, Any]:
@@ -118,7 +120,7 @@ def save_sharded(folder: str | os.PathLike[str], model: Any, optimizer: Any, ran
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rng_rel, _ = formats.dcp_rank_files(rank)
-    rng = json.dumps(rng_record(), sort_keys=True, separators=(",", ":")).encode()  # before dcp touches RNG
+    rng = formats.strict_dumps(rng_record(), sort_keys=True, separators=(",", ":")).encode()  # before dcp's RNG use
     state = _state(model, optimizer)
     facts = sharding_facts(state)
     dcp.save(state, checkpoint_id=str(folder))

@@ -7,7 +7,9 @@ A checkpoint file holds tensors under three prefixes:
 and one string metadata entry, "fullyopen", holding canonical JSON: format, step,
 tokens_seen, the optimizer's param_groups and scalar state, the python and numpy
 RNG states. (One key, because safetensors writes several keys in random order,
-and a checkpoint's sha256 must be repeatable.)
+and a checkpoint's sha256 must be repeatable.) Every JSON text in it is strict: a NaN/inf
+(best_val=inf in extra, a cached gauss) is written by name, the "non_finite" entry (only when
+there is one) names where extra and param_groups hold one, and load_checkpoint reads them back.
 """
 
 from __future__ import annotations
@@ -69,9 +71,10 @@ def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     tensors["rng.numpy_keys"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
     py = random.getstate()
-    meta = {
-        "rng.python": json.dumps([py[0], list(py[1]), py[2]]),
-        "rng.numpy": json.dumps({"kind": kind, "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}),
+    meta = {  # strict JSON (formats.strict_dumps): a NaN/inf by name, read back by set_rng_state
+        "rng.python": formats.strict_dumps([py[0], list(py[1]), py[2]]),
+        "rng.numpy": formats.strict_dumps({"kind": kind, "pos": int(pos), "has_gauss": int(has_gauss),
+                                           "cached": float(cached)}),
     }
     return tensors, meta
 
@@ -82,10 +85,33 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> Non
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
     version, state, gauss = json.loads(meta["rng.python"])
-    random.setstate((version, tuple(state), gauss))
+    random.setstate((version, tuple(state), None if gauss is None else _float(gauss, "rng.python")))
     npm = json.loads(meta["rng.numpy"])
     keys = tensors["rng.numpy_keys"].numpy().astype(np.uint32)
-    np.random.set_state((npm["kind"], keys, npm["pos"], npm["has_gauss"], npm["cached"]))
+    np.random.set_state((npm["kind"], keys, npm["pos"], npm["has_gauss"], _float(npm["cached"], "rng.numpy")))
+
+
+def _float(value: Any, key: str) -> float:
+    """A float of the checkpoint metadata: a number, or a NaN/inf written by name (strict JSON)."""
+    x = formats.as_float(value)
+    if x is None:
+        raise ValueError(f"checkpoint metadata {key}: {value!r} is not a number")
+    return x
+
+
+def _strict_meta(meta: dict[str, str], key: str, obj: Any, non_finite: dict[str, Any]) -> None:
+    """meta[key] as strict JSON (the text json.dumps(sort_keys=True) gives for finite numbers, so a checkpoint
+    of finite values keeps its bytes); where obj holds a NaN/inf, non_finite[key] names those places."""
+    meta[key] = formats.strict_dumps(obj, sort_keys=True)
+    paths = formats.non_finite_paths(obj)
+    if paths:
+        non_finite[key] = paths
+
+
+def _read_meta(meta: dict[str, str], key: str) -> Any:
+    """meta[key] as written: a NaN/inf that the "non_finite" entry names read back as its float."""
+    paths = json.loads(meta["non_finite"]).get(key) if "non_finite" in meta else None
+    return formats.restore_non_finite(json.loads(meta[key]), paths)
 
 
 def save_checkpoint(path: str | os.PathLike[str], step: int, model: torch.nn.Module,
@@ -95,8 +121,9 @@ def save_checkpoint(path: str | os.PathLike[str], step: int, model: torch.nn.Mod
     tensors: dict[str, torch.Tensor] = {}
     for k, v in model.state_dict().items():
         tensors[f"model.{k}"] = v.detach().contiguous()
-    meta: dict[str, str] = {"format": CHECKPOINT_FORMAT, "step": str(step), "tokens_seen": str(tokens_seen),
-                            "extra": json.dumps(extra or {}, sort_keys=True)}
+    meta: dict[str, str] = {"format": CHECKPOINT_FORMAT, "step": str(step), "tokens_seen": str(tokens_seen)}
+    non_finite: dict[str, Any] = {}  # meta key → where its JSON holds a NaN/inf (only when one does)
+    _strict_meta(meta, "extra", extra or {}, non_finite)
     if optimizer is not None:
         sd = optimizer.state_dict()
         scalars: dict[str, dict[str, Any]] = {}
@@ -106,8 +133,10 @@ def save_checkpoint(path: str | os.PathLike[str], step: int, model: torch.nn.Mod
                     tensors[f"optim.{idx}.{key}"] = val.detach().contiguous()
                 else:
                     scalars.setdefault(str(idx), {})[key] = float(val.item() if torch.is_tensor(val) else val)
-        meta["optim.param_groups"] = json.dumps(sd["param_groups"], sort_keys=True)
-        meta["optim.scalars"] = json.dumps(scalars, sort_keys=True)
+        _strict_meta(meta, "optim.param_groups", sd["param_groups"], non_finite)
+        meta["optim.scalars"] = formats.strict_dumps(scalars, sort_keys=True)  # floats: read with _float
+    if non_finite:
+        meta["non_finite"] = formats.strict_dumps(non_finite, sort_keys=True)
     rng_t, rng_m = rng_state()
     tensors.update(rng_t)
     meta.update(rng_m)
@@ -118,7 +147,8 @@ def save_checkpoint(path: str | os.PathLike[str], step: int, model: torch.nn.Mod
         if k.startswith("model.") and ptr in seen and tensors[k].shape == tensors[seen[ptr]].shape:
             tensors[k] = tensors[k].clone()
         seen.setdefault(ptr, k)
-    save_file(tensors, str(path), metadata={_META_KEY: json.dumps(meta, sort_keys=True, separators=(",", ":"))})
+    save_file(tensors, str(path), metadata={_META_KEY: formats.strict_dumps(meta, sort_keys=True,
+                                                                            separators=(",", ":"))})
     os.chmod(path, formats.file_mode())  # safetensors creates 0600; a bundle file is shared
 
 
@@ -150,11 +180,12 @@ def load_checkpoint(path: str | os.PathLike[str], model: torch.nn.Module,
                 state.setdefault(int(idx), {})[key] = v
         for idx, sc in json.loads(meta["optim.scalars"]).items():
             for key, val in sc.items():
-                state.setdefault(int(idx), {})[key] = torch.tensor(val, dtype=torch.float32)
-        optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["optim.param_groups"])})
+                state.setdefault(int(idx), {})[key] = torch.tensor(_float(val, f"optim.scalars.{idx}.{key}"),
+                                                                   dtype=torch.float32)
+        optimizer.load_state_dict({"state": state, "param_groups": _read_meta(meta, "optim.param_groups")})
     if restore_rng:
         set_rng_state(tensors, meta)
-    return {"step": int(meta["step"]), "tokens_seen": int(meta["tokens_seen"]), "extra": json.loads(meta["extra"])}
+    return {"step": int(meta["step"]), "tokens_seen": int(meta["tokens_seen"]), "extra": _read_meta(meta, "extra")}
 
 
 TORCH_MODULE_TYPE = "torch-module"  # model/config.json model_type of a plain torch.nn.Module
@@ -190,19 +221,33 @@ def save_module(folder: str | os.PathLike[str], module: torch.nn.Module,
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     os.chmod(folder / "model.safetensors", formats.file_mode())
     cls = type(module)
-    desc = {
+    args = _jsonable_arg(init_args) if init_args is not None else None
+    desc: dict[str, Any] = {
         "schema": formats.TORCH_MODULE_SCHEMA,
         "model_type": TORCH_MODULE_TYPE,
         "architectures": [f"{cls.__module__}.{cls.__qualname__}"],
         "class": f"{cls.__module__}.{cls.__qualname__}",
-        "init_args": _jsonable_arg(init_args) if init_args is not None else None,
+        "init_args": args,
         "parameters": sum(p.numel() for p in module.parameters()),
         "tensors": {k: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
                     for k, t in sorted(tensors.items())},
         "repr": repr(module),
         "load": "module.load_state_dict(safetensors.torch.load_file('model.safetensors'))",
     }
-    (folder / "config.json").write_text(json.dumps(desc, indent=2, sort_keys=True) + "\n")
+    non_finite = formats.non_finite_paths(args)
+    if non_finite:  # strict JSON writes a NaN/inf by name; these say which of init_args' strings are numbers
+        desc["init_args_non_finite"] = non_finite
+    formats.atomic_write_json(folder / "config.json", desc)
+
+
+def module_init_args(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The init_args save_module recorded in `folder`/config.json, as given (a NaN/inf back as its float)."""
+    desc = formats.read_json(Path(folder) / "config.json")
+    args = desc.get("init_args") if isinstance(desc, dict) else None
+    if not isinstance(args, dict):
+        return None
+    out: dict[str, Any] = formats.restore_non_finite(args, desc.get("init_args_non_finite"))
+    return out
 
 
 def load_module(folder: str | os.PathLike[str], module: torch.nn.Module) -> torch.nn.Module:

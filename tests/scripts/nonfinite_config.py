@@ -24,5 +24,5 @@ with start_run(config, name="nonfinite", seed=0, threads=1, license="Apache-2.0"
         opt.step()
         run.log(step, loss=loss.item())
     run.checkpoint(config["steps"], model, opt, extra={"best_val": config["best_val"]})
-    run.save_model(model, init_args={"in_features": 4, "out_features": 1})
+    run.save_model(model, init_args={"in_features": 4, "out_features": 1, "clip": config["clip"]})
 print(f"run: {run.root}", file=sys.stderr)
