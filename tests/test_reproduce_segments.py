@@ -352,3 +352,78 @@ def test_calibrate_once_for_every_interval(tiny_bundle: Path, tmp_path: Path) ->
     proc = cli("reproduce", str(tiny_bundle), "--segments", "--calibrate", "--tolerance", "bitwise", "--workdir",
                str(tmp_path / "x"), tmp=tmp_path)
     assert proc.returncode == 2 and "--calibrate sets the bounds of --tolerance auto" in proc.stderr, proc.stderr
+
+
+def _own_config_bundle(tmp: Path) -> Path:
+    """A start_run script's bundle whose config has no run.threads (it passes threads= itself): 4 steps, a
+    checkpoint at step 2."""
+    import torch
+
+    from provenance import start_run
+
+    (tmp / "src").mkdir(parents=True)
+    (tmp / "src" / "train.py").write_text("print('hi')\n")
+    model = torch.nn.Linear(2, 1)
+    with start_run({"lr": 0.1}, name="own", runs_dir=tmp / "runs", seed=1, threads=1, code_root=tmp / "src",
+                   capture_output=False, argv=["python", "train.py"]) as run:
+        for s in (1, 2, 3, 4):
+            run.log(s, loss=1.0 / s)
+            if s == 2:
+                run.checkpoint(s, model)
+    return only_run(tmp / "runs")
+
+
+def test_calibrate_without_run_threads_is_refused_before_anything_runs(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """--calibrate runs the original at two thread counts with --set run.threads=N: a bundle whose config has no
+    such key is refused as bad input, on the plain and the segments path, before anything trains, leaving no
+    work folder (before, the plain path trained the reproduction first)."""
+    from provenance.cli import main
+    from provenance.reproduce import reproduce
+
+    bundle = _own_config_bundle(tmp_path / "orig")
+    plain, seg = tmp_path / "plain", tmp_path / "seg"
+    out = reproduce(bundle, Options(workdir=plain, tolerance="auto", calibrate=True))
+    assert out.exit_status == 2 and "the recorded config has no key run.threads" in out.headline, out.headline
+    assert out.report.training_exit_status is None and not plain.exists()
+    outs = reproduce_segments(bundle, Options(workdir=seg, tolerance="auto", calibrate=True), SegmentOptions())
+    assert outs.exit_status == 2 and "no key run.threads" in outs.headline, outs.headline
+    assert not seg.exists()
+    assert main(["reproduce", str(bundle), "--calibrate", "--tolerance", "auto", "--workdir", str(plain)]) == 2
+    lines = capsys.readouterr()
+    assert "no key run.threads" in lines.err and "verdict: refused (nothing ran)" in lines.out and not plain.exists()
+
+
+@pytest.mark.parametrize("trained", [False, True])
+def test_a_refused_calibration_says_whether_it_trained(trained: bool, tiny_bundle: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """--segments --calibrate whose calibration is refused: refused before its training started, it leaves no
+    work folder and says nothing ran; after its training ran (exit status 1 here), the folder is kept and the
+    verdict says a training ran (before, the folder was kept and the verdict said "nothing ran")."""
+    import provenance.reproduce as rp
+    from provenance.cli import main
+
+    def fake(bundle: Path, opts: Options, say: object = None) -> rp.Outcome:  # one calibration run
+        report = rp.Report.refusal("the calibration's training failed", {"path": str(bundle)})
+        if trained:
+            opts.workdir.mkdir(parents=True)  # type: ignore[union-attr]
+            (opts.workdir / "training.log").write_text("error: boom\n")  # type: ignore[operator]
+            report.training_exit_status = 1
+        return rp.Outcome(2, rp.REFUSED, f"refused: {report.headline}", report)
+
+    monkeypatch.setattr(rp, "reproduce", fake)
+    work = tmp_path / "w"
+    out = reproduce_segments(tiny_bundle, Options(workdir=work, tolerance="auto", calibrate=True), SegmentOptions())
+    assert out.exit_status == 2 and "the calibration run at" in out.headline, out.headline
+    assert work.exists() is trained and (out.workdir == work if trained else out.workdir is None)
+    assert out.report.training_exit_status == (1 if trained else None)
+    assert ("the calibration's training ran" in out.headline) is trained
+    if trained:
+        shutil.rmtree(work)
+    assert main(["reproduce", str(tiny_bundle), "--segments", "--calibrate", "--tolerance", "auto",
+                 "--workdir", str(work), "--quiet"]) == 2
+    printed = capsys.readouterr().out
+    assert ("verdict: refused (nothing ran)" in printed) is not trained, printed
+    assert ("verdict: refused after a training ran (exit status 1); work folder kept: " + str(work) in printed) \
+        is trained, printed

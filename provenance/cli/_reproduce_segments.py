@@ -90,7 +90,12 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(formats.dumps(doc))  # strict JSON
         return outcome.exit_status
     if outcome.verdict == "refused":
-        return _refuse(outcome.headline.removeprefix("refused: "))
+        if rep.training_exit_status is None:
+            return _refuse(outcome.headline.removeprefix("refused: "))
+        print(f"error: {escape(outcome.headline.removeprefix('refused: '))}", file=sys.stderr)
+        print(f"verdict: refused after a training ran (exit status {rep.training_exit_status}); work folder kept: "
+              f"{escape(str(outcome.workdir))}")  # never "nothing ran" when something did
+        return outcome.exit_status
     if not args.quiet:
         print("", file=out)
     for r in (rep.segments or {}).get("results", []):

@@ -250,6 +250,10 @@ def _in_workdir(src: Path, digest: str, audit_report: Any, archive_input: bool, 
         raise Refused(f"--calibrate sets the bounds of --tolerance auto; it cannot be used with --tolerance "
                       f"{opts.tolerance}")
     sets = parse_sets(opts.sets, orig.config)
+    if opts.calibrate and opts.calibrated is None:  # the calibration's own needs, checked before anything runs
+        from provenance.reproduce.calibrate import check_calibratable
+
+        check_calibratable(orig)
     first_step, stop, expected_last = plan.first_step, plan.stop, plan.expected_last
     scope = f"steps {first_step}–{expected_last}" + (f" (from the checkpoint of step {opts.from_step})"
                                                      if opts.from_step is not None else "")

@@ -30,6 +30,22 @@ def segment(orig: Original, plan: Plan) -> tuple[int, int]:
     return first, ckpts[0] if ckpts else min(last, first + DEFAULT_STEPS - 1)
 
 
+THREADS_KEY = "run.threads"  # the config key each calibration run sets (--set run.threads=N)
+
+
+def check_calibratable(orig: Original) -> None:
+    """Refused (before anything runs) when the original cannot be calibrated: the calibration runs it at two
+    thread counts through its config key run.threads (a `make train` config), which a script's own config
+    (start_run(config, threads=...)) may not have."""
+    from provenance import diff as pdiff
+
+    if THREADS_KEY not in pdiff.flatten(orig.config):
+        raise Refused(f"--calibrate: the recorded config has no key {THREADS_KEY}: the calibration runs the original "
+                      f"at two thread counts with --set {THREADS_KEY}=N, which only a config with that key (a "
+                      "`make train` config) takes; use --tolerance auto without --calibrate, or give explicit "
+                      "bounds (--tolerance loss=R,ckpt=R); nothing ran")
+
+
 def threads_used(orig: Original, sets: dict[str, object]) -> int:
     """The thread count the reproduction runs at: --set run.threads, else the recorded config's."""
     for key in THREAD_KEYS:
@@ -50,16 +66,25 @@ def calibrate(orig: Original, plan: Plan, opts: Options, sets: dict[str, object]
     say(f"calibrate: steps {first}–{last} twice on this machine, at {a} and {b} threads (the bundle's own code "
         "and config), to measure the noise floor")
     bundles = []
+    trained: list[tuple[int, list[str] | None]] = []  # (exit status, command) of each calibration training
     t0 = time.monotonic()
-    for t in (a, b):
-        sub = Options(steps=last - first + 1, from_step=opts.from_step,
-                      workdir=workdir / "calibration" / f"threads-{t}", data_root=opts.data_root,
-                      sets=[f"run.threads={t}"], sandbox=opts.sandbox, python=opts.python, timeout=opts.timeout)
-        out = reproduce(orig.root, replace(sub, tolerance="bitwise"))
-        if out.bundle is None or out.report.training_exit_status not in (0, None) or out.verdict == "refused":
-            raise Refused(f"--calibrate: the calibration run at {t} threads did not complete: {out.headline}")
-        bundles.append(out.bundle)
-    measured = measure_noise(bundles[0], bundles[1], first, last)
+    try:
+        for t in (a, b):
+            sub = Options(steps=last - first + 1, from_step=opts.from_step,
+                          workdir=workdir / "calibration" / f"threads-{t}", data_root=opts.data_root,
+                          sets=[f"{THREADS_KEY}={t}"], sandbox=opts.sandbox, python=opts.python, timeout=opts.timeout)
+            out = reproduce(orig.root, replace(sub, tolerance="bitwise"))
+            if out.report.training_exit_status is not None:
+                trained.append((out.report.training_exit_status, out.report.command))
+            if out.bundle is None or out.report.training_exit_status not in (0, None) or out.verdict == "refused":
+                raise Refused(f"--calibrate: the calibration run at {t} threads did not complete: {out.headline}")
+            bundles.append(out.bundle)
+        measured = measure_noise(bundles[0], bundles[1], first, last)
+    except Refused as exc:
+        if trained:  # a calibration training ran: the refusal says so (its folders are kept for inspection)
+            raise Refused(str(exc), started={"command": trained[-1][1], "exit_status": trained[-1][0],
+                                             "workdir": str(workdir / "calibration")}) from None
+        raise
     measured.update(threads=[a, b], bundles=[str(p) for p in bundles], wall_s=round(time.monotonic() - t0, 3))
     model = calibrated_model(measured)
     say(f"calibrate: largest relative loss difference {measured['max_loss_rel']:.3g}, largest checkpoint relative "

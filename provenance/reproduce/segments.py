@@ -322,8 +322,14 @@ def reproduce_segments(bundle: str | os.PathLike[str], opts: Options, seg: Segme
     try:
         return _segments(Path(bundle), opts, seg, say, t0)
     except Refused as exc:
-        report = Report.refusal(str(exc), {"path": str(bundle)}, **exc.details)
-        return SegmentsOutcome(EXIT_REFUSED, REFUSED, f"refused: {exc}", report)
+        details = dict(exc.details)
+        started = details.pop("started", None)
+        report = Report.refusal(str(exc), {"path": str(bundle)}, **details)
+        if started is not None:  # a training ran (the calibration's): say so, and where its work folder is
+            report.command = started.get("command")
+            report.training_exit_status = started["exit_status"]
+        return SegmentsOutcome(EXIT_REFUSED, REFUSED, f"refused: {exc}", report,
+                               workdir=Path(started["workdir"]) if started is not None else None)
     except Exception as exc:  # a hostile bundle's odd content is a refusal, never a traceback
         message = f"{bundle}: cannot be reproduced: {type(exc).__name__}: {exc}"
         return SegmentsOutcome(EXIT_REFUSED, REFUSED, f"refused: {message}",
@@ -369,6 +375,10 @@ def _segments(src: Path, opts: Options, seg: SegmentOptions, say: Say, t0: float
         layout = intervals(orig)
         count = len(layout)
         sets = parse_sets(opts.sets, orig.config)  # bad --set refuses before anything runs
+        if opts.calibrate:
+            from provenance.reproduce.calibrate import check_calibratable
+
+            check_calibratable(orig)  # as bad input: before anything runs
         sample_info = None
         if seg.segment is not None:
             if not 0 <= seg.segment < count:
@@ -395,10 +405,17 @@ def _segments(src: Path, opts: Options, seg: SegmentOptions, say: Say, t0: float
                 "CPU (their numbers do not change, only the time)")
         lock = threading.Lock()
         todo = [layout[i] for i in chosen]
-        ran = True
         calibrated = None
         if opts.calibrate:  # once, here, before any interval: every interval (every job) uses these bounds
-            calibrated = _calibrate(orig, opts, sets, workdir, say)
+            try:
+                calibrated = _calibrate(orig, opts, sets, workdir, say)
+            except Refused as exc:
+                if "started" not in exc.details:
+                    raise  # nothing trained (the calibration removed its folders): nothing is left behind
+                ran = True  # a calibration training ran: keep the work folder, and say so
+                raise Refused(f"{exc} (the calibration's training ran; its work folder is kept: {workdir})",
+                              started={**exc.details["started"], "workdir": str(workdir)}) from None
+        ran = True
         each = replace(opts, calibrate=False, calibrated=calibrated) if calibrated is not None else opts
         if seg.jobs == 1 or len(todo) == 1:
             results = [_run_interval(root, iv, each, workdir, orig, say, lock) for iv in todo]
