@@ -63,8 +63,10 @@ ENV_JSON = "env/environment.json"
 # key of ENV_JSON, written when the run ends: {distribution: version} of what the process had imported
 IMPORTED_DISTRIBUTIONS = "imported_distributions"
 # key of ENV_JSON, written when the run ends: the device the run's process trained on (capture.env.training_device:
-# {"type": "cpu" | "cuda" | "unknown", "cuda_initialized", "max_memory_allocated": {device index: peak bytes},
-# "evidence"}); absent for a `prov run` capture (the command trains in its own processes) and older bundles
+# {"type": "cpu" | "cuda" | "xpu" | "mps" | "unknown", "cuda_initialized", "max_memory_allocated": {device index:
+# peak bytes} (cuda, xpu), "driver_allocated_memory" (mps), "available" (other accelerators torch had), "evidence"});
+# any type but "cpu" makes no bitwise claim unless it is cuda with its determinism settings; absent for a
+# `prov run` capture (the command trains in its own processes) and older bundles
 TRAINING_DEVICE = "device"
 DATA_DIR = "data"  # data/<dataset>/manifest.json and data/<dataset>/files/...
 

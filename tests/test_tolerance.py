@@ -492,3 +492,51 @@ def test_the_training_device_is_recorded_and_decides_the_gpu_class(tiny_bundle: 
     assert [(x["category"], x["name"], x["a"], x["b"]) for x in diff] == [("device", "type", "cuda", "cpu")]
     assert env_line(diff[0]) == "training device cuda → cpu"
     assert resolve("auto", [env_line(diff[0])], diff, on_cpu, on_cpu).model.cls == "gpu"
+
+
+def _fake_torch(*, mps: int | str | None = None, xpu: int | None = None, accelerator: str | None = None) -> object:
+    """What training_device reads of an imported torch, on a machine whose CUDA was never initialised: MPS
+    (driver bytes, or "no stats": torch.mps without memory statistics), XPU (peak bytes), or another
+    accelerator torch.accelerator names."""
+    from types import SimpleNamespace as NS
+
+    torch = NS(cuda=NS(is_initialized=lambda: False, device_count=lambda: 0, max_memory_allocated=lambda i: 0),
+               backends=NS())
+    if mps is not None:
+        torch.backends.mps = NS(is_available=lambda: True)
+        if mps != "no stats":
+            torch.mps = NS(driver_allocated_memory=lambda: mps)
+    if xpu is not None:
+        torch.xpu = NS(is_available=lambda: True, is_initialized=lambda: True, device_count=lambda: 1,
+                       max_memory_allocated=lambda i: xpu)
+    if accelerator is not None:
+        torch.accelerator = NS(is_available=lambda: True, current_accelerator=lambda: NS(type=accelerator))
+    return torch
+
+
+def test_the_training_device_other_than_cuda_is_recorded_and_claims_no_bitwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run on MPS or XPU is recorded as such (it was `cpu`: only CUDA was looked at); where an accelerator is
+    available but its use cannot be told, `unknown` with what is available; any device but the CPU makes no
+    bitwise claim, so --tolerance auto uses bounds, not bitwise."""
+    from provenance.capture.env import training_device
+
+    cases = [(_fake_torch(mps=1 << 20), "mps", None), (_fake_torch(xpu=4096), "xpu", None),
+             (_fake_torch(mps="no stats"), "unknown", ["mps"]), (_fake_torch(accelerator="hpu"), "unknown", ["hpu"]),
+             (_fake_torch(mps=0), "cpu", ["mps"])]  # MPS there, nothing allocated on it: the CPU did the work
+    machine = {"torch": {"cuda_available": False, "gpus": [], "deterministic_algorithms": True,
+                         "cudnn_deterministic": True, "cudnn_benchmark": False, "determinism_knobs": {}}}
+    for fake, kind, available in cases:
+        monkeypatch.setitem(sys.modules, "torch", fake)
+        dev = training_device()
+        assert dev["type"] == kind and dev.get("available") == available and dev["cuda_initialized"] is False, dev
+        env = {**machine, formats.TRAINING_DEVICE: dev}
+        claims, why = determinism_claim(env)
+        if kind == "cpu":
+            assert claims and resolve("auto", [], [], env, env).mode == "bitwise"
+            continue
+        assert not claims and f"a run on {kind}" in why, why
+        assert resolve("auto", [], [], env, env).mode == "bounds"
+        if kind == "mps":
+            assert dev["driver_allocated_memory"] == 1 << 20
+        if kind == "xpu":
+            assert dev["max_memory_allocated"] == {"0": 4096}

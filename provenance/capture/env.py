@@ -263,9 +263,11 @@ def capture_env() -> dict[str, Any]:
 def training_device() -> dict[str, Any]:
     """The device this process trained on, known when the run ends (env/environment.json `device`):
     `cuda` when torch initialised CUDA here and allocated memory on a GPU (torch.cuda.max_memory_allocated
-    of each device, with the peak bytes per device index), else `cpu`. What the machine has (CUDA available,
-    its GPUs) is in `torch`; this is what the run used. Never imports torch: a process that did not import it
-    computed nothing with it."""
+    of each device, with the peak bytes per device index); else `xpu` / `mps` when torch's Intel GPU or Apple
+    GPU backend is available and allocated memory (_other_accelerator); `unknown` (with `available`) where
+    such an accelerator is available but whether the run used it cannot be told; else `cpu`. What the
+    machine has (CUDA available, its GPUs) is in `torch`; this is what the run used. Never imports torch (nor
+    any of its modules): a process that did not import it computed nothing with it."""
     torch = sys.modules.get("torch")
     if torch is None:
         return {"type": "cpu", "cuda_initialized": False, "evidence": "torch was not imported by the run's process"}
@@ -279,6 +281,66 @@ def training_device() -> dict[str, Any]:
     if used:
         return {"type": "cuda", "cuda_initialized": True, "max_memory_allocated": used,
                 "evidence": "CUDA initialised and memory allocated on GPU " + ", ".join(sorted(used))}
-    return {"type": "cpu", "cuda_initialized": initialized,
-            "evidence": "CUDA initialised, but no memory allocated on a GPU" if initialized
-            else "CUDA was never initialised in the run's process"}
+    other, available = _other_accelerator(torch)
+    if other is not None:
+        return {**other, "cuda_initialized": initialized}
+    out: dict[str, Any] = {
+        "type": "cpu", "cuda_initialized": initialized,
+        "evidence": "CUDA initialised, but no memory allocated on a GPU" if initialized
+        else "CUDA was never initialised in the run's process"}
+    if available:  # an accelerator the run had but did not allocate memory on
+        out["available"] = available
+        out["evidence"] += "; " + ", ".join(available) + " available, no memory allocated on it"
+    return out
+
+
+def _other_accelerator(torch: Any) -> tuple[dict[str, Any] | None, list[str]]:
+    """(what the run used, the accelerators available) among those torch exposes besides CUDA: XPU
+    (torch.xpu: initialised, max_memory_allocated per device), MPS (torch.backends.mps.is_available,
+    torch.mps.driver_allocated_memory), and any other torch.accelerator names (torch ≥ 2.6). The first is
+    {"type": "xpu" | "mps", memory, "evidence"} when one allocated memory, {"type": "unknown", "available",
+    "evidence"} when one is available but its use cannot be told (no memory statistics, or they failed),
+    else None. Only attributes of the torch already imported are read."""
+    available: list[str] = []
+    untold: list[str] = []  # available, use unknown (and why)
+    xpu = getattr(torch, "xpu", None)
+    try:
+        if xpu is not None and callable(getattr(xpu, "is_available", None)) and xpu.is_available():
+            available.append("xpu")
+            init, peak = getattr(xpu, "is_initialized", None), getattr(xpu, "max_memory_allocated", None)
+            if not (callable(init) and callable(peak)):
+                untold.append("xpu (torch.xpu has no memory statistics)")
+            elif init():
+                used = {str(i): n for i in range(int(xpu.device_count())) if (n := int(peak(i))) > 0}
+                if used:
+                    return ({"type": "xpu", "max_memory_allocated": used,
+                             "evidence": "XPU initialised and memory allocated on device " + ", ".join(sorted(used))},
+                            available)
+    except Exception as exc:
+        untold.append(f"xpu ({type(exc).__name__}: {exc})")
+    mps = getattr(getattr(torch, "backends", None), "mps", None)
+    try:
+        if mps is not None and callable(getattr(mps, "is_available", None)) and mps.is_available():
+            available.append("mps")
+            driver = getattr(getattr(torch, "mps", None), "driver_allocated_memory", None)
+            if not callable(driver):
+                untold.append("mps (torch.mps has no memory statistics)")
+            elif (n := int(driver())) > 0:
+                return ({"type": "mps", "driver_allocated_memory": n,
+                         "evidence": f"MPS available and {n} bytes allocated by the Metal driver"}, available)
+    except Exception as exc:
+        untold.append(f"mps ({type(exc).__name__}: {exc})")
+    acc = getattr(torch, "accelerator", None)
+    try:
+        if acc is not None and callable(getattr(acc, "is_available", None)) and acc.is_available():
+            kind = str(getattr(acc.current_accelerator(), "type", "") or "an unnamed accelerator")
+            if kind not in ("cuda", "xpu", "mps"):
+                available.append(kind)
+                untold.append(f"{kind} (no memory statistics read for it)")
+    except Exception as exc:
+        untold.append(f"torch.accelerator ({type(exc).__name__}: {exc})")
+    if untold:
+        return ({"type": "unknown", "available": available,
+                 "evidence": "no memory allocated on a CUDA GPU, and whether the run used " + "; ".join(untold)
+                 + " cannot be told"}, available)
+    return None, available

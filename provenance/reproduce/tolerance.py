@@ -135,17 +135,24 @@ _TF32_KNOBS = ("cuda_matmul_allow_tf32", "cudnn_allow_tf32", "cuda_matmul_allow_
                "cuda_matmul_allow_bf16_reduced_precision_reduction")
 
 
-def _on_gpu(env: dict[str, Any]) -> bool:
-    """Did the run compute on a GPU? What it recorded it used (env/environment.json `device`, written when the
-    run ended: formats.TRAINING_DEVICE) decides; a bundle without that record (older, or a `prov run` capture)
-    is taken as a GPU run where CUDA was available with GPUs."""
+def _device_type(env: dict[str, Any]) -> str | None:
+    """The device type the run recorded it trained on (env/environment.json `device`, written when the run
+    ended: formats.TRAINING_DEVICE): "cpu", "cuda", "xpu", "mps", "unknown"…; None without that record."""
     from provenance import formats
 
-    t = env.get("torch") or {}
     device = env.get(formats.TRAINING_DEVICE)
     used = device.get("type") if isinstance(device, dict) else None
-    if used == "cpu":
-        return False
+    return used if isinstance(used, str) and used else None
+
+
+def _on_gpu(env: dict[str, Any]) -> bool:
+    """Did the run compute on an accelerator (a GPU)? What it recorded it used decides: any device but the CPU
+    (cuda, xpu, mps, or unknown) is one; a bundle without that record (older, or a `prov run` capture) is
+    taken as a GPU run where CUDA was available with GPUs."""
+    used = _device_type(env)
+    if used is not None:
+        return used != "cpu"
+    t = env.get("torch") or {}
     return bool(t.get("cuda_available") and t.get("gpus"))
 
 
@@ -163,6 +170,14 @@ def determinism_claim(env: dict[str, Any], run: dict[str, Any] | None = None) ->
     no TF32 / reduced-precision reductions (which are deterministic but make any kernel change visible)."""
     if not _on_gpu(env):
         return True, "a CPU run: deterministic at a fixed thread count"
+    used = _device_type(env)
+    if used not in (None, "cuda"):  # the determinism knobs recorded are CUDA's: they say nothing of another device
+        from provenance import formats
+
+        available = (env.get(formats.TRAINING_DEVICE) or {}).get("available")
+        where = f"a run on {used}" + (f" ({', '.join(map(str, available))} available)"
+                                      if isinstance(available, list) and available else "")
+        return False, f"{where}: no bitwise claim (the determinism settings recorded are CUDA's)"
     t = env.get("torch") or {}
     det = (run or {}).get("determinism") or {}
     missing = []
