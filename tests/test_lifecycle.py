@@ -114,6 +114,33 @@ def test_sigterm_while_a_completed_run_seals_stops_the_process_after_the_seal(tm
     assert f"on_end ran: completed {root_hex}" in out and "done" not in out, out
 
 
+def test_a_failure_whose_str_raises_is_still_recorded_and_the_sigterm_still_delivered(tmp_path: Path) -> None:
+    """A SIGTERM while the failure is formatted, and then str() of the exception raises: the bundle is still
+    sealed as failed (named by the exception's type and repr), and the SIGTERM is delivered once it is (before,
+    __exit__ raised before finish(): the bundle stayed `running` and the SIGTERM was swallowed for good)."""
+    proc = _start("term-then-str-raises", tmp_path)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGTERM, err
+    root = only_run(tmp_path / "runs")
+    info = json.loads((root / "run.json").read_text())
+    assert info["status"] == "failed" and info["exit_status"] == 1, info
+    assert info["error"]["type"] == "SigtermThenStrRaises", info
+    assert info["error"]["message"] == "SigtermThenStrRaises('not shown')", info
+    assert "formatting it failed: ValueError" in info["error"]["traceback"], info
+    _verify_seal(root)
+
+
+def test_a_seal_that_fails_while_a_sigterm_waits_prints_its_error_before_the_sigterm(tmp_path: Path) -> None:
+    """A SIGTERM while the run seals, and the seal raises: the error is written to stderr first, then the
+    SIGTERM ends the process (before, the re-sent SIGTERM killed it before the error was printed)."""
+    proc = _start("term-then-seal-fails", tmp_path)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGTERM, err
+    assert "did not finish sealing" in err and "OSError: disk full while sealing" in err, err
+    root = only_run(tmp_path / "runs")
+    assert not (root / formats.MANIFEST).exists()
+
+
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_sigterm_and_sigint_seal_as_interrupted(tmp_path: Path, sig: signal.Signals, code: int) -> None:
     proc = _start("slow", tmp_path)

@@ -351,25 +351,60 @@ class Run:
         # from here on a SIGTERM (a launcher stopping the survivors of a lost rank) is noted, not raised:
         # raised while this exception is formatted, it would escape before the bundle is sealed
         self._signals.defer()
+        try:
+            try:
+                status, exit_status, error = self._outcome(exc_type, exc, tb)
+            except BaseException as failed:  # e.g. str(exc) raised: still the failure it is, named by type/repr
+                status, exit_status, error = self._outcome_fallback(exc, tb, failed)
+            self.finish(status, exit_status, error)
+        finally:
+            # whatever raised above, the signals noted since defer() are sent again, once (finish() did, when it
+            # ran to its end: then there is nothing left to send)
+            self._signals.redeliver()
+        return isinstance(exc, StopRun)  # a replay that checked what it was asked to ends cleanly
+
+    def _outcome(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> tuple[str, int, dict[str, Any] | None]:
+        """How the run ended, from the exception that ended it: (status, exit status, error record)."""
         if exc is None or isinstance(exc, StopRun):
-            status, exit_status, error = "completed", 0, None
             if isinstance(exc, StopRun):  # a reproduction that checked the steps asked for: no final model
                 self._run_info["stopped_by_replay"] = {"after_step": self.recorder.last_step if self.recorder
                                                        else None, "why": str(exc)}
-        elif isinstance(exc, KeyboardInterrupt):
+            return "completed", 0, None
+        if isinstance(exc, KeyboardInterrupt):
             signum = exc.signum if isinstance(exc, RunInterrupted) else signal.SIGINT
-            status, exit_status = "interrupted", 128 + int(signum)
-            error = {"type": type(exc).__name__, "message": str(exc) or signal.Signals(signum).name,
-                     "traceback": "".join(traceback.format_exception(exc_type, exc, tb))}
-        else:
-            status, exit_status = "failed", 1
-            error = {"type": type(exc).__name__, "message": str(exc),
-                     "traceback": "".join(traceback.format_exception(exc_type, exc, tb))}
-            if self.ranks.collective_failed(exc, tb):  # a peer rank is gone (its node lost): not this rank's fault
-                status = "interrupted"
-                error["cause"] = "a collective operation failed: another rank stopped or was lost"
-        self.finish(status, exit_status, error)
-        return isinstance(exc, StopRun)  # a replay that checked what it was asked to ends cleanly
+            return "interrupted", 128 + int(signum), {
+                "type": type(exc).__name__, "message": str(exc) or signal.Signals(signum).name,
+                "traceback": "".join(traceback.format_exception(exc_type, exc, tb))}
+        error = {"type": type(exc).__name__, "message": str(exc),
+                 "traceback": "".join(traceback.format_exception(exc_type, exc, tb))}
+        if self.ranks.collective_failed(exc, tb):  # a peer rank is gone (its node lost): not this rank's fault
+            error["cause"] = "a collective operation failed: another rank stopped or was lost"
+            return "interrupted", 1, error
+        return "failed", 1, error
+
+    @staticmethod
+    def _outcome_fallback(exc: BaseException | None, tb: TracebackType | None,
+                          failed: BaseException) -> tuple[str, int, dict[str, Any] | None]:
+        """The outcome when formatting the exception raised: its type name and repr (never its str), the
+        frames as far as they format; a failure (or an interruption) all the same."""
+        name = type(exc).__name__ if exc is not None else type(failed).__name__
+        try:
+            message = repr(exc)
+        except BaseException:
+            message = f"<{name} object: str() and repr() failed>"
+        try:
+            frames = "".join(traceback.format_tb(tb))
+        except BaseException:
+            frames = ""
+        text = (f"Traceback (most recent call last):\n{frames}" if frames else "") + (
+            f"{name}: {message} (formatting it failed: {type(failed).__name__})\n")
+        if isinstance(exc, KeyboardInterrupt):
+            signum = exc.signum if isinstance(exc, RunInterrupted) else signal.SIGINT
+            return "interrupted", 128 + int(signum), {"type": name, "message": message, "traceback": text}
+        if exc is None or isinstance(exc, StopRun):  # only the replay's note failed: the run itself completed
+            return "completed", 0, None
+        return "failed", 1, {"type": name, "message": message, "traceback": text}
 
     def finish(self, status: str, exit_status: int, error: dict[str, Any] | None = None) -> str | None:
         """Record the end of the run and seal its bundle. Safe to call once."""
@@ -379,10 +414,27 @@ class Run:
         self._signals.defer()  # a SIGTERM now (a launcher stopping survivors) waits until the seal is written
         try:
             return self._end(status, exit_status, error)
+        except BaseException:
+            if self._signals.deferred:  # the signal sent again below may end the process: say why first
+                self._say_seal_failed()
+            raise
         finally:
             # a SIGTERM/SIGINT that came while sealing (a launcher stopping this process) was only noted: the
             # bundle is sealed and on_end ran, so it is sent again now, to the handler there before the run
             self._signals.redeliver()
+
+    def _say_seal_failed(self) -> None:
+        """The error that stopped the seal, on the terminal's stderr (the captured one may be gone)."""
+        text = f"prov: the run {self.run_id} did not finish sealing:\n{traceback.format_exc()}"
+        fd = self._output.terminal_fd(2) if self._output.active else None
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        try:
+            os.write(fd if fd is not None else 2, text.encode(errors="replace"))
+        except OSError:
+            pass
 
     def _end(self, status: str, exit_status: int, error: dict[str, Any] | None) -> str | None:
         """finish() with the signals deferred: drain, close every rank's files, meet, seal, on_end."""

@@ -2,7 +2,9 @@
 
 MODE: ok | fail | slow (runs until killed) | secrets | term-while-failing (a SIGTERM arrives while the
 run's exit handler formats the failure, as when a launcher stops the survivors of a lost rank) |
-term-while-sealing (a SIGTERM arrives while a completed run seals: an observer's on_finish sends it)
+term-while-sealing (a SIGTERM arrives while a completed run seals: an observer's on_finish sends it) |
+term-then-str-raises (a SIGTERM arrives while the failure is formatted, and then its str() raises) |
+term-then-seal-fails (a SIGTERM arrives while a completed run seals, and the seal itself raises)
 """
 
 import ctypes
@@ -26,6 +28,12 @@ class SigtermWhenFormatted(RuntimeError):
         return "failed, then stopped by the launcher"
 
 
+class SigtermThenStrRaises(RuntimeError):
+    def __str__(self) -> str:  # every formatting of it: a SIGTERM (noted while the run ends), then an error
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise ValueError("str() of this exception raises")
+
+
 class SigtermWhileSealing(Callback):
     def on_finish(self, run) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
@@ -36,7 +44,7 @@ class SigtermWhileSealing(Callback):
 
 mode, runs = sys.argv[1], sys.argv[2]
 config = {"mode": mode, "token_in_config": os.environ.get("MY_API_TOKEN", "")}
-callbacks = [SigtermWhileSealing()] if mode == "term-while-sealing" else []
+callbacks = [SigtermWhileSealing()] if mode in ("term-while-sealing", "term-then-seal-fails") else []
 with start_run(config, name=f"life-{mode}", runs_dir=runs, seed=1, threads=1, callbacks=callbacks) as run:
     print("python-level stdout", flush=True)
     os.write(1, b"fd-level stdout\n")
@@ -49,6 +57,10 @@ with start_run(config, name=f"life-{mode}", runs_dir=runs, seed=1, threads=1, ca
             print(f"{name}={os.environ[name]}", flush=True)
             print(f"{name}={os.environ[name]}", file=sys.stderr, flush=True)
         run.note(f"used token {os.environ['MY_API_TOKEN']}", category="incident")
+    if mode == "term-then-seal-fails":
+        def seal_fails() -> str:
+            raise OSError("disk full while sealing")
+        run.writer.seal = seal_fails
     model = torch.nn.Linear(4, 2)
     opt = torch.optim.AdamW(model.parameters())
     for step in range(1, 10**9):
@@ -65,6 +77,8 @@ with start_run(config, name=f"life-{mode}", runs_dir=runs, seed=1, threads=1, ca
             raise RuntimeError("boom at step 3")
         if mode == "term-while-failing" and step == 3:
             raise SigtermWhenFormatted()
+        if mode == "term-then-str-raises" and step == 3:
+            raise SigtermThenStrRaises("not shown")
         if mode == "slow":
             time.sleep(0.02)
         elif step == 10:
