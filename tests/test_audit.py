@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -579,3 +580,22 @@ def test_openness_rules() -> None:
     assert _dataset_available("d", hub, set())[:3] == (True, ["data/d/manifest.json"],
                                                         ["https://huggingface.co/datasets/org/ds/tree/abc"])
     assert _dataset_available("d", {"files": [{"path": "a"}], "source": {"type": "local"}}, set())[0] is False
+
+
+# --- a reader that closes the pipe early (prov audit X | head -1) ----------------------------------------
+
+
+@pytest.mark.parametrize("args", [["audit", "{b}"], ["audit", "{b}", "--json"], ["diff", "{b}", "{b}"]])
+def test_a_closed_pipe_ends_the_command_quietly(tiny_bundle: Path, args: list[str]) -> None:
+    """stdout's reader is gone before the command writes (as `| head -1` ends): no BrokenPipeError traceback,
+    nothing on stderr, the status a shell reports for SIGPIPE (141); `| head -1` itself gets the first line."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "provenance.cli", *(a.format(b=tiny_bundle) for a in args)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # no reader left: the command's first write (or its flush) fails with EPIPE
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141 and err == "", err
+    shell = subprocess.run(["bash", "-c", f"{shlex.join(cmd)} | head -1"], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert shell.returncode == 0 and shell.stderr == "" and len(shell.stdout.splitlines()) == 1, shell
