@@ -354,44 +354,52 @@ def test_calibrate_once_for_every_interval(tiny_bundle: Path, tmp_path: Path) ->
     assert proc.returncode == 2 and "--calibrate sets the bounds of --tolerance auto" in proc.stderr, proc.stderr
 
 
-def _own_config_bundle(tmp: Path) -> Path:
-    """A start_run script's bundle whose config has no run.threads (it passes threads= itself): 4 steps, a
-    checkpoint at step 2."""
-    import torch
+OWN_SCRIPT = """
+import torch
 
-    from provenance import start_run
+from provenance import start_run
 
-    (tmp / "src").mkdir(parents=True)
-    (tmp / "src" / "train.py").write_text("print('hi')\n")
-    model = torch.nn.Linear(2, 1)
-    with start_run({"lr": 0.1}, name="own", runs_dir=tmp / "runs", seed=1, threads=1, code_root=tmp / "src",
-                   capture_output=False, argv=["python", "train.py"]) as run:
-        for s in (1, 2, 3, 4):
-            run.log(s, loss=1.0 / s)
-            if s == 2:
-                run.checkpoint(s, model)
-    return only_run(tmp / "runs")
+with start_run({"lr": 0.05}, name="own", runs_dir="runs", seed=1, threads=2, code_root=".") as run:
+    model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x = torch.randn(256, 16)
+    y = x.sin().sum(1, keepdim=True)
+    for step in range(1, 7):
+        ids = run.batch(step, lambda s: [(s * 7 + i) % 256 for i in range(64)])
+        loss = ((model(x[ids]) - y[ids]) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        run.log(step, loss=loss.item())
+        if step in (3, 6):
+            run.checkpoint(step, model, opt)
+    run.save_model(model)
+"""
 
 
-def test_calibrate_without_run_threads_is_refused_before_anything_runs(tmp_path: Path,
-                                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    """--calibrate runs the original at two thread counts with --set run.threads=N: a bundle whose config has no
-    such key is refused as bad input, on the plain and the segments path, before anything trains, leaving no
-    work folder (before, the plain path trained the reproduction first)."""
-    from provenance.cli import main
-    from provenance.reproduce import reproduce
-
-    bundle = _own_config_bundle(tmp_path / "orig")
-    plain, seg = tmp_path / "plain", tmp_path / "seg"
-    out = reproduce(bundle, Options(workdir=plain, tolerance="auto", calibrate=True))
-    assert out.exit_status == 2 and "the recorded config has no key run.threads" in out.headline, out.headline
-    assert out.report.training_exit_status is None and not plain.exists()
-    outs = reproduce_segments(bundle, Options(workdir=seg, tolerance="auto", calibrate=True), SegmentOptions())
-    assert outs.exit_status == 2 and "no key run.threads" in outs.headline, outs.headline
-    assert not seg.exists()
-    assert main(["reproduce", str(bundle), "--calibrate", "--tolerance", "auto", "--workdir", str(plain)]) == 2
-    lines = capsys.readouterr()
-    assert "no key run.threads" in lines.err and "verdict: refused (nothing ran)" in lines.out and not plain.exists()
+def test_calibrate_a_start_run_script_without_run_threads(tmp_path: Path) -> None:
+    """--calibrate of a start_run script whose own config has no run.threads (it passes threads=2): each
+    calibration run gets its thread count through PROV_THREADS, which start_run reads (before, --calibrate ran
+    the original with --set run.threads=N, refused for such a config, and on the plain path only after the
+    reproduction had trained); each calibration bundle records the count it was given."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "train.py").write_text(OWN_SCRIPT)
+    env = offline_env(tmp_path)
+    env.pop("PROV_THREADS", None)
+    proc = subprocess.run([sys.executable, "train.py"], cwd=src, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    bundle = only_run(src / "runs")
+    assert "run" not in formats.read_json(bundle / formats.CONFIG_JSON).get("values", {"lr": 0.05})
+    work = tmp_path / "w"
+    out = cli("reproduce", str(bundle), "--calibrate", "--tolerance", "auto", "--workdir", str(work), "--json",
+              tmp=tmp_path)
+    doc = json.loads(out.stdout) if out.stdout.startswith("{") else {}
+    assert out.returncode == 0 and doc.get("verdict") == BITWISE, out.stdout[-2000:] + out.stderr[-3000:]
+    cal = doc["tolerance"]["calibration"]
+    assert cal["threads"] == [2, 1], cal
+    ran_at = [formats.read_json(Path(b) / formats.RUN_JSON)["determinism"]["num_threads"] for b in cal["bundles"]]
+    assert ran_at == [2, 1]  # PROV_THREADS won over the script's threads=2 in the second run
 
 
 @pytest.mark.parametrize("trained", [False, True])
@@ -427,3 +435,20 @@ def test_a_refused_calibration_says_whether_it_trained(trained: bool, tiny_bundl
     assert ("verdict: refused (nothing ran)" in printed) is not trained, printed
     assert ("verdict: refused after a training ran (exit status 1); work folder kept: " + str(work) in printed) \
         is trained, printed
+
+
+def test_prov_threads_sets_start_runs_thread_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """$PROV_THREADS wins over start_run's threads argument; a value that is not a positive integer is a
+    one-line ConfigError naming the variable, before anything is written."""
+    from provenance import start_run
+    from provenance.config import ConfigError
+
+    kw = {"name": "t", "runs_dir": tmp_path / "runs", "threads": 2, "code_root": tmp_path, "capture_output": False}
+    monkeypatch.setenv("PROV_THREADS", "1")
+    assert start_run({}, **kw).threads == 1  # type: ignore[arg-type]
+    monkeypatch.setenv("PROV_THREADS", "0")
+    with pytest.raises(ConfigError, match=r"PROV_THREADS='0': not a positive integer"):
+        start_run({}, **kw)  # type: ignore[arg-type]
+    monkeypatch.delenv("PROV_THREADS")
+    assert start_run({}, **kw).threads == 2  # type: ignore[arg-type]
+    assert not (tmp_path / "runs").exists()

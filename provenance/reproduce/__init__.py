@@ -250,10 +250,6 @@ def _in_workdir(src: Path, digest: str, audit_report: Any, archive_input: bool, 
         raise Refused(f"--calibrate sets the bounds of --tolerance auto; it cannot be used with --tolerance "
                       f"{opts.tolerance}")
     sets = parse_sets(opts.sets, orig.config)
-    if opts.calibrate and opts.calibrated is None:  # the calibration's own needs, checked before anything runs
-        from provenance.reproduce.calibrate import check_calibratable
-
-        check_calibratable(orig)
     first_step, stop, expected_last = plan.first_step, plan.stop, plan.expected_last
     scope = f"steps {first_step}–{expected_last}" + (f" (from the checkpoint of step {opts.from_step})"
                                                      if opts.from_step is not None else "")
@@ -304,7 +300,7 @@ def _in_workdir(src: Path, digest: str, audit_report: Any, archive_input: bool, 
         own_keys.add("run.allow_resume_change")  # set by prov reproduce: not a difference
     overrides += opts.sets
     cmd = build_command(orig, opts, code_dir, config_path, overrides)
-    env = child_env(orig, stop, runs_dir, data_dir)
+    env = child_env(orig, stop, runs_dir, data_dir, threads=opts.threads)
     run_cmd = cmd
     if bwrap is not None:
         readable = [orig.root, *(s.source for s in staged if s.source is not None)]

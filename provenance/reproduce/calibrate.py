@@ -7,7 +7,9 @@ Another thread count reorders the reductions and nothing else, which is what dif
 of one kind; the two runs must train on the same batches. Their per-step relative loss differences and
 their checkpoints' tensor relative L2 give the per-step noise (reproduce.tolerance.measure_noise), and
 the bounds are SAFETY times it (reproduce.tolerance.calibrated_model). The calibration's own bundles are
-kept under <workdir>/calibration/.
+kept under <workdir>/calibration/. The thread count is set with --set run.threads=N where the recorded config
+has that key (a `make train` config), else through PROV_THREADS, which start_run reads (a script's own
+config); each run's recorded thread count is checked (a script that sets it itself is refused).
 """
 
 from __future__ import annotations
@@ -30,20 +32,17 @@ def segment(orig: Original, plan: Plan) -> tuple[int, int]:
     return first, ckpts[0] if ckpts else min(last, first + DEFAULT_STEPS - 1)
 
 
-THREADS_KEY = "run.threads"  # the config key each calibration run sets (--set run.threads=N)
+THREADS_KEY = "run.threads"  # the config key a calibration run sets (--set run.threads=N) where the config has it
 
 
-def check_calibratable(orig: Original) -> None:
-    """Refused (before anything runs) when the original cannot be calibrated: the calibration runs it at two
-    thread counts through its config key run.threads (a `make train` config), which a script's own config
-    (start_run(config, threads=...)) may not have."""
-    from provenance import diff as pdiff
+def _recorded_threads(bundle: Path) -> int | None:
+    """The thread count a calibration run recorded it ran at (run.json determinism.num_threads)."""
+    from provenance import formats, reader
 
-    if THREADS_KEY not in pdiff.flatten(orig.config):
-        raise Refused(f"--calibrate: the recorded config has no key {THREADS_KEY}: the calibration runs the original "
-                      f"at two thread counts with --set {THREADS_KEY}=N, which only a config with that key (a "
-                      "`make train` config) takes; use --tolerance auto without --calibrate, or give explicit "
-                      "bounds (--tolerance loss=R,ckpt=R); nothing ran")
+    run = reader.Bundle.of_files(bundle, [formats.RUN_JSON]).try_json(formats.RUN_JSON)
+    det = run.get("determinism") if isinstance(run, dict) else None
+    n = det.get("num_threads") if isinstance(det, dict) else None
+    return n if isinstance(n, int) and not isinstance(n, bool) else None
 
 
 def threads_used(orig: Original, sets: dict[str, object]) -> int:
@@ -58,9 +57,11 @@ def threads_used(orig: Original, sets: dict[str, object]) -> int:
 def calibrate(orig: Original, plan: Plan, opts: Options, sets: dict[str, object], workdir: Path,
               say: Say) -> NoiseModel:
     """Run the calibration segment twice (two thread counts) and return the calibrated noise model."""
+    from provenance import diff as pdiff
     from provenance.reproduce import reproduce  # the same machinery, run on the original's own code and config
 
     first, last = segment(orig, plan)
+    by_config = THREADS_KEY in pdiff.flatten(orig.config)  # else PROV_THREADS, which start_run reads
     a = threads_used(orig, sets)
     b = 1 if a > 1 else 2
     say(f"calibrate: steps {first}–{last} twice on this machine, at {a} and {b} threads (the bundle's own code "
@@ -72,12 +73,19 @@ def calibrate(orig: Original, plan: Plan, opts: Options, sets: dict[str, object]
         for t in (a, b):
             sub = Options(steps=last - first + 1, from_step=opts.from_step,
                           workdir=workdir / "calibration" / f"threads-{t}", data_root=opts.data_root,
-                          sets=[f"{THREADS_KEY}={t}"], sandbox=opts.sandbox, python=opts.python, timeout=opts.timeout)
+                          sets=[f"{THREADS_KEY}={t}"] if by_config else [], threads=None if by_config else t,
+                          sandbox=opts.sandbox, python=opts.python, timeout=opts.timeout)
             out = reproduce(orig.root, replace(sub, tolerance="bitwise"))
             if out.report.training_exit_status is not None:
                 trained.append((out.report.training_exit_status, out.report.command))
             if out.bundle is None or out.report.training_exit_status not in (0, None) or out.verdict == "refused":
                 raise Refused(f"--calibrate: the calibration run at {t} threads did not complete: {out.headline}")
+            ran_at = _recorded_threads(out.bundle)
+            if ran_at != t:  # a script that sets torch's thread count itself: two runs at one count measure nothing
+                how = f"--set {THREADS_KEY}={t}" if by_config else f"PROV_THREADS={t} (read by start_run)"
+                raise Refused(f"--calibrate: the calibration run asked for {t} threads with {how} recorded that it "
+                              f"ran at {ran_at if ran_at is not None else 'an unrecorded count'}: the script sets "
+                              "its thread count itself, and the calibration cannot vary it")
             bundles.append(out.bundle)
         measured = measure_noise(bundles[0], bundles[1], first, last)
     except Refused as exc:

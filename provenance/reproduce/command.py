@@ -21,6 +21,7 @@ from provenance.reproduce.plan import Original
 
 # where the child writes its bundle and finds its data (read by start_run; the API's contract with prov reproduce)
 RUNS_DIR_ENV, DATA_ROOT_ENV = "PROV_RUNS_DIR", "PROV_DATA_ROOT"
+THREADS_ENV = "PROV_THREADS"  # the thread count start_run sets (wins over its threads argument)
 TRAINING_LOG = "training.log"  # in the work folder: the child's output; it exists once the child started
 # environment variables that can change the numbers: set to their recorded values in the child
 # (only those whose prefix provenance.capture.env records, so that "absent" is known too)
@@ -142,8 +143,12 @@ def build_command(orig: Original, opts: Options, code_dir: Path, config_path: Pa
     return [*head, *rest, *overrides]
 
 
-def child_env(orig: Original, stop: int | None, runs_dir: Path, data_dir: Path) -> dict[str, str]:
+def child_env(orig: Original, stop: int | None, runs_dir: Path, data_dir: Path,
+              threads: int | None = None) -> dict[str, str]:
     env = dict(os.environ)
+    env.pop(THREADS_ENV, None)
+    if threads is not None:  # --calibrate of a script whose config has no run.threads
+        env[THREADS_ENV] = str(threads)
     env.update({REPLAY_ENV: str(orig.root), RUNS_DIR_ENV: str(runs_dir), DATA_ROOT_ENV: str(data_dir),
                 "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "PYTHONDONTWRITEBYTECODE": "1",
                 "DVC_NO_ANALYTICS": "1"})

@@ -48,6 +48,9 @@ class Options:
     # the noise model (reproduce.tolerance.NoiseModel) already measured on this machine: --segments calibrates
     # once and hands it to every interval (which then does not calibrate again); it sets auto's bounds
     calibrated: Any = None
+    # run the training at this thread count through PROV_THREADS (read by start_run): --calibrate's runs of a
+    # script whose config has no run.threads
+    threads: int | None = None
     sandbox: bool = False  # run the training under bubblewrap: no network, read-only but the work folder
     python: str = sys.executable
     echo: Callable[[str], None] | None = None  # receives the training's output, line by line

@@ -375,10 +375,6 @@ def _segments(src: Path, opts: Options, seg: SegmentOptions, say: Say, t0: float
         layout = intervals(orig)
         count = len(layout)
         sets = parse_sets(opts.sets, orig.config)  # bad --set refuses before anything runs
-        if opts.calibrate:
-            from provenance.reproduce.calibrate import check_calibratable
-
-            check_calibratable(orig)  # as bad input: before anything runs
         sample_info = None
         if seg.segment is not None:
             if not 0 <= seg.segment < count:

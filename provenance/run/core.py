@@ -99,6 +99,19 @@ def _local_documents(documents: dict[str, str]) -> dict[str, tuple[Path, str]]:
 
 
 RUNS_DIR_ENV = "PROV_RUNS_DIR"  # where start_run writes the bundle (a reproduction sets it); wins over runs_dir
+# the thread count start_run sets (prov reproduce --calibrate sets it for a script whose config has no
+# run.threads); wins over the threads argument
+THREADS_ENV = "PROV_THREADS"
+
+
+def _threads(given: int | None) -> int | None:
+    """The thread count to run at: $PROV_THREADS where set (a positive integer), else `given`."""
+    text = os.environ.get(THREADS_ENV)
+    if not text:
+        return given
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ConfigError(f"{THREADS_ENV}={text!r}: not a positive integer (the thread count start_run sets)")
+    return int(text)
 _INTERPRETER_OPTIONS_WITH_VALUE = ("-X", "-W", "--check-hash-based-pycs")
 
 
@@ -154,7 +167,7 @@ class Run:
         self.name = name
         self.runs_dir = Path(os.environ.get(RUNS_DIR_ENV) or runs_dir)
         self.seed = seed
-        self.threads = threads
+        self.threads = _threads(threads)
         self.deterministic = deterministic
         self.datasets = list(datasets)
         self.argv = command_line(code_root) if argv is None else list(argv)
