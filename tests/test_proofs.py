@@ -262,7 +262,7 @@ def test_text_in_a_token_stream_is_tokenized_found_and_proved(tokens_bundle: tup
     # the CLI: prove and verify-proof
     out = tmp_path / "p.json"
     assert main(["prove", str(bundle), "--text", story, "-o", str(out)]) == 0
-    assert f"tokens {a}:{a + len(ids)} of train.bin" in capsys.readouterr().err
+    assert f"tokens {a}:{a + len(ids)} of train.bin" in capsys.readouterr().out
     assert main(["verify-proof", str(out)]) == 0
     assert "text → tokens as claimed" in capsys.readouterr().out
     # one changed token id, chunk byte or span offset is rejected
