@@ -112,6 +112,8 @@ def _threads(given: int | None) -> int | None:
     if not text.strip().isdigit() or int(text) < 1:
         raise ConfigError(f"{THREADS_ENV}={text!r}: not a positive integer (the thread count start_run sets)")
     return int(text)
+
+
 _INTERPRETER_OPTIONS_WITH_VALUE = ("-X", "-W", "--check-hash-based-pycs")
 
 
