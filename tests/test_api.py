@@ -369,8 +369,9 @@ def test_progress_bar_draws_on_a_terminal_and_never_into_the_logs(tmp_path: Path
     assert out.returncode == 0 and "tok/s" not in out.stdout + out.stderr and "plain line 5" in out.stdout
 
 
-def test_a_plain_pytorch_loop_trains_audits_and_reproduces_bitwise(tmp_path: Path) -> None:
-    """The issue's 'done when': a 30-line plain loop from the README's API section alone, in a git checkout."""
+def _train_in_own_checkout(tmp_path: Path, script: str, gitignore: str) -> tuple[Path, dict[str, str]]:
+    """tests/scripts/<script> as train.py, committed in a git checkout of its own, run there: its bundle
+    and the environment it ran in."""
     import shutil
     import subprocess
     import sys
@@ -379,16 +380,27 @@ def test_a_plain_pytorch_loop_trains_audits_and_reproduces_bitwise(tmp_path: Pat
 
     work = tmp_path / "project"
     work.mkdir()
-    shutil.copy(REPO / "tests" / "scripts" / "plain_loop.py", work / "train.py")
+    shutil.copy(REPO / "tests" / "scripts" / script, work / "train.py")
     env = offline_env(tmp_path)
     env["PYTHONPATH"] = str(REPO)
     for args in (["init", "-q"], ["add", "train.py"], ["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm",
                                                        "x"]):
         subprocess.run(["git", *args], cwd=work, check=True, env=env)
-    (work / ".gitignore").write_text("runs/\ndata/\n")
+    (work / ".gitignore").write_text(gitignore)
     out = subprocess.run([sys.executable, "train.py"], cwd=work, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     (root,) = (work / "runs").iterdir()
+    return root, env
+
+
+def test_a_plain_pytorch_loop_trains_audits_and_reproduces_bitwise(tmp_path: Path) -> None:
+    """The issue's 'done when': a 30-line plain loop from the README's API section alone, in a git checkout."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    root, env = _train_in_own_checkout(tmp_path, "plain_loop.py", "runs/\ndata/\n")
     cfg = formats.read_json(root / formats.CONFIG_JSON)
     assert cfg["argv"] == [sys.executable, "train.py"]
     audit_out = subprocess.run([sys.executable, "-m", "provenance.cli", "audit", str(root)], cwd=REPO, env=env,
@@ -408,25 +420,13 @@ def test_a_config_with_inf_and_nan_runs_audits_and_reproduces_bitwise(tmp_path: 
     non_finite saying which strings are numbers: a genuine "NaN" string stays one), its digest matches, the
     audit passes, and prov reproduce of it is bitwise (the child's config as given: floats)."""
     import json
-    import shutil
     import subprocess
     import sys
 
     import yaml
-    from conftest import REPO, offline_env
+    from conftest import REPO
 
-    work = tmp_path / "project"
-    work.mkdir()
-    shutil.copy(REPO / "tests" / "scripts" / "nonfinite_config.py", work / "train.py")
-    env = offline_env(tmp_path)
-    env["PYTHONPATH"] = str(REPO)
-    for args in (["init", "-q"], ["add", "train.py"], ["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm",
-                                                       "x"]):
-        subprocess.run(["git", *args], cwd=work, check=True, env=env)
-    (work / ".gitignore").write_text("runs/\n")
-    out = subprocess.run([sys.executable, "train.py"], cwd=work, env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    (root,) = (work / "runs").iterdir()
+    root, env = _train_in_own_checkout(tmp_path, "nonfinite_config.py", "runs/\n")
     text = (root / formats.CONFIG_JSON).read_text()
     doc = json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in config.json"))
     assert doc["config"]["clip"] == "Infinity" and doc["config"]["floor"] == "-Infinity"
