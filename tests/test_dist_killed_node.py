@@ -284,3 +284,35 @@ def test_a_failing_detached_sealer_leaves_the_bundle_for_prov_seal(tmp_path: Pat
     assert info["status"] == "failed" and info["sealed_by"]["command"] == "prov seal"
     assert info["sealed_by"]["status_before"] == "failed" and "replaces" not in info["sealed_by"]
     assert audit(root).integrity.ok
+
+
+def _raised_through(files: list[str], message: str) -> tuple[BaseException, Any]:
+    """An exception raised in a chain of functions compiled as if they lived in `files` (outermost first)."""
+    ns: dict[str, Any] = {"message": message}
+    exec(compile("def f0():\n    raise RuntimeError(message)\n", files[-1], "exec"), ns)
+    for i, name in enumerate(reversed(files[:-1]), start=1):
+        exec(compile(f"def f{i}():\n    f{i - 1}()\n", name, "exec"), ns)
+    try:
+        ns[f"f{len(files) - 1}"]()
+    except RuntimeError as exc:
+        return exc, exc.__traceback__
+    raise AssertionError("did not raise")
+
+
+def test_a_lost_peer_seen_through_dtensor_collectives_is_a_collective_failure() -> None:
+    """FSDP2's full state dict gathers through DTensor redistribute and functional collectives, whose last
+    frame is torch/_ops.py: a gloo 'Connection reset by peer' there is a lost peer (the run is interrupted,
+    not failed), as one raised in distributed_c10d.py is; a RuntimeError of the training's own is not."""
+    layout = ranks.RankLayout(rank=0, world_size=2)
+    site = "/venv/lib/python3.11/site-packages/torch"
+    gloo = ("[third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:10624: Connection reset by "
+            "peer. This is typically caused by a remote worker hanging")
+    via_dtensor = [f"{site}/distributed/tensor/_redistribute.py", f"{site}/distributed/_functional_collectives.py",
+                   f"{site}/_ops.py"]
+    assert layout.collective_failed(*_raised_through(["/work/train.py", *via_dtensor], gloo))
+    assert layout.collective_failed(*_raised_through(["/work/train.py", f"{site}/distributed/distributed_c10d.py"],
+                                                     "any message"))
+    assert not layout.collective_failed(*_raised_through(["/work/train.py", *via_dtensor], "shape mismatch"))
+    assert not layout.collective_failed(*_raised_through(["/work/train.py", "/work/model.py"], gloo))
+    assert not ranks.RankLayout(rank=0, world_size=1).collective_failed(
+        *_raised_through(["/work/train.py", *via_dtensor], gloo))

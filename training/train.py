@@ -127,6 +127,14 @@ def init_distributed(cfg: Config) -> tuple[int, int]:
     if not dist.is_initialized():  # a collective waiting on a lost rank fails after train.dist_timeout_s
         from datetime import timedelta
 
+        if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0 \
+                and os.environ.get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE") != "1":
+            # torch elastic shares its rendezvous store with the workers; a relaunch may read the previous
+            # attempt's addresses there and connect to ranks that are gone (pytorch/pytorch#135712)
+            print("warning: a torchrun relaunch without TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in torchrun's "
+                  "environment may connect to the previous attempt's addresses and fail or hang in "
+                  "init_process_group (pytorch/pytorch#135712)", file=sys.stderr, flush=True)
+
         dist.init_process_group("gloo", timeout=timedelta(seconds=cfg.train.dist_timeout_s))
     return dist.get_rank(), world
 

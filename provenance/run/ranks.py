@@ -158,9 +158,14 @@ class RankLayout:
         dist_error = getattr(dist, "DistError", None)
         if isinstance(dist_error, type) and isinstance(exc, dist_error):
             return True
-        frames = traceback.extract_tb(tb) if tb is not None else []
-        return isinstance(exc, RuntimeError) and bool(frames) and \
-            Path(frames[-1].filename).as_posix().endswith("torch/distributed/distributed_c10d.py")
+        if not isinstance(exc, RuntimeError):
+            return False
+        files = [Path(f.filename).as_posix() for f in (traceback.extract_tb(tb) if tb is not None else [])]
+        if files and files[-1].endswith("torch/distributed/distributed_c10d.py"):
+            return True
+        # a collective reached another way (DTensor redistribute, functional collectives: the last frame is
+        # torch/_ops.py) that failed in the transport: a peer's connection closed or reset
+        return any("/torch/distributed/" in f for f in files) and any(m in str(exc) for m in _TRANSPORT_LOST)
 
     @staticmethod
     def barrier(folder: Path | None, timeout_s: float = 600.0) -> None:
@@ -286,6 +291,10 @@ def rank_ended(root: Path, rank: int, world_size: int) -> bool:
     rec = last_event(root, rank, world_size)
     return rec is not None and rec.get("event") in formats.END_EVENTS
 
+
+# how gloo and NCCL say that a peer is gone, in the RuntimeError a collective raises
+_TRANSPORT_LOST = ("Connection reset by peer", "Connection closed by peer", "Broken pipe",
+                   "NCCL communicator was aborted", "remote process exited or there was a network error")
 
 # what torchrun tells each process about the job (no secrets: ids, sizes, rendezvous endpoint)
 _LAUNCHER_VARS = ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS", "GROUP_RANK",
