@@ -162,17 +162,6 @@ def as_float(value: Any) -> float | None:
     return None
 
 
-def non_finite_keys(obj: Any, prefix: str = "") -> list[str]:
-    """The dotted keys of `obj` whose value is a non-finite float (a config must round-trip exactly)."""
-    if isinstance(obj, float):
-        return [] if math.isfinite(obj) else [prefix or "(the value)"]
-    if isinstance(obj, dict):
-        return [k for key, v in obj.items() for k in non_finite_keys(v, f"{prefix}.{key}" if prefix else str(key))]
-    if isinstance(obj, list | tuple):
-        return [k for i, v in enumerate(obj) for k in non_finite_keys(v, f"{prefix}[{i}]")]
-    return []
-
-
 def _strict_dumps(obj: Any, **kw: Any) -> str:
     try:
         return json.dumps(obj, allow_nan=False, **kw)
