@@ -47,6 +47,11 @@ RELEASE_SCHEMA = "fullyopen.release/v1"  # release/release.json
 HASH_CACHE_SCHEMA = "fullyopen.hash-cache/v1"  # the persistent data hash cache (datasets/hashcache.py)
 LINEAGE_AUDIT_SCHEMA = "fullyopen.lineage-audit/v1"  # `prov audit --lineage --json`
 
+# --- the environment a reproduction hands start_run (its one definition: run sets nothing, reproduce reads nothing)
+RUNS_DIR_ENV = "PROV_RUNS_DIR"  # where start_run writes the bundle; wins over its runs_dir argument
+DATA_ROOT_ENV = "PROV_DATA_ROOT"  # a reproduction's data folder: relative data paths resolve under it
+THREADS_ENV = "PROV_THREADS"  # the thread count start_run sets; wins over its threads argument
+
 # --- the layout of runs/<run_id>/ -------------------------------------------------------
 RUN_JSON = "run.json"  # identity, status, times, exit status, seeds, threads
 CONFIG_JSON = "config.json"  # resolved config, its digest, the command line

@@ -19,7 +19,7 @@ from typing import Any
 from provenance.datasets import merkle
 from provenance.datasets.hashcache import HashCache, StatKey, default_cache, now_ns
 from provenance.datasets.scan import ScanError, Stats, default_scheme, is_text_scheme, scan_files
-from provenance.formats import DATA_COMMITMENT_SCHEMA, DATA_MANIFEST_SCHEMA, FormatError, read_json
+from provenance.formats import DATA_COMMITMENT_SCHEMA, DATA_MANIFEST_SCHEMA, DATA_ROOT_ENV, FormatError, read_json
 
 _LINE_FORMATS = (".jsonl", ".txt", ".csv", ".tsv")
 
@@ -64,9 +64,6 @@ def declare_layout(spec: DatasetSpec, text: str) -> DatasetSpec:
         spec.leaf_schemes = {**spec.leaf_schemes,
                              **{f: f"records:parquet:{column}" for f in spec.files if f.endswith(".parquet")}}
     return spec
-
-
-DATA_ROOT_ENV = "PROV_DATA_ROOT"  # a reproduction's data folder: relative data paths resolve under it
 
 
 def data_path(path: str | os.PathLike[str]) -> Path:

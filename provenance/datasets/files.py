@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from provenance import formats
+
 SKIP = frozenset({".git", ".dvc", "__pycache__", ".cache"})
 
 
@@ -37,7 +39,7 @@ def data_file_candidates(bundle_root: Path, manifest: dict[str, Any], rel: str,
         cands.append(Path(data_root) / rel)
     if isinstance(manifest.get("bundled_files"), str):
         cands.append(bundle_root / manifest["bundled_files"] / rel)
-    env = os.environ.get("PROV_DATA_ROOT")
+    env = os.environ.get(formats.DATA_ROOT_ENV)
     if env:
         cands.append(Path(env) / rel)
     local = (manifest.get("source") or {}).get("local_path")

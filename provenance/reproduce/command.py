@@ -19,9 +19,8 @@ from provenance.replay import REPLAY_ENV, STOP_ENV
 from provenance.reproduce.options import Options, Refused, Say
 from provenance.reproduce.plan import Original
 
-# where the child writes its bundle and finds its data (read by start_run; the API's contract with prov reproduce)
-RUNS_DIR_ENV, DATA_ROOT_ENV = "PROV_RUNS_DIR", "PROV_DATA_ROOT"
-THREADS_ENV = "PROV_THREADS"  # the thread count start_run sets (wins over its threads argument)
+# where the child writes its bundle, finds its data and how many threads it runs (read by start_run)
+RUNS_DIR_ENV, DATA_ROOT_ENV, THREADS_ENV = formats.RUNS_DIR_ENV, formats.DATA_ROOT_ENV, formats.THREADS_ENV
 TRAINING_LOG = "training.log"  # in the work folder: the child's output; it exists once the child started
 # environment variables that can change the numbers: set to their recorded values in the child
 # (only those whose prefix provenance.capture.env records, so that "absent" is known too)

@@ -98,10 +98,9 @@ def _local_documents(documents: dict[str, str]) -> dict[str, tuple[Path, str]]:
     return out
 
 
-RUNS_DIR_ENV = "PROV_RUNS_DIR"  # where start_run writes the bundle (a reproduction sets it); wins over runs_dir
-# the thread count start_run sets (prov reproduce --calibrate sets it for a script whose config has no
-# run.threads); wins over the threads argument
-THREADS_ENV = "PROV_THREADS"
+# where start_run writes the bundle and its thread count (prov reproduce sets them: --calibrate's thread count
+# for a script whose config has no run.threads); each wins over its argument
+RUNS_DIR_ENV, THREADS_ENV = formats.RUNS_DIR_ENV, formats.THREADS_ENV
 
 
 def _threads(given: int | None) -> int | None:
