@@ -40,12 +40,17 @@ def elastic_facts() -> dict[str, Any] | None:
     return {"run_id": env[_RUN_ID], "restart_count": num(_RESTARTS) or 0, "max_restarts": num(_MAX)}
 
 
-def _info(p: Path) -> dict[str, Any] | None:
+def _record(p: Path, rel: str) -> dict[str, Any] | None:
+    """A bundle's JSON record (run.json, config.json) as a dict; None when missing, unreadable or not an object."""
     try:
-        info = formats.read_json(p / formats.RUN_JSON)
+        doc = formats.read_json(p / rel)
     except (OSError, ValueError):
         return None
-    return info if isinstance(info, dict) else None
+    return doc if isinstance(doc, dict) else None
+
+
+def _info(p: Path) -> dict[str, Any] | None:
+    return _record(p, formats.RUN_JSON)
 
 
 # what a relaunch of the same job shares with the attempt before it: torch elastic starts the same command
@@ -114,7 +119,7 @@ def find_previous_attempt(runs_dir: Path, facts: dict[str, Any] | None, this: di
         started = str(info.get("started_at") or "")
         differs: list[dict[str, Any]] = []
         if this is not None:
-            config = _config(p)
+            config = _record(p, formats.CONFIG_JSON)
             theirs = attempt_identity(info.get("world_size", 1), config)
             differs = [{"what": k.replace("_", " "), "previous": theirs[k], "this": this[k]}
                        for k in MATCH_KEYS if theirs[k] != this.get(k)]
@@ -136,14 +141,6 @@ def previous_attempt(runs_dir: Path, facts: dict[str, Any] | None, exclude: str 
     """The bundle of the attempt torch elastic ran before this one by run id and restart count only
     (find_previous_attempt also checks that it is the same job)."""
     return find_previous_attempt(runs_dir, facts, exclude=exclude).path
-
-
-def _config(p: Path) -> dict[str, Any] | None:
-    try:
-        cfg = formats.read_json(p / formats.CONFIG_JSON)
-    except (OSError, ValueError):
-        return None
-    return cfg if isinstance(cfg, dict) else None
 
 
 def seal_if_left_running(prev: Path) -> dict[str, Any] | None:
